@@ -1,0 +1,11 @@
+"""Command-line adapters: options -> library call -> rendering. No analysis logic lives here."""
+
+from nsysparse.cli.app import cli
+from nsysparse.cli import inspect  # noqa: F401  (registers commands)
+
+
+def main() -> None:
+    cli(prog_name="nsysparse")
+
+
+__all__ = ["cli", "main"]

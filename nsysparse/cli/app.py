@@ -1,0 +1,62 @@
+"""The Click group. Errors become one line on stderr and an exit code here, and nowhere else."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from nsysparse import __version__
+from nsysparse.errors import EXIT_ERROR, NsysparseError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+class NsysparseGroup(click.Group):
+    """Turns NsysparseError (and anything unexpected) into `Error: ...` + exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NsysparseError as err:
+            click.echo(f"Error: {err}", err=True)
+            ctx.exit(err.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except BrokenPipeError:
+            # Output piped into `head` and the like: stop quietly.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(0)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+        except MemoryError:
+            click.echo("Error: out of memory while analysing the trace. Try a shorter capture or a time window.", err=True)
+            ctx.exit(EXIT_ERROR)
+        except Exception as err:  # a bug: say so in one line; --debug shows the traceback
+            if ctx.find_root().params.get("debug") or os.environ.get("NSYSPARSE_DEBUG"):
+                raise
+            msg = str(err).splitlines()[0] if str(err) else ""
+            click.echo(f"Error: internal error ({type(err).__name__}: {msg}). Rerun with --debug for the traceback and please report it.", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+@click.group(cls=NsysparseGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "-V", "--version", prog_name="nsysparse")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print notes about degraded data.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
+    """Turn Nsight Systems SQLite exports of LLM training and inference into per-op, per-layer, gap,
+    MFU and diff answers.
+
+    TRACE arguments take a `.sqlite` export (or an `.nsys-rep` report when nsys is on PATH).
+    Exit codes: 0 ok, 1 error, 2 usage, 3 regression found by `compare`.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["quiet"] = quiet
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")

@@ -1,0 +1,47 @@
+"""Options every command spells the same way."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from nsysparse.cli.render import Result, write
+from nsysparse.trace import Trace, open_trace
+
+F = Callable[..., Any]
+
+
+def trace_argument(name: str = "trace") -> Callable[[F], F]:
+    return click.argument(name, metavar=name.upper(), type=click.Path(dir_okay=True, path_type=str))
+
+
+def format_option(choices: tuple[str, ...] = ("table", "csv", "json", "parquet"), default: str = "table") -> Callable[[F], F]:
+    return click.option("-f", "--format", "fmt", type=click.Choice(choices), default=default, show_default=True, help="Output format.")
+
+
+def output_option(f: F) -> F:
+    return click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=str), help="Write to this file instead of stdout.")(f)
+
+
+def output_options(choices: tuple[str, ...] = ("table", "csv", "json", "parquet")) -> Callable[[F], F]:
+    def deco(f: F) -> F:
+        return format_option(choices)(output_option(f))
+
+    return deco
+
+
+def emit(ctx: click.Context, result: Result, fmt: str, out: str | None, trace: Trace | None = None) -> None:
+    quiet = bool(ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
+    if trace is not None:
+        result.notes = [*result.notes, *(n for n in trace.notes if n not in result.notes)]
+    if quiet:
+        result.notes = []
+    write(result, fmt, out)
+    if result.notes and fmt != "table" and not quiet:
+        for n in result.notes:
+            click.echo(f"note: {n}", err=True)
+
+
+def load(path: str) -> Trace:
+    return open_trace(path)

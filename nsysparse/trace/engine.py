@@ -1,0 +1,156 @@
+"""Read-only query engines over one SQLite export: stdlib sqlite3 and DuckDB's sqlite scanner.
+
+Both open the file read-only (sqlite3 URI `mode=ro`; DuckDB `ATTACH ... (TYPE sqlite, READ_ONLY)`), and
+both run the same plain SQL (the loaders use a dialect common to both). DuckDB scans large tables with
+all cores and hands back numpy columns; sqlite3 serves small files, metadata, and is the fallback when
+the DuckDB extension is missing or refuses a table. The extension comes from the PyPI package
+`duckdb-extension-sqlite-scanner` and is loaded by path: nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+
+from nsysparse.errors import TraceError
+
+log = logging.getLogger("nsysparse.trace")
+
+# Files at least this large are scanned with DuckDB; smaller ones with sqlite3 (DuckDB's start-up
+# costs more than it saves on small files). NSYSPARSE_ENGINE=sqlite|duckdb forces one.
+DUCKDB_MIN_BYTES = 48 * 1024 * 1024
+
+
+def sqlite_scanner_path() -> Path | None:
+    """Path of the sqlite_scanner extension shipped by the PyPI package, or None."""
+    try:
+        import duckdb
+        import duckdb_extension_sqlite_scanner as pkg
+    except ImportError:
+        return None
+    root = Path(pkg.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+    candidate = root / "sqlite_scanner.duckdb_extension"
+    if candidate.exists():
+        return candidate
+    found = sorted(Path(pkg.__file__).parent.glob("extensions/*/sqlite_scanner.duckdb_extension"))
+    return found[-1] if found else None
+
+
+class Engine:
+    """Owns the connections to one file. Every failure surfaces as TraceError naming the file."""
+
+    def __init__(self, path: Path, prefer: str | None = None) -> None:
+        self.path = path
+        self._prefer = (prefer or os.environ.get("NSYSPARSE_ENGINE") or "auto").lower()
+        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+        try:
+            self._sqlite = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self._sqlite.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as err:
+            raise self._error(err) from None
+        self._duck: Any = None
+        self._duck_failed = False
+
+    # -- errors -------------------------------------------------------------------------------------
+    def _error(self, err: Exception) -> TraceError:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        low = msg.lower()
+        if "malformed" in low or "not a database" in low or "corrupt" in low or "disk i/o" in low:
+            return TraceError(f"{self.path}: cannot be read ({msg}); the file looks truncated or damaged", "Copy or export it again")
+        return TraceError(f"{self.path}: query failed ({msg})", "The export may have been modified; re-export it with nsys export")
+
+    # -- sqlite3 ------------------------------------------------------------------------------------
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Small queries (metadata, counts) through sqlite3."""
+        try:
+            return self._sqlite.execute(sql, params).fetchall()
+        except sqlite3.Error as err:
+            raise self._error(err) from None
+
+    def _sqlite_frame(self, sql: str) -> pd.DataFrame:
+        try:
+            cur = self._sqlite.execute(sql)
+            names = [d[0] for d in cur.description]
+            data = cur.fetchall()
+        except sqlite3.Error as err:
+            raise self._error(err) from None
+        if not data:
+            return pd.DataFrame({n: pd.Series(dtype="object") for n in names})
+        cols = list(zip(*data))
+        return pd.DataFrame({n: _column(c) for n, c in zip(names, cols)})
+
+    # -- duckdb -------------------------------------------------------------------------------------
+    def prefers_duckdb(self) -> bool:
+        if self._duck_failed or self._prefer == "sqlite":
+            return False
+        if self._prefer == "duckdb":
+            return True
+        try:
+            return self.path.stat().st_size >= DUCKDB_MIN_BYTES
+        except OSError:
+            return False
+
+    def duckdb(self) -> Any:
+        if self._duck is not None:
+            return self._duck
+        ext = sqlite_scanner_path()
+        if ext is None:
+            log.debug("duckdb sqlite_scanner extension not installed; using sqlite3")
+            self._duck_failed = True
+            return None
+        import duckdb
+
+        try:
+            con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+            con.execute(f"LOAD '{_sql_str(str(ext))}'")
+            con.execute(f"ATTACH '{_sql_str(str(self.path.resolve()))}' AS nsys (TYPE sqlite, READ_ONLY)")
+            con.execute("USE nsys")
+        except Exception as err:  # duckdb.Error and friends: fall back to sqlite3
+            log.debug("duckdb unavailable (%s); using sqlite3", err)
+            self._duck_failed = True
+            return None
+        self._duck = con
+        return con
+
+    def frame(self, sql: str) -> pd.DataFrame:
+        """Run a (large) SELECT and return a DataFrame; DuckDB when worthwhile, sqlite3 otherwise."""
+        if self.prefers_duckdb():
+            con = self.duckdb()
+            if con is not None:
+                try:
+                    return con.execute(sql).df()
+                except Exception as err:
+                    log.debug("duckdb query failed (%s); retrying with sqlite3", err)
+        return self._sqlite_frame(sql)
+
+    def close(self) -> None:
+        if self._duck is not None:
+            self._duck.close()
+            self._duck = None
+        self._sqlite.close()
+
+
+def _sql_str(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _column(values: tuple[Any, ...]) -> Any:
+    """Build a numpy column from sqlite3 values: int64 when all ints, float when NULLs mix in ints."""
+    first = next((v for v in values if v is not None), None)
+    if isinstance(first, int) and not isinstance(first, bool):
+        if all(isinstance(v, int) for v in values):
+            try:
+                return np.fromiter(values, dtype=np.int64, count=len(values))
+            except OverflowError:
+                return np.array(values, dtype=object)
+        return pd.array(values, dtype="Int64") if all(v is None or isinstance(v, int) for v in values) else np.array(values, dtype=object)
+    if isinstance(first, float):
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return np.array(values, dtype=object)

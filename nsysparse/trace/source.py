@@ -1,0 +1,106 @@
+"""Turn what the user passed into a readable SQLite export, or a clear one-line error.
+
+Checks, in order: exists, is a file, not empty, is SQLite (not text, not a renamed report), not
+truncated (the header's page count against the file size). `.nsys-rep`/`.qdrep` reports are exported
+with `nsys export` when nsys is on PATH; an existing export is reused only when it is newer than the
+report, and never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from nsysparse.errors import TraceError
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+REPORT_SUFFIXES = (".nsys-rep", ".qdrep")
+_EXPORT_HINT = "export it first: nsys export --type sqlite -o {out} {rep}"
+
+
+def resolve_input(path: str | os.PathLike[str]) -> Path:
+    """Return the SQLite file to read for `path` (exporting a report if needed)."""
+    p = Path(path)
+    if not p.exists():
+        raise TraceError(f"{p}: no such file", "Check the path")
+    if p.is_dir():
+        raise TraceError(f"{p}: is a directory, not a trace file", "Pass the .sqlite export (or .nsys-rep report) itself")
+    if p.suffix.lower() in REPORT_SUFFIXES:
+        return export_report(p)
+    check_sqlite_file(p)
+    return p
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(b >= 9 for b in head)
+
+
+def check_sqlite_file(p: Path) -> None:
+    """Raise TraceError unless `p` starts like a complete SQLite database."""
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as fh:
+            head = fh.read(100)
+    except OSError as err:
+        raise TraceError(f"{p}: cannot read ({err.strerror})", "Check the file permissions") from None
+    if size == 0:
+        raise TraceError(f"{p}: is an empty file", "Re-export the trace with: nsys export --type sqlite -o OUT.sqlite REPORT.nsys-rep")
+    if not head.startswith(SQLITE_MAGIC):
+        if _looks_like_text(head):
+            raise TraceError(f"{p}: is a text file, not an Nsight Systems SQLite export", "Pass the .sqlite file written by nsys export")
+        raise TraceError(
+            f"{p}: is not an SQLite database (it may be an .nsys-rep report under another name)",
+            f"If it is a report, give it the .nsys-rep suffix and export it: "
+            f"nsys export --type sqlite -o {p.stem}.sqlite {p.stem}.nsys-rep",
+        )
+    if size < 100:
+        raise TraceError(f"{p}: is truncated ({size} bytes, shorter than an SQLite header)", "Copy or export the file again")
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    page_count = int.from_bytes(head[28:32], "big")
+    header_count_valid = head[24:28] == head[92:96] and page_count > 0
+    if page_size and size % page_size:
+        raise TraceError(f"{p}: is truncated ({size} bytes is not a whole number of {page_size}-byte pages)", "Copy or export the file again")
+    if header_count_valid and size < page_size * page_count:
+        raise TraceError(
+            f"{p}: is truncated ({size} bytes, the header says {page_size * page_count})",
+            "Copy or export the file again",
+        )
+
+
+def export_report(rep: Path) -> Path:
+    """Export an .nsys-rep/.qdrep to SQLite beside it (or in the user cache if that folder is read-only)."""
+    target = rep.with_suffix(".sqlite")
+    if not os.access(rep.parent, os.W_OK):
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nsysparse"
+        cache.mkdir(parents=True, exist_ok=True)
+        target = cache / (rep.stem + ".sqlite")
+    if target.exists():
+        if target.stat().st_mtime >= rep.stat().st_mtime:
+            check_sqlite_file(target)
+            return target
+        raise TraceError(
+            f"{target}: an older export of {rep.name} is already there and nsysparse will not overwrite it",
+            f"Delete it, or re-export: nsys export --type sqlite --force-overwrite true -o {target} {rep}",
+        )
+    nsys = shutil.which("nsys")
+    if nsys is None:
+        raise TraceError(
+            f"{rep}: is an Nsight Systems report; nsysparse reads its SQLite export and no nsys is on PATH",
+            _EXPORT_HINT.format(out=target, rep=rep),
+        )
+    cmd = [nsys, "export", "--type", "sqlite", "-o", str(target), str(rep)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not target.exists():
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise TraceError(f"{rep}: nsys export failed ({last[0]})", "Run the export by hand: " + " ".join(cmd[1:]))
+    check_sqlite_file(target)
+    return target

@@ -1,0 +1,67 @@
+"""StringIds: interned strings, resolved to pandas Categoricals without per-row Python work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+class Strings:
+    """Maps StringIds ids to values. `categorical(ids)` builds a compact Categorical for a column."""
+
+    def __init__(self, ids: np.ndarray, values: np.ndarray) -> None:
+        codes, uniques = pd.factorize(pd.Series(values, dtype="object"), sort=False)
+        size = int(ids.max()) + 1 if len(ids) else 0
+        self._code_of_id = np.full(size, -1, dtype=np.int64)
+        self._code_of_id[ids.astype(np.int64)] = codes
+        self.categories = pd.Index(uniques, dtype="object")
+        self._value_of_id = {int(i): v for i, v in zip(ids, values)} if len(ids) < 200_000 else None
+        self._ids = ids
+        self._values = values
+
+    @classmethod
+    def empty(cls) -> "Strings":
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object))
+
+    def get(self, string_id: int | None) -> str | None:
+        if string_id is None or string_id < 0:
+            return None
+        if self._value_of_id is not None:
+            return self._value_of_id.get(int(string_id))
+        hit = np.nonzero(self._ids == string_id)[0]
+        return str(self._values[hit[0]]) if len(hit) else None
+
+    def codes(self, ids: np.ndarray) -> np.ndarray:
+        """Category codes (into `self.categories`) for an array of string ids; -1 where unknown."""
+        ids = np.asarray(ids, dtype=np.int64)
+        n = len(self._code_of_id)
+        if n == 0:
+            return np.full(len(ids), -1, dtype=np.int64)
+        valid = (ids >= 0) & (ids < n)
+        return np.where(valid, self._code_of_id[np.clip(ids, 0, n - 1)], -1)
+
+    def categorical(self, ids: np.ndarray) -> pd.Categorical:
+        return compact_categorical(self.codes(ids), self.categories)
+
+
+def compact_categorical(codes: np.ndarray, categories: pd.Index) -> pd.Categorical:
+    """Categorical holding only the categories that `codes` uses (O(n + k), no sort of the rows)."""
+    k = len(categories)
+    if k == 0 or len(codes) == 0:
+        return pd.Categorical.from_codes(np.full(len(codes), -1, dtype=np.int64), categories=pd.Index([], dtype="object"))
+    used = np.zeros(k, dtype=bool)
+    valid = codes >= 0
+    used[codes[valid]] = True
+    remap = np.cumsum(used) - 1
+    new_codes = np.where(valid, remap[np.clip(codes, 0, k - 1)], -1)
+    return pd.Categorical.from_codes(new_codes, categories=categories[used])
+
+
+def strip_version_suffix(names: pd.Categorical) -> pd.Categorical:
+    """`cudaLaunchKernel_v7000` -> `cudaLaunchKernel`, done once per category, not per row."""
+    cats = pd.Series(names.categories, dtype="object")
+    stripped = cats.str.replace(r"_v\d+$", "", regex=True)
+    codes, uniques = pd.factorize(stripped, sort=False)
+    old = names.codes
+    new = np.where(old >= 0, codes[np.clip(old, 0, max(len(codes) - 1, 0))] if len(codes) else -1, -1)
+    return pd.Categorical.from_codes(new, categories=pd.Index(uniques, dtype="object"))

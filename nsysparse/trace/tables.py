@@ -1,0 +1,299 @@
+"""Loaders: nsys event tables -> canonical DataFrames (the only contract analyses see).
+
+Canonical columns (all times integer ns on the session clock; negative values are valid):
+
+kernels  start_ns, end_ns, device_id, context_id, stream_id, correlation_id, global_pid, pid,
+         short_name, name (demangled), mangled_name, grid_x/y/z, block_x/y/z, registers_per_thread,
+         static_shared_bytes, dynamic_shared_bytes, graph_node_id, graph_id (0 = not in a graph)
+api      start_ns, end_ns, global_tid, pid, tid, correlation_id, name (version suffix stripped),
+         event_class (0 runtime, 1 driver), return_value
+nvtx     start_ns, end_ns (-1 = open/mark), event_type, kind (push_pop|start_end|mark), global_tid,
+         end_global_tid, pid, tid, domain_id, domain, range_id, text
+memcpy   start_ns, end_ns, device_id, stream_id, correlation_id, global_pid, pid, bytes, copy_kind
+memset   start_ns, end_ns, device_id, stream_id, correlation_id, global_pid, pid, bytes
+sync     start_ns, end_ns, device_id, stream_id, correlation_id, global_pid, pid, sync_type
+
+Columns missing from an older export are filled with a neutral value (0, or "" for names) and the
+gap is recorded in `Trace.notes` so commands can say what was degraded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from nsysparse.errors import MissingDataError
+from nsysparse.trace import schema as S
+from nsysparse.trace.ids import pid_of, tid_of
+from nsysparse.trace.strings import compact_categorical, strip_version_suffix
+
+if TYPE_CHECKING:
+    from nsysparse.trace.trace import Trace
+
+
+NO_TIME = np.iinfo(np.int64).min  # "no such timestamp" (real timestamps may be negative)
+
+
+@dataclass(frozen=True)
+class Col:
+    source: str  # nsys column
+    kind: str  # int | id0 | str_id | text
+    default: int = 0
+
+
+KERNEL_COLS = {
+    "start_ns": Col("start", "int"),
+    "end_ns": Col("end", "int"),
+    "device_id": Col("deviceId", "int"),
+    "context_id": Col("contextId", "id0"),
+    "stream_id": Col("streamId", "int"),
+    "correlation_id": Col("correlationId", "id0"),
+    "global_pid": Col("globalPid", "id0"),
+    "short_name": Col("shortName", "str_id"),
+    "name": Col("demangledName", "str_id"),
+    "mangled_name": Col("mangledName", "str_id"),
+    "grid_x": Col("gridX", "id0"),
+    "grid_y": Col("gridY", "id0"),
+    "grid_z": Col("gridZ", "id0"),
+    "block_x": Col("blockX", "id0"),
+    "block_y": Col("blockY", "id0"),
+    "block_z": Col("blockZ", "id0"),
+    "registers_per_thread": Col("registersPerThread", "id0"),
+    "static_shared_bytes": Col("staticSharedMemory", "id0"),
+    "dynamic_shared_bytes": Col("dynamicSharedMemory", "id0"),
+    "graph_node_id": Col("graphNodeId", "id0"),
+    "graph_id": Col("graphId", "id0"),
+}
+KERNEL_DEFAULT = ("start_ns", "end_ns", "device_id", "stream_id", "correlation_id", "global_pid", "short_name", "name", "graph_node_id")
+
+API_COLS = {
+    "start_ns": Col("start", "int"),
+    "end_ns": Col("end", "int"),
+    "global_tid": Col("globalTid", "id0"),
+    "correlation_id": Col("correlationId", "id0"),
+    "name": Col("nameId", "str_id"),
+    "event_class": Col("eventClass", "id0"),
+    "return_value": Col("returnValue", "id0"),
+}
+API_DEFAULT = ("start_ns", "end_ns", "global_tid", "correlation_id", "name")
+
+MEMCPY_COLS = {
+    "start_ns": Col("start", "int"),
+    "end_ns": Col("end", "int"),
+    "device_id": Col("deviceId", "int"),
+    "stream_id": Col("streamId", "int"),
+    "correlation_id": Col("correlationId", "id0"),
+    "global_pid": Col("globalPid", "id0"),
+    "bytes": Col("bytes", "id0"),
+    "copy_kind": Col("copyKind", "id0"),
+    "graph_node_id": Col("graphNodeId", "id0"),
+}
+MEMSET_COLS = {k: v for k, v in MEMCPY_COLS.items() if k != "copy_kind"}
+SYNC_COLS = {
+    "start_ns": Col("start", "int"),
+    "end_ns": Col("end", "int"),
+    "device_id": Col("deviceId", "int"),
+    "stream_id": Col("streamId", "int"),
+    "correlation_id": Col("correlationId", "id0"),
+    "global_pid": Col("globalPid", "id0"),
+    "sync_type": Col("syncType", "id0"),
+}
+SPECS = {"kernels": KERNEL_COLS, "api": API_COLS, "memcpy": MEMCPY_COLS, "memset": MEMSET_COLS, "sync": SYNC_COLS}
+
+
+def _select_sql(trace: "Trace", kind: str, wanted: tuple[str, ...], where: str = "") -> tuple[str, list[str]]:
+    table = S.TABLES[kind]
+    spec = SPECS[kind]
+    present = trace.schema.columns[table]
+    parts, missing = [], []
+    for name in wanted:
+        col = spec[name]
+        if col.source in present:
+            expr = f'"{col.source}"'
+            if kind == "sync" and col.source == "syncType" and "deprecatedSyncType" in present:
+                expr = 'COALESCE("syncType", "deprecatedSyncType")'
+            if col.kind in ("id0", "str_id"):
+                expr = f"COALESCE({expr}, {-1 if col.kind == 'str_id' else col.default})"
+            parts.append(f"{expr} AS {name}")
+        else:
+            missing.append(name)
+            parts.append(f"{-1 if col.kind == 'str_id' else col.default} AS {name}")
+    sql = f'SELECT {", ".join(parts)} FROM "{table}"'
+    if where:
+        sql += f" WHERE {where}"
+    return sql, missing
+
+
+def load(trace: "Trace", kind: str, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Generic loader for kernels/api/memcpy/memset/sync. Adds `pid` (and `tid`) decoded from global ids."""
+    trace.require(kind)
+    spec = SPECS[kind]
+    defaults = {"kernels": KERNEL_DEFAULT, "api": API_DEFAULT}.get(kind, tuple(spec))
+    wanted = tuple(c for c in (columns or defaults) if c in spec)
+    for need in ("start_ns", "end_ns"):
+        if need not in wanted:
+            wanted = (need, *wanted)
+    gid = "global_tid" if kind == "api" else "global_pid"
+    if gid in spec and gid not in wanted:
+        wanted = (*wanted, gid)
+    where = ""
+    table_cols = trace.schema.columns[S.TABLES[kind]]
+    if kind == "api" and "eventClass" in table_cols:
+        where = f'"eventClass" IN ({S.EVENT_CLASS_RUNTIME}, {S.EVENT_CLASS_DRIVER})'
+    sql, missing = _select_sql(trace, kind, wanted, where)
+    for m in missing:
+        if m in ("global_pid", "global_tid", "correlation_id", "device_id", "stream_id", "event_class"):
+            trace.note(f"{S.TABLES[kind]} has no {spec[m].source} column (older export): {m} is unknown")
+    df = trace.engine.frame(sql)
+    df = _finish(trace, df, kind, spec, wanted)
+    return df
+
+
+def _finish(trace: "Trace", df: pd.DataFrame, kind: str, spec: dict[str, Col], wanted: tuple[str, ...]) -> pd.DataFrame:
+    out: dict[str, object] = {}
+    for name in wanted:
+        col = spec[name]
+        values = df[name].to_numpy() if len(df) else np.zeros(0, dtype=np.int64)
+        if col.kind == "str_id":
+            cat = trace.strings.categorical(values.astype(np.int64, copy=False))
+            if kind == "api" and name == "name":
+                cat = strip_version_suffix(cat)
+            out[name] = cat
+        else:
+            out[name] = values.astype(np.int64, copy=False)
+    frame = pd.DataFrame(out)
+    # CUPTI's "timestamp unknown" rows (start = end = 0) carry no interval: drop them.
+    bad = (frame["start_ns"].to_numpy() == 0) & (frame["end_ns"].to_numpy() == 0)
+    if bad.any():
+        trace.note(f"{int(bad.sum())} {kind} rows with unknown timestamps (start = end = 0) were ignored")
+        frame = frame.loc[~bad].reset_index(drop=True)
+    if "global_pid" in frame:
+        frame["pid"] = pid_of(frame["global_pid"].to_numpy())
+    if "global_tid" in frame:
+        g = frame["global_tid"].to_numpy()
+        frame["pid"] = pid_of(g)
+        frame["tid"] = tid_of(g)
+    return frame
+
+
+def nvtx(trace: "Trace") -> pd.DataFrame:
+    """NVTX ranges and marks with resolved text and domain names (see module docstring)."""
+    trace.require("nvtx")
+    table = S.TABLES["nvtx"]
+    cols = trace.schema.columns[table]
+
+    def c(name: str, default: str = "0") -> str:
+        return f'n."{name}"' if name in cols else default
+
+    text = 'n."text"' if "text" in cols else "NULL"
+    if "textId" in cols and trace.schema.has(S.STRINGS):
+        text_expr = f"COALESCE({text}, s.value)"
+        join = f'LEFT JOIN "{S.STRINGS}" s ON s.id = n."textId"'
+    else:
+        text_expr, join = text, ""
+    types = ", ".join(str(t) for t in (*S.NVTX_RANGE_TYPES, S.NVTX_MARK))
+    sql = (
+        f'SELECT n."start" AS start_ns, COALESCE(n."end", -1) AS end_ns, {c("eventType")} AS event_type, '
+        f'COALESCE({c("globalTid")}, 0) AS global_tid, COALESCE({c("endGlobalTid", "NULL")}, {c("globalTid")}, 0) AS end_global_tid, '
+        f'COALESCE({c("domainId")}, 0) AS domain_id, COALESCE({c("rangeId")}, 0) AS range_id, {text_expr} AS text '
+        f'FROM "{table}" n {join} WHERE {c("eventType")} IN ({types})'
+    )
+    df = trace.engine.frame(sql)
+    n = len(df)
+    out = pd.DataFrame(
+        {
+            "start_ns": df["start_ns"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
+            "end_ns": df["end_ns"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
+            "event_type": df["event_type"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
+            "global_tid": df["global_tid"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
+            "end_global_tid": df["end_global_tid"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
+            "domain_id": df["domain_id"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
+            "range_id": df["range_id"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
+        }
+    )
+    texts = df["text"] if n else pd.Series([], dtype="object")
+    codes, uniques = pd.factorize(pd.Series(texts, dtype="object"), sort=False)
+    out["text"] = compact_categorical(np.asarray(codes, dtype=np.int64), pd.Index(uniques, dtype="object"))
+    out["kind"] = pd.Categorical(pd.Series(out["event_type"]).map(S.NVTX_KIND).fillna("other"))
+    out["pid"] = pid_of(out["global_tid"].to_numpy())
+    out["tid"] = tid_of(out["global_tid"].to_numpy())
+    domains = nvtx_domains(trace)
+    if len(domains):
+        key = pd.MultiIndex.from_arrays([domains["pid"], domains["domain_id"]])
+        lookup = pd.Series(domains["domain"].to_numpy(), index=key)
+        idx = pd.MultiIndex.from_arrays([out["pid"], out["domain_id"]])
+        names = lookup.reindex(idx).to_numpy()
+    else:
+        names = np.full(len(out), None, dtype=object)
+    dom = pd.Series(names, dtype="object")
+    dom = dom.where(dom.notna(), np.where(out["domain_id"].to_numpy() == 0, "default", "domain " + out["domain_id"].astype(str)))
+    out["domain"] = pd.Categorical(dom)
+    return out
+
+
+def nvtx_domains(trace: "Trace") -> pd.DataFrame:
+    """Domain names from NvtxDomainCreate rows: pid, domain_id, domain."""
+    table = S.TABLES["nvtx"]
+    cols = trace.schema.columns.get(table, ())
+    if "domainId" not in cols or "eventType" not in cols:
+        return pd.DataFrame({"pid": [], "domain_id": [], "domain": []})
+    text = 'n."text"' if "text" in cols else "NULL"
+    join = ""
+    if "textId" in cols and trace.schema.has(S.STRINGS):
+        text = f"COALESCE({text}, s.value)"
+        join = f'LEFT JOIN "{S.STRINGS}" s ON s.id = n."textId"'
+    rows = trace.engine.rows(f'SELECT n."globalTid", n."domainId", {text} FROM "{table}" n {join} WHERE n."eventType" = {S.NVTX_DOMAIN_CREATE}')
+    if not rows:
+        return pd.DataFrame({"pid": [], "domain_id": [], "domain": []})
+    g = np.array([r[0] or 0 for r in rows], dtype=np.int64)
+    return pd.DataFrame({"pid": pid_of(g), "domain_id": [int(r[1] or 0) for r in rows], "domain": [r[2] or "" for r in rows]}).drop_duplicates(["pid", "domain_id"])
+
+
+def kernel_launches(trace: "Trace", kernels: pd.DataFrame, api: pd.DataFrame) -> pd.DataFrame:
+    """Join each kernel to its launching API call (same correlationId, same process).
+
+    Adds has_launch, api_start_ns, api_end_ns, global_tid, tid, api_name. Where the call is absent (a
+    time-sliced trace, or a capture without CUDA API tracing) has_launch is False, the times are
+    NO_TIME and global_tid/tid are -1 (times themselves may be negative, so test has_launch). Graph-node kernels all map to the one
+    cudaGraphLaunch that replayed them. O(n log n): sort the API keys once, binary-search the kernels.
+    """
+    kpid = kernels["pid"].to_numpy() if "pid" in kernels else np.zeros(len(kernels), np.int64)
+    use_pid = trace.schema.has(S.TABLES["kernels"], "globalPid")
+    kkey = _corr_key(kernels["correlation_id"].to_numpy(), kpid if use_pid else None)
+    akey = _corr_key(api["correlation_id"].to_numpy(), api["pid"].to_numpy() if use_pid else None)
+    order = np.argsort(akey, kind="stable")
+    sorted_keys = akey[order]
+    pos = np.searchsorted(sorted_keys, kkey)
+    pos_c = np.clip(pos, 0, max(len(sorted_keys) - 1, 0))
+    found = (len(sorted_keys) > 0) & (pos < len(sorted_keys))
+    if len(sorted_keys):
+        found &= sorted_keys[pos_c] == kkey
+    found &= kernels["correlation_id"].to_numpy() > 0
+    idx = np.where(found, order[pos_c] if len(order) else 0, -1)
+    out = kernels.copy()
+    take = np.where(found, idx, 0)
+    out["has_launch"] = found
+    out["api_start_ns"] = np.where(found, api["start_ns"].to_numpy()[take] if len(api) else 0, NO_TIME)
+    out["api_end_ns"] = np.where(found, api["end_ns"].to_numpy()[take] if len(api) else 0, NO_TIME)
+    out["global_tid"] = np.where(found, api["global_tid"].to_numpy()[take] if len(api) else 0, -1)
+    out["tid"] = np.where(found, api["tid"].to_numpy()[take] if len(api) else 0, -1)
+    api_codes = np.where(found, api["name"].cat.codes.to_numpy()[take] if len(api) else -1, -1)
+    out["api_name"] = pd.Categorical.from_codes(api_codes, categories=api["name"].cat.categories) if len(api) else pd.Categorical([None] * len(out))
+    return out
+
+
+def _corr_key(corr: np.ndarray, pid: np.ndarray | None) -> np.ndarray:
+    corr = corr.astype(np.int64) & 0xFFFFFFFF
+    if pid is None:
+        return corr
+    return (pid.astype(np.int64) << 32) | corr
+
+
+def require_columns(trace: "Trace", kind: str, *columns: str) -> None:
+    table = S.TABLES[kind]
+    for col in columns:
+        if not trace.schema.has(table, SPECS[kind][col].source):
+            raise MissingDataError(f"{trace.path}: {table} has no {SPECS[kind][col].source} column", "Re-export with a newer nsys")

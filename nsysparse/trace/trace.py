@@ -1,0 +1,221 @@
+"""`Trace`: one opened export. Loads canonical frames on demand and caches them on the instance."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nsysparse.errors import MissingDataError, TraceError
+from nsysparse.trace import schema as S
+from nsysparse.trace import tables
+from nsysparse.trace.engine import Engine
+from nsysparse.trace.source import resolve_input
+from nsysparse.trace.strings import Strings
+
+_WHY_MISSING = {
+    "kernels": "the capture recorded no CUDA kernels; profile with --trace=cuda and make sure the workload ran on the GPU",
+    "api": "the capture has no CUDA API calls; profile with --trace=cuda",
+    "nvtx": "the capture has no NVTX events; add NVTX ranges and profile with --trace=cuda,nvtx",
+    "memcpy": "the capture recorded no memory copies",
+    "memset": "the capture recorded no memsets",
+    "sync": "the capture recorded no synchronization events",
+}
+
+
+class Trace:
+    """A read-only view of one Nsight Systems SQLite export.
+
+    Use as a context manager, or call `close()`. All frames are canonical (see `nsysparse.trace.tables`).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], engine: str | None = None) -> None:
+        self.source_path = Path(path)
+        self.path = resolve_input(path)
+        self.engine = Engine(self.path, prefer=engine)
+        try:
+            self.schema = S.probe(self.engine.rows)
+            if not S.is_nsys_export(self.schema):
+                raise TraceError(
+                    f"{self.path}: is an SQLite database but not an Nsight Systems export (no StringIds or CUPTI/NVTX tables)",
+                    "Pass a file written by: nsys export --type sqlite",
+                )
+            self.export_meta = self._key_values(self.schema.first(*S.META_EXPORT_TABLES))
+            self.capture_meta = self._capture_values()
+            self.version = S.detect_version(self.schema, self.export_meta)
+        except Exception:
+            self.engine.close()
+            raise
+        self.notes: list[str] = []
+        self._strings: Strings | None = None
+        self._frames: dict[str, pd.DataFrame] = {}
+        self._frame_cols: dict[str, tuple[str, ...]] = {}
+        self._counts: dict[str, int] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def __enter__(self) -> "Trace":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def note(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
+
+    # -- metadata -----------------------------------------------------------------------------------
+    def _key_values(self, table: str | None) -> dict[str, str]:
+        if not table or not self.schema.has(table, "name") or not self.schema.has(table, "value"):
+            return {}
+        rows = self.engine.rows(f'SELECT name, value FROM "{table}"')
+        return {str(k): str(v) for k, v in rows if k in S.SHOWN_EXPORT_KEYS}
+
+    def _capture_values(self) -> dict[str, list[str]]:
+        table = S.META_CAPTURE_TABLE
+        if not self.schema.has(table, "name"):
+            return {}
+        out: dict[str, list[str]] = {}
+        for k, v in self.engine.rows(f'SELECT name, value FROM "{table}"'):
+            key = str(k)
+            base = key.split(":", 1)[1] if key.startswith("PROCESS_") and ":" in key else key
+            if base in S.SHOWN_CAPTURE_KEYS:
+                out.setdefault(base, [])
+                if str(v) not in out[base]:
+                    out[base].append(str(v))
+        return out
+
+    @property
+    def strings(self) -> Strings:
+        if self._strings is None:
+            if self.schema.has(S.STRINGS):
+                df = self.engine.frame(f'SELECT id, value FROM "{S.STRINGS}"')
+                self._strings = Strings(df["id"].to_numpy(np.int64), df["value"].to_numpy(object))
+            else:
+                self._strings = Strings.empty()
+        return self._strings
+
+    def has(self, kind: str) -> bool:
+        return self.schema.has_kind(kind)
+
+    def require(self, kind: str, purpose: str | None = None) -> None:
+        if not self.has(kind):
+            what = f" ({purpose} needs it)" if purpose else ""
+            raise MissingDataError(
+                f"{self.path}: has no {S.TABLES[kind]} table{what}", _WHY_MISSING.get(kind, "the capture did not record it")
+            )
+
+    def count(self, kind: str) -> int:
+        if kind not in self._counts:
+            self._counts[kind] = int(self.engine.rows(f'SELECT count(*) FROM "{S.TABLES[kind]}"')[0][0]) if self.has(kind) else 0
+        return self._counts[kind]
+
+    def capture_mode(self) -> str:
+        """CUDA-graph trace mode: 'node', 'graph', or 'unknown' (from metadata, else inferred)."""
+        modes = [m.lower() for m in self.capture_meta.get("CUDA_GRAPH_TRACE_OPTIONS:MODE", [])]
+        if "node" in modes:
+            return "node"
+        if "graph" in modes:
+            return "graph"
+        if self.has("graph_trace"):
+            return "graph"
+        if self.has("kernels") and self.schema.has(S.TABLES["kernels"], "graphNodeId"):
+            n = self.engine.rows(f'SELECT count(*) FROM "{S.TABLES["kernels"]}" WHERE "graphNodeId" > 0')[0][0]
+            if n:
+                return "node"
+        return "unknown"
+
+    # -- frames -------------------------------------------------------------------------------------
+    def _load(self, kind: str, columns: tuple[str, ...] | None) -> pd.DataFrame:
+        spec = tables.SPECS[kind]
+        default = {"kernels": tables.KERNEL_DEFAULT, "api": tables.API_DEFAULT}.get(kind, tuple(spec))
+        want = tuple(columns) if columns else default
+        have = self._frame_cols.get(kind)
+        if have is not None and all(c in have for c in want if c in spec):
+            return self._frames[kind]
+        union = tuple(dict.fromkeys((*(have or ()), *want)))
+        df = tables.load(self, kind, union)
+        df = _sorted(df)
+        self._frames[kind] = df
+        self._frame_cols[kind] = union
+        return df
+
+    def kernels(self, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+        """Kernels sorted by start (canonical columns; `columns` picks extra ones such as grid_x)."""
+        return self._load("kernels", columns)
+
+    def api(self, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+        """CUDA runtime and driver API calls (backtrace duplicates dropped), sorted by start."""
+        return self._load("api", columns)
+
+    def memcpy(self) -> pd.DataFrame:
+        return self._load("memcpy", None)
+
+    def memset(self) -> pd.DataFrame:
+        return self._load("memset", None)
+
+    def sync(self) -> pd.DataFrame:
+        return self._load("sync", None)
+
+    def nvtx(self) -> pd.DataFrame:
+        if "nvtx" not in self._frames:
+            self._frames["nvtx"] = _sorted(tables.nvtx(self))
+        return self._frames["nvtx"]
+
+    def launches(self) -> pd.DataFrame:
+        """Kernels joined to their launching API call (api_start_ns, global_tid, tid, api_name)."""
+        if "launches" not in self._frames:
+            k = self.kernels()
+            if self.has("api"):
+                df = tables.kernel_launches(self, k, self.api())
+                missing = int((~df["has_launch"].to_numpy()).sum())
+                if missing:
+                    self.note(f"{missing} of {len(df)} kernels have no launching API call in the trace (time-sliced export or API tracing off)")
+            else:
+                df = k.copy()
+                df["has_launch"] = np.zeros(len(df), dtype=bool)
+                for c in ("api_start_ns", "api_end_ns"):
+                    df[c] = np.full(len(df), tables.NO_TIME, dtype=np.int64)
+                for c in ("global_tid", "tid"):
+                    df[c] = np.full(len(df), -1, dtype=np.int64)
+                df["api_name"] = pd.Categorical([None] * len(df))
+                self.note("no CUDA API table: kernels cannot be tied to launching threads or NVTX ranges")
+            self._frames["launches"] = df
+        return self._frames["launches"]
+
+    def gpu_ops(self) -> pd.DataFrame:
+        """Kernels, memcpys and memsets as one frame: kind, start_ns, end_ns, device_id, stream_id, pid."""
+        if "gpu_ops" not in self._frames:
+            parts = []
+            for kind in S.GPU_OP_KINDS:
+                if not self.has(kind):
+                    continue
+                df = self.kernels() if kind == "kernels" else self._load(kind, None)
+                part = df[["start_ns", "end_ns", "device_id", "stream_id", "pid"]].copy()
+                part["kind"] = kind
+                parts.append(part)
+            if not parts:
+                self.require("kernels")
+            ops = pd.concat(parts, ignore_index=True)
+            ops["kind"] = ops["kind"].astype("category")
+            self._frames["gpu_ops"] = _sorted(ops)
+        return self._frames["gpu_ops"]
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    if len(df) == 0:
+        return df.reset_index(drop=True)
+    start = df["start_ns"].to_numpy()
+    if len(start) > 1 and bool(np.all(start[1:] >= start[:-1])):
+        return df.reset_index(drop=True)
+    order = np.lexsort((df["end_ns"].to_numpy(), start))
+    return df.take(order).reset_index(drop=True)
+
+
+def open_trace(path: str | os.PathLike[str], engine: str | None = None) -> Trace:
+    """Open an nsys SQLite export (or .nsys-rep, exported through nsys when available) read-only."""
+    return Trace(path, engine=engine)

@@ -1,0 +1,65 @@
+"""Shared test fixtures: the trace builder, public-trace lookup, and a CLI runner that checks hygiene."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from nsysbuilder import TraceBuilder  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+PUBLIC = Path(os.environ.get("NSYSPARSE_SHARED", ROOT.parent / "shared")) / "traces" / "public"
+
+# Strings planted by the builder in environment/host fields; no command may print them.
+SECRETS = ("hunter2", "secret-host", "alice-secret", "API_TOKEN")
+
+
+def public_trace(relpath: str) -> Path:
+    p = PUBLIC / relpath
+    if not p.exists():
+        pytest.skip(f"public trace {relpath} not available (../shared/traces/public absent)")
+    return p
+
+
+def fixture_trace(name: str) -> Path:
+    p = FIXTURES / name / "trace.sqlite"
+    if not p.exists():
+        pytest.skip(f"fixture {name} not present")
+    return p
+
+
+@pytest.fixture
+def builder():
+    def make(era: str = "2024.5", **kw) -> TraceBuilder:
+        return TraceBuilder(era, **kw)
+
+    return make
+
+
+@pytest.fixture
+def run():
+    """Invoke the CLI; returns the Result. Asserts no traceback and no leaked secrets on any output."""
+    from nsysparse.cli import cli
+
+    runner = CliRunner()
+
+    def invoke(*args: str, expect: int | None = 0):
+        res = runner.invoke(cli, [str(a) for a in args], catch_exceptions=True)
+        text = res.output  # stdout and stderr as a terminal would show them
+        assert "Traceback" not in text, text
+        if res.exception is not None and not isinstance(res.exception, SystemExit):
+            raise res.exception
+        for s in SECRETS:
+            assert s not in text, f"secret {s!r} leaked: {text[:500]}"
+        if expect is not None:
+            assert res.exit_code == expect, f"exit {res.exit_code} != {expect}: {text[-2000:]}"
+        return res
+
+    return invoke

@@ -1,0 +1,170 @@
+"""The trace gateway on synthetic exports of every schema era: versions, names, joins, degradation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nsysbuilder import ERAS, gtid
+from nsysparse.trace import open_trace
+from nsysparse.trace import info
+
+
+def basic(builder, era):
+    b = builder(era)
+    b.gpu(0, "NVIDIA H100 80GB HBM3")
+    b.kernel(10_000, 12_000, "void at::native::vectorized_elementwise_kernel<4, float>(int)", short="vectorized_elementwise_kernel")
+    b.kernel(13_000, 20_000, "sm90_xmma_gemm_bf16bf16_bf16f32", short="sm90_xmma_gemm_bf16bf16_bf16f32")
+    b.push(1_000, 9_000, "layer_0")
+    return b
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("engine", ["sqlite", "duckdb"])
+def test_every_era_loads_the_same_kernels(builder, tmp_path, era, engine):
+    path = basic(builder, era).write(tmp_path / "t.sqlite")
+    with open_trace(path, engine=engine) as t:
+        k = t.kernels()
+        assert list(k["start_ns"]) == [10_000, 13_000]
+        assert list(k["short_name"].astype(str)) == ["vectorized_elementwise_kernel", "sm90_xmma_gemm_bf16bf16_bf16f32"]
+        assert k["pid"].tolist() == [100, 100]
+        assert info.gpu_name(t) == "NVIDIA H100 80GB HBM3"
+        launches = t.launches()
+        assert (launches["tid"] == 100).all()
+        assert launches["api_name"].astype(str).tolist() == ["cudaLaunchKernel", "cudaLaunchKernel"]
+        assert (launches["api_start_ns"] == launches["start_ns"] - 5_000).all()
+
+
+@pytest.mark.parametrize(
+    "era,product,source",
+    [("2021", None, "columns"), ("2022.2", "2022.2.1.31", "EXPORT_META_DATA"), ("2023.1", "2023.1.2.43", "EXPORT_META_DATA"),
+     ("2024.5", "2024.5.1.113", "META_DATA_EXPORT"), ("2026.2", "2026.2.1.210", "META_DATA_EXPORT")],
+)
+def test_version_detection(builder, tmp_path, era, product, source):
+    path = basic(builder, era).write(tmp_path / "t.sqlite")
+    with open_trace(path) as t:
+        assert t.version.product == product
+        assert t.version.source == source
+        if product is None:
+            assert "2021" in t.version.era
+
+
+def test_nvtx_text_and_textid_are_both_resolved(builder, tmp_path):
+    b = builder("2024.5")
+    b.gpu()
+    b.kernel(10_000, 11_000, "k")
+    b.push(100, 900, "inline_text")
+    b.push(200, 800, "ncclAllReduce", registered=True, domain=1)
+    b.domain(1, "NCCL")
+    path = b.write(tmp_path / "t.sqlite")
+    with open_trace(path) as t:
+        n = t.nvtx()
+        assert sorted(n["text"].astype(str)) == ["inline_text", "ncclAllReduce"]
+        dom = dict(zip(n["text"].astype(str), n["domain"].astype(str)))
+        assert dom == {"inline_text": "default", "ncclAllReduce": "NCCL"}
+        assert set(n["kind"].astype(str)) == {"push_pop"}
+
+
+def test_correlation_join_requires_same_process(builder, tmp_path):
+    """Two processes reuse correlationId 1: each kernel must join its own process's launch."""
+    b = builder("2024.5")
+    b.gpu()
+    b.api(1_000, 2_000, "cudaLaunchKernel_v7000", pid=100, tid=101, corr=1)
+    b.api(5_000, 6_000, "cudaLaunchKernel_v7000", pid=200, tid=201, corr=1)
+    b.kernel(10_000, 11_000, "a", pid=100, corr=1)
+    b.kernel(12_000, 13_000, "b", pid=200, corr=1, device=1)
+    path = b.write(tmp_path / "t.sqlite")
+    with open_trace(path) as t:
+        la = t.launches().set_index(t.launches()["short_name"].astype(str))
+        assert la.loc["a", "tid"] == 101 and la.loc["a", "api_start_ns"] == 1_000
+        assert la.loc["b", "tid"] == 201 and la.loc["b", "api_start_ns"] == 5_000
+
+
+def test_backtrace_duplicates_are_dropped(builder, tmp_path):
+    b = builder("2022.2")
+    b.gpu()
+    corr = b.kernel(10_000, 11_000, "k")
+    b.api(4_000, 4_500, "cudaLaunchKernel", corr=corr, event_class=67)  # --cudabacktrace duplicate
+    path = b.write(tmp_path / "t.sqlite")
+    with open_trace(path) as t:
+        assert len(t.api()) == 1
+        assert t.launches()["api_start_ns"].tolist() == [5_000]
+
+
+def test_negative_timestamps_are_valid_and_zero_rows_dropped(builder, tmp_path):
+    b = builder("2024.5")
+    b.gpu()
+    b.kernel(-5_000, -4_000, "early", api_start=-9_000)
+    b.kernel(0, 0, "unknown_ts")
+    b.kernel(1_000, 2_000, "late")
+    path = b.write(tmp_path / "t.sqlite")
+    with open_trace(path) as t:
+        k = t.kernels()
+        assert k["start_ns"].tolist() == [-5_000, 1_000]
+        assert any("unknown timestamps" in n for n in t.notes)
+
+
+def test_graph_node_kernels_share_one_launch(builder, tmp_path):
+    b = builder("2024.5", graph_mode="Node")
+    b.gpu()
+    corr = b.api(1_000, 1_500, "cudaGraphLaunch_v10000", tid=100)
+    for i in range(3):
+        b.kernel(10_000 + i * 1_000, 10_500 + i * 1_000, f"k{i}", corr=corr, graph_node=i + 1)
+    path = b.write(tmp_path / "t.sqlite")
+    with open_trace(path) as t:
+        assert t.capture_mode() == "node"
+        la = t.launches()
+        assert la["api_name"].astype(str).unique().tolist() == ["cudaGraphLaunch"]
+        assert (la["graph_node_id"] > 0).all()
+        assert info.graph_launches(t) == 1
+
+
+def test_missing_tables_degrade_with_explanations(builder, tmp_path):
+    b = builder("2024.5")
+    b.gpu()
+    b.kernel(1_000, 2_000, "k", with_api=False)
+    path = b.write(tmp_path / "t.sqlite")
+    with open_trace(path) as t:
+        assert not t.has("api") and not t.has("nvtx")
+        la = t.launches()
+        assert la["has_launch"].tolist() == [False]
+        assert any("no CUDA API table" in n for n in t.notes)
+        s = info.summary(t)
+        assert "nvtx" in s["missing_tables"] and "api" in s["missing_tables"]
+
+
+def test_time_slice_is_detected_from_missing_launches(builder, tmp_path):
+    b = builder("2024.5")
+    b.gpu()
+    b.kernel(1_000, 2_000, "k")
+    b.kernel(3_000, 4_000, "orphan", with_api=False)
+    path = b.write(tmp_path / "t.sqlite")
+    with open_trace(path) as t:
+        sliced, why = info.slice_status(t)
+        assert sliced and "1 of 2" in why
+
+
+def test_global_ids_decode():
+    from nsysparse.trace.ids import pid_of, tid_of
+
+    g = np.array([gtid(1230493, 1230493), gtid(7, 42)], dtype=np.int64)
+    assert pid_of(g).tolist() == [1230493, 7]
+    assert tid_of(g).tolist() == [1230493, 42]
+
+
+def test_info_summary_of_streams_and_processes(builder, tmp_path):
+    b = builder("2024.5")
+    b.gpu(0)
+    b.process(100, "/home/alice-secret/venv/bin/python3")
+    b.kernel(1_000, 3_000, "a", stream=7)
+    b.kernel(2_000, 4_000, "b", stream=7)
+    b.kernel(1_000, 2_000, "c", stream=13)
+    b.memcpy(5_000, 6_000, stream=13)
+    path = b.write(tmp_path / "t.sqlite")
+    with open_trace(path) as t:
+        s = info.summary(t)
+    streams = {(r["stream_id"]): r for r in s["streams"]}
+    assert streams[7]["busy_ms"] == pytest.approx(0.003)
+    assert streams[13]["kernels"] == 1 and streams[13]["memcpy"] == 1
+    assert s["processes"][0]["name"] == "python3"  # base name only: paths can hold user names
+    assert s["tables"]["kernels"] == 3
