@@ -1,0 +1,186 @@
+"""The per-layer cost table: layer kind × op, per-kind layer totals, and the step-time reconciliation.
+
+Reconciliation (means over steps, so the lines add up exactly):
+    Σ_kind (layers of that kind per step × kernel time of one such layer)
+  + kernel time outside layers (embedding, LM head, sampling, ...)
+  − kernel time counted twice because kernels ran concurrently
+  + memcpy/memset time not hidden under kernels
+  + idle GPU time inside the step
+  = measured step time (first GPU start to last GPU end)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nsysparse import intervals
+from nsysparse.analyses.instances import dominant, op_instances, steps_in
+from nsysparse.columns import Column, empty_frame
+from nsysparse.structure.mapping import Mapping
+
+OP_COLUMNS = (
+    Column("layer_kind", "str", "dense | moe | mtp | unknown"),
+    Column("op", "str", "logical op"),
+    Column("count_per_step", "float", "instances per step (one per layer of that kind that runs the op)"),
+    Column("mean_us", "float", "mean time of one instance (sum of its kernels in one layer)"),
+    Column("median_us", "float", "median time of one instance"),
+    Column("p10_us", "float", "10th percentile over instances"),
+    Column("p90_us", "float", "90th percentile over instances"),
+    Column("total_us_per_step", "float", "count_per_step × mean_us"),
+    Column("share_of_layer_pct", "float", "share of one layer of that kind"),
+    Column("source", "str", "naming source covering most of the op's time"),
+)
+KIND_COLUMNS = (
+    Column("layer_kind", "str", "dense | moe | mtp | unknown"),
+    Column("count_per_step", "float", "layers of this kind per step"),
+    Column("kernel_us", "float", "summed kernel time of one layer (mean over layers)"),
+    Column("wall_us", "float", "first kernel start to last kernel end of one layer (mean)"),
+    Column("kernels", "float", "kernels in one layer (mean)"),
+    Column("total_us_per_step", "float", "count_per_step × kernel_us"),
+    Column("share_of_step_pct", "float", "share of the measured step time"),
+)
+RECON_COLUMNS = (
+    Column("component", "str", "reconciliation line"),
+    Column("count_per_step", "float", "instances per step (layers lines)"),
+    Column("us_each", "float", "time of one instance (layers lines)"),
+    Column("us_per_step", "float", "contribution to the mean step time (negative: subtracted)"),
+    Column("detail", "str", "what the line holds"),
+)
+UNMAPPED_COLUMNS = (
+    Column("short_name", "str", "kernel short name"),
+    Column("count", "int", "instances inside steps"),
+    Column("total_us", "float", "summed duration inside steps"),
+    Column("share_pct", "float", "share of kernel time inside steps"),
+)
+
+
+@dataclass
+class LayerReport:
+    ops: pd.DataFrame
+    kinds: pd.DataFrame
+    reconciliation: pd.DataFrame
+    unmapped: pd.DataFrame
+    steps: int
+    step_time_us: float  # median wall
+    step_busy_us: float  # median busy
+    layer_kinds: dict[str, float]
+    unmapped_share: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        """The documented JSON (see docs/columns.md#layers)."""
+        return {
+            **self.meta,
+            "steps": self.steps,
+            "step_time_us": self.step_time_us,
+            "step_busy_us": self.step_busy_us,
+            "layer_kinds": self.layer_kinds,
+            "ops": self.ops[["layer_kind", "op", "count_per_step", "mean_us", "median_us", "total_us_per_step", "source"]].to_dict("records"),
+            "layer_totals": self.kinds.to_dict("records"),
+            "reconciliation": self.reconciliation.to_dict("records"),
+            "unmapped_share": self.unmapped_share,
+            "top_unmapped": self.unmapped.to_dict("records"),
+        }
+
+
+def layer_report(m: Mapping, device_id: int | None = None, top_unmapped: int = 10) -> LayerReport:
+    inst = op_instances(m, device_id)
+    nsteps = steps_in(m, device_id)
+    steps = m.steps if device_id is None else m.steps[m.steps["device_id"] == device_id]
+    k = m.kernels[m.kernels["step"] >= 0]
+    if device_id is not None:
+        k = k[k["device_id"] == device_id]
+    meta = {"step_source": m.step_source, "step_confidence": m.step_confidence, "layer_source": m.layer_source}
+    if nsteps == 0 or len(inst) == 0:
+        return LayerReport(empty_frame(OP_COLUMNS), empty_frame(KIND_COLUMNS), empty_frame(RECON_COLUMNS), empty_frame(UNMAPPED_COLUMNS), 0, float("nan"), float("nan"), {}, float("nan"), meta)
+
+    in_layer = inst[inst["layer_id"] >= 0]
+    layers = in_layer.groupby(["layer_id", "layer_kind"]).agg(kernel_ns=("time_ns", "sum"), kernels=("kernels", "sum"), start=("start_ns", "min"), end=("end_ns", "max")).reset_index()
+    kinds = layers.groupby("layer_kind").agg(n=("layer_id", "size"), kernel_ns=("kernel_ns", "mean"), wall_ns=("end", "mean"), kernels=("kernels", "mean"))
+    kinds["wall_ns"] = layers.assign(w=layers["end"] - layers["start"]).groupby("layer_kind")["w"].mean()
+    step_wall = float(steps["wall_ns"].mean())
+    kind_df = pd.DataFrame(
+        {
+            "layer_kind": kinds.index.astype(str),
+            "count_per_step": kinds["n"].to_numpy() / nsteps,
+            "kernel_us": kinds["kernel_ns"].to_numpy() / 1e3,
+            "wall_us": kinds["wall_ns"].to_numpy() / 1e3,
+            "kernels": kinds["kernels"].to_numpy(dtype=float),
+        }
+    )
+    kind_df["total_us_per_step"] = kind_df["count_per_step"] * kind_df["kernel_us"]
+    kind_df["share_of_step_pct"] = kind_df["total_us_per_step"] / (step_wall / 1e3) * 100 if step_wall else 0.0
+    kind_df = kind_df.sort_values("total_us_per_step", ascending=False).reset_index(drop=True)
+
+    # layer kind × op
+    layers_per_kind = layers.groupby("layer_kind").size()
+    g = in_layer.groupby(["layer_kind", "op"], sort=False)
+    ops = pd.DataFrame(
+        {
+            "count_per_step": g.size() / nsteps,
+            "mean_us": g["time_ns"].mean() / 1e3,
+            "median_us": g["time_ns"].median() / 1e3,
+            "p10_us": g["time_ns"].quantile(0.1) / 1e3,
+            "p90_us": g["time_ns"].quantile(0.9) / 1e3,
+            "total_us_per_step": g["time_ns"].sum() / nsteps / 1e3,
+            "source": g.apply(lambda x: dominant(x["source"], x["time_ns"]), include_groups=False),
+        }
+    ).reset_index()
+    per_layer = ops["total_us_per_step"] / (ops["layer_kind"].map(layers_per_kind).astype(float) / nsteps)
+    kind_us = ops["layer_kind"].map(kind_df.set_index("layer_kind")["kernel_us"])
+    ops["share_of_layer_pct"] = per_layer / kind_us * 100
+    # order rows as the ops run inside a layer: by their mean offset from the layer's start
+    offset = in_layer["start_ns"].to_numpy() - layers.set_index("layer_id")["start"].reindex(in_layer["layer_id"]).to_numpy()
+    pos = pd.Series(offset, index=pd.MultiIndex.from_frame(in_layer[["layer_kind", "op"]])).groupby(level=[0, 1]).mean()
+    ops["position"] = pos.reindex(pd.MultiIndex.from_frame(ops[["layer_kind", "op"]])).to_numpy()
+    rank = {kd: i for i, kd in enumerate(["dense", "moe", "mtp", "unknown"])}
+    ops["korder"] = ops["layer_kind"].map(lambda x: rank.get(x, 9))
+    ops = ops.sort_values(["korder", "position"]).reset_index(drop=True)[[c.name for c in OP_COLUMNS]]
+
+    recon = _reconcile(k, steps, inst, kind_df, nsteps, m)
+    total_k = float(k["dur_ns"].sum())
+    um = k[k["source"] == "unmapped"]
+    unmapped_share = float(um["dur_ns"].sum() / total_k) if total_k else 0.0
+    ug = um.groupby(um["short_name"].astype(str))["dur_ns"].agg(["size", "sum"]).sort_values("sum", ascending=False).head(top_unmapped)
+    unmapped = pd.DataFrame({"short_name": ug.index.astype(str), "count": ug["size"].to_numpy(dtype=np.int64), "total_us": ug["sum"].to_numpy() / 1e3, "share_pct": ug["sum"].to_numpy() / total_k * 100 if total_k else 0.0})
+    return LayerReport(
+        ops=ops,
+        kinds=kind_df,
+        reconciliation=recon,
+        unmapped=unmapped,
+        steps=nsteps,
+        step_time_us=float(steps["wall_ns"].median() / 1e3),
+        step_busy_us=float(steps["busy_ns"].median() / 1e3),
+        layer_kinds={str(r.layer_kind): float(r.count_per_step) for r in kind_df.itertuples()},
+        unmapped_share=unmapped_share,
+        meta=meta,
+    )
+
+
+def _reconcile(k: pd.DataFrame, steps: pd.DataFrame, inst: pd.DataFrame, kinds: pd.DataFrame, nsteps: int, m: Mapping) -> pd.DataFrame:
+    rows = []
+    for r in kinds.itertuples():
+        rows.append((f"layers: {r.layer_kind}", r.count_per_step, r.kernel_us, r.total_us_per_step, f"{r.count_per_step:g} layers × {r.kernel_us:.1f} µs"))
+    out_layer = inst[inst["layer_id"] < 0]
+    other = out_layer.groupby("op")["time_ns"].sum().sort_values(ascending=False) / nsteps / 1e3
+    rows.append(("ops outside layers", float("nan"), float("nan"), float(other.sum()), ", ".join(f"{op} {us:.1f}" for op, us in other.head(6).items())))
+    # kernel-only union per step, for the overlap and copy lines
+    ks = k[["step", "start_ns", "end_ns"]]
+    uniq, inv = np.unique(ks["step"].to_numpy(), return_inverse=True)
+    kunion = intervals.union_by_group(inv, ks["start_ns"].to_numpy(), ks["end_ns"].to_numpy(), len(uniq))
+    ksum = ks.assign(d=ks["end_ns"] - ks["start_ns"]).groupby("step")["d"].sum().reindex(uniq).to_numpy()
+    overlap = float((ksum - kunion).sum() / nsteps / 1e3)
+    busy = steps.set_index("step")["busy_ns"].reindex(uniq).fillna(0).to_numpy()
+    copies = float((busy - kunion).sum() / nsteps / 1e3)
+    idle = float((steps["wall_ns"] - steps["busy_ns"]).sum() / nsteps / 1e3)
+    wall = float(steps["wall_ns"].sum() / nsteps / 1e3)
+    rows.append(("concurrent kernels (counted twice)", float("nan"), float("nan"), -overlap, "summed kernel time minus the union of kernel intervals"))
+    rows.append(("memcpy/memset not under kernels", float("nan"), float("nan"), copies, "GPU busy with copies/sets only"))
+    rows.append(("idle inside the step", float("nan"), float("nan"), idle, "no kernel, copy or set running"))
+    parts = sum(r[3] for r in rows)
+    rows.append(("= step time (mean wall)", float("nan"), float("nan"), wall, f"median {steps['wall_ns'].median() / 1e3:.1f} µs; residual {wall - parts:+.3f} µs"))
+    return pd.DataFrame(rows, columns=[c.name for c in RECON_COLUMNS])

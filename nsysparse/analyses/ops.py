@@ -1,0 +1,47 @@
+"""Per logical op: instances per step, mean/median time of one instance, total per step, share, source."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from nsysparse.analyses.instances import dominant, op_instances, steps_in
+from nsysparse.columns import Column, empty_frame
+from nsysparse.structure.mapping import Mapping
+
+COLUMNS = (
+    Column("op", "str", "logical op (vocabulary name, NVTX name, or kernel class when nothing better is known)"),
+    Column("layer_kind", "str", "dense | moe | mtp for ops inside layers, empty outside layers (with --by-kind)"),
+    Column("count_per_step", "float", "op instances per step (one per layer instance, one per step outside layers)"),
+    Column("kernels_per_step", "float", "kernels per step"),
+    Column("mean_us", "float", "mean time of one instance: the sum of its kernel durations"),
+    Column("median_us", "float", "median time of one instance"),
+    Column("total_us_per_step", "float", "summed kernel time per step (mean over steps)"),
+    Column("share_pct", "float", "share of the summed kernel time of all steps"),
+    Column("source", "str", "naming source covering most of the op's time: nvtx | template | class | unmapped"),
+)
+
+
+def op_summary(m: Mapping, by_kind: bool = False, device_id: int | None = None) -> pd.DataFrame:
+    """Columns: COLUMNS (layer_kind is empty unless `by_kind`). Sorted by total time per step."""
+    inst = op_instances(m, device_id)
+    nsteps = steps_in(m, device_id)
+    if len(inst) == 0 or nsteps == 0:
+        return empty_frame(COLUMNS)
+    keys = ["layer_kind", "op"] if by_kind else ["op"]
+    g = inst.groupby(keys, sort=False)
+    out = pd.DataFrame(
+        {
+            "count_per_step": g.size() / nsteps,
+            "kernels_per_step": g["kernels"].sum() / nsteps,
+            "mean_us": g["time_ns"].mean() / 1e3,
+            "median_us": g["time_ns"].median() / 1e3,
+            "total_us_per_step": g["time_ns"].sum() / nsteps / 1e3,
+            "source": g.apply(lambda x: dominant(x["source"], x["time_ns"]), include_groups=False),
+        }
+    ).reset_index()
+    if not by_kind:
+        out["layer_kind"] = ""
+    total = out["total_us_per_step"].sum()
+    out["share_pct"] = out["total_us_per_step"] / total * 100 if total else 0.0
+    out = out.sort_values(["total_us_per_step", "op"], ascending=[False, True]).reset_index(drop=True)
+    return out[[c.name for c in COLUMNS]]

@@ -1,0 +1,50 @@
+"""One row per step: when it ran, wall and busy time, kernels, and where its boundaries came from."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from nsysparse.columns import Column, empty_frame
+from nsysparse.structure.mapping import Mapping
+
+COLUMNS = (
+    Column("step", "int", "step index (time order)"),
+    Column("pid", "int", "process"),
+    Column("device_id", "int", "GPU that ran most of the step's kernels"),
+    Column("name", "str", "NVTX range text (empty when inferred)"),
+    Column("start_ms", "float", "first GPU start, relative to the first step"),
+    Column("wall_us", "float", "first GPU start to last GPU end (kernels, memcpy, memset)"),
+    Column("busy_us", "float", "union of GPU work intervals"),
+    Column("idle_us", "float", "wall − busy"),
+    Column("kernel_us", "float", "summed kernel durations (counts concurrent kernels twice)"),
+    Column("kernels", "int", "kernels launched in the step"),
+    Column("gap_before_us", "float", "idle from the previous step's last GPU end (same device) to this step's first start"),
+    Column("source", "str", "nvtx | inferred-gaps | inferred-period"),
+)
+
+
+def step_table(m: Mapping, device_id: int | None = None) -> pd.DataFrame:
+    s = m.steps
+    if device_id is not None and len(s):
+        s = s[s["device_id"] == device_id]
+    if len(s) == 0:
+        return empty_frame(COLUMNS)
+    s = s.sort_values(["device_id", "start_ns"])
+    prev_end = s.groupby("device_id")["end_ns"].shift(1)
+    out = pd.DataFrame(
+        {
+            "step": s["step"].to_numpy(),
+            "pid": s["pid"].to_numpy(),
+            "device_id": s["device_id"].to_numpy(),
+            "name": s["name"].astype(str).to_numpy(),
+            "start_ms": (s["start_ns"] - s["start_ns"].min()).to_numpy() / 1e6,
+            "wall_us": s["wall_ns"].to_numpy() / 1e3,
+            "busy_us": s["busy_ns"].to_numpy() / 1e3,
+            "idle_us": (s["wall_ns"] - s["busy_ns"]).to_numpy() / 1e3,
+            "kernel_us": s["kernel_ns"].to_numpy() / 1e3,
+            "kernels": s["kernels"].to_numpy(),
+            "gap_before_us": ((s["start_ns"] - prev_end) / 1e3).to_numpy(dtype=float),
+            "source": s["source"].astype(str).to_numpy(),
+        }
+    )
+    return out.sort_values(["step"]).reset_index(drop=True)

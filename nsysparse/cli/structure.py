@@ -1,0 +1,107 @@
+"""`ops`, `layers`, `steps`: kernels mapped to logical ops, per-layer cost, and step boundaries."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from nsysparse.analyses.layers import layer_report
+from nsysparse.analyses.ops import op_summary
+from nsysparse.analyses.steps import step_table
+from nsysparse.cli.app import cli
+from nsysparse.cli.options import emit, load, output_options, trace_argument
+from nsysparse.cli.render import Result
+from nsysparse.rules import load_rules
+from nsysparse.structure.mapping import DEFAULT_LAYER_PATTERN, NVTX_MODES, Mapping, map_trace
+from nsysparse.structure.steps import DEFAULT_STEP_PATTERN
+from nsysparse.trace import Trace
+
+F = Callable[..., Any]
+
+
+def mapping_options(f: F) -> F:
+    opts = [
+        click.option("--rules", "rules", multiple=True, type=click.Path(exists=True), help="Rule pack file or folder (repeatable); default: the bundled packs."),
+        click.option("--step-pattern", default=DEFAULT_STEP_PATTERN, show_default=False, help="Regex for NVTX step ranges (default matches forward, step, iteration, decode, train, prefill, ...)."),
+        click.option("--layer-pattern", default=DEFAULT_LAYER_PATTERN, show_default=False, help="Regex for NVTX layer ranges (default matches layer_3, layers.3, block 3, ...)."),
+        click.option("--nvtx", "nvtx_mode", type=click.Choice(NVTX_MODES), default="auto", show_default=True, help="Use NVTX for steps, layers and ops (auto), for steps only (steps), or not at all (off)."),
+        click.option("--device", type=int, default=None, help="Only this GPU (default: all, averaged per step)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def run_mapping(t: Trace, rules: tuple[str, ...], step_pattern: str, layer_pattern: str, nvtx_mode: str) -> Mapping:
+    rs = load_rules(rules or None)
+    return map_trace(t, rs, step_pattern=step_pattern, layer_pattern=layer_pattern, nvtx=nvtx_mode)
+
+
+def structure_meta(m: Mapping, device: int | None) -> dict[str, Any]:
+    steps = m.steps if device is None else m.steps[m.steps["device_id"] == device]
+    return {
+        "steps": f"{len(steps)} ({m.step_source}, confidence {m.step_confidence:.2f})",
+        "layers": f"{len(m.layers)} instances ({m.layer_source})",
+        "rules": f"{', '.join(m.rules.packs)} ({m.rules.digest})",
+    }
+
+
+@cli.command()
+@trace_argument()
+@mapping_options
+@click.option("--by-kind", is_flag=True, help="One row per (layer kind, op) instead of per op.")
+@output_options()
+@click.pass_context
+def ops(ctx: click.Context, trace: str, rules: tuple[str, ...], step_pattern: str, layer_pattern: str, nvtx_mode: str, device: int | None, by_kind: bool, fmt: str, out: str | None) -> None:
+    """Per logical op: instances per step, mean and median µs of one instance, total per step, share,
+    and where the name came from (nvtx > template > class)."""
+    with load(trace) as t:
+        m = run_mapping(t, rules, step_pattern, layer_pattern, nvtx_mode)
+        df = op_summary(m, by_kind=by_kind, device_id=device)
+        if not by_kind:
+            df = df.drop(columns=["layer_kind"])
+        emit(ctx, Result(frames={"ops": df}, meta=structure_meta(m, device), notes=m.notes, title="nsysparse ops"), fmt, out, t)
+
+
+@cli.command()
+@trace_argument()
+@mapping_options
+@click.option("--top-unmapped", type=click.IntRange(min=0), default=10, show_default=True, help="How many unmapped kernels to list.")
+@output_options(("table", "csv", "json", "parquet"))
+@click.pass_context
+def layers(ctx: click.Context, trace: str, rules: tuple[str, ...], step_pattern: str, layer_pattern: str, nvtx_mode: str, device: int | None, top_unmapped: int, fmt: str, out: str | None) -> None:
+    """The per-layer cost table: layer kind × op with per-instance µs, the cost of one layer of each kind,
+    layers per kind per step, and the reconciliation Σ(kind × count) + other ops − overlap + idle = step time.
+
+    CSV/Parquet write the layer kind × op table; JSON holds everything (docs/columns.md#layers)."""
+    with load(trace) as t:
+        m = run_mapping(t, rules, step_pattern, layer_pattern, nvtx_mode)
+        r = layer_report(m, device_id=device, top_unmapped=top_unmapped)
+        meta = {
+            **structure_meta(m, device),
+            "step time": f"{r.step_time_us:.1f} µs median wall, {r.step_busy_us:.1f} µs busy",
+            "layers per step": ", ".join(f"{k} {v:g}" for k, v in r.layer_kinds.items()) or "none",
+            "unmapped": f"{r.unmapped_share * 100:.2f} % of kernel time",
+        }
+        frames = {"layer kind × op (per instance)": r.ops, "one layer of each kind": r.kinds, "reconciliation (mean step)": r.reconciliation}
+        if len(r.unmapped):
+            frames["top unmapped kernels"] = r.unmapped
+        emit(ctx, Result(frames=frames, meta=meta, payload=r.payload() if fmt == "json" else None, notes=m.notes, title="nsysparse layers"), fmt, out, t)
+
+
+@cli.command()
+@trace_argument()
+@mapping_options
+@output_options()
+@click.pass_context
+def steps(ctx: click.Context, trace: str, rules: tuple[str, ...], step_pattern: str, layer_pattern: str, nvtx_mode: str, device: int | None, fmt: str, out: str | None) -> None:
+    """One row per step (forward pass / training iteration): start, wall and busy time, kernels, the gap
+    before it, and whether its boundaries came from NVTX or were inferred (with a confidence)."""
+    with load(trace) as t:
+        m = run_mapping(t, rules, step_pattern, layer_pattern, nvtx_mode)
+        df = step_table(m, device_id=device)
+        meta = structure_meta(m, device)
+        if len(df):
+            meta["wall"] = f"median {df['wall_us'].median():.1f} µs, busy {df['busy_us'].median():.1f} µs"
+        emit(ctx, Result(frames={"steps": df}, meta=meta, notes=m.notes, title="nsysparse steps"), fmt, out, t)

@@ -1,0 +1,78 @@
+"""Rule-set value objects: kernel-class rules, op slots, layer templates, the loaded rule set."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+TEMPLATE_ROLES = ("layer", "prelude", "head", "mtp_prelude")
+
+
+@dataclass(frozen=True)
+class ClassRule:
+    """Kernels whose short name matches `short` and demangled name matches `name` are class `cls`."""
+
+    id: str
+    cls: str
+    pack: str
+    short: re.Pattern[str] | None
+    name: re.Pattern[str] | None
+    priority: int
+    op: str | None  # op when only the class is known (defaults to the class's vocabulary op)
+    examples: tuple[str, ...] = ()
+
+    def matches(self, short: str, name: str) -> bool:
+        if self.short is not None and not self.short.search(short):
+            return False
+        if self.name is not None and not self.name.search(name):
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One op of a template: `pattern` is a regex over class names (`gemm splitk?`, `(ew|copy)+`)."""
+
+    op: str
+    pattern: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Template:
+    """Ordered op slots describing one layer kind (or the step prelude/head) of one framework."""
+
+    id: str
+    pack: str
+    role: str  # layer | prelude | head | mtp_prelude
+    kind: str  # dense | moe | mtp | other
+    slots: tuple[Slot, ...]
+    anchor: str | None = None  # class marking one instance per layer (layer templates)
+    description: str = ""
+    to_end: bool = False  # only matches when it reaches the end of the step (epilogues, train tails)
+
+
+@dataclass
+class RuleSet:
+    classes: list[ClassRule] = field(default_factory=list)  # highest priority first
+    templates: list[Template] = field(default_factory=list)  # pack order, then file order
+    class_ops: dict[str, str] = field(default_factory=dict)  # class -> op when only the class is known
+    ops: dict[str, str] = field(default_factory=dict)  # vocabulary: op -> meaning
+    aliases: dict[str, str] = field(default_factory=dict)  # normalised alias -> op
+    packs: dict[str, str] = field(default_factory=dict)  # pack -> file
+    digest: str = ""
+
+    def templates_for(self, role: str) -> list[Template]:
+        return [t for t in self.templates if t.role == role]
+
+    def canonical_op(self, text: str) -> str:
+        """Map an NVTX range or simulator op name to the vocabulary (unknown names are kept, normalised)."""
+        key = normalise(text)
+        if key in self.ops:
+            return key
+        return self.aliases.get(key, key)
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.strip().lower()).strip("_")

@@ -1,0 +1,381 @@
+"""Kernels -> (step, layer, logical op), with the source of every name.
+
+Naming precedence, recorded per kernel in `source`:
+  nvtx      innermost NVTX op range on the launching thread (for CUDA-graph node kernels: on the
+            capturing thread, at node creation), reached through the correlationId;
+  template  the kernel's position in a layer/prelude/head template matched inside its layer;
+  class     the op of the kernel's class alone (gemm, norm, allreduce, ...);
+  unmapped  no rule knows the kernel.
+Steps come from NVTX ranges matching the step pattern, else are inferred (structure.steps). Layers
+come from NVTX ranges matching the layer pattern, else from template parsing of each step.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from nsysparse import intervals
+from nsysparse.rules import RuleSet, classify_names, load_rules
+from nsysparse.structure.nvtx import build_tree
+from nsysparse.structure.parse import Parser, Segment
+from nsysparse.structure.steps import DEFAULT_STEP_PATTERN, StepWindows, assign_windows, infer_step_windows, nvtx_step_windows
+from nsysparse.trace import Trace
+from nsysparse.trace import graphs as trace_graphs
+from nsysparse.trace import tables as trace_tables
+
+DEFAULT_LAYER_PATTERN = r"(?i)(?:^|[^a-z0-9])(?:layers?|blocks?|decoder_?layer|transformer_?(?:layer|block))[_.\[\s#:-]*\d+"
+IGNORED_DOMAINS = ("CCCL", "CUB", "Thrust", "cuBLAS", "cuDNN", "NCCL")
+KIND_FROM_NAME = (("mtp", "mtp"), ("nextn", "mtp"), ("moe", "moe"), ("expert", "moe"), ("dense", "dense"))
+NVTX_MODES = ("auto", "steps", "off")
+
+
+@dataclass
+class Mapping:
+    """The mapped trace. `kernels` has one row per kernel; `steps` and `layers` one per instance."""
+
+    kernels: pd.DataFrame
+    steps: pd.DataFrame
+    layers: pd.DataFrame
+    step_source: str
+    step_confidence: float
+    layer_source: str
+    rules: RuleSet
+    notes: list[str] = field(default_factory=list)
+    gpu_ops: pd.DataFrame | None = None  # kernels + memcpy + memset with their step (for busy time)
+
+
+def _match(texts: pd.Series, pattern: str) -> np.ndarray:
+    """Vectorised regex test over a categorical/str column (evaluated once per distinct text)."""
+    if len(texts) == 0:
+        return np.zeros(0, dtype=bool)
+    rx = re.compile(pattern)
+    cat = texts.astype("category")
+    hits = np.array([bool(rx.search(str(c))) for c in cat.cat.categories], dtype=bool)
+    codes = cat.cat.codes.to_numpy()
+    return np.where(codes >= 0, hits[np.clip(codes, 0, None)] if len(hits) else False, False)
+
+
+def _op_name(text: str, layer_rx: re.Pattern[str], rules: RuleSet) -> str:
+    """Canonical op for an NVTX range: the part after a layer prefix, through the alias table."""
+    m = layer_rx.search(text)
+    if m and m.end() < len(text):
+        text = text[m.end():]
+    return rules.canonical_op(text) or "unnamed"
+
+
+def _kind_from_name(name: str) -> str | None:
+    low = name.lower()
+    return next((k for key, k in KIND_FROM_NAME if key in low), None)
+
+
+class _NvtxAttribution:
+    """Per-kernel NVTX layer range and op range (tree positions), plus step windows."""
+
+    def __init__(self, trace: Trace, k: pd.DataFrame, step_pattern: str, layer_pattern: str, ignore: tuple[str, ...]) -> None:
+        n = trace.nvtx()
+        is_layer_text = _match(n["text"], layer_pattern)
+        self.windows = nvtx_step_windows(n[~is_layer_text], step_pattern)
+        closed = (n["kind"] == "push_pop").to_numpy() & (n["end_ns"].to_numpy() >= n["start_ns"].to_numpy())
+        closed &= n["end_global_tid"].to_numpy() == n["global_tid"].to_numpy()
+        closed &= ~n["domain"].astype(str).isin(ignore).to_numpy()
+        tree = build_tree(n[closed][["start_ns", "end_ns", "global_tid", "text"]])
+        self.tree = tree
+        texts = tree.frame["text"]
+        cand = _match(texts, layer_pattern)
+        # outermost layer-like ranges are layers; nested ones (model.layers.3.mlp) are ops
+        anc = tree.nearest_flagged(cand)
+        par = tree.parent
+        nested = cand & (par >= 0) & (np.where(par >= 0, anc[np.clip(par, 0, None)], -1) >= 0)
+        is_layer = cand & ~nested
+        is_step = _match(texts, step_pattern) & ~cand
+        # ranges that contain layers (model_forward, decoder) are containers, not ops
+        container = np.zeros(len(tree), dtype=bool)
+        cur = np.where(is_layer, par, -1)
+        for _ in range(int(tree.depth.max()) + 1 if len(tree) else 0):
+            ok = cur >= 0
+            if not ok.any():
+                break
+            container[cur[ok]] = True
+            cur = np.where(ok, par[np.clip(cur, 0, None)], -1)
+        is_op = ~is_step & ~is_layer & ~container
+        self.is_layer = is_layer
+        near_layer = tree.nearest_flagged(is_layer)
+        near_op = tree.nearest_flagged(is_op, stop=is_layer | is_step)
+        graph = (k["graph_node_id"].to_numpy() > 0) & (k["capture_ns"].to_numpy() != trace_tables.NO_TIME)
+        gtid = np.where(graph, k["capture_global_tid"].to_numpy(), k["global_tid"].to_numpy())
+        ts = np.where(graph, k["capture_ns"].to_numpy(), k["api_start_ns"].to_numpy())
+        valid = graph | k["has_launch"].to_numpy()
+        inner = tree.innermost(gtid, ts, valid)
+        ok = inner >= 0
+        self.layer_pos = np.where(ok, near_layer[np.clip(inner, 0, None)] if len(tree) else -1, -1)
+        self.op_pos = np.where(ok, near_op[np.clip(inner, 0, None)] if len(tree) else -1, -1)
+        self.texts = texts.astype(object).fillna("").astype(str).to_numpy()
+        self.layer_start = tree.frame["start_ns"].to_numpy()
+
+
+def _kernel_frame(trace: Trace) -> pd.DataFrame:
+    k = trace.launches().copy()
+    origins = trace_graphs.node_origins(trace) if (k["graph_node_id"].to_numpy() > 0).any() else None
+    if origins is not None and len(origins):
+        idx = pd.Index(origins["graph_node_id"].to_numpy())
+        pos = idx.get_indexer(k["graph_node_id"].to_numpy())
+        hit = pos >= 0
+        k["capture_ns"] = np.where(hit, origins["capture_ns"].to_numpy()[np.clip(pos, 0, None)], trace_tables.NO_TIME)
+        k["capture_global_tid"] = np.where(hit, origins["capture_global_tid"].to_numpy()[np.clip(pos, 0, None)], -1)
+    else:
+        k["capture_ns"] = trace_tables.NO_TIME
+        k["capture_global_tid"] = -1
+    return k
+
+
+def map_trace(
+    trace: Trace,
+    rules: RuleSet | None = None,
+    *,
+    step_pattern: str = DEFAULT_STEP_PATTERN,
+    layer_pattern: str = DEFAULT_LAYER_PATTERN,
+    nvtx: str = "auto",
+    ignore_domains: tuple[str, ...] = IGNORED_DOMAINS,
+) -> Mapping:
+    """Map every kernel of `trace` to step, layer and op. `nvtx`: auto | steps (NVTX for steps only) | off."""
+    trace.require("kernels", "op mapping")
+    rules = rules or load_rules()
+    notes: list[str] = []
+    k = _kernel_frame(trace)
+    cls = classify_names(rules, k["short_name"], k["name"])
+    k = pd.concat([k, cls], axis=1)
+    use_nvtx = nvtx != "off" and trace.has("nvtx")
+    att = _NvtxAttribution(trace, k, step_pattern, layer_pattern, ignore_domains) if use_nvtx else None
+
+    # -- steps --
+    if att is not None and len(att.windows):
+        windows = StepWindows(att.windows.assign(device_id=-1, gpu_only=False), "nvtx", 1.0)
+        k_step = assign_windows(k["pid"].to_numpy(), k["api_start_ns"].to_numpy(), k["has_launch"].to_numpy(), windows.frame, "pid")
+        graph_launch = (k["graph_node_id"].to_numpy() > 0) & ~k["has_launch"].to_numpy()
+        if graph_launch.any():
+            notes.append(f"{int(graph_launch.sum())} graph kernels have no launch record; they are not in any step")
+    else:
+        codes = k["name"].cat.codes.to_numpy()
+        windows = infer_step_windows(k, codes)
+        k_step = windows.kernel_step if windows.kernel_step is not None else np.full(len(k), -1)
+        why = "no NVTX" if not trace.has("nvtx") else ("NVTX ignored (--nvtx off)" if nvtx == "off" else "no NVTX range matches the step pattern")
+        notes.append(f"steps inferred ({why}): " + "; ".join(windows.notes))
+    k["step"] = k_step
+
+    # -- layers and template ops --
+    parser = Parser(rules)
+    enc = parser.encode(k["kernel_class"])
+    tmpl_op = np.full(len(k), "", dtype=object)
+    layer_id = np.full(len(k), -1, dtype=np.int64)
+    layer_kind = np.full(len(k), "", dtype=object)
+    layer_name = np.full(len(k), "", dtype=object)
+    nvtx_layers = att is not None and nvtx == "auto" and bool((att.layer_pos >= 0).any())
+    if nvtx_layers:
+        assert att is not None
+        layer_source = "nvtx"
+        has = att.layer_pos >= 0
+        # one instance per (step, layer range): a CUDA graph's capture-time range recurs every replay
+        inst = np.where(has, k_step * (len(att.tree) + 1) + att.layer_pos, -1)
+        uniq, inv = np.unique(inst[has], return_inverse=True)
+        layer_id[has] = inv
+        names = np.where(has, att.texts[np.clip(att.layer_pos, 0, None)], "")
+        layer_name[:] = names
+        _template_ops_in_layers(parser, k, enc, layer_id, names, tmpl_op, layer_kind)
+        # kernels of a step outside its NVTX layers (embedding, LM head, sampling): prelude/head templates
+        outside_op = np.full(len(k), "", dtype=object)
+        _parse_steps(parser, k, enc, outside_op, np.full(len(k), -1, dtype=np.int64), np.full(len(k), "", dtype=object), np.full(len(k), "", dtype=object), [])
+        fill = (layer_id < 0) & (outside_op != "")
+        tmpl_op[fill] = outside_op[fill]
+    else:
+        layer_source = "template"
+        _parse_steps(parser, k, enc, tmpl_op, layer_id, layer_kind, layer_name, notes)
+    k["layer_id"] = layer_id
+    k["layer_kind"] = layer_kind
+    k["layer_name"] = layer_name
+
+    # -- naming precedence --
+    layer_rx = re.compile(layer_pattern)
+    op = np.full(len(k), "", dtype=object)
+    source = np.full(len(k), "unmapped", dtype=object)
+    if att is not None and nvtx == "auto":
+        has_op = att.op_pos >= 0
+        if has_op.any():
+            uniq, inv = np.unique(att.op_pos[has_op], return_inverse=True)
+            canon = np.array([_op_name(att.texts[p], layer_rx, rules) for p in uniq], dtype=object)
+            op[has_op] = canon[inv]
+            source[has_op] = "nvtx"
+    use_t = (source == "unmapped") & (tmpl_op != "")
+    op[use_t], source[use_t] = tmpl_op[use_t], "template"
+    cop = k["class_op"].astype(str).to_numpy()
+    use_c = (source == "unmapped") & (cop != "")
+    op[use_c], source[use_c] = cop[use_c], "class"
+    op[source == "unmapped"] = "unmapped"
+    k["op"] = pd.Categorical(op)
+    k["source"] = pd.Categorical(source, categories=["nvtx", "template", "class", "unmapped"])
+    k["layer_kind"] = pd.Categorical(np.where(k["layer_id"].to_numpy() >= 0, k["layer_kind"].to_numpy(), ""))
+    k["dur_ns"] = k["end_ns"] - k["start_ns"]
+
+    gpu_ops = _gpu_ops_with_steps(trace, k, windows)
+    steps = _step_table(k, gpu_ops, windows)
+    layers = _layer_table(k, layer_source)
+    # layer index within its step, in time order
+    if len(layers):
+        idx = pd.Series(layers["layer_index"].to_numpy(), index=layers["layer_id"].to_numpy())
+        k["layer_index"] = np.where(k["layer_id"] >= 0, idx.reindex(k["layer_id"].to_numpy()).fillna(-1).to_numpy(), -1).astype(np.int64)
+    else:
+        k["layer_index"] = -1
+    cols = ["start_ns", "end_ns", "dur_ns", "device_id", "stream_id", "pid", "short_name", "name", "kernel_class", "rule_id", "graph_node_id",
+            "step", "layer_id", "layer_index", "layer_name", "layer_kind", "op", "source"]
+    return Mapping(k[cols].copy(), steps, layers, windows.source, windows.confidence, layer_source, rules, notes + list(trace.notes), gpu_ops)
+
+
+def _template_ops_in_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, layer_id: np.ndarray, names: np.ndarray, tmpl_op: np.ndarray, layer_kind: np.ndarray) -> None:
+    """NVTX delimits the layers; templates name the ops inside them (kind from the name or template)."""
+    has = np.nonzero(layer_id >= 0)[0]
+    if len(has) == 0:
+        return
+    order = has[np.lexsort((k["start_ns"].to_numpy()[has], layer_id[has]))]
+    ids = layer_id[order]
+    bounds = np.nonzero(np.diff(ids))[0] + 1
+    starts = np.concatenate(([0], bounds))
+    ends = np.concatenate((bounds, [len(order)]))
+    for a, b in zip(starts, ends):  # one iteration per layer instance
+        rows = order[a:b]
+        name = str(names[rows[0]])
+        hint = _kind_from_name(name)
+        seq = Parser.text(enc[rows])
+        seg = parser.fullmatch_layer(seq) if hint != "mtp" else None
+        segs = [seg] if seg is not None else parser.parse(seq, "mtp" if hint == "mtp" else "")
+        kind = hint or next((s.kind for s in segs if s.role == "layer"), None) or "unknown"
+        layer_kind[rows] = kind
+        for s in segs:
+            for x, y, opname in s.slot_ops:
+                tmpl_op[rows[x:y]] = opname
+
+
+def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, tmpl_op: np.ndarray, layer_id: np.ndarray, layer_kind: np.ndarray, layer_name: np.ndarray, notes: list[str]) -> None:
+    """No NVTX layers: parse each step's primary-stream sequence; other streams join by time."""
+    step = k["step"].to_numpy()
+    has = np.nonzero(step >= 0)[0]
+    if len(has) == 0:
+        notes.append("no steps, so no layers: kernels are named by class only")
+        return
+    streams = k["stream_id"].to_numpy()
+    devices = k["device_id"].to_numpy()
+    start = k["start_ns"].to_numpy()
+    order = has[np.lexsort((start[has], step[has]))]
+    sids = step[order]
+    bounds = np.nonzero(np.diff(sids))[0] + 1
+    next_id = 0
+    unparsed = 0
+    other_stream = []
+    for a, b in zip(np.concatenate(([0], bounds)), np.concatenate((bounds, [len(order)]))):  # one per step
+        rows = order[a:b]
+        key = devices[rows] * (1 << 32) + streams[rows]
+        vals, counts = np.unique(key, return_counts=True)
+        main = rows[key == vals[np.argmax(counts)]]
+        if len(vals) > 1:
+            other_stream.append(rows[key != vals[np.argmax(counts)]])
+        segs: list[Segment] = parser.parse(Parser.text(enc[main]))
+        ordinal = 0
+        for s in segs:
+            span = main[s.start : s.end]
+            for x, y, opname in s.slot_ops:
+                tmpl_op[main[x:y]] = opname
+            if s.role == "layer":
+                layer_id[span] = next_id
+                layer_kind[span] = s.kind
+                layer_name[span] = f"layer_{ordinal}_{s.kind}"
+                next_id += 1
+                ordinal += 1
+            elif s.role == "unparsed":
+                unparsed += len(span)
+    if unparsed:
+        notes.append(f"{unparsed} kernels inside steps matched no template; they are named by class")
+    if other_stream:
+        rows = np.concatenate(other_stream)
+        lid = np.nonzero(layer_id >= 0)[0]
+        if len(lid):
+            df = pd.DataFrame({"id": layer_id[lid], "s": start[lid], "e": k["end_ns"].to_numpy()[lid]}).groupby("id").agg(s=("s", "min"), e=("e", "max")).sort_values("s")
+            pos = intervals.assign_to_windows(start[rows], df["s"].to_numpy(), df["e"].to_numpy())
+            ok = pos >= 0
+            ids = df.index.to_numpy()[np.clip(pos, 0, None)]
+            layer_id[rows[ok]] = ids[ok]
+            kinds = pd.Series(layer_kind[lid], index=layer_id[lid]).groupby(level=0).first()
+            names = pd.Series(layer_name[lid], index=layer_id[lid]).groupby(level=0).first()
+            layer_kind[rows[ok]] = kinds.reindex(ids[ok]).to_numpy()
+            layer_name[rows[ok]] = names.reindex(ids[ok]).to_numpy()
+        notes.append(f"{len(rows)} kernels on secondary streams were placed in layers by time and named by class")
+
+
+def _gpu_ops_with_steps(trace: Trace, k: pd.DataFrame, windows: StepWindows) -> pd.DataFrame:
+    """Kernels plus memcpy/memset, each with the step it was launched in (for busy/wall time)."""
+    parts = [pd.DataFrame({"kind": "kernel", "start_ns": k["start_ns"], "end_ns": k["end_ns"], "device_id": k["device_id"], "stream_id": k["stream_id"], "pid": k["pid"], "step": k["step"]})]
+    if trace.has("api"):
+        api = trace.api()
+        for kind in ("memcpy", "memset"):
+            if not trace.has(kind):
+                continue
+            m = trace_tables.kernel_launches(trace, getattr(trace, kind)(), api)
+            if windows.source == "nvtx":
+                st = assign_windows(m["pid"].to_numpy(), m["api_start_ns"].to_numpy(), m["has_launch"].to_numpy(), windows.frame, "pid")
+            else:
+                st = assign_windows(m["device_id"].to_numpy(), m["api_start_ns"].to_numpy(), m["has_launch"].to_numpy(), windows.frame, "device_id")
+            parts.append(pd.DataFrame({"kind": kind, "start_ns": m["start_ns"], "end_ns": m["end_ns"], "device_id": m["device_id"], "stream_id": m["stream_id"], "pid": m["pid"], "step": st}))
+    ops = pd.concat(parts, ignore_index=True)
+    ops["kind"] = ops["kind"].astype("category")
+    return ops
+
+
+def _step_table(k: pd.DataFrame, ops: pd.DataFrame, windows: StepWindows) -> pd.DataFrame:
+    cols = ["step", "pid", "device_id", "name", "source", "cpu_start_ns", "cpu_end_ns", "start_ns", "end_ns", "wall_ns", "busy_ns", "kernel_ns", "kernels"]
+    w = windows.frame
+    in_step = ops[ops["step"] >= 0]
+    if len(w) == 0 or len(in_step) == 0:
+        return pd.DataFrame(columns=cols)
+    g = in_step.groupby("step")
+    agg = pd.DataFrame({"start_ns": g["start_ns"].min(), "end_ns": g["end_ns"].max()})
+    codes = in_step["step"].to_numpy()
+    uniq, inv = np.unique(codes, return_inverse=True)
+    busy = intervals.union_by_group(inv, in_step["start_ns"].to_numpy(), in_step["end_ns"].to_numpy(), len(uniq))
+    agg["busy_ns"] = pd.Series(busy, index=uniq)
+    kk = k[k["step"] >= 0]
+    kg = kk.groupby("step")
+    agg["kernel_ns"] = (kk["end_ns"] - kk["start_ns"]).groupby(kk["step"]).sum()
+    agg["kernels"] = kg.size()
+    dev = kk.groupby("step")["device_id"].agg(lambda s: int(s.mode().iloc[0]))
+    out = w.set_index("step").join(agg, how="inner")
+    out["device_id"] = dev.reindex(out.index).fillna(-1).astype(np.int64)
+    out["wall_ns"] = out["end_ns"] - out["start_ns"]
+    out["source"] = windows.source
+    out = out.reset_index()
+    for c in ("start_ns", "end_ns", "wall_ns", "busy_ns", "kernel_ns", "kernels"):
+        out[c] = out[c].fillna(0).astype(np.int64)
+    return out[cols].sort_values(["device_id", "start_ns"]).reset_index(drop=True)
+
+
+def _layer_table(k: pd.DataFrame, source: str) -> pd.DataFrame:
+    cols = ["layer_id", "step", "layer_index", "layer_name", "layer_kind", "start_ns", "end_ns", "kernel_ns", "kernels", "source"]
+    kk = k[k["layer_id"] >= 0]
+    if len(kk) == 0:
+        return pd.DataFrame(columns=cols)
+    g = kk.groupby("layer_id")
+    out = pd.DataFrame(
+        {
+            "step": g["step"].agg(lambda s: int(s.mode().iloc[0])),
+            "layer_name": g["layer_name"].first(),
+            "layer_kind": g["layer_kind"].first().astype(str),
+            "start_ns": g["start_ns"].min(),
+            "end_ns": g["end_ns"].max(),
+            "kernel_ns": g["dur_ns"].sum(),
+            "kernels": g.size(),
+        }
+    ).reset_index()
+    out = out.sort_values(["step", "start_ns"]).reset_index(drop=True)
+    out["layer_index"] = out.groupby("step").cumcount()
+    out["source"] = source
+    return out[cols]

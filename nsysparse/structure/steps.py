@@ -1,0 +1,217 @@
+"""Steps (forward passes / training iterations): from NVTX ranges, or inferred from the kernel sequence.
+
+A step is a CPU launch window per process: GPU work belongs to the step during which it was launched
+(so kernels launched by other threads, e.g. autograd's, belong to their iteration). With NVTX, windows
+are the outermost ranges whose text matches the step pattern. Without, steps are inferred per device:
+1. idle gaps: the largest relative jump in the sorted inter-kernel idle gaps splits steps, when the
+   resulting segments repeat the same kernel sequence;
+2. otherwise periodicity: the step period is the largest regular spacing of a kernel name that recurs
+   at a constant interval, checked against the whole sequence; the phase is where idle gaps are largest.
+The result carries a confidence in [0, 1] and the method used.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from nsysparse import intervals
+
+DEFAULT_STEP_PATTERN = r"(?i)(?:^|[^a-z])(?:forward|step|iteration|iter|decode|train|prefill|execute_\w+|generate)(?:[^a-z]|$)|^ProfilerStep"
+MIN_STEP_GAP_NS = 20_000
+MIN_JUMP = 3.0
+
+
+@dataclass
+class StepWindows:
+    """Launch windows: step i of process pid covers launches in [cpu_start, cpu_end)."""
+
+    frame: pd.DataFrame  # step, pid, device_id, name, cpu_start_ns, cpu_end_ns
+    source: str  # nvtx | inferred-gaps | inferred-period | none
+    confidence: float
+    notes: list[str] = field(default_factory=list)
+    kernel_step: np.ndarray | None = None  # inferred steps: step of each kernel (by position), -1 before the first
+
+
+def nvtx_step_windows(nvtx: pd.DataFrame, pattern: str) -> pd.DataFrame:
+    """Outermost ranges matching `pattern` per process: step, pid, name, cpu_start_ns, cpu_end_ns."""
+    cols = ["step", "pid", "name", "cpu_start_ns", "cpu_end_ns"]
+    if nvtx is None or len(nvtx) == 0:
+        return pd.DataFrame(columns=cols)
+    rx = re.compile(pattern)
+    rng = nvtx[(nvtx["kind"] != "mark") & (nvtx["end_ns"] >= nvtx["start_ns"])]
+    texts = rng["text"].astype(object).fillna("").astype(str)
+    hit = texts.map(lambda s: bool(rx.search(s))) if len(texts) < 50 else _match_by_category(rng["text"], rx)
+    cand = rng[hit.to_numpy()]
+    if len(cand) == 0:
+        return pd.DataFrame(columns=cols)
+    cand = cand.sort_values(["pid", "start_ns", "end_ns"], ascending=[True, True, False])
+    pid = cand["pid"].to_numpy()
+    s = cand["start_ns"].to_numpy()
+    e = cand["end_ns"].to_numpy()
+    # outermost only: drop a range contained in an earlier range of the same process
+    reach = np.zeros(len(cand), dtype=np.int64)
+    out_keep = np.ones(len(cand), dtype=bool)
+    for p in np.unique(pid):  # one pass per process (few), vectorised inside
+        m = np.nonzero(pid == p)[0]
+        run_max = np.maximum.accumulate(e[m])
+        prev = np.concatenate(([np.iinfo(np.int64).min], run_max[:-1]))
+        out_keep[m] = e[m] > prev
+        reach[m] = run_max
+    cand = cand[out_keep]
+    out = pd.DataFrame(
+        {"pid": cand["pid"].to_numpy(), "name": cand["text"].astype(str).to_numpy(), "cpu_start_ns": cand["start_ns"].to_numpy(), "cpu_end_ns": cand["end_ns"].to_numpy()}
+    ).sort_values(["cpu_start_ns", "pid"]).reset_index(drop=True)
+    out.insert(0, "step", np.arange(len(out)))
+    return out
+
+
+def _match_by_category(text: pd.Series, rx: re.Pattern[str]) -> pd.Series:
+    cat = text.astype("category")
+    hits = np.array([bool(rx.search(str(c))) for c in cat.cat.categories], dtype=bool)
+    codes = cat.cat.codes.to_numpy()
+    return pd.Series(np.where(codes >= 0, hits[np.clip(codes, 0, None)] if len(hits) else False, False), index=text.index)
+
+
+def assign_windows(keys: np.ndarray, ts: np.ndarray, valid: np.ndarray, windows: pd.DataFrame, key_col: str = "pid") -> np.ndarray:
+    """Step index of each launch (key, ts), or -1. Windows sharing a key must not overlap."""
+    out = np.full(len(ts), -1, dtype=np.int64)
+    if len(windows) == 0:
+        return out
+    for key, w in windows.groupby(key_col):  # one pass per process/device
+        m = (keys == key) & valid
+        if not m.any():
+            continue
+        w = w.sort_values("cpu_start_ns")
+        idx = intervals.assign_to_windows(ts[m], w["cpu_start_ns"].to_numpy(), w["cpu_end_ns"].to_numpy() + 1)
+        out[m] = np.where(idx >= 0, w["step"].to_numpy()[np.clip(idx, 0, None)], -1)
+    return out
+
+
+def _idle_gaps(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Idle time before each kernel (0 for the first): start_i − max(end_0..i−1), floored at 0."""
+    if len(start) == 0:
+        return np.zeros(0, dtype=np.int64)
+    reach = np.maximum.accumulate(end)
+    g = np.zeros(len(start), dtype=np.int64)
+    g[1:] = np.maximum(start[1:] - reach[:-1], 0)
+    return g
+
+
+def _signature_agreement(codes: np.ndarray, cuts: np.ndarray) -> tuple[float, int]:
+    """Share of complete segments (between cuts) whose code sequence equals the most common one."""
+    if len(cuts) < 2:
+        return 0.0, 0
+    segs = [codes[a:b].tobytes() for a, b in zip(cuts[:-1], cuts[1:])]
+    counts = pd.Series(segs).value_counts()
+    return float(counts.iloc[0]) / len(segs), len(segs)
+
+
+def infer_cuts(start: np.ndarray, end: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, str, float, str]:
+    """Kernel indices where steps begin (sorted by start), the method, a confidence and an explanation."""
+    n = len(start)
+    if n < 4:
+        return np.zeros(0, dtype=np.int64), "none", 0.0, "too few kernels to find steps"
+    gaps = _idle_gaps(start, end)
+    # 1. gaps: the largest relative jump among the biggest gaps
+    top = np.sort(gaps[1:])[::-1][: min(n - 1, 20_000)]
+    best = None
+    for j in range(min(len(top) - 1, 20_000)):
+        if top[j] < MIN_STEP_GAP_NS or top[j + 1] <= 0:
+            break
+        ratio = top[j] / max(top[j + 1], 1)
+        if ratio >= MIN_JUMP and (best is None or ratio > best[1]):
+            best = (j, ratio)
+    if best is not None:
+        threshold = top[best[0]]
+        cuts = np.nonzero(gaps >= threshold)[0]
+        cuts = np.concatenate(([0], cuts)) if len(cuts) == 0 or cuts[0] != 0 else cuts
+        bounds = np.append(cuts, n)
+        agree, nseg = _signature_agreement(codes, bounds)
+        if nseg >= 2 and agree >= 0.5:
+            # identical step sequences dominate; the gap separation (ratio of the step gap to the
+            # largest gap inside steps) refines it: ratio 3 -> 0.84, 10 or more -> 1
+            conf = agree * (0.7 + 0.3 * min(1.0, float(np.log10(best[1]))))
+            return cuts, "inferred-gaps", round(conf, 3), f"{nseg} idle gaps ≥ {threshold / 1e3:.1f} µs, {agree:.0%} of steps share one kernel sequence"
+    # 2. periodicity of the kernel-name sequence
+    period = _period(codes)
+    if period:
+        # phase: the offset whose preceding idle gaps are largest on average
+        phase_gap = np.bincount(np.arange(n) % period, weights=gaps, minlength=period)
+        phase = int(np.argmax(phase_gap))
+        cuts = np.arange(phase, n, period, dtype=np.int64)
+        bounds = np.append(cuts, n) if cuts[-1] != n else cuts
+        agree, nseg = _signature_agreement(codes, bounds[: len(bounds) - 1] if len(bounds) > 2 else bounds)
+        match = float(np.mean(codes[period:] == codes[:-period]))
+        conf = round(match * (agree if nseg else 0.5) * 0.9, 3)
+        return cuts, "inferred-period", conf, f"kernel sequence repeats every {period} kernels ({match:.1%} match); no decisive idle gaps"
+    return np.zeros(0, dtype=np.int64), "none", 0.0, "no decisive idle gaps and no repeating kernel sequence"
+
+
+def _period(codes: np.ndarray, min_count: int = 3) -> int | None:
+    """Largest constant spacing of a code that recurs ≥ min_count times, confirmed on the sequence."""
+    n = len(codes)
+    if n < 8:
+        return None
+    order = np.argsort(codes, kind="stable")
+    sc = codes[order]
+    bounds = np.nonzero(np.diff(sc))[0] + 1
+    starts = np.concatenate(([0], bounds))
+    ends = np.concatenate((bounds, [n]))
+    best = None
+    for a, b in zip(starts, ends):  # one iteration per distinct kernel name
+        if b - a < min_count:
+            continue
+        pos = order[a:b]
+        d = np.diff(pos)
+        if d.min() == d.max() and d[0] > 1:
+            p = int(d[0])
+            if best is None or p > best:
+                best = p
+    if best is None or best * 2 > n:
+        return None
+    match = float(np.mean(codes[best:] == codes[:-best]))
+    return best if match >= 0.9 else None
+
+
+def infer_step_windows(k: pd.DataFrame, codes: np.ndarray) -> StepWindows:
+    """Infer steps per device from kernels `k` (sorted by start; needs has_launch, api_start_ns, pid).
+
+    Each step's launch window runs from its first launch to the next step's first launch; kernels
+    without a launch record (time-sliced exports) fall back to GPU-time windows (gpu_only)."""
+    cols = ["step", "pid", "device_id", "name", "cpu_start_ns", "cpu_end_ns", "gpu_only"]
+    parts, notes, methods = [], [], []
+    big = np.iinfo(np.int64).max
+    kernel_seg = np.full(len(k), -1, dtype=np.int64)
+    seg_base = 0
+    for dev, grp in k.groupby("device_id", sort=True):  # one pass per device
+        idx = grp.index.to_numpy()
+        cuts, method, conf, why = infer_cuts(grp["start_ns"].to_numpy(), grp["end_ns"].to_numpy(), codes[idx])
+        notes.append(f"device {dev}: {why}")
+        if len(cuts) == 0:
+            continue
+        methods.append((method, conf))
+        has = grp["has_launch"].to_numpy()
+        launch = np.where(has, grp["api_start_ns"].to_numpy(), big)
+        first_launch = np.minimum.reduceat(launch, cuts)
+        gpu_only = first_launch == big
+        gstart = grp["start_ns"].to_numpy()[cuts]
+        cpu_s = np.where(gpu_only, gstart, first_launch)
+        last = int(max(launch[has].max() if has.any() else 0, grp["end_ns"].max()))
+        cpu_e = np.append(cpu_s[1:] - 1, last)
+        parts.append(pd.DataFrame({"pid": int(grp["pid"].mode().iloc[0]), "device_id": int(dev), "name": "", "cpu_start_ns": cpu_s, "cpu_end_ns": cpu_e, "gpu_only": gpu_only, "seg": seg_base + np.arange(len(cuts))}))
+        local = np.searchsorted(cuts, np.arange(len(grp)), side="right") - 1
+        kernel_seg[k.index.get_indexer(idx)] = np.where(local >= 0, seg_base + local, -1)
+        seg_base += len(cuts)
+    if not parts:
+        return StepWindows(pd.DataFrame(columns=cols), "none", 0.0, notes)
+    frame = pd.concat(parts, ignore_index=True).sort_values(["cpu_start_ns", "device_id"]).reset_index(drop=True)
+    frame.insert(0, "step", np.arange(len(frame)))
+    step_of_seg = np.empty(seg_base, dtype=np.int64)
+    step_of_seg[frame["seg"].to_numpy()] = frame["step"].to_numpy()
+    kernel_step = np.where(kernel_seg >= 0, step_of_seg[np.clip(kernel_seg, 0, None)] if seg_base else -1, -1)
+    method = methods[0][0] if len({m for m, _ in methods}) == 1 else "inferred-mixed"
+    return StepWindows(frame[cols], method, min(c for _, c in methods), notes, kernel_step)
