@@ -18,7 +18,7 @@ FIXTURES = ROOT / "fixtures"
 PUBLIC = Path(os.environ.get("NSYSPARSE_SHARED", ROOT.parent / "shared")) / "traces" / "public"
 
 # Strings planted by the builder in environment/host fields; no command may print them.
-SECRETS = ("hunter2", "secret-host", "alice-secret", "API_TOKEN")
+SECRETS = ("hunter2", "secret-host", "alice-secret", "API_TOKEN", "nsysparse-scrubbed")
 
 
 def public_trace(relpath: str) -> Path:
@@ -26,6 +26,24 @@ def public_trace(relpath: str) -> Path:
     if not p.exists():
         pytest.skip(f"public trace {relpath} not available (../shared/traces/public absent)")
     return p
+
+
+FIXTURE_NAMES = sorted(p.name for p in FIXTURES.iterdir() if (p / "trace.sqlite").exists()) if FIXTURES.exists() else []
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests run only where torch sees a CUDA device."""
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if not has_gpu:
+        skip = pytest.mark.skip(reason="needs an NVIDIA GPU (marked gpu)")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
 
 
 def fixture_trace(name: str) -> Path:

@@ -92,7 +92,7 @@ def generate(preset: str, do_profile: bool, nsys_path: str | None, out_dir: str,
     if do_profile:
         from nsysparse.workload.profile import run_profiled
 
-        nsys_block = run_profiled(out, run.cuda_graph, nsys_path)
+        nsys_block = run_profiled(out, run.cuda_graph, nsys_path, nvtx=run.nvtx != "none")
         partial = out / "manifest.partial.json"
         if not partial.exists():
             raise ConfigError("the profiled workload wrote no manifest; see its output above")
@@ -112,6 +112,6 @@ def generate(preset: str, do_profile: bool, nsys_path: str | None, out_dir: str,
     manifest["preset"] = preset
     manifest["nsys"] = None
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    cmd = " ".join(profile_command("nsys", str(out / "trace"), str(out / "config.json"), run.cuda_graph))
+    cmd = " ".join(profile_command("nsys", str(out / "trace"), str(out / "config.json"), run.cuda_graph, run.nvtx != "none"))
     click.echo(f"ran {run.steps} {run.phase} steps of {preset} on {run.device}; wrote {out / 'manifest.json'}")
     click.echo(f"to profile it: {cmd} && nsys export --type sqlite -o {out / 'trace.sqlite'} {out / 'trace.nsys-rep'}")

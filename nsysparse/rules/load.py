@@ -35,10 +35,18 @@ def _line_of(text: str, needle: str) -> int | None:
     return None
 
 
-def _where(path: Path, text: str, rid: str | None) -> str:
+def _where(path: Path, text: str, rid: str | None, field: str | None = None) -> str:
+    """`file:line (id)`, the line being the rule's `field = ...` line when given, else its id line."""
     if rid is None:
         return str(path)
     line = _line_of(text, f'"{rid}"')
+    if line and field:
+        for i, ln in enumerate(text.splitlines()[line - 1 :], line):
+            if ln.strip().startswith(f"{field} ") or ln.strip().startswith(f"{field}="):
+                line = i
+                break
+            if i > line and ln.strip().startswith("id "):
+                break
     return f"{path}:{line} ({rid})" if line else f"{path} ({rid})"
 
 
@@ -78,7 +86,7 @@ def _compile(path: Path, text: str, rid: str, field: str, value: Any) -> re.Patt
     try:
         return re.compile(value)
     except re.error as err:
-        raise RuleError(f"{_where(path, text, rid)}: invalid {field} regex {value!r} ({err})") from None
+        raise RuleError(f"{_where(path, text, rid, field)}: invalid {field} regex {value!r} ({err})") from None
 
 
 def _slots(path: Path, text: str, tid: str, items: list[Any], blocks: dict[str, list[Any]], ops: dict[str, str], classes: set[str], depth: int = 0) -> list[Slot]:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from nsysparse import intervals
+from nsysparse.errors import UsageError
 from nsysparse.rules import RuleSet, classify_names, load_rules
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.parse import Parser, Segment
@@ -143,6 +144,13 @@ def map_trace(
 ) -> Mapping:
     """Map every kernel of `trace` to step, layer and op. `nvtx`: auto | steps (NVTX for steps only) | off."""
     trace.require("kernels", "op mapping")
+    if nvtx not in NVTX_MODES:
+        raise UsageError(f"nvtx mode must be one of {', '.join(NVTX_MODES)}")
+    for flag, pat in (("--step-pattern", step_pattern), ("--layer-pattern", layer_pattern)):
+        try:
+            re.compile(pat)
+        except re.error as err:
+            raise UsageError(f"{flag} {pat!r} is not a valid regular expression ({err})") from None
     rules = rules or load_rules()
     notes: list[str] = []
     k = _kernel_frame(trace)

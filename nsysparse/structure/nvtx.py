@@ -34,10 +34,11 @@ class RangeTree:
         return len(self.key_start)
 
     def keys(self, global_tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """Query keys on the shared axis; -1 where the thread has no ranges or ts is unknown."""
+        """Query keys on the shared axis; -1 where the thread has no ranges or ts is outside every range."""
         codes = self.tid_codes.get_indexer(global_tid)
-        ok = codes >= 0
-        return np.where(ok, codes.astype(I64) * self.span + (ts.astype(I64) - self.lo), -1)
+        off = ts.astype(I64) - self.lo
+        ok = (codes >= 0) & (off >= 0) & (off < self.span)
+        return np.where(ok, codes.astype(I64) * self.span + off, -1)
 
     def innermost(self, global_tid: np.ndarray, ts: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Tree position of the innermost range on `global_tid` containing `ts` (start ≤ ts ≤ end), or -1."""
@@ -71,8 +72,10 @@ class RangeTree:
 
 
 def build_tree(ranges: pd.DataFrame) -> RangeTree:
-    """`ranges`: closed push/pop ranges with start_ns, end_ns, global_tid (one thread each)."""
-    df = ranges.reset_index(drop=True)
+    """`ranges`: closed push/pop ranges with start_ns, end_ns, global_tid (one thread each).
+
+    Zero-length ranges are dropped: they cannot contain an API call, and they break the depth count."""
+    df = ranges[ranges["end_ns"].to_numpy() > ranges["start_ns"].to_numpy()].reset_index(drop=True)
     if len(df) == 0:
         e = np.zeros(0, dtype=I64)
         return RangeTree(df.assign(pos=e), e, e, e, e, pd.Index([], dtype="int64"), 0, 1)
@@ -90,9 +93,8 @@ def build_tree(ranges: pd.DataFrame) -> RangeTree:
     ks, ke = ks[order], ke[order]
     df = df.take(order).reset_index(drop=True)
     n = len(ks)
-    # depth = ranges opened before i (i of them) minus ranges closed at or before start_i (a
-    # zero-length range i closes at its own start: do not count it against itself)
-    closed = np.searchsorted(np.sort(ke), ks, side="right") - (ke == ks)
+    # depth = ranges opened before i (i of them) minus ranges closed at or before start_i
+    closed = np.searchsorted(np.sort(ke), ks, side="right")
     depth = np.arange(n, dtype=I64) - closed
     depth = np.maximum(depth, 0)
     parent = np.full(n, -1, dtype=I64)
@@ -100,6 +102,8 @@ def build_tree(ranges: pd.DataFrame) -> RangeTree:
     for d in range(1, int(depth.max()) + 1):
         idx = positions[d]
         prev = positions.get(d - 1, np.zeros(0, dtype=I64))
+        if len(prev) == 0:
+            continue
         j = np.searchsorted(prev, idx) - 1
         parent[idx] = np.where(j >= 0, prev[np.clip(j, 0, None)], -1)
     df["pos"] = np.arange(n)

@@ -120,11 +120,13 @@ def infer_cuts(start: np.ndarray, end: np.ndarray, codes: np.ndarray) -> tuple[n
     top = np.sort(gaps[1:])[::-1][: min(n - 1, 20_000)]
     best = None
     for j in range(min(len(top) - 1, 20_000)):
-        if top[j] < MIN_STEP_GAP_NS or top[j + 1] <= 0:
+        if top[j] < MIN_STEP_GAP_NS:
             break
-        ratio = top[j] / max(top[j + 1], 1)
+        ratio = top[j] / top[j + 1] if top[j + 1] > 0 else float("inf")  # no idle at all inside steps
         if ratio >= MIN_JUMP and (best is None or ratio > best[1]):
             best = (j, ratio)
+        if top[j + 1] <= 0:
+            break
     if best is not None:
         threshold = top[best[0]]
         cuts = np.nonzero(gaps >= threshold)[0]
@@ -134,7 +136,7 @@ def infer_cuts(start: np.ndarray, end: np.ndarray, codes: np.ndarray) -> tuple[n
         if nseg >= 2 and agree >= 0.5:
             # identical step sequences dominate; the gap separation (ratio of the step gap to the
             # largest gap inside steps) refines it: ratio 3 -> 0.84, 10 or more -> 1
-            conf = agree * (0.7 + 0.3 * min(1.0, float(np.log10(best[1]))))
+            conf = agree * (0.7 + 0.3 * min(1.0, float(np.log10(min(best[1], 1e6)))))
             return cuts, "inferred-gaps", round(conf, 3), f"{nseg} idle gaps ≥ {threshold / 1e3:.1f} µs, {agree:.0%} of steps share one kernel sequence"
     # 2. periodicity of the kernel-name sequence
     period = _period(codes)
@@ -177,6 +179,24 @@ def _period(codes: np.ndarray, min_count: int = 3) -> int | None:
     return best if match >= 0.9 else None
 
 
+def _trim_edges(cuts: np.ndarray, n: int, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Drop a first or last segment that is a fragment: under half the median step length and not the
+    common kernel sequence (e.g. set-up kernels before the first CUDA-graph replay). Returns the
+    remaining cuts, each segment's end, and how many kernels were left out."""
+    ends = np.append(cuts[1:], n)
+    lengths = ends - cuts
+    if len(cuts) < 3:
+        return cuts, ends, 0
+    sigs = [codes[a:b].tobytes() for a, b in zip(cuts, ends)]
+    modal = pd.Series(sigs).value_counts().index[0]
+    med = float(np.median(lengths))
+    keep = np.ones(len(cuts), dtype=bool)
+    for i in (0, len(cuts) - 1):
+        if lengths[i] < 0.5 * med and sigs[i] != modal:
+            keep[i] = False
+    return cuts[keep], ends[keep], int(lengths[~keep].sum())
+
+
 def infer_step_windows(k: pd.DataFrame, codes: np.ndarray) -> StepWindows:
     """Infer steps per device from kernels `k` (sorted by start; needs has_launch, api_start_ns, pid).
 
@@ -193,6 +213,9 @@ def infer_step_windows(k: pd.DataFrame, codes: np.ndarray) -> StepWindows:
         notes.append(f"device {dev}: {why}")
         if len(cuts) == 0:
             continue
+        cuts, ends, dropped = _trim_edges(cuts, len(grp), codes[idx])
+        if dropped:
+            notes.append(f"device {dev}: {dropped} kernels before the first or after the last full step are not in any step")
         methods.append((method, conf))
         has = grp["has_launch"].to_numpy()
         launch = np.where(has, grp["api_start_ns"].to_numpy(), big)
@@ -203,7 +226,9 @@ def infer_step_windows(k: pd.DataFrame, codes: np.ndarray) -> StepWindows:
         last = int(max(launch[has].max() if has.any() else 0, grp["end_ns"].max()))
         cpu_e = np.append(cpu_s[1:] - 1, last)
         parts.append(pd.DataFrame({"pid": int(grp["pid"].mode().iloc[0]), "device_id": int(dev), "name": "", "cpu_start_ns": cpu_s, "cpu_end_ns": cpu_e, "gpu_only": gpu_only, "seg": seg_base + np.arange(len(cuts))}))
-        local = np.searchsorted(cuts, np.arange(len(grp)), side="right") - 1
+        pos = np.arange(len(grp))
+        local = np.searchsorted(cuts, pos, side="right") - 1
+        local = np.where((local >= 0) & (pos < ends[np.clip(local, 0, None)]), local, -1)
         kernel_seg[k.index.get_indexer(idx)] = np.where(local >= 0, seg_base + local, -1)
         seg_base += len(cuts)
     if not parts:

@@ -41,6 +41,10 @@ class Annotator:
                 if self._pop is not None:
                     self._pop()
 
+    def host(self, name: str):  # type: ignore[no-untyped-def]
+        """Host-side work between steps (emitted with step-level NVTX and above)."""
+        return self._range("host", 1, name)
+
     def step(self, name: str):  # type: ignore[no-untyped-def]
         return self._range("step", 1, name)
 

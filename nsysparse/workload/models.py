@@ -317,10 +317,12 @@ class MTP(nn.Module):
         self.eh_proj = nn.Linear(2 * m.hidden, m.hidden, bias=False)
         self.block = Block(name, m.layer_kinds()[-1], m, run, device, dtype, impl)
 
-    def forward(self, hidden: torch.Tensor, next_tokens: torch.Tensor, ctx: Ctx, model: "LM") -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, tokens: torch.Tensor, tok: torch.Tensor, ctx: Ctx, model: "LM") -> torch.Tensor:
         a = ctx.ann
         with a.layer(self.name):
             with a.op("mtp_norm"):
+                # the MTP input is the sequence shifted by one, ending with the token just sampled
+                next_tokens = tok[:, None] if tokens.shape[1] == 1 else torch.cat((tokens[:, 1:], tok[:, None]), dim=1)
                 e = self.enorm(model.embed(next_tokens))
                 hh = self.hnorm(hidden)
             with a.op("mtp_proj"):
@@ -362,11 +364,7 @@ class LM(nn.Module):
         """One inference forward: next token (greedy) and the MTP draft tokens."""
         x = self.trunk(tokens, ctx)
         tok = self.head(x, ctx)
-        drafts = []
-        nxt = tok[:, None] if tokens.shape[1] == 1 else torch.cat((tokens[:, 1:], tok[:, None]), dim=1)
-        for mtp in self.mtps:
-            draft = mtp(x, nxt, ctx, self)
-            drafts.append(draft)
+        drafts = [mtp(x, tokens, tok, ctx, self) for mtp in self.mtps]
         return tok, drafts
 
     def train_loss(self, tokens: torch.Tensor, targets: torch.Tensor, ctx: Ctx) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import Any
 
 from nsysparse.errors import ConfigError
 
-NSYS_OPTIONS = ["--trace=cuda,nvtx", "--sample=none", "--cpuctxsw=none", "--capture-range=cudaProfilerApi", "--capture-range-end=stop"]
+NSYS_OPTIONS = ["--sample=none", "--cpuctxsw=none", "--capture-range=cudaProfilerApi", "--capture-range-end=stop"]
 
 
 def find_nsys(explicit: str | None = None) -> Path | None:
@@ -46,12 +46,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def profile_command(nsys: str, prefix: str, config: str, cuda_graph: bool) -> list[str]:
+def profile_command(nsys: str, prefix: str, config: str, cuda_graph: bool, nvtx: bool = True) -> list[str]:
+    """With `nvtx` False NVTX is not traced at all (not even libraries' ranges): a trace with no NVTX."""
     graph = ["--cuda-graph-trace=node"] if cuda_graph else []
-    return [nsys, "profile", *NSYS_OPTIONS, *graph, "--force-overwrite=true", "-o", prefix, "python3", "-m", "nsysparse.workload.run", config]
+    trace = "--trace=cuda,nvtx" if nvtx else "--trace=cuda"
+    return [nsys, "profile", trace, *NSYS_OPTIONS, *graph, "--force-overwrite=true", "-o", prefix, "python3", "-m", "nsysparse.workload.run", config]
 
 
-def run_profiled(out_dir: Path, cuda_graph: bool, nsys_path: str | None) -> dict[str, Any]:
+def run_profiled(out_dir: Path, cuda_graph: bool, nsys_path: str | None, nvtx: bool = True) -> dict[str, Any]:
     """Profile `python -m nsysparse.workload.run out_dir/config.json`; returns the manifest's nsys block."""
     nsys = find_nsys(nsys_path)
     if nsys is None:
@@ -61,7 +63,7 @@ def run_profiled(out_dir: Path, cuda_graph: bool, nsys_path: str | None) -> dict
     prefix = out_dir / "trace"
     for suffix in (".qdstrm", ".nsys-rep", ".sqlite"):
         prefix.with_suffix(suffix).unlink(missing_ok=True)
-    cmd = profile_command(str(nsys), str(prefix), str(out_dir / "config.json"), cuda_graph)
+    cmd = profile_command(str(nsys), str(prefix), str(out_dir / "config.json"), cuda_graph, nvtx)
     cmd[cmd.index("python3")] = sys.executable
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     rep = prefix.with_suffix(".nsys-rep")
@@ -79,6 +81,6 @@ def run_profiled(out_dir: Path, cuda_graph: bool, nsys_path: str | None) -> dict
     version = subprocess.run([str(nsys), "--version"], env=env, capture_output=True, text=True).stdout.strip()
     return {
         "version": version,
-        "command": " ".join(profile_command("nsys", "trace", "config.json", cuda_graph)),
+        "command": " ".join(profile_command("nsys", "trace", "config.json", cuda_graph, nvtx)),
         "export_command": "nsys export --type sqlite -o trace.sqlite trace.nsys-rep",
     }

@@ -72,9 +72,10 @@ def execute(model_cfg: ModelConfig, run_cfg: RunConfig) -> dict[str, Any]:
 
     def infer_once() -> torch.Tensor:
         tok, drafts = model.generate_step(tokens, ctx)
-        if run_cfg.phase == "decode":
-            tokens.copy_(tok[:, None])  # feed the sampled token back
-        return torch.stack([tok, *drafts]) if drafts else tok[None]
+        with ann.op("sample"):  # token bookkeeping: feed the sampled token back, gather the drafts
+            if run_cfg.phase == "decode":
+                tokens.copy_(tok[:, None])
+            return torch.stack([tok, *drafts]) if drafts else tok[None]
 
     def train_once() -> torch.Tensor:
         assert optimizer is not None
@@ -116,7 +117,8 @@ def execute(model_cfg: ModelConfig, run_cfg: RunConfig) -> dict[str, Any]:
                     step_fn().cpu()
             timings.append(time.perf_counter() - t0)
             if gap_s and i < run_cfg.steps - 1:
-                time.sleep(gap_s)  # host-side scheduler work: no CUDA calls
+                with ann.host("host_gap"):
+                    time.sleep(gap_s)  # host-side scheduler work: no CUDA calls
         if on_gpu:
             torch.cuda.synchronize()
             torch.cuda.profiler.stop()
@@ -149,7 +151,12 @@ def build_manifest(model_cfg: ModelConfig, run_cfg: RunConfig, env: dict[str, An
             "op_sequence": st.op_sequence,
             "other_ops": st.other_ops,
         },
-        "injected": {"host_gap_ms": run_cfg.host_gap_ms, "gaps": max(run_cfg.steps - 1, 0) if run_cfg.host_gap_ms else 0},
+        "injected": {
+            "host_gap_ms": run_cfg.host_gap_ms,
+            "gaps": max(run_cfg.steps - 1, 0) if run_cfg.host_gap_ms else 0,
+            "nvtx_range": "host_gap" if run_cfg.host_gap_ms and run_cfg.nvtx != "none" else None,
+            "cause": "host work (time.sleep between steps, no CUDA calls)" if run_cfg.host_gap_ms else None,
+        },
         "tokens_per_step": run_cfg.tokens_per_step,
         "flops": flops_summary(model_cfg, run_cfg),
     }
