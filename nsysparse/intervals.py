@@ -103,3 +103,48 @@ def assign_to_windows(times: np.ndarray, win_starts: np.ndarray, win_ends: np.nd
     idx = np.searchsorted(ws, t, side="right") - 1
     ok = (idx >= 0) & (t < we[np.clip(idx, 0, len(we) - 1)])
     return np.where(ok, idx, -1)
+
+
+class Coverage:
+    """Union of intervals per group (thread, device), answering "how much of [a, b] is covered" and
+    "how many intervals start in (a, b]" for many windows at once. Groups share one axis (group code ×
+    span + time); each query is two binary searches."""
+
+    def __init__(self, groups: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+        g = np.asarray(groups, dtype=I64)
+        s = np.asarray(starts, dtype=I64)
+        e = np.asarray(ends, dtype=I64)
+        self.groups = np.unique(g)
+        self.lo = int(min(s.min(), e.min())) - 1 if len(s) else 0
+        self.span = (int(max(s.max(), e.max())) - self.lo + 2) if len(s) else 1
+        gc = np.searchsorted(self.groups, g).astype(I64)
+        self.ms, self.me = merge(gc * self.span + (s - self.lo), gc * self.span + (e - self.lo))
+        self.prefix = np.concatenate(([0], np.cumsum(self.me - self.ms)))
+        self.starts = np.sort(gc * self.span + (s - self.lo))
+
+    def _keys(self, groups: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        g = np.asarray(groups, dtype=I64)
+        pos = np.searchsorted(self.groups, g)
+        known = (pos < len(self.groups)) & (self.groups[np.clip(pos, 0, max(len(self.groups) - 1, 0))] == g) if len(self.groups) else np.zeros(len(g), bool)
+        code = np.where(known, pos, -1).astype(I64)
+        off = np.clip(np.asarray(t, dtype=I64) - self.lo, 0, self.span - 1)
+        return code, code * self.span + off
+
+    def _upto(self, k: np.ndarray) -> np.ndarray:
+        j = np.searchsorted(self.ms, k, side="right") - 1
+        jj = np.clip(j, 0, None)
+        part = np.where(j >= 0, np.minimum(k, self.me[jj] if len(self.me) else 0) - (self.ms[jj] if len(self.ms) else 0), 0)
+        return np.where(j >= 0, self.prefix[jj] + np.maximum(part, 0), 0)
+
+    def covered(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        code, ka = self._keys(groups, a)
+        _, kb = self._keys(groups, b)
+        if len(self.ms) == 0:
+            return np.zeros(len(ka), dtype=I64)
+        return np.where(code >= 0, np.maximum(self._upto(kb) - self._upto(ka), 0), 0)
+
+    def count_starts(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        code, ka = self._keys(groups, a)
+        _, kb = self._keys(groups, b)
+        n = np.searchsorted(self.starts, kb, side="right") - np.searchsorted(self.starts, ka, side="right")
+        return np.where(code >= 0, n, 0)

@@ -237,7 +237,7 @@ def map_trace(
     else:
         k["layer_index"] = -1
     cols = ["start_ns", "end_ns", "dur_ns", "device_id", "stream_id", "pid", "short_name", "name", "kernel_class", "rule_id", "graph_node_id",
-            "step", "layer_id", "layer_index", "layer_name", "layer_kind", "op", "source"]
+            "step", "layer_id", "layer_index", "layer_name", "layer_kind", "op", "source", "has_launch", "api_start_ns", "api_end_ns", "global_tid"]
     return Mapping(k[cols].copy(), steps, layers, windows.source, windows.confidence, layer_source, rules, notes + list(trace.notes), gpu_ops)
 
 
@@ -322,7 +322,10 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, tmpl_op: np.n
 
 def _gpu_ops_with_steps(trace: Trace, k: pd.DataFrame, windows: StepWindows) -> pd.DataFrame:
     """Kernels plus memcpy/memset, each with the step it was launched in (for busy/wall time)."""
-    parts = [pd.DataFrame({"kind": "kernel", "start_ns": k["start_ns"], "end_ns": k["end_ns"], "device_id": k["device_id"], "stream_id": k["stream_id"], "pid": k["pid"], "step": k["step"]})]
+    launch_cols = ["has_launch", "api_start_ns", "api_end_ns", "global_tid"]
+    parts = [pd.DataFrame({"kind": "kernel", "start_ns": k["start_ns"], "end_ns": k["end_ns"], "device_id": k["device_id"], "stream_id": k["stream_id"], "pid": k["pid"], "step": k["step"],
+                           "graph": k["graph_node_id"].to_numpy() > 0, "op": k["op"].astype(str), "layer_kind": k["layer_kind"].astype(str), "kernel_class": k["kernel_class"].astype(str),
+                           **{c: k[c] for c in launch_cols}})]
     if trace.has("api"):
         api = trace.api()
         for kind in ("memcpy", "memset"):
@@ -333,10 +336,12 @@ def _gpu_ops_with_steps(trace: Trace, k: pd.DataFrame, windows: StepWindows) -> 
                 st = assign_windows(m["pid"].to_numpy(), m["api_start_ns"].to_numpy(), m["has_launch"].to_numpy(), windows.frame, "pid")
             else:
                 st = assign_windows(m["device_id"].to_numpy(), m["api_start_ns"].to_numpy(), m["has_launch"].to_numpy(), windows.frame, "device_id")
-            parts.append(pd.DataFrame({"kind": kind, "start_ns": m["start_ns"], "end_ns": m["end_ns"], "device_id": m["device_id"], "stream_id": m["stream_id"], "pid": m["pid"], "step": st}))
+            parts.append(pd.DataFrame({"kind": kind, "start_ns": m["start_ns"], "end_ns": m["end_ns"], "device_id": m["device_id"], "stream_id": m["stream_id"], "pid": m["pid"], "step": st,
+                                       "graph": m["graph_node_id"].to_numpy() > 0, "op": kind, "layer_kind": "", "kernel_class": kind, **{c: m[c] for c in launch_cols}}))
     ops = pd.concat(parts, ignore_index=True)
-    ops["kind"] = ops["kind"].astype("category")
-    return ops
+    for c in ("kind", "op", "layer_kind", "kernel_class"):
+        ops[c] = ops[c].astype("category")
+    return ops.sort_values(["start_ns", "end_ns"], kind="stable").reset_index(drop=True)
 
 
 def _step_table(k: pd.DataFrame, ops: pd.DataFrame, windows: StepWindows) -> pd.DataFrame:

@@ -297,3 +297,12 @@ def require_columns(trace: "Trace", kind: str, *columns: str) -> None:
     for col in columns:
         if not trace.schema.has(table, SPECS[kind][col].source):
             raise MissingDataError(f"{trace.path}: {table} has no {SPECS[kind][col].source} column", "Re-export with a newer nsys")
+
+
+def profiler_overhead(trace: "Trace") -> pd.DataFrame:
+    """Intervals where the profiler itself worked (CUPTI buffer flushes and the like): start_ns, end_ns, global_tid."""
+    cols = {"start_ns": [], "end_ns": [], "global_tid": []}
+    if not trace.schema.has("PROFILER_OVERHEAD", "globalTid"):
+        return pd.DataFrame({k: pd.Series(v, dtype="int64") for k, v in cols.items()})
+    df = trace.engine.frame('SELECT "start" AS start_ns, "end" AS end_ns, COALESCE("globalTid", 0) AS global_tid FROM "PROFILER_OVERHEAD" WHERE "end" IS NOT NULL')
+    return df.astype("int64") if len(df) else pd.DataFrame({k: pd.Series(v, dtype="int64") for k, v in cols.items()})
