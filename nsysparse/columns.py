@@ -64,5 +64,5 @@ def empty_frame(columns: tuple[Column, ...]) -> pd.DataFrame:
 def describe(columns: tuple[Column, ...]) -> str:
     """Markdown table documenting columns (used by the docs generator and `--help` epilogs)."""
     lines = ["| column | kind | meaning |", "|---|---|---|"]
-    lines += [f"| `{c.name}` | {c.kind} | {c.doc} |" for c in columns]
+    lines += [f"| `{c.name}` | {c.kind} | {c.doc.replace('|', chr(92) + '|')} |" for c in columns]
     return "\n".join(lines)
