@@ -5,7 +5,8 @@ tests/test_docs.py fails when the committed file differs from what this prints.
 
 from __future__ import annotations
 
-from nsysparse.analyses import coverage, gaps, kernel_summary, layers, ops, serving, steps
+from nsysparse.analyses import coverage, gaps, kernel_summary, layers, mfu, ops, serving, simdiff, steps
+from nsysparse.models import predict
 from nsysparse.columns import Column, describe
 
 SECTIONS: list[tuple[str, str, tuple[Column, ...]]] = [
@@ -21,6 +22,11 @@ SECTIONS: list[tuple[str, str, tuple[Column, ...]]] = [
     ("gaps-causes", "`nsysparse gaps`: idle time per cause", gaps.CAUSE_COLUMNS),
     ("gaps-devices", "`nsysparse gaps`: per device", gaps.DEVICE_COLUMNS),
     ("serving", "`nsysparse gaps --accept-rate/--batch`: serving numbers", serving.COLUMNS),
+    ("mfu", "`nsysparse mfu`: the summary (CSV output; the table view shows it as metric/value)", mfu.SUMMARY_COLUMNS),
+    ("mfu-steps", "`nsysparse mfu`: per step", mfu.STEP_COLUMNS),
+    ("predict", "`nsysparse predict`: one row per (layer kind, op); the prediction file format is in docs/predictions.md", predict.COLUMNS),
+    ("simdiff", "`nsysparse simdiff`: one row per op (`--by-kind`: per layer kind and op)", simdiff.COLUMNS),
+    ("simdiff-reconciliation", "`nsysparse simdiff`: reconciliation of the totals", simdiff.RECON_COLUMNS),
     ("rules-check", "`nsysparse rules check`: unclassified kernels", coverage.COLUMNS),
 ]
 
@@ -31,7 +37,10 @@ JSON_NOTES = """
 ({kind: layers per step}), `ops` ([{layer_kind, op, count_per_step, mean_us, median_us, total_us_per_step,
 source}]), `layer_totals`, `reconciliation`, `unmapped_share` (0..1), `top_unmapped`, `step_source`,
 `step_confidence`, `layer_source`. `gaps`: `devices`, `gaps`, `causes`, `largest_bubbles`,
-`bubbles_per_step`, `serving` (when asked for), `worst_device`, `min_bubble_us`, `notes`. Other commands:
+`bubbles_per_step`, `serving` (when asked for), `worst_device`, `min_bubble_us`, `notes`. `mfu`: the
+summary columns plus `per_step` and `notes`. `predict`: `meta` (the prediction file's meta block) and `ops`.
+`simdiff`: `measured_total_ms`, `predicted_total_ms`, `matched_total_diff_ms`, `ops`, `reconciliation`,
+`notes`. Other commands:
 `meta`, one list per table (named as in the table view), `notes`.
 """
 

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-COMMANDS = (["info"], ["kernels"], ["export", "--what", "kernels"])
+COMMANDS = (
+    ["info"], ["kernels"], ["export", "--what", "kernels"], ["ops"], ["layers"], ["steps"], ["gaps"],
+    ["mfu", "--model", "llama-mini", "--batch", "1", "--seq", "8", "--hardware", "h100_sxm"],
+)
 
 
 def fingerprint(p: Path) -> tuple[str, int]:

@@ -44,3 +44,20 @@ def test_outputs_match_their_declared_columns(fixture):
         validate_frame(g.bubbles, gaps.BUBBLE_COLUMNS)
         validate_frame(g.devices, gaps.DEVICE_COLUMNS)
         validate_frame(g.causes, gaps.CAUSE_COLUMNS)
+
+
+def test_prediction_doc_lists_every_alias():
+    """docs/predictions.md's alias table must cover [aliases] of rules/vocabulary.toml."""
+    import re
+    import tomllib
+
+    aliases = tomllib.loads((ROOT / "rules" / "vocabulary.toml").read_text())["aliases"]
+    doc = (ROOT / "docs" / "predictions.md").read_text()
+    table = doc.split("## Alias table", 1)[1]
+    listed = {}
+    for line in table.splitlines():
+        m = re.match(r"\|\s*([^|]+?)\s*\|\s*([a-z_0-9]+)\s*\|$", line)
+        if m and m.group(2) != "op":
+            for name in m.group(1).split(","):
+                listed[name.strip()] = m.group(2)
+    assert listed == aliases

@@ -99,6 +99,33 @@ def layer_report(m: Mapping, device_id: int | None = None, top_unmapped: int = 1
         return LayerReport(empty_frame(OP_COLUMNS), empty_frame(KIND_COLUMNS), empty_frame(RECON_COLUMNS), empty_frame(UNMAPPED_COLUMNS), 0, float("nan"), float("nan"), {}, float("nan"), meta)
 
     in_layer = inst[inst["layer_id"] >= 0]
+    if len(in_layer):
+        ops, kind_df = _layer_tables(in_layer, steps, nsteps)
+    else:
+        ops, kind_df = empty_frame(OP_COLUMNS), empty_frame(KIND_COLUMNS)  # no layers: ops outside layers only
+
+    recon = _reconcile(k, steps, inst, kind_df, nsteps, m)
+    total_k = float(k["dur_ns"].sum())
+    um = k[k["source"] == "unmapped"]
+    unmapped_share = float(um["dur_ns"].sum() / total_k) if total_k else 0.0
+    ug = um.groupby(um["short_name"].astype(str))["dur_ns"].agg(["size", "sum"]).sort_values("sum", ascending=False).head(top_unmapped)
+    unmapped = pd.DataFrame({"short_name": ug.index.astype(str), "count": ug["size"].to_numpy(dtype=np.int64), "total_us": ug["sum"].to_numpy() / 1e3, "share_pct": ug["sum"].to_numpy() / total_k * 100 if total_k else 0.0})
+    return LayerReport(
+        ops=ops,
+        kinds=kind_df,
+        reconciliation=recon,
+        unmapped=unmapped,
+        steps=nsteps,
+        step_time_us=float(steps["wall_ns"].median() / 1e3),
+        step_busy_us=float(steps["busy_ns"].median() / 1e3),
+        layer_kinds={str(r.layer_kind): float(r.count_per_step) for r in kind_df.itertuples()},
+        unmapped_share=unmapped_share,
+        meta=meta,
+    )
+
+
+def _layer_tables(in_layer: pd.DataFrame, steps: pd.DataFrame, nsteps: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The layer kind × op table and the one-layer-per-kind table from op instances inside layers."""
     layers = in_layer.groupby(["layer_id", "layer_kind"]).agg(kernel_ns=("time_ns", "sum"), kernels=("kernels", "sum"), start=("start_ns", "min"), end=("end_ns", "max")).reset_index()
     kinds = layers.groupby("layer_kind").agg(n=("layer_id", "size"), kernel_ns=("kernel_ns", "mean"), wall_ns=("end", "mean"), kernels=("kernels", "mean"))
     kinds["wall_ns"] = layers.assign(w=layers["end"] - layers["start"]).groupby("layer_kind")["w"].mean()
@@ -140,25 +167,7 @@ def layer_report(m: Mapping, device_id: int | None = None, top_unmapped: int = 1
     rank = {kd: i for i, kd in enumerate(["dense", "moe", "mtp", "unknown"])}
     ops["korder"] = ops["layer_kind"].map(lambda x: rank.get(x, 9))
     ops = ops.sort_values(["korder", "position"]).reset_index(drop=True)[[c.name for c in OP_COLUMNS]]
-
-    recon = _reconcile(k, steps, inst, kind_df, nsteps, m)
-    total_k = float(k["dur_ns"].sum())
-    um = k[k["source"] == "unmapped"]
-    unmapped_share = float(um["dur_ns"].sum() / total_k) if total_k else 0.0
-    ug = um.groupby(um["short_name"].astype(str))["dur_ns"].agg(["size", "sum"]).sort_values("sum", ascending=False).head(top_unmapped)
-    unmapped = pd.DataFrame({"short_name": ug.index.astype(str), "count": ug["size"].to_numpy(dtype=np.int64), "total_us": ug["sum"].to_numpy() / 1e3, "share_pct": ug["sum"].to_numpy() / total_k * 100 if total_k else 0.0})
-    return LayerReport(
-        ops=ops,
-        kinds=kind_df,
-        reconciliation=recon,
-        unmapped=unmapped,
-        steps=nsteps,
-        step_time_us=float(steps["wall_ns"].median() / 1e3),
-        step_busy_us=float(steps["busy_ns"].median() / 1e3),
-        layer_kinds={str(r.layer_kind): float(r.count_per_step) for r in kind_df.itertuples()},
-        unmapped_share=unmapped_share,
-        meta=meta,
-    )
+    return ops, kind_df
 
 
 def _reconcile(k: pd.DataFrame, steps: pd.DataFrame, inst: pd.DataFrame, kinds: pd.DataFrame, nsteps: int, m: Mapping) -> pd.DataFrame:

@@ -112,6 +112,8 @@ def fmt_value(col: str, v: Any, width: int = NAME_WIDTH) -> str:
         if col.endswith("_pct"):
             return f"{v:.1f}"
         a = abs(v)
+        if a >= 1e7 and ("flops" in col or "bytes" in col):
+            return f"{v:.4g}"
         if a >= 1000:
             return f"{v:,.1f}"
         if a >= 1 or a == 0:

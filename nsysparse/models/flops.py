@@ -33,14 +33,15 @@ class Workload:
     act_bytes: float = 2.0
     kv_bytes: float = 2.0
     tp: int = 1  # tensor parallelism: heads and FFN widths divided by tp
+    ep: int = 1  # expert parallelism: each GPU holds experts/ep routed experts
 
     def validate(self) -> "Workload":
         if self.phase not in PHASES:
             raise ConfigError(f"phase must be one of {', '.join(PHASES)}")
         if self.causal not in ("half", "full"):
             raise ConfigError("causal must be half or full")
-        if min(self.batch, self.seq, self.kv_len, self.tp) < 1:
-            raise ConfigError("batch, seq, kv_len and tp must be at least 1")
+        if min(self.batch, self.seq, self.kv_len, self.tp, self.ep) < 1:
+            raise ConfigError("batch, seq, kv_len, tp and ep must be at least 1")
         return self
 
     @property
@@ -63,11 +64,11 @@ class Workload:
 
 @dataclass
 class _Rows:
-    rows: list[tuple[str, str, int, float, float, bool]]
+    rows: list[tuple[str, str, int, float, float, float, bool]]
 
-    def add(self, kind: str, op: str, count: int, flops: float, nbytes: float, megatron: bool = True) -> None:
+    def add(self, kind: str, op: str, count: int, flops: float, nbytes: float, megatron: bool = True, comm: float = 0.0) -> None:
         if count > 0:
-            self.rows.append((kind, op, count, float(flops), float(nbytes), megatron))
+            self.rows.append((kind, op, count, float(flops), float(nbytes), float(comm), megatron))
 
 
 def _gemm(t: float, k: float, n: float, w: Workload) -> tuple[float, float]:
@@ -145,13 +146,16 @@ def _mlp(r: _Rows, kind: str, mlp: str, n: int, spec: ModelSpec, w: Workload) ->
         r.add(kind, "shared_up", n, *_gemm(t, h, up * fs, w))
         r.add(kind, "shared_act", n, 0.0, t * (up + 1) * fs * a)
         r.add(kind, "shared_down", n, *_gemm(t, fs, h, w))
+    # per GPU: with expert parallelism each rank sends and receives t·k token copies (balanced routing)
+    # and holds e/ep experts, of which at most min(e/ep, t·k) receive a token and have their weights read
     routed = t * k
-    active = min(e, routed)  # experts that receive at least one token (at most)
-    r.add(kind, "dispatch", n, 0.0, 2 * routed * h * a)
+    active = min(max(e // w.ep, 1), routed)
+    comm = routed * h * a * (w.ep - 1) / w.ep
+    r.add(kind, "dispatch", n, 0.0, 2 * routed * h * a, comm=comm)
     r.add(kind, "moe_up", n, 2.0 * routed * h * up * f, active * h * up * f * w.weight_bytes + routed * (h + up * f) * a)
     r.add(kind, "moe_act", n, 0.0, routed * (up + 1) * f * a)
     r.add(kind, "moe_down", n, 2.0 * routed * f * h, active * f * h * w.weight_bytes + routed * (f + h) * a)
-    r.add(kind, "combine", n, 0.0, 2 * routed * h * a + t * h * a)
+    r.add(kind, "combine", n, 0.0, 2 * routed * h * a + t * h * a, comm=comm)
 
 
 def _head(r: _Rows, kind: str, spec: ModelSpec, w: Workload) -> None:
@@ -166,7 +170,8 @@ def _head(r: _Rows, kind: str, spec: ModelSpec, w: Workload) -> None:
 
 
 def op_table(spec: ModelSpec, w: Workload) -> pd.DataFrame:
-    """layer_kind, op, count_per_forward, flops, bytes (one instance), in_megatron (counted in totals)."""
+    """layer_kind, op, count_per_forward, flops, bytes, comm_bytes (one instance, one GPU), in_megatron
+    (counted in totals). comm_bytes: what dispatch/combine send to other GPUs under expert parallelism."""
     w = w.validate()
     spec.validate()
     r = _Rows([])
@@ -190,10 +195,10 @@ def op_table(spec: ModelSpec, w: Workload) -> pd.DataFrame:
         r.add("mtp", "final_norm", mtp, 2.0 * t * h, 2 * w.head_tokens * h * a)
         hw = _Rows([])
         _head(hw, "mtp", spec, w)
-        for kind, op, _, f, b, meg in hw.rows:
+        for kind, op, _, f, b, c, meg in hw.rows:
             if op != "final_norm":
-                r.add(kind, op, mtp, f, b, meg)
-    return pd.DataFrame(r.rows, columns=["layer_kind", "op", "count_per_forward", "flops", "bytes", "in_megatron"])
+                r.add(kind, op, mtp, f, b, meg, c)
+    return pd.DataFrame(r.rows, columns=["layer_kind", "op", "count_per_forward", "flops", "bytes", "comm_bytes", "in_megatron"])
 
 
 def forward_flops(spec: ModelSpec, w: Workload, include_router: bool = False) -> float:

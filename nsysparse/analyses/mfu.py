@@ -1,0 +1,158 @@
+"""Model FLOPs utilisation: FLOPs per step from the model over the measured step time.
+
+    TFLOP/s per GPU = FLOPs per step / step time / GPUs
+    MFU             = TFLOP/s per GPU / dense peak (BF16 and FP8 columns)
+    tokens/s/GPU    = tokens per step / step time / GPUs
+    MBU (inference) = model bytes per step / step time / GPUs / HBM bandwidth
+
+Step time is the step period by default (start of one step to the start of the next: what a user
+waits for, inter-step gaps included; the last step uses the median period), or `wall` (first to last
+GPU activity of the step). FLOPs follow Megatron's convention (models/flops.py); with full activation
+recomputation the count is 4× forward, which makes the number hardware FLOPs utilisation (HFU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nsysparse.columns import Column
+from nsysparse.errors import ConfigError
+from nsysparse.models.config import ModelSpec
+from nsysparse.models.flops import Workload, op_table, step_flops
+from nsysparse.models.hardware import Hardware
+
+SUMMARY_COLUMNS = (
+    Column("gpu", "str", "hardware the peaks come from"),
+    Column("phase", "str", "train | prefill | decode"),
+    Column("gpus", "int", "GPUs the step's work is spread over"),
+    Column("steps", "int", "steps measured"),
+    Column("step_time_ms", "float", "median step time (period or wall, see time_basis)"),
+    Column("time_basis", "str", "period (start to next start) | wall (first to last GPU activity)"),
+    Column("tokens_per_step", "float", "tokens processed per step, all GPUs"),
+    Column("flops_per_step", "float", "model FLOPs per step, all GPUs"),
+    Column("tflops_per_gpu", "float", "achieved model TFLOP/s per GPU"),
+    Column("peak_bf16_tflops", "float", "dense BF16 tensor peak"),
+    Column("peak_fp8_tflops", "float", "dense FP8 tensor peak"),
+    Column("mfu_bf16_pct", "float", "tflops_per_gpu / BF16 peak × 100"),
+    Column("mfu_fp8_pct", "float", "tflops_per_gpu / FP8 peak × 100"),
+    Column("tokens_per_s_per_gpu", "float", "tokens per step / step time / GPUs"),
+    Column("mbu_pct", "float", "inference: model bytes per step / step time / GPUs / HBM bandwidth × 100"),
+    Column("reference_flops_per_step", "float", "FLOPs per step given by the workload manifest (or --flops)"),
+    Column("reference_diff_pct", "float", "(flops_per_step − reference) / reference × 100"),
+)
+STEP_COLUMNS = (
+    Column("step", "int", "step index"),
+    Column("device_id", "int", "GPU"),
+    Column("time_ms", "float", "step time on the chosen basis"),
+    Column("wall_ms", "float", "first to last GPU activity"),
+    Column("tflops_per_gpu", "float", "model TFLOP/s per GPU in this step"),
+    Column("mfu_bf16_pct", "float", "against the BF16 peak"),
+    Column("tokens_per_s_per_gpu", "float", "tokens/s per GPU in this step"),
+)
+
+
+@dataclass
+class MfuReport:
+    summary: pd.DataFrame
+    per_step: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    def payload(self) -> dict[str, Any]:
+        return {**self.summary.iloc[0].to_dict(), "per_step": self.per_step, "notes": self.notes}
+
+
+def step_times(steps: pd.DataFrame, basis: str = "period") -> pd.DataFrame:
+    """step, device_id, time_ns, wall_ns from a mapping's step table."""
+    if basis not in ("period", "wall"):
+        raise ConfigError("time basis must be period or wall")
+    if len(steps) == 0:
+        return pd.DataFrame({"step": [], "device_id": [], "time_ns": [], "wall_ns": []})
+    s = steps.sort_values(["device_id", "start_ns"]).reset_index(drop=True)
+    wall = s["wall_ns"].to_numpy(dtype=float)
+    if basis == "wall":
+        t = wall
+    else:
+        nxt = s.groupby("device_id")["start_ns"].shift(-1)
+        t = (nxt - s["start_ns"]).to_numpy(dtype=float)
+        med = np.nanmedian(t) if np.isfinite(t).any() else np.nan
+        t = np.where(np.isnan(t), med if np.isfinite(med) else wall, t)
+    return pd.DataFrame({"step": s["step"].to_numpy(), "device_id": s["device_id"].to_numpy(), "time_ns": t, "wall_ns": wall})
+
+
+def mfu_report(
+    steps: pd.DataFrame,
+    spec: ModelSpec,
+    w: Workload,
+    hw: Hardware,
+    gpus: int | None = None,
+    basis: str = "period",
+    recompute: bool = False,
+    reference_flops: float | None = None,
+    include_router: bool = False,
+) -> MfuReport:
+    times = step_times(steps, basis)
+    if len(times) == 0:
+        raise ConfigError("no steps found in the trace", "Check `nsysparse steps` (NVTX step ranges or inferred steps) before computing MFU")
+    notes: list[str] = list(spec.notes)
+    devices = int(times["device_id"].nunique())
+    n_gpus = gpus or devices
+    if gpus and devices > 1 and gpus < devices:
+        raise ConfigError(f"--gpus {gpus} is fewer than the {devices} GPUs with steps in the trace")
+    flops = step_flops(spec, w, recompute=recompute, include_router=include_router)
+    tokens = float(w.tokens)
+    if recompute:
+        notes.append("full recomputation counted (4× forward): this is hardware FLOPs utilisation (HFU)")
+    # one step of the whole job per step index: the slowest device sets the pace
+    per_index = times.groupby("step").agg(time_ns=("time_ns", "max"), wall_ns=("wall_ns", "max"))
+    t_med = float(per_index["time_ns"].median())
+    if len(per_index) < 3:
+        notes.append(f"only {len(per_index)} step(s): the median step time is not robust")
+    tflops = flops / (t_med * 1e-9) / n_gpus / 1e12
+    mbu = np.nan
+    if w.phase != "train" and hw.hbm_tbps > 0:
+        t = op_table(spec, w)
+        nbytes = float((t["count_per_forward"] * t["bytes"]).sum())
+        mbu = nbytes / (t_med * 1e-9) / n_gpus / (hw.hbm_tbps * 1e12) * 100
+    ref_diff = (flops - reference_flops) / reference_flops * 100 if reference_flops else np.nan
+    if reference_flops and abs(ref_diff) > 2:
+        notes.append(f"the model's FLOPs differ from the reference by {ref_diff:+.1f}%: check the config, batch and sequence length")
+    summary = pd.DataFrame(
+        [
+            {
+                "gpu": hw.name,
+                "phase": w.phase,
+                "gpus": int(n_gpus),
+                "steps": int(len(per_index)),
+                "step_time_ms": t_med / 1e6,
+                "time_basis": basis,
+                "tokens_per_step": tokens,
+                "flops_per_step": flops,
+                "tflops_per_gpu": tflops,
+                "peak_bf16_tflops": hw.bf16_tflops,
+                "peak_fp8_tflops": hw.fp8_tflops,
+                "mfu_bf16_pct": tflops / hw.bf16_tflops * 100 if hw.bf16_tflops > 0 else np.nan,
+                "mfu_fp8_pct": tflops / hw.fp8_tflops * 100 if hw.fp8_tflops > 0 else np.nan,
+                "tokens_per_s_per_gpu": tokens / (t_med * 1e-9) / n_gpus,
+                "mbu_pct": mbu,
+                "reference_flops_per_step": float(reference_flops) if reference_flops else np.nan,
+                "reference_diff_pct": ref_diff,
+            }
+        ]
+    )
+    tt = times["time_ns"].to_numpy() * 1e-9
+    per_step = pd.DataFrame(
+        {
+            "step": times["step"].astype(np.int64),
+            "device_id": times["device_id"].astype(np.int64),
+            "time_ms": times["time_ns"] / 1e6,
+            "wall_ms": times["wall_ns"] / 1e6,
+            "tflops_per_gpu": flops / tt / n_gpus / 1e12,
+            "mfu_bf16_pct": flops / tt / n_gpus / 1e12 / hw.bf16_tflops * 100 if hw.bf16_tflops > 0 else np.nan,
+            "tokens_per_s_per_gpu": tokens / tt / n_gpus,
+        }
+    )
+    return MfuReport(summary, per_step, notes)
