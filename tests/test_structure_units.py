@@ -188,6 +188,25 @@ def test_container_ranges_and_nested_layer_names_are_not_ops(builder, tmp_path):
     assert k["layer_name"].astype(str).tolist()[0] == "model.layers.3"
 
 
+def test_framework_op_ranges_are_neither_steps_nor_layers(builder, tmp_path):
+    """emit_nvtx / FSDP ranges ("flash_attn::_flash_attn_forward, op_id = 7", "FSDP::pre_forward (blocks.3)")
+    carry step and layer words but are ops; their op_id/seq decorations are not part of the op name."""
+    b = builder("2024.5")
+    b.gpu()
+    for i in range(4):
+        t0 = i * 1_000_000
+        b.push(t0, t0 + 200_000, f"FSDP::pre_forward (blocks.{i}._checkpoint_wrapped_module)")
+        b.push(t0 + 10, t0 + 100_000, f"flash_attn::_flash_attn_forward, op_id = {100 + i}, sizes = [[2, 4]]")
+        b.kernel(t0 + 300_000, t0 + 600_000, "void flash::flash_fwd_kernel<T>()", short="flash_fwd_kernel", api_start=t0 + 20, api_end=t0 + 30)
+        b.push(t0 + 110_000, t0 + 150_000, f"aten::addmm, seq = {i}, op_id = {200 + i}")
+        b.kernel(t0 + 610_000, t0 + 700_000, "nvjet_sm90_tst_64x8_TNT", api_start=t0 + 120_000, api_end=t0 + 120_100)
+    path = b.write(tmp_path / "f.sqlite")
+    with open_trace(path) as t:
+        m = map_trace(t)
+    assert m.step_source != "nvtx" and m.layer_source != "nvtx"
+    assert set(m.kernels["op"].astype(str)) == {"flash_attn_flash_attn_forward", "aten_addmm"}
+
+
 def test_library_nvtx_domains_are_ignored(builder, tmp_path):
     b = builder("2024.5")
     b.gpu()

@@ -28,7 +28,11 @@ from nsysparse.trace import Trace
 from nsysparse.trace import graphs as trace_graphs
 from nsysparse.trace import tables as trace_tables
 
-DEFAULT_LAYER_PATTERN = r"(?i)(?:^|[^a-z0-9])(?:layers?|blocks?|decoder_?layer|transformer_?(?:layer|block))[_.\[\s#:-]*\d+"
+# "layer_3", "model.layers.3", "block 3", ...; not framework hooks named after a module
+# ("FSDP::pre_forward (blocks.15...)"): names with "::" are never layers.
+DEFAULT_LAYER_PATTERN = r"(?i)^(?!.*::)(?:.*?[^a-z0-9])?(?:layers?|blocks?|decoder_?layer|transformer_?(?:layer|block))[_.\[\s#:-]*\d+"
+# torch.autograd.profiler.emit_nvtx decorates op ranges: "aten::addmm, seq = 12, op_id = 34, sizes = [...]"
+EMIT_NVTX_SUFFIX = re.compile(r"(?is),\s*(?:seq|op_id|sizes|input_op_ids|stashed\s+seq)\s*=.*$")
 IGNORED_DOMAINS = ("CCCL", "CUB", "Thrust", "cuBLAS", "cuDNN", "NCCL")
 KIND_FROM_NAME = (("mtp", "mtp"), ("nextn", "mtp"), ("moe", "moe"), ("expert", "moe"), ("dense", "dense"))
 NVTX_MODES = ("auto", "steps", "off")
@@ -62,6 +66,7 @@ def _match(texts: pd.Series, pattern: str) -> np.ndarray:
 
 def _op_name(text: str, layer_rx: re.Pattern[str], rules: RuleSet) -> str:
     """Canonical op for an NVTX range: the part after a layer prefix, through the alias table."""
+    text = EMIT_NVTX_SUFFIX.sub("", text)
     m = layer_rx.search(text)
     if m and m.end() < len(text):
         text = text[m.end():]

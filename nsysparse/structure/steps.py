@@ -20,7 +20,10 @@ import pandas as pd
 
 from nsysparse import intervals
 
-DEFAULT_STEP_PATTERN = r"(?i)(?:^|[^a-z])(?:forward|step|iteration|iter|decode|train|prefill|execute_\w+|generate)(?:[^a-z]|$)|^ProfilerStep"
+# A step-like word (forward, step, decode, ...) in a range that is not a framework op annotation:
+# names with "::" (aten::, flash_attn::_flash_attn_forward, FSDP::pre_forward, autograd::engine::...)
+# or emit_nvtx's ", op_id = N" are ops inside a step, never the step itself.
+DEFAULT_STEP_PATTERN = r"(?i)^(?!.*::)(?!.*\bop_id\s*=)(?:ProfilerStep|.*(?:^|[^a-z])(?:forward|step|iteration|iter|decode|train|prefill|execute_\w+|generate)(?:[^a-z]|$))"
 MIN_STEP_GAP_NS = 20_000
 MIN_JUMP = 3.0
 
