@@ -5,7 +5,7 @@ tests/test_docs.py fails when the committed file differs from what this prints.
 
 from __future__ import annotations
 
-from nsysparse.analyses import coverage, gaps, kernel_summary, layers, mfu, ops, serving, simdiff, steps
+from nsysparse.analyses import compare, coverage, gaps, kernel_summary, layers, mfu, ops, serving, simdiff, steps
 from nsysparse.models import predict
 from nsysparse.columns import Column, describe
 
@@ -27,6 +27,7 @@ SECTIONS: list[tuple[str, str, tuple[Column, ...]]] = [
     ("predict", "`nsysparse predict`: one row per (layer kind, op); the prediction file format is in docs/predictions.md", predict.COLUMNS),
     ("simdiff", "`nsysparse simdiff`: one row per op (`--by-kind`: per layer kind and op)", simdiff.COLUMNS),
     ("simdiff-reconciliation", "`nsysparse simdiff`: reconciliation of the totals", simdiff.RECON_COLUMNS),
+    ("compare", "`nsysparse compare`: one row per key (section, key)", compare.COLUMNS),
     ("rules-check", "`nsysparse rules check`: unclassified kernels", coverage.COLUMNS),
 ]
 
@@ -40,7 +41,8 @@ source}]), `layer_totals`, `reconciliation`, `unmapped_share` (0..1), `top_unmap
 `bubbles_per_step`, `serving` (when asked for), `worst_device`, `min_bubble_us`, `notes`. `mfu`: the
 summary columns plus `per_step` and `notes`. `predict`: `meta` (the prediction file's meta block) and `ops`.
 `simdiff`: `measured_total_ms`, `predicted_total_ms`, `matched_total_diff_ms`, `ops`, `reconciliation`,
-`notes`. Other commands:
+`notes`. `compare`: `verdict`, `comparable`, `reasons`, `regressions`, `improvements`, `base`/`new`
+(gpu, steps, layers_per_step, step_source), `rows`, `notes`. Other commands:
 `meta`, one list per table (named as in the table view), `notes`.
 """
 

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from nsysparse import __version__
-from nsysparse.errors import EXIT_ERROR, NsysparseError
+from nsysparse.errors import EXIT_ERROR, NsysparseError, RegressionFound
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -21,6 +21,9 @@ class NsysparseGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except RegressionFound as err:
+            click.echo(f"Regression: {err}", err=True)
+            ctx.exit(err.exit_code)
         except NsysparseError as err:
             click.echo(f"Error: {err}", err=True)
             ctx.exit(err.exit_code)

@@ -1,0 +1,86 @@
+"""`compare`: two traces, keyed on logical ops, step time and gaps, with a verdict for CI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from nsysparse.analyses.compare import compare_profiles, profile
+from nsysparse.cli.app import cli
+from nsysparse.cli.models import MODEL_HELP, resolve_workload, workload_options
+from nsysparse.cli.options import emit, load, output_options
+from nsysparse.cli.render import Result
+from nsysparse.cli.structure import mapping_options, run_mapping
+from nsysparse.errors import NsysparseError, RegressionFound
+from nsysparse.models.config import load_model
+from nsysparse.models.flops import step_flops
+
+
+class NotComparable(NsysparseError):
+    """The two traces cannot be judged against each other (exit code 1)."""
+
+
+@cli.command(epilog="Exit codes: 0 neutral or improvement, 3 regression, 1 not comparable or an error.")
+@click.argument("base", metavar="BASE", type=click.Path(dir_okay=True, path_type=str))
+@click.argument("new", metavar="NEW", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--threshold", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Smallest change that counts, % of base.")
+@click.option("--min-us", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Smallest change that counts, µs.")
+@click.option("--min-steps", type=click.IntRange(min=1), default=3, show_default=True, help="Fewer steps than this in either trace: not comparable.")
+@click.option("--force", is_flag=True, help="Judge even when the traces are not comparable (different GPU or structure).")
+@click.option("--top-kernels", type=click.IntRange(min=0), default=10, show_default=True, help="Top kernels listed (informational, not judged).")
+@click.option("--model", "model_arg", default=None, help="Add TFLOP/s per GPU rows (informational). " + MODEL_HELP)
+@workload_options
+@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs a step is spread over (for the TFLOP/s rows).")
+@mapping_options
+@output_options(("table", "csv", "json", "markdown"))
+@click.pass_context
+def compare(ctx: click.Context, base: str, new: str, threshold: float, min_us: float, min_steps: int, force: bool, top_kernels: int, model_arg: str | None,
+            phase: str | None, batch: int | None, seq: int | None, kv_len: int | None, causal: str, gpus: int, rules: tuple[str, ...], step_pattern: str,
+            layer_pattern: str, nvtx_mode: str, device: int | None, fmt: str, out: str | None) -> None:
+    """Compare NEW against BASE: step wall/period, gaps, one layer of each kind, every (layer kind, op),
+    and the top kernels; per key base, new, Δ µs, Δ %, noise from the per-step spread, and a verdict.
+
+    For CI: `nsysparse compare base.sqlite new.sqlite -f markdown -o comment.md` exits 3 on a regression."""
+    flops = None
+    if model_arg:
+        lm = load_model(model_arg)
+        flops = step_flops(lm.spec, resolve_workload(lm, phase, batch, seq, kv_len, causal, "train"))
+    profiles = []
+    notes: list[str] = []
+    for path in (base, new):
+        with load(path) as t:
+            m = run_mapping(t, rules, step_pattern, layer_pattern, nvtx_mode)
+            if device is not None:
+                m = _only_device(m, device)
+            profiles.append(profile(t, m, top_kernels=top_kernels, flops_per_step=flops, gpus=gpus))
+            notes += [f"{Path(path).name}: {n}" for n in (*t.notes, *m.notes)]
+    c = compare_profiles(profiles[0], profiles[1], threshold_pct=threshold, min_us=min_us, min_steps=min_steps, force=force)
+    counts = c.table["verdict"].value_counts()
+    meta = {
+        "verdict": c.verdict.upper() + (f" ({'; '.join(c.reasons)})" if c.reasons else ""),
+        "judged keys": f"{int(counts.get('regression', 0))} regression(s), {int(counts.get('improvement', 0))} improvement(s), {int(counts.get('neutral', 0))} neutral",
+        "base": f"{Path(base).name}: {c.base.gpu}, {c.base.steps} steps ({c.base.step_source})",
+        "new": f"{Path(new).name}: {c.new.gpu}, {c.new.steps} steps ({c.new.step_source})",
+        "rule": f"|Δ| > max({threshold:g} % of base, {min_us:g} µs, 3 standard errors)",
+    }
+    changed = c.table[c.table["verdict"].isin(["regression", "improvement"])]
+    frames = {"all keys": c.table} if fmt == "csv" else {"changes": changed, "all keys": c.table}
+    all_notes = list(dict.fromkeys(c.notes + notes))
+    emit(ctx, Result(frames=frames, meta=meta, payload=c.payload() if fmt == "json" else None, notes=all_notes, title="nsysparse compare"), fmt, out)
+    if not c.comparable and not force:
+        raise NotComparable(f"not comparable: {'; '.join(c.reasons)}", "Use --force to judge anyway")
+    if c.verdict == "regression":
+        worst = changed[changed["verdict"] == "regression"].iloc[0]
+        raise RegressionFound(f"{int(counts.get('regression', 0))} key(s) slower, first {worst['section']} {worst['key']}: {worst['delta_us']:+.1f} µs ({worst['delta_pct']:+.1f} %)")
+
+
+def _only_device(m, device: int):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    steps = m.steps[m.steps["device_id"] == device]
+    keep = set(steps["step"])
+    k = m.kernels.copy()
+    k.loc[~k["step"].isin(keep), "step"] = -1
+    layers = m.layers[m.layers["step"].isin(keep)]
+    return replace(m, steps=steps, kernels=k, layers=layers)
