@@ -204,3 +204,23 @@ def test_example_report_in_reports_is_current():
     assert css in text
     assert example.stat().st_size < 10_000_000
     assert 'id="simdiff"' in text and 'id="baseline"' in text and 'id="mfu"' in text
+
+
+def test_report_never_contains_host_or_environment_fields(run, tmp_path):
+    """The builder plants host names, users and environment variables in the metadata tables."""
+    from conftest import SECRETS
+    from test_compare import decode_trace  # a small NVTX decode trace from the builder
+
+    from nsysbuilder import TraceBuilder
+
+    class B:  # the builder fixture's factory, without the fixture
+        def __call__(self, era="2024.5", **kw):
+            return TraceBuilder(era, **kw)
+
+    trace = decode_trace(B(), tmp_path / "t.sqlite")
+    out = tmp_path / "r.html"
+    run("report", trace, "-o", out)
+    text = out.read_text(encoding="utf-8")
+    for s in SECRETS:
+        assert s not in text, s
+    assert str(tmp_path) not in text  # only the file's name, never its directory
