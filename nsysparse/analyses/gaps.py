@@ -109,8 +109,13 @@ class GapReport:
 
 
 def _api_coverage(api: pd.DataFrame) -> dict[str, Coverage]:
-    names = api["name"].astype(str)
-    cats = np.where(names.str.match(SYNC_API.pattern), "sync", np.where(names.str.match(GRAPH_API.pattern), "graph", "api"))
+    # classify each distinct API name once, then broadcast through the categorical codes
+    name = api["name"]
+    if not isinstance(name.dtype, pd.CategoricalDtype):
+        name = name.astype("category")
+    labels = np.array(["sync" if SYNC_API.match(str(c)) else ("graph" if GRAPH_API.match(str(c)) else "api") for c in name.cat.categories] + ["api"], dtype=object)
+    codes = name.cat.codes.to_numpy()
+    cats = labels[np.where(codes < 0, len(labels) - 1, codes)]
     out = {}
     for cat in ("sync", "graph", "api"):
         m = cats == cat

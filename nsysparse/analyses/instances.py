@@ -13,7 +13,8 @@ from nsysparse.structure.mapping import Mapping
 
 
 def op_instances(m: Mapping, device_id: int | None = None) -> pd.DataFrame:
-    """One row per (step, layer instance, op): step, layer_id, layer_kind, op, source, time_ns, kernels."""
+    """One row per (step, layer instance, op): step, layer_id, layer_kind, op, source, time_ns, kernels.
+    Grouping runs on integer codes; layer_kind, op and source come back as plain strings."""
     k = m.kernels
     k = k[k["step"] >= 0]
     if device_id is not None:
@@ -21,26 +22,56 @@ def op_instances(m: Mapping, device_id: int | None = None) -> pd.DataFrame:
     cols = ["step", "layer_id", "layer_kind", "op", "source", "time_ns", "kernels", "start_ns", "end_ns"]
     if len(k) == 0:
         return pd.DataFrame(columns=cols)
+    kind = _cat(k["layer_kind"])
+    op = _cat(k["op"])
+    src = _cat(k["source"])
     frame = pd.DataFrame(
         {
             "step": k["step"].to_numpy(),
             "layer_id": k["layer_id"].to_numpy(),
-            "layer_kind": k["layer_kind"].astype(str).to_numpy(),
-            "op": k["op"].astype(str).to_numpy(),
-            "source": k["source"].astype(str).to_numpy(),
+            "kind": kind.codes,
+            "op": op.codes,
+            "src": src.codes,
             "dur": k["dur_ns"].to_numpy(),
             "start": k["start_ns"].to_numpy(),
             "end": k["end_ns"].to_numpy(),
         }
     )
-    keys = ["step", "layer_id", "layer_kind", "op"]
+    keys = ["step", "layer_id", "kind", "op"]
     g = frame.groupby(keys, sort=False)
-    out = pd.DataFrame({"time_ns": g["dur"].sum(), "kernels": g.size(), "start_ns": g["start"].min(), "end_ns": g["end"].max()})
+    out = g.agg(time_ns=("dur", "sum"), kernels=("dur", "size"), start_ns=("start", "min"), end_ns=("end", "max"))
     # the naming source that covers most of the instance's time
-    src = frame.groupby([*keys, "source"], sort=False)["dur"].sum().reset_index()
-    src = src.sort_values("dur", kind="stable").drop_duplicates(keys, keep="last").set_index(keys)["source"]
-    out["source"] = src.reindex(out.index)
-    return out.reset_index()[cols]
+    by_src = frame.groupby([*keys, "src"], sort=False)["dur"].sum().reset_index()
+    by_src = by_src.sort_values("dur", kind="stable").drop_duplicates(keys, keep="last").set_index(keys)["src"]
+    out["src"] = by_src.reindex(out.index).to_numpy()
+    out = out.reset_index()
+    return pd.DataFrame(
+        {
+            "step": out["step"].to_numpy(),
+            "layer_id": out["layer_id"].to_numpy(),
+            "layer_kind": _strings(kind, out["kind"].to_numpy()),
+            "op": _strings(op, out["op"].to_numpy()),
+            "source": _strings(src, out["src"].to_numpy()),
+            "time_ns": out["time_ns"].to_numpy(),
+            "kernels": out["kernels"].to_numpy(),
+            "start_ns": out["start_ns"].to_numpy(),
+            "end_ns": out["end_ns"].to_numpy(),
+        }
+    )[cols]
+
+
+def _strings(cat: pd.Categorical, codes: np.ndarray) -> np.ndarray:
+    return np.asarray(list(cat.categories), dtype=object)[codes]
+
+
+def _cat(values: pd.Series) -> pd.Categorical:
+    """A categorical with string categories and no missing codes."""
+    c = values.astype(str) if not isinstance(values.dtype, pd.CategoricalDtype) else values
+    c = c.astype("category") if not isinstance(c.dtype, pd.CategoricalDtype) else c
+    cat = pd.Categorical(c)
+    if (cat.codes < 0).any():
+        cat = cat.add_categories([""]).fillna("") if "" not in cat.categories else cat.fillna("")
+    return pd.Categorical.from_codes(cat.codes, categories=[str(x) for x in cat.categories])
 
 
 def steps_in(m: Mapping, device_id: int | None = None) -> int:

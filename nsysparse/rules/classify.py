@@ -10,8 +10,11 @@ from nsysparse.rules.model import RuleSet
 
 def classify_names(rules: RuleSet, short: pd.Series, name: pd.Series) -> pd.DataFrame:
     """For parallel short/demangled name columns: class, rule_id, class_op ("" when unclassified)."""
-    pairs = pd.DataFrame({"short": short.astype(object).fillna("").astype(str), "name": name.astype(object).fillna("").astype(str)})
-    codes, uniques = pd.MultiIndex.from_frame(pairs).factorize()
+    sc, sv = _codes(short)
+    nc, nv = _codes(name)
+    pair = sc.astype(np.int64) * (len(nv) + 1) + nc  # distinct (short, name) pairs as one integer
+    upair, codes = np.unique(pair, return_inverse=True)
+    uniques = [(sv[p // (len(nv) + 1)], nv[p % (len(nv) + 1)]) for p in upair.tolist()]
     cls, rid, op = [], [], []
     for s, n in uniques:
         hit = next((r for r in rules.classes if r.matches(s, n)), None)
@@ -23,12 +26,21 @@ def classify_names(rules: RuleSet, short: pd.Series, name: pd.Series) -> pd.Data
             cls.append(hit.cls)
             rid.append(hit.id)
             op.append(hit.op or rules.class_ops.get(hit.cls, hit.cls))
-    take = np.asarray(codes)
-    return pd.DataFrame(
-        {
-            "kernel_class": pd.Categorical(np.array(cls, dtype=object)[take]) if len(take) else pd.Categorical([]),
-            "rule_id": pd.Categorical(np.array(rid, dtype=object)[take]) if len(take) else pd.Categorical([]),
-            "class_op": pd.Categorical(np.array(op, dtype=object)[take]) if len(take) else pd.Categorical([]),
-        },
-        index=short.index,
-    )
+    take = np.asarray(codes).ravel()
+    return pd.DataFrame({"kernel_class": _expand(cls, take), "rule_id": _expand(rid, take), "class_op": _expand(op, take)}, index=short.index)
+
+
+def _expand(values: list[str], take: np.ndarray) -> pd.Categorical:
+    """A categorical of values[take] built from codes (no per-row string hashing)."""
+    cats = sorted(set(values))
+    pos = {v: i for i, v in enumerate(cats)}
+    code = np.array([pos[v] for v in values], dtype=np.int32)
+    return pd.Categorical.from_codes(code[take] if len(take) else np.zeros(0, dtype=np.int32), categories=cats)
+
+
+def _codes(values: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Integer codes and their strings ("" for missing, code len(categories)) without hashing every row."""
+    cat = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
+    cats = [str(c) for c in cat.cat.categories] + [""]
+    c = cat.cat.codes.to_numpy().astype(np.int64)
+    return np.where(c >= 0, c, len(cats) - 1), cats

@@ -38,6 +38,28 @@ KIND_FROM_NAME = (("mtp", "mtp"), ("nextn", "mtp"), ("moe", "moe"), ("expert", "
 NVTX_MODES = ("auto", "steps", "off")
 
 
+class Vocab:
+    """Strings as small integer codes (per-kernel columns stay numpy int arrays, never Python strings)."""
+
+    def __init__(self, *initial: str) -> None:
+        self.values: list[str] = []
+        self.index: dict[str, int] = {}
+        for v in initial:
+            self(v)
+
+    def __call__(self, value: str) -> int:
+        code = self.index.get(value)
+        if code is None:
+            code = self.index[value] = len(self.values)
+            self.values.append(value)
+        return code
+
+    def categorical(self, codes: np.ndarray) -> pd.Categorical:
+        if not self.values:
+            return pd.Categorical([""] * len(codes))
+        return pd.Categorical.from_codes(codes.astype(np.int32, copy=False), categories=self.values).remove_unused_categories()
+
+
 @dataclass
 class Mapping:
     """The mapped trace. `kernels` has one row per kernel; `steps` and `layers` one per instance."""
@@ -119,7 +141,15 @@ class _NvtxAttribution:
         ok = inner >= 0
         self.layer_pos = np.where(ok, near_layer[np.clip(inner, 0, None)] if len(tree) else -1, -1)
         self.op_pos = np.where(ok, near_op[np.clip(inner, 0, None)] if len(tree) else -1, -1)
-        self.texts = texts.astype(object).fillna("").astype(str).to_numpy()
+        cat = texts if isinstance(texts.dtype, pd.CategoricalDtype) else texts.astype("category")
+        self.text_values = [str(c) for c in cat.cat.categories] + [""]
+        codes = cat.cat.codes.to_numpy()
+        self.text_codes = np.where(codes >= 0, codes, len(self.text_values) - 1)
+
+    def texts_at(self, pos: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Distinct texts of the ranges at tree positions `pos`, and each position's index into them."""
+        uniq, inv = np.unique(self.text_codes[pos], return_inverse=True)
+        return [self.text_values[c] for c in uniq.tolist()], inv.ravel()
         self.layer_start = tree.frame["start_ns"].to_numpy()
 
 
@@ -179,13 +209,15 @@ def map_trace(
         notes.append(f"steps inferred ({why}): " + "; ".join(windows.notes))
     k["step"] = k_step
 
-    # -- layers and template ops --
+    # -- layers and template ops (per-kernel columns are integer codes into small vocabularies) --
     parser = Parser(rules)
     enc = parser.encode(k["kernel_class"])
-    tmpl_op = np.full(len(k), "", dtype=object)
-    layer_id = np.full(len(k), -1, dtype=np.int64)
-    layer_kind = np.full(len(k), "", dtype=object)
-    layer_name = np.full(len(k), "", dtype=object)
+    ops, kinds, names = Vocab(), Vocab(""), Vocab("")
+    n = len(k)
+    tmpl_op = np.full(n, -1, dtype=np.int32)
+    layer_id = np.full(n, -1, dtype=np.int64)
+    layer_kind = np.zeros(n, dtype=np.int32)  # code 0 = ""
+    layer_name = np.zeros(n, dtype=np.int32)
     nvtx_layers = att is not None and nvtx == "auto" and bool((att.layer_pos >= 0).any())
     if nvtx_layers:
         assert att is not None
@@ -195,41 +227,46 @@ def map_trace(
         inst = np.where(has, k_step * (len(att.tree) + 1) + att.layer_pos, -1)
         uniq, inv = np.unique(inst[has], return_inverse=True)
         layer_id[has] = inv
-        names = np.where(has, att.texts[np.clip(att.layer_pos, 0, None)], "")
-        layer_name[:] = names
-        _template_ops_in_layers(parser, k, enc, layer_id, names, tmpl_op, layer_kind)
+        texts, tinv = att.texts_at(att.layer_pos[has])
+        layer_name[has] = np.array([names(str(t)) for t in texts], dtype=np.int32)[tinv]
+        _template_ops_in_layers(parser, k, enc, layer_id, layer_name, names, tmpl_op, layer_kind, ops, kinds)
         # kernels of a step outside its NVTX layers (embedding, LM head, sampling): prelude/head templates
-        outside_op = np.full(len(k), "", dtype=object)
-        _parse_steps(parser, k, enc, outside_op, np.full(len(k), -1, dtype=np.int64), np.full(len(k), "", dtype=object), np.full(len(k), "", dtype=object), [])
-        fill = (layer_id < 0) & (outside_op != "")
+        outside_op = np.full(n, -1, dtype=np.int32)
+        _parse_steps(parser, k, enc, outside_op, np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32), [], ops, Vocab(""), Vocab(""))
+        fill = (layer_id < 0) & (outside_op >= 0)
         tmpl_op[fill] = outside_op[fill]
     else:
         layer_source = "template"
-        _parse_steps(parser, k, enc, tmpl_op, layer_id, layer_kind, layer_name, notes)
+        _parse_steps(parser, k, enc, tmpl_op, layer_id, layer_kind, layer_name, notes, ops, kinds, names)
     k["layer_id"] = layer_id
-    k["layer_kind"] = layer_kind
-    k["layer_name"] = layer_name
+    k["layer_kind"] = kinds.categorical(np.where(layer_id >= 0, layer_kind, 0))
+    k["layer_name"] = names.categorical(np.where(layer_id >= 0, layer_name, 0))
 
-    # -- naming precedence --
+    # -- naming precedence: nvtx > template > class --
     layer_rx = re.compile(layer_pattern)
-    op = np.full(len(k), "", dtype=object)
-    source = np.full(len(k), "unmapped", dtype=object)
+    op = np.full(n, -1, dtype=np.int32)
+    SOURCES = ["nvtx", "template", "class", "unmapped"]
+    source = np.full(n, 3, dtype=np.int8)
     if att is not None and nvtx == "auto":
         has_op = att.op_pos >= 0
         if has_op.any():
-            uniq, inv = np.unique(att.op_pos[has_op], return_inverse=True)
-            canon = np.array([_op_name(att.texts[p], layer_rx, rules) for p in uniq], dtype=object)
+            # name each distinct range text once (a long capture repeats the same few hundred texts)
+            texts, inv = att.texts_at(att.op_pos[has_op])
+            canon = np.array([ops(_op_name(str(t), layer_rx, rules)) for t in texts], dtype=np.int32)
             op[has_op] = canon[inv]
-            source[has_op] = "nvtx"
-    use_t = (source == "unmapped") & (tmpl_op != "")
-    op[use_t], source[use_t] = tmpl_op[use_t], "template"
-    cop = k["class_op"].astype(str).to_numpy()
-    use_c = (source == "unmapped") & (cop != "")
-    op[use_c], source[use_c] = cop[use_c], "class"
-    op[source == "unmapped"] = "unmapped"
-    k["op"] = pd.Categorical(op)
-    k["source"] = pd.Categorical(source, categories=["nvtx", "template", "class", "unmapped"])
-    k["layer_kind"] = pd.Categorical(np.where(k["layer_id"].to_numpy() >= 0, k["layer_kind"].to_numpy(), ""))
+            source[has_op] = 0
+    use_t = (source == 3) & (tmpl_op >= 0)
+    op[use_t], source[use_t] = tmpl_op[use_t], 1
+    cop = k["class_op"]
+    cop = cop if isinstance(cop.dtype, pd.CategoricalDtype) else cop.astype("category")
+    cmap = np.array([ops(str(c)) if str(c) else -1 for c in cop.cat.categories] + [-1], dtype=np.int32)
+    ccodes = cop.cat.codes.to_numpy()
+    class_op = cmap[np.where(ccodes >= 0, ccodes, len(cmap) - 1)]
+    use_c = (source == 3) & (class_op >= 0)
+    op[use_c], source[use_c] = class_op[use_c], 2
+    op[source == 3] = ops("unmapped")
+    k["op"] = ops.categorical(op)
+    k["source"] = pd.Categorical.from_codes(source, categories=SOURCES)
     k["dur_ns"] = k["end_ns"] - k["start_ns"]
 
     gpu_ops = _gpu_ops_with_steps(trace, k, windows)
@@ -246,8 +283,51 @@ def map_trace(
     return Mapping(k[cols].copy(), steps, layers, windows.source, windows.confidence, layer_source, rules, notes + list(trace.notes), gpu_ops)
 
 
-def _template_ops_in_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, layer_id: np.ndarray, names: np.ndarray, tmpl_op: np.ndarray, layer_kind: np.ndarray) -> None:
-    """NVTX delimits the layers; templates name the ops inside them (kind from the name or template)."""
+def _segment_arrays(parser: Parser, segs: list[Segment], length: int, ops: Vocab, kinds: Vocab) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Per position of a parsed sequence: op code (-1 none), layer ordinal (-1 outside layers), kind
+    code of that layer (-1), and the number of unparsed positions."""
+    op = np.full(length, -1, dtype=np.int32)
+    ordinal = np.full(length, -1, dtype=np.int32)
+    kind = np.full(length, -1, dtype=np.int32)
+    unparsed = 0
+    n = 0
+    for sg in segs:
+        for x, y, opname in sg.slot_ops:
+            op[x:y] = ops(opname)
+        if sg.role == "layer":
+            ordinal[sg.start : sg.end] = n
+            kind[sg.start : sg.end] = kinds(sg.kind)
+            n += 1
+        elif sg.role == "unparsed":
+            unparsed += sg.end - sg.start
+    return op, ordinal, kind, unparsed
+
+
+def _group_slices(full: str, starts: np.ndarray, ends: np.ndarray, tags: list[str] | None = None) -> dict[tuple[str, str], list[int]]:
+    """Identical (subsequence, tag) pairs share one parse: key -> indices of the slices."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
+        groups.setdefault((full[a:b], tags[i] if tags else ""), []).append(i)
+    return groups
+
+
+def _broadcast(order: np.ndarray, starts: np.ndarray, members: list[int], values: np.ndarray, target: np.ndarray, keep: np.ndarray | None = None) -> None:
+    """target[order[start_i + j]] = values[j] for every member slice i (all of length len(values))."""
+    length = len(values)
+    if length == 0:
+        return
+    idx = (starts[members][:, None] + np.arange(length)[None, :]).ravel()
+    vals = np.tile(values, len(members))
+    if keep is not None:
+        sel = np.tile(keep, len(members))
+        idx, vals = idx[sel], vals[sel]
+    target[order[idx]] = vals
+
+
+def _template_ops_in_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, layer_id: np.ndarray, name_codes: np.ndarray, names: Vocab,
+                            tmpl_op: np.ndarray, layer_kind: np.ndarray, ops: Vocab, kinds: Vocab) -> None:
+    """NVTX delimits the layers; templates name the ops inside them (kind from the name or template).
+    Layers with the same kernel sequence and name hint are parsed once and written in one step."""
     has = np.nonzero(layer_id >= 0)[0]
     if len(has) == 0:
         return
@@ -256,72 +336,78 @@ def _template_ops_in_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, la
     bounds = np.nonzero(np.diff(ids))[0] + 1
     starts = np.concatenate(([0], bounds))
     ends = np.concatenate((bounds, [len(order)]))
-    for a, b in zip(starts, ends):  # one iteration per layer instance
-        rows = order[a:b]
-        name = str(names[rows[0]])
-        hint = _kind_from_name(name)
-        seq = Parser.text(enc[rows])
+    hint_of = {c: (_kind_from_name(v) or "") for c, v in enumerate(names.values)}
+    hints = [hint_of[int(c)] for c in name_codes[order[starts]]]
+    full = Parser.text(enc[order])
+    for (seq, hint), members in _group_slices(full, starts, ends, hints).items():
         seg = parser.fullmatch_layer(seq) if hint != "mtp" else None
         segs = [seg] if seg is not None else parser.parse(seq, "mtp" if hint == "mtp" else "")
-        kind = hint or next((s.kind for s in segs if s.role == "layer"), None) or "unknown"
-        layer_kind[rows] = kind
-        for s in segs:
-            for x, y, opname in s.slot_ops:
-                tmpl_op[rows[x:y]] = opname
+        kind = hint or next((x.kind for x in segs if x.role == "layer"), None) or "unknown"
+        op, _, _, _ = _segment_arrays(parser, segs, len(seq), ops, kinds)
+        _broadcast(order, starts, members, op, tmpl_op, keep=op >= 0)
+        _broadcast(order, starts, members, np.full(len(seq), kinds(kind), dtype=np.int32), layer_kind)
 
 
-def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, tmpl_op: np.ndarray, layer_id: np.ndarray, layer_kind: np.ndarray, layer_name: np.ndarray, notes: list[str]) -> None:
-    """No NVTX layers: parse each step's primary-stream sequence; other streams join by time."""
+def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, tmpl_op: np.ndarray, layer_id: np.ndarray, layer_kind: np.ndarray, layer_name: np.ndarray,
+                 notes: list[str], ops: Vocab, kinds: Vocab, names: Vocab) -> None:
+    """No NVTX layers: parse each step's primary-stream sequence; other streams join by time.
+    Steps with the same sequence are parsed once and written in one step."""
     step = k["step"].to_numpy()
     has = np.nonzero(step >= 0)[0]
     if len(has) == 0:
         notes.append("no steps, so no layers: kernels are named by class only")
         return
-    streams = k["stream_id"].to_numpy()
-    devices = k["device_id"].to_numpy()
+    streams = k["stream_id"].to_numpy().astype(np.int64)
+    devices = k["device_id"].to_numpy().astype(np.int64)
     start = k["start_ns"].to_numpy()
-    order = has[np.lexsort((start[has], step[has]))]
+    # the primary stream of each step: the (device, stream) with the most kernels in it
+    key = devices[has] * (1 << 32) + streams[has]
+    pairs = pd.DataFrame({"step": step[has], "key": key}).groupby(["step", "key"]).size().reset_index(name="n")
+    pairs = pairs.sort_values(["step", "n", "key"], ascending=[True, False, True], kind="stable")
+    main_key = pairs.drop_duplicates("step").set_index("step")["key"]
+    is_main = key == main_key.reindex(step[has]).to_numpy()
+    main = has[is_main]
+    other = has[~is_main]
+    order = main[np.lexsort((start[main], step[main]))]
     sids = step[order]
     bounds = np.nonzero(np.diff(sids))[0] + 1
-    next_id = 0
+    starts = np.concatenate(([0], bounds))
+    ends = np.concatenate((bounds, [len(order)]))
+    full = Parser.text(enc[order])
+    n_layers = np.zeros(len(starts), dtype=np.int64)
+    parsed = []
     unparsed = 0
-    other_stream = []
-    for a, b in zip(np.concatenate(([0], bounds)), np.concatenate((bounds, [len(order)]))):  # one per step
-        rows = order[a:b]
-        key = devices[rows] * (1 << 32) + streams[rows]
-        vals, counts = np.unique(key, return_counts=True)
-        main = rows[key == vals[np.argmax(counts)]]
-        if len(vals) > 1:
-            other_stream.append(rows[key != vals[np.argmax(counts)]])
-        segs: list[Segment] = parser.parse(Parser.text(enc[main]))
-        ordinal = 0
-        for s in segs:
-            span = main[s.start : s.end]
-            for x, y, opname in s.slot_ops:
-                tmpl_op[main[x:y]] = opname
-            if s.role == "layer":
-                layer_id[span] = next_id
-                layer_kind[span] = s.kind
-                layer_name[span] = f"layer_{ordinal}_{s.kind}"
-                next_id += 1
-                ordinal += 1
-            elif s.role == "unparsed":
-                unparsed += len(span)
+    for (seq, _), members in _group_slices(full, starts, ends).items():
+        segs = parser.parse(seq)
+        op, ordinal, kind, miss = _segment_arrays(parser, segs, len(seq), ops, kinds)
+        n_layers[members] = int(ordinal.max()) + 1 if len(ordinal) else 0
+        unparsed += miss * len(members)
+        parsed.append((members, op, ordinal, kind))
+    base = np.concatenate(([0], np.cumsum(n_layers)[:-1]))  # first layer id of each step, in step order
+    for members, op, ordinal, kind in parsed:
+        _broadcast(order, starts, members, op, tmpl_op, keep=op >= 0)
+        if (ordinal >= 0).any():
+            inl = ordinal >= 0
+            idx = (starts[members][:, None] + np.arange(len(ordinal))[None, :])[:, inl]
+            rows = order[idx.ravel()]
+            layer_id[rows] = (base[members][:, None] + ordinal[inl][None, :]).ravel()
+            layer_kind[rows] = np.tile(kind[inl], len(members))
+            label = np.array([names(f"layer_{o}_{kinds.values[c]}") for o, c in zip(ordinal[inl], kind[inl])], dtype=np.int32)
+            layer_name[rows] = np.tile(label, len(members))
     if unparsed:
         notes.append(f"{unparsed} kernels inside steps matched no template; they are named by class")
-    if other_stream:
-        rows = np.concatenate(other_stream)
+    if len(other):
+        rows = other
         lid = np.nonzero(layer_id >= 0)[0]
         if len(lid):
-            df = pd.DataFrame({"id": layer_id[lid], "s": start[lid], "e": k["end_ns"].to_numpy()[lid]}).groupby("id").agg(s=("s", "min"), e=("e", "max")).sort_values("s")
-            pos = intervals.assign_to_windows(start[rows], df["s"].to_numpy(), df["e"].to_numpy())
+            df = pd.DataFrame({"id": layer_id[lid], "s": start[lid], "e": k["end_ns"].to_numpy()[lid], "kind": layer_kind[lid], "name": layer_name[lid]})
+            span = df.groupby("id").agg(s=("s", "min"), e=("e", "max"), kind=("kind", "first"), name=("name", "first")).sort_values("s")
+            pos = intervals.assign_to_windows(start[rows], span["s"].to_numpy(), span["e"].to_numpy())
             ok = pos >= 0
-            ids = df.index.to_numpy()[np.clip(pos, 0, None)]
-            layer_id[rows[ok]] = ids[ok]
-            kinds = pd.Series(layer_kind[lid], index=layer_id[lid]).groupby(level=0).first()
-            names = pd.Series(layer_name[lid], index=layer_id[lid]).groupby(level=0).first()
-            layer_kind[rows[ok]] = kinds.reindex(ids[ok]).to_numpy()
-            layer_name[rows[ok]] = names.reindex(ids[ok]).to_numpy()
+            at = np.clip(pos, 0, None)
+            layer_id[rows[ok]] = span.index.to_numpy()[at][ok]
+            layer_kind[rows[ok]] = span["kind"].to_numpy()[at][ok]
+            layer_name[rows[ok]] = span["name"].to_numpy()[at][ok]
         notes.append(f"{len(rows)} kernels on secondary streams were placed in layers by time and named by class")
 
 
@@ -365,7 +451,7 @@ def _step_table(k: pd.DataFrame, ops: pd.DataFrame, windows: StepWindows) -> pd.
     kg = kk.groupby("step")
     agg["kernel_ns"] = (kk["end_ns"] - kk["start_ns"]).groupby(kk["step"]).sum()
     agg["kernels"] = kg.size()
-    dev = kk.groupby("step")["device_id"].agg(lambda s: int(s.mode().iloc[0]))
+    dev = kg["device_id"].first()  # a step's kernels run on the device of its launching process
     out = w.set_index("step").join(agg, how="inner")
     out["device_id"] = dev.reindex(out.index).fillna(-1).astype(np.int64)
     out["wall_ns"] = out["end_ns"] - out["start_ns"]
@@ -384,7 +470,7 @@ def _layer_table(k: pd.DataFrame, source: str) -> pd.DataFrame:
     g = kk.groupby("layer_id")
     out = pd.DataFrame(
         {
-            "step": g["step"].agg(lambda s: int(s.mode().iloc[0])),
+            "step": g["step"].first(),  # a layer lies inside one step
             "layer_name": g["layer_name"].first(),
             "layer_kind": g["layer_kind"].first().astype(str),
             "start_ns": g["start_ns"].min(),
