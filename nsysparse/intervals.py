@@ -110,7 +110,7 @@ class Coverage:
     "how many intervals start in (a, b]" for many windows at once. Groups share one axis (group code ×
     span + time); each query is two binary searches."""
 
-    def __init__(self, groups: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+    def __init__(self, groups: np.ndarray, starts: np.ndarray, ends: np.ndarray, count_starts: bool = True) -> None:
         g = np.asarray(groups, dtype=I64)
         s = np.asarray(starts, dtype=I64)
         e = np.asarray(ends, dtype=I64)
@@ -118,9 +118,11 @@ class Coverage:
         self.lo = int(min(s.min(), e.min())) - 1 if len(s) else 0
         self.span = (int(max(s.max(), e.max())) - self.lo + 2) if len(s) else 1
         gc = np.searchsorted(self.groups, g).astype(I64)
-        self.ms, self.me = merge(gc * self.span + (s - self.lo), gc * self.span + (e - self.lo))
+        ks = gc * self.span + (s - self.lo)
+        self.ms, self.me = merge(ks, gc * self.span + (e - self.lo))
         self.prefix = np.concatenate(([0], np.cumsum(self.me - self.ms)))
-        self.starts = np.sort(gc * self.span + (s - self.lo))
+        # sorted interval starts, for count_starts; left out (saving memory) when not asked for
+        self.starts = np.sort(ks) if count_starts else None
 
     def _keys(self, groups: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         g = np.asarray(groups, dtype=I64)
@@ -144,6 +146,8 @@ class Coverage:
         return np.where(code >= 0, np.maximum(self._upto(kb) - self._upto(ka), 0), 0)
 
     def count_starts(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if self.starts is None:
+            raise ValueError("this Coverage was built with count_starts=False")
         code, ka = self._keys(groups, a)
         _, kb = self._keys(groups, b)
         n = np.searchsorted(self.starts, kb, side="right") - np.searchsorted(self.starts, ka, side="right")

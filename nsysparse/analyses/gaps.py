@@ -109,18 +109,20 @@ class GapReport:
 
 
 def _api_coverage(api: pd.DataFrame) -> dict[str, Coverage]:
-    # classify each distinct API name once, then broadcast through the categorical codes
+    # classify each distinct API name once (0 api, 1 sync, 2 graph), then broadcast through the codes
     name = api["name"]
     if not isinstance(name.dtype, pd.CategoricalDtype):
         name = name.astype("category")
-    labels = np.array(["sync" if SYNC_API.match(str(c)) else ("graph" if GRAPH_API.match(str(c)) else "api") for c in name.cat.categories] + ["api"], dtype=object)
+    table = np.array([1 if SYNC_API.match(str(c)) else (2 if GRAPH_API.match(str(c)) else 0) for c in name.cat.categories] + [0], dtype=np.int8)
     codes = name.cat.codes.to_numpy()
-    cats = labels[np.where(codes < 0, len(labels) - 1, codes)]
+    cats = table[np.where(codes < 0, len(table) - 1, codes)]
+    del codes
+    gtid, start, end = api["global_tid"].to_numpy(), api["start_ns"].to_numpy(), api["end_ns"].to_numpy()
     out = {}
-    for cat in ("sync", "graph", "api"):
-        m = cats == cat
-        out[cat] = Coverage(api["global_tid"].to_numpy()[m], api["start_ns"].to_numpy()[m], api["end_ns"].to_numpy()[m])
-    out["all"] = Coverage(api["global_tid"].to_numpy(), api["start_ns"].to_numpy(), api["end_ns"].to_numpy())
+    for label, code in (("api", 0), ("sync", 1), ("graph", 2)):
+        m = cats == code
+        out[label] = Coverage(gtid[m], start[m], end[m], count_starts=False)
+    out["all"] = Coverage(gtid, start, end)
     return out
 
 
@@ -225,9 +227,23 @@ def gap_report(trace: Trace, m: Mapping, min_bubble_us: float = 5.0, top: int = 
 
 def _first_last(in_step: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per step: its first GPU operation (by start) and its last (by end)."""
-    first = in_step.sort_values(["start_ns", "end_ns"]).drop_duplicates("step", keep="first").set_index("step")
-    last = in_step.sort_values(["end_ns"]).drop_duplicates("step", keep="last").set_index("step")
+    ordered = _by_start(in_step)
+    first = ordered.drop_duplicates("step", keep="first").set_index("step")
+    step = ordered["step"].to_numpy()
+    end = ordered["end_ns"].to_numpy()
+    # the op with the latest end in each step (the last such op on ties, as a stable sort by end gives)
+    o = np.lexsort((np.arange(len(end)), end, step))
+    last_pos = o[np.r_[np.nonzero(np.diff(step[o]))[0], len(o) - 1]] if len(o) else o
+    last = ordered.iloc[last_pos].set_index("step")
     return first, last
+
+
+def _by_start(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` ordered by (start, end); gpu_ops already is, so usually no sort happens."""
+    s, e = df["start_ns"].to_numpy(), df["end_ns"].to_numpy()
+    if len(s) < 2 or bool(np.all((s[1:] > s[:-1]) | ((s[1:] == s[:-1]) & (e[1:] >= e[:-1])))):
+        return df
+    return df.iloc[np.lexsort((e, s))]
 
 
 def _inter_step_gaps(in_step: pd.DataFrame, steps: pd.DataFrame, t0: int) -> pd.DataFrame:
@@ -257,8 +273,8 @@ def _inter_step_gaps(in_step: pd.DataFrame, steps: pd.DataFrame, t0: int) -> pd.
 def _bubbles(in_step: pd.DataFrame, t0: int, min_bubble_us: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Idle windows inside steps (same device, same step) of at least min_bubble_us."""
     parts, per_step = [], []
-    for dev, g in in_step.groupby("device_id"):  # one pass per device
-        g = g.sort_values(["start_ns", "end_ns"])
+    for dev, g in in_step.groupby("device_id", sort=True):  # one pass per device (groupby keeps row order)
+        g = _by_start(g)
         start = g["start_ns"].to_numpy()
         end = g["end_ns"].to_numpy()
         step = g["step"].to_numpy()
@@ -270,11 +286,23 @@ def _bubbles(in_step: pd.DataFrame, t0: int, min_bubble_us: float) -> tuple[pd.D
         same = np.zeros(len(g), dtype=bool)
         same[1:] = step[1:] == step[:-1]
         hit = np.nonzero(same & (idle >= min_bubble_us * 1e3))[0]
-        label = (g["layer_kind"].astype(str) + np.where(g["layer_kind"].astype(str) != "", "/", "") + g["op"].astype(str)).to_numpy()
         prev = holder[hit - 1]
+
+        def label(ix: np.ndarray, g: pd.DataFrame = g) -> np.ndarray:
+            """ "kind/op" at rows ix, built once per distinct (kind, op) pair."""
+            kind = g["layer_kind"].astype("category")
+            op = g["op"].astype("category")
+            kv, ov = [str(x) for x in kind.cat.categories] + [""], [str(x) for x in op.cat.categories] + [""]
+            kc = kind.cat.codes.to_numpy()[ix].astype(np.int64)
+            oc = op.cat.codes.to_numpy()[ix].astype(np.int64)
+            kc, oc = np.where(kc < 0, len(kv) - 1, kc), np.where(oc < 0, len(ov) - 1, oc)
+            pair, inv = np.unique(kc * len(ov) + oc, return_inverse=True)
+            names = [f"{kv[p // len(ov)]}/{ov[p % len(ov)]}" if kv[p // len(ov)] else ov[p % len(ov)] for p in pair.tolist()]
+            return np.asarray(names, dtype=object)[inv.ravel()] if len(ix) else np.zeros(0, dtype=object)
+
         parts.append(pd.DataFrame({
             "device_id": int(dev), "step": step[hit], "a": reach[hit - 1], "b": start[hit], "start_ms": (reach[hit - 1] - t0) / 1e6,
-            "bubble_us": idle[hit] / 1e3, "after": label[prev], "before": label[hit],
+            "bubble_us": idle[hit] / 1e3, "after": label(prev), "before": label(hit),
             "next_tid": g["global_tid"].to_numpy()[hit], "next_launch_ns": np.where(g["has_launch"].to_numpy()[hit], g["api_start_ns"].to_numpy()[hit], NO_TIME),
             "next_graph": g["graph"].to_numpy(bool)[hit],
         }))

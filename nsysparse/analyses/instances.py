@@ -14,7 +14,15 @@ from nsysparse.structure.mapping import Mapping
 
 def op_instances(m: Mapping, device_id: int | None = None) -> pd.DataFrame:
     """One row per (step, layer instance, op): step, layer_id, layer_kind, op, source, time_ns, kernels.
-    Grouping runs on integer codes; layer_kind, op and source come back as plain strings."""
+    Grouping runs on integer codes; layer_kind, op and source come back as plain strings. Computed
+    once per mapping and device (ops, layers, compare and the report all start from it)."""
+    key = ("op_instances", device_id)
+    if key not in m.cache:
+        m.cache[key] = _op_instances(m, device_id)
+    return m.cache[key]
+
+
+def _op_instances(m: Mapping, device_id: int | None) -> pd.DataFrame:
     k = m.kernels
     k = k[k["step"] >= 0]
     if device_id is not None:

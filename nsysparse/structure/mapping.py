@@ -73,6 +73,7 @@ class Mapping:
     rules: RuleSet
     notes: list[str] = field(default_factory=list)
     gpu_ops: pd.DataFrame | None = None  # kernels + memcpy + memset with their step (for busy time)
+    cache: dict[object, pd.DataFrame] = field(default_factory=dict, repr=False)  # derived tables shared by analyses
 
 
 def _match(texts: pd.Series, pattern: str) -> np.ndarray:
@@ -154,7 +155,7 @@ class _NvtxAttribution:
 
 
 def _kernel_frame(trace: Trace) -> pd.DataFrame:
-    k = trace.launches().copy()
+    k = trace.launches().copy(deep=False)  # copy-on-write (pandas >= 3): new columns only
     origins = trace_graphs.node_origins(trace) if (k["graph_node_id"].to_numpy() > 0).any() else None
     if origins is not None and len(origins):
         idx = pd.Index(origins["graph_node_id"].to_numpy())
@@ -188,6 +189,7 @@ def map_trace(
             raise UsageError(f"{flag} {pat!r} is not a valid regular expression ({err})") from None
     rules = rules or load_rules()
     notes: list[str] = []
+    trace.prefetch("kernels", "api", "memcpy", "memset", *(("nvtx",) if nvtx != "off" else ()))
     k = _kernel_frame(trace)
     cls = classify_names(rules, k["short_name"], k["name"])
     k = pd.concat([k, cls], axis=1)
@@ -280,7 +282,7 @@ def map_trace(
         k["layer_index"] = -1
     cols = ["start_ns", "end_ns", "dur_ns", "device_id", "stream_id", "pid", "short_name", "name", "kernel_class", "rule_id", "graph_node_id",
             "step", "layer_id", "layer_index", "layer_name", "layer_kind", "op", "source", "has_launch", "api_start_ns", "api_end_ns", "global_tid"]
-    return Mapping(k[cols].copy(), steps, layers, windows.source, windows.confidence, layer_source, rules, notes + list(trace.notes), gpu_ops)
+    return Mapping(k[cols], steps, layers, windows.source, windows.confidence, layer_source, rules, notes + list(trace.notes), gpu_ops)
 
 
 def _segment_arrays(parser: Parser, segs: list[Segment], length: int, ops: Vocab, kinds: Vocab) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -412,27 +414,41 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, tmpl_op: np.n
 
 
 def _gpu_ops_with_steps(trace: Trace, k: pd.DataFrame, windows: StepWindows) -> pd.DataFrame:
-    """Kernels plus memcpy/memset, each with the step it was launched in (for busy/wall time)."""
+    """Kernels plus memcpy/memset, each with the step it was launched in (for busy/wall time).
+    Built column by column from numpy arrays; text columns stay categorical (no per-row strings)."""
     launch_cols = ["has_launch", "api_start_ns", "api_end_ns", "global_tid"]
-    parts = [pd.DataFrame({"kind": "kernel", "start_ns": k["start_ns"], "end_ns": k["end_ns"], "device_id": k["device_id"], "stream_id": k["stream_id"], "pid": k["pid"], "step": k["step"],
-                           "graph": k["graph_node_id"].to_numpy() > 0, "op": k["op"].astype(str), "layer_kind": k["layer_kind"].astype(str), "kernel_class": k["kernel_class"].astype(str),
-                           **{c: k[c] for c in launch_cols}})]
+    num_cols = ["start_ns", "end_ns", "device_id", "stream_id", "pid", "step", *launch_cols]
+    cols: dict[str, list[np.ndarray]] = {c: [k[c].to_numpy()] for c in num_cols}
+    cols["graph"] = [k["graph_node_id"].to_numpy() > 0]
+    cat_parts: dict[str, list[tuple[pd.Categorical, int]]] = {c: [(pd.Categorical(k[c]), len(k))] for c in ("op", "layer_kind", "kernel_class")}
+    kind_codes = [np.zeros(len(k), dtype=np.int8)]
+    kinds = ["kernel"]
     if trace.has("api"):
         api = trace.api()
         for kind in ("memcpy", "memset"):
             if not trace.has(kind):
                 continue
             m = trace_tables.kernel_launches(trace, getattr(trace, kind)(), api)
-            if windows.source == "nvtx":
-                st = assign_windows(m["pid"].to_numpy(), m["api_start_ns"].to_numpy(), m["has_launch"].to_numpy(), windows.frame, "pid")
-            else:
-                st = assign_windows(m["device_id"].to_numpy(), m["api_start_ns"].to_numpy(), m["has_launch"].to_numpy(), windows.frame, "device_id")
-            parts.append(pd.DataFrame({"kind": kind, "start_ns": m["start_ns"], "end_ns": m["end_ns"], "device_id": m["device_id"], "stream_id": m["stream_id"], "pid": m["pid"], "step": st,
-                                       "graph": m["graph_node_id"].to_numpy() > 0, "op": kind, "layer_kind": "", "kernel_class": kind, **{c: m[c] for c in launch_cols}}))
-    ops = pd.concat(parts, ignore_index=True)
-    for c in ("kind", "op", "layer_kind", "kernel_class"):
-        ops[c] = ops[c].astype("category")
-    return ops.sort_values(["start_ns", "end_ns"], kind="stable").reset_index(drop=True)
+            key = "pid" if windows.source == "nvtx" else "device_id"
+            st = assign_windows(m[key].to_numpy(), m["api_start_ns"].to_numpy(), m["has_launch"].to_numpy(), windows.frame, key)
+            for c in num_cols:
+                cols[c].append(st if c == "step" else m[c].to_numpy())
+            cols["graph"].append(m["graph_node_id"].to_numpy() > 0)
+            n = len(m)
+            for c, label in (("op", kind), ("layer_kind", ""), ("kernel_class", kind)):
+                cat_parts[c].append((pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=[label]), n))
+            kinds.append(kind)
+            kind_codes.append(np.full(n, len(kinds) - 1, dtype=np.int8))
+    start = np.concatenate(cols["start_ns"])
+    end = np.concatenate(cols["end_ns"])
+    order = np.lexsort((end, start))
+    out = {"kind": pd.Categorical.from_codes(np.concatenate(kind_codes)[order], categories=kinds)}
+    for c, parts in cols.items():
+        out[c] = np.concatenate(parts)[order]
+    for c, parts in cat_parts.items():
+        out[c] = pd.api.types.union_categoricals([p for p, _ in parts]).take(order) if len(parts) > 1 else parts[0][0].take(order)
+    frame = pd.DataFrame(out)
+    return frame[["kind", "start_ns", "end_ns", "device_id", "stream_id", "pid", "step", "graph", "op", "layer_kind", "kernel_class", *launch_cols]]
 
 
 def _step_table(k: pd.DataFrame, ops: pd.DataFrame, windows: StepWindows) -> pd.DataFrame:

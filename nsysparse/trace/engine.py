@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import quote
@@ -57,6 +58,8 @@ class Engine:
             raise self._error(err) from None
         self._duck: Any = None
         self._duck_failed = False
+        self._local = threading.local()
+        self._lock = threading.Lock()
 
     # -- errors -------------------------------------------------------------------------------------
     def _error(self, err: Exception) -> TraceError:
@@ -120,15 +123,29 @@ class Engine:
         return con
 
     def frame(self, sql: str) -> pd.DataFrame:
-        """Run a (large) SELECT and return a DataFrame; DuckDB when worthwhile, sqlite3 otherwise."""
+        """Run a (large) SELECT and return a DataFrame; DuckDB when worthwhile, sqlite3 otherwise.
+        Safe to call from several threads at once (each thread gets its own DuckDB cursor)."""
         if self.prefers_duckdb():
-            con = self.duckdb()
+            con = self._thread_cursor()
             if con is not None:
                 try:
                     return con.execute(sql).df()
                 except Exception as err:
                     log.debug("duckdb query failed (%s); retrying with sqlite3", err)
         return self._sqlite_frame(sql)
+
+    def _thread_cursor(self) -> Any:
+        """The DuckDB connection on the main thread; a cursor of it (same attached file) elsewhere."""
+        con = self.duckdb()
+        if con is None or threading.current_thread() is threading.main_thread():
+            return con
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            with self._lock:
+                cur = con.cursor()
+            cur.execute("USE nsys")
+            self._local.cursor = cur
+        return cur
 
     def close(self) -> None:
         if self._duck is not None:

@@ -273,7 +273,7 @@ def kernel_launches(trace: "Trace", kernels: pd.DataFrame, api: pd.DataFrame) ->
         found &= sorted_keys[pos_c] == kkey
     found &= kernels["correlation_id"].to_numpy() > 0
     idx = np.where(found, order[pos_c] if len(order) else 0, -1)
-    out = kernels.copy()
+    out = kernels.copy(deep=False)  # copy-on-write: the kernel columns are shared, not duplicated
     take = np.where(found, idx, 0)
     out["has_launch"] = found
     out["api_start_ns"] = np.where(found, api["start_ns"].to_numpy()[take] if len(api) else 0, NO_TIME)

@@ -144,6 +144,31 @@ class Trace:
         self._frame_cols[kind] = union
         return df
 
+    def prefetch(self, *kinds: str) -> None:
+        """Load several event tables at once (in threads: DuckDB works outside the GIL), so a full
+        analysis pays for the slowest table rather than the sum. Kinds the trace lacks are skipped."""
+        jobs = [k for k in kinds if self.has(k) and k not in self._frames]
+        if len(jobs) < 2 or not self.engine.prefers_duckdb():
+            for k in jobs:
+                self.nvtx() if k == "nvtx" else self._load(k, None)
+            return
+        _ = self.strings  # shared by every loader: read once, before the threads start
+        from concurrent.futures import ThreadPoolExecutor
+
+        def load(kind: str) -> tuple[str, pd.DataFrame]:
+            if kind == "nvtx":
+                return kind, _sorted(tables.nvtx(self))
+            spec = tables.SPECS[kind]
+            cols = {"kernels": tables.KERNEL_DEFAULT, "api": tables.API_DEFAULT}.get(kind, tuple(spec))
+            return kind, _sorted(tables.load(self, kind, cols))
+
+        with ThreadPoolExecutor(max_workers=min(3, len(jobs))) as ex:
+            for kind, df in ex.map(load, jobs):
+                self._frames[kind] = df
+                if kind != "nvtx":
+                    spec = tables.SPECS[kind]
+                    self._frame_cols[kind] = {"kernels": tables.KERNEL_DEFAULT, "api": tables.API_DEFAULT}.get(kind, tuple(spec))
+
     def kernels(self, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
         """Kernels sorted by start (canonical columns; `columns` picks extra ones such as grid_x)."""
         return self._load("kernels", columns)
@@ -176,7 +201,7 @@ class Trace:
                 if missing:
                     self.note(f"{missing} of {len(df)} kernels have no launching API call in the trace (time-sliced export or API tracing off)")
             else:
-                df = k.copy()
+                df = k.copy(deep=False)
                 df["has_launch"] = np.zeros(len(df), dtype=bool)
                 for c in ("api_start_ns", "api_end_ns"):
                     df[c] = np.full(len(df), tables.NO_TIME, dtype=np.int64)
