@@ -12,6 +12,7 @@ from nsysparse.analyses.steps import step_table
 from nsysparse.cli.app import cli
 from nsysparse.cli.options import emit, load, output_options, trace_argument
 from nsysparse.cli.render import Result
+from nsysparse.progress import Progress
 from nsysparse.rules import load_rules
 from nsysparse.structure.mapping import DEFAULT_LAYER_PATTERN, NVTX_MODES, Mapping, map_trace
 from nsysparse.structure.steps import DEFAULT_STEP_PATTERN
@@ -34,8 +35,18 @@ def mapping_options(f: F) -> F:
 
 
 def run_mapping(t: Trace, rules: tuple[str, ...], step_pattern: str, layer_pattern: str, nvtx_mode: str) -> Mapping:
+    """Load the event tables and map kernels, with a progress bar on a terminal when it takes > 1 s."""
     rs = load_rules(rules or None)
-    return map_trace(t, rs, step_pattern=step_pattern, layer_pattern=layer_pattern, nvtx=nvtx_mode)
+    kinds = [k for k in ("kernels", "api", "nvtx", "memcpy", "memset") if t.has(k) and (k != "nvtx" or nvtx_mode != "off")]
+    what = ", ".join(f"{t.count(k):,} {LABELS[k]}" for k in kinds if k in LABELS)
+    with Progress(total=2) as p:
+        with p.stage(f"loading {what}"):
+            t.prefetch(*kinds)
+        with p.stage("mapping kernels to steps, layers and ops"):
+            return map_trace(t, rs, step_pattern=step_pattern, layer_pattern=layer_pattern, nvtx=nvtx_mode)
+
+
+LABELS = {"kernels": "kernels", "api": "API calls", "nvtx": "NVTX events"}
 
 
 def structure_meta(m: Mapping, device: int | None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from nsysparse import intervals
 from nsysparse.trace import schema as S
+from nsysparse.trace import tables
 from nsysparse.trace.ids import pid_of, tid_of
 
 if TYPE_CHECKING:
@@ -25,7 +26,14 @@ COUNTED_KINDS = ("kernels", "api", "nvtx", "memcpy", "memset", "sync", "graph_tr
 def gpus(trace: "Trace") -> pd.DataFrame:
     """device_id, name, sm_count, memory_gib, memory_bandwidth_gbps, compute_capability, source, kernels."""
     df = _gpu_table(trace)
-    used = trace.kernels()["device_id"].value_counts() if trace.has("kernels") else pd.Series(dtype="int64")
+    used = pd.Series(dtype="int64")
+    kt = S.TABLES["kernels"]
+    if trace.has("kernels") and trace.schema.has(kt, "deviceId"):
+        if "kernels" in trace._frames:
+            used = trace.kernels()["device_id"].value_counts()
+        else:
+            agg = trace.engine.frame(f'SELECT "deviceId" AS d, count(*) AS n FROM "{kt}" GROUP BY 1')
+            used = pd.Series(agg["n"].to_numpy(np.int64), index=agg["d"].fillna(-1).to_numpy(np.int64))
     for dev in used.index:  # devices that ran kernels but have no GPU-table row
         if not (df["device_id"] == dev).any():
             df.loc[len(df)] = {"device_id": int(dev), "name": "unknown", "source": "kernels only"}
@@ -81,8 +89,11 @@ def graph_launches(trace: "Trace") -> int:
     table = S.TABLES["api"]
     if not trace.schema.has(table, "nameId") or not trace.schema.has(S.STRINGS):
         return 0
-    q = f'SELECT count(*) FROM "{table}" r JOIN "{S.STRINGS}" s ON s.id = r."nameId" WHERE s.value LIKE \'cudaGraphLaunch%\' OR s.value LIKE \'cuGraphLaunch%\''
-    return int(trace.engine.rows(q)[0][0])
+    ids = [r[0] for r in trace.engine.rows(f'SELECT id FROM "{S.STRINGS}" WHERE value LIKE \'cudaGraphLaunch%\' OR value LIKE \'cuGraphLaunch%\'')]
+    if not ids:
+        return 0
+    df = trace.engine.frame(f'SELECT count(*) AS n FROM "{table}" WHERE "nameId" IN ({", ".join(str(int(i)) for i in ids)})')
+    return int(df["n"].iloc[0])
 
 
 def gpu_name(trace: "Trace", device_id: int | None = None) -> str:
@@ -105,10 +116,15 @@ def processes(trace: "Trace") -> pd.DataFrame:
             counts.setdefault(p, {"kernels": 0, "api_calls": 0, "nvtx_events": 0, "threads": set(), "devices": set()})[key] += k
 
     if trace.has("kernels"):
-        k = trace.kernels()
-        bump(k["pid"].to_numpy(), "kernels")
-        for p, d in k[["pid", "device_id"]].drop_duplicates().itertuples(index=False):
-            counts[int(p)]["devices"].add(int(d))
+        table = S.TABLES["kernels"]
+        gp = '"globalPid"' if trace.schema.has(table, "globalPid") else "0"
+        dev = '"deviceId"' if trace.schema.has(table, "deviceId") else "0"
+        df = trace.engine.frame(f'SELECT {gp} AS g, {dev} AS d, count(*) AS n FROM "{table}" GROUP BY 1, 2')
+        pids = pid_of(df["g"].fillna(0).to_numpy(np.int64)) if len(df) else np.zeros(0, np.int64)
+        for p, d, n in zip(pids.tolist(), df["d"].fillna(0).astype(np.int64).tolist(), df["n"].astype(np.int64).tolist()):
+            entry = counts.setdefault(p, {"kernels": 0, "api_calls": 0, "nvtx_events": 0, "threads": set(), "devices": set()})
+            entry["kernels"] += n
+            entry["devices"].add(d)
     for kind, key in (("api", "api_calls"), ("nvtx", "nvtx_events")):
         if not trace.has(kind):
             continue
@@ -116,13 +132,12 @@ def processes(trace: "Trace") -> pd.DataFrame:
         table = S.TABLES[kind]
         if not trace.schema.has(table, col):
             continue
-        rows = trace.engine.rows(f'SELECT "{col}", count(*) FROM "{table}" GROUP BY 1')
-        for g, n in rows:
-            g = int(g or 0)
-            p = int(pid_of(np.array([g]))[0])
+        df = trace.engine.frame(f'SELECT "{col}" AS g, count(*) AS n FROM "{table}" GROUP BY 1')
+        g = df["g"].fillna(0).to_numpy(np.int64) if len(df) else np.zeros(0, np.int64)
+        for p, t, n in zip(pid_of(g).tolist(), tid_of(g).tolist(), df["n"].astype(np.int64).tolist()):
             entry = counts.setdefault(p, {"kernels": 0, "api_calls": 0, "nvtx_events": 0, "threads": set(), "devices": set()})
-            entry[key] += int(n)
-            entry["threads"].add(int(tid_of(np.array([g]))[0]))
+            entry[key] += n
+            entry["threads"].add(t)
     names: dict[int, str] = {}
     if trace.schema.has(S.PROCESSES, "pid") and trace.schema.has(S.PROCESSES, "name"):
         for pid, name in trace.engine.rows(f'SELECT "pid", "name" FROM "{S.PROCESSES}"'):
@@ -149,29 +164,54 @@ def streams(trace: "Trace") -> pd.DataFrame:
     cols = ["device_id", "stream_id", "pid", "kernels", "memcpy", "memset", "busy_ms"]
     if not any(trace.has(k) for k in S.GPU_OP_KINDS):
         return pd.DataFrame(columns=cols)
-    ops = trace.gpu_ops()
-    keys = ops[["device_id", "stream_id", "pid"]]
-    codes, uniques = pd.MultiIndex.from_frame(keys).factorize()
-    busy = intervals.union_by_group(codes, ops["start_ns"].to_numpy(), ops["end_ns"].to_numpy(), len(uniques))
-    out = pd.DataFrame(list(uniques), columns=["device_id", "stream_id", "pid"])
+    ops = trace.gpu_ops(narrow=True)
+    # one integer per (device, stream, pid): factorize each column (hash, O(n)), then combine the codes
+    parts = [pd.factorize(ops[c].to_numpy()) for c in ("device_id", "stream_id", "pid")]
+    combined = np.zeros(len(ops), dtype=np.int64)
+    for codes_c, values_c in parts:
+        combined = combined * len(values_c) + codes_c
+    ucomb, codes = np.unique(combined, return_inverse=True)
+    codes = codes.ravel()
+    cols_out = []
+    rest = ucomb.copy()
+    for codes_c, values_c in reversed(parts):
+        cols_out.append(np.asarray(values_c)[rest % len(values_c)])
+        rest //= len(values_c)
+    uniq = np.stack(cols_out[::-1], axis=1) if len(ucomb) else np.zeros((0, 3), np.int64)
+    busy = intervals.union_by_group(codes, ops["start_ns"].to_numpy(), ops["end_ns"].to_numpy(), len(uniq))
+    out = pd.DataFrame(uniq, columns=["device_id", "stream_id", "pid"])
     for kind in S.GPU_OP_KINDS:
-        out[kind] = np.bincount(codes[(ops["kind"] == kind).to_numpy()], minlength=len(uniques)).astype(np.int64)
+        out[kind] = np.bincount(codes[(ops["kind"] == kind).to_numpy()], minlength=len(uniq)).astype(np.int64)
     out["busy_ms"] = busy / 1e6
     return out.sort_values(["device_id", "stream_id", "pid"]).reset_index(drop=True)[cols]
 
 
 def nvtx_domains(trace: "Trace") -> pd.DataFrame:
-    """domain, pid, ranges, marks."""
+    """domain, pid, ranges, marks (one SQL aggregate; names from the domain-create events)."""
     cols = ["domain", "pid", "ranges", "marks"]
     if not trace.has("nvtx"):
         return pd.DataFrame(columns=cols)
-    n = trace.nvtx()
-    if len(n) == 0:
+    table = S.TABLES["nvtx"]
+    have = trace.schema.columns[table]
+    if "eventType" not in have:
         return pd.DataFrame(columns=cols)
-    g = n.assign(is_mark=(n["kind"] == "mark").to_numpy()).groupby(["domain", "pid"], observed=True)["is_mark"]
-    out = pd.DataFrame({"ranges": g.size() - g.sum(), "marks": g.sum()}).reset_index()
-    out["domain"] = out["domain"].astype(str)
-    return out[cols].astype({"ranges": "int64", "marks": "int64"})
+    dom = '"domainId"' if "domainId" in have else "0"
+    gt = '"globalTid"' if "globalTid" in have else "0"
+    ranges = ", ".join(str(t) for t in S.NVTX_RANGE_TYPES)
+    df = trace.engine.frame(
+        f'SELECT COALESCE({dom}, 0) AS d, COALESCE({gt}, 0) AS g, sum(CASE WHEN "eventType" IN ({ranges}) THEN 1 ELSE 0 END) AS ranges, '
+        f'sum(CASE WHEN "eventType" = {S.NVTX_MARK} THEN 1 ELSE 0 END) AS marks FROM "{table}" GROUP BY 1, 2'
+    )
+    if len(df) == 0:
+        return pd.DataFrame(columns=cols)
+    df = df.assign(pid=pid_of(df["g"].to_numpy(np.int64)), d=df["d"].astype(np.int64))
+    df = df.groupby(["d", "pid"], as_index=False)[["ranges", "marks"]].sum()
+    df = df[(df["ranges"] + df["marks"]) > 0]
+    names = tables.nvtx_domains(trace)
+    lookup = {(int(p), int(d)): str(n) for p, d, n in zip(names["pid"], names["domain_id"], names["domain"])}
+    df["domain"] = [lookup.get((int(p), int(d)), "default" if d == 0 else f"domain {d}") for p, d in zip(df["pid"], df["d"])]
+    out = df.groupby(["domain", "pid"], as_index=False)[["ranges", "marks"]].sum()
+    return out[cols].astype({"ranges": "int64", "marks": "int64", "pid": "int64"}).reset_index(drop=True)
 
 
 def time_span(trace: "Trace") -> tuple[int | None, int | None]:
@@ -182,7 +222,10 @@ def time_span(trace: "Trace") -> tuple[int | None, int | None]:
         table = S.TABLES[kind]
         if not (trace.schema.has(table, "start") and trace.schema.has(table, "end")):
             continue
-        a, b = trace.engine.rows(f'SELECT min("start"), max("end") FROM "{table}" WHERE NOT ("start" = 0 AND "end" = 0)')[0]
+        row = trace.engine.frame(f'SELECT min("start") AS a, max("end") AS b FROM "{table}" WHERE NOT ("start" = 0 AND "end" = 0)')
+        a, b = (row["a"].iloc[0], row["b"].iloc[0]) if len(row) else (None, None)
+        a = None if a is None or pd.isna(a) else int(a)
+        b = None if b is None or pd.isna(b) else int(b)
         if a is not None:
             lo = a if lo is None else min(lo, a)
         if b is not None:
@@ -198,11 +241,25 @@ def slice_status(trace: "Trace") -> tuple[bool, str]:
         return False, "no kernels"
     if not trace.has("api"):
         return False, "no CUDA API table to check against"
-    launches = trace.launches()
-    missing = int((~launches["has_launch"].to_numpy()).sum())
+    missing, total = _kernels_without_launch(trace)
     if missing:
-        return True, f"{missing} of {len(launches)} kernels have no launching API call"
+        return True, f"{missing} of {total} kernels have no launching API call"
     return False, "every kernel has its launching API call"
+
+
+def _kernels_without_launch(trace: "Trace") -> tuple[int, int]:
+    """Kernels whose correlationId has no runtime/driver call in the same process: an anti-join in
+    DuckDB for large files (hash join), the in-memory launch join otherwise."""
+    kt, at = S.TABLES["kernels"], S.TABLES["api"]
+    pid_ok = trace.schema.has(kt, "globalPid") and trace.schema.has(at, "globalTid")
+    if "launches" in trace._frames or not trace.engine.prefers_duckdb() or trace.engine.duckdb() is None or not trace.schema.has(kt, "correlationId"):
+        launches = trace.launches()
+        return int((~launches["has_launch"].to_numpy()).sum()), len(launches)
+    cond = 'r."correlationId" = k."correlationId"' + (' AND ((r."globalTid" >> 24) & 16777215) = ((k."globalPid" >> 24) & 16777215)' if pid_ok else "")
+    df = trace.engine.frame(
+        f'SELECT count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM "{at}" r WHERE {cond})) AS missing, count(*) AS total FROM "{kt}" k'
+    )
+    return int(df["missing"].iloc[0]), int(df["total"].iloc[0])
 
 
 def summary(trace: "Trace") -> dict[str, Any]:

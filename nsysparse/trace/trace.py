@@ -212,14 +212,18 @@ class Trace:
             self._frames["launches"] = df
         return self._frames["launches"]
 
-    def gpu_ops(self) -> pd.DataFrame:
-        """Kernels, memcpys and memsets as one frame: kind, start_ns, end_ns, device_id, stream_id, pid."""
+    def gpu_ops(self, narrow: bool = False) -> pd.DataFrame:
+        """Kernels, memcpys and memsets as one frame: kind, start_ns, end_ns, device_id, stream_id, pid.
+        `narrow` loads only those columns when nothing is cached yet (no kernel names)."""
         if "gpu_ops" not in self._frames:
             parts = []
             for kind in S.GPU_OP_KINDS:
                 if not self.has(kind):
                     continue
-                df = self.kernels() if kind == "kernels" else self._load(kind, None)
+                if kind == "kernels":
+                    df = self.kernels() if (not narrow or "kernels" in self._frames) else _sorted(tables.load(self, "kernels", ("start_ns", "end_ns", "device_id", "stream_id", "global_pid")))
+                else:
+                    df = self._load(kind, None)
                 part = df[["start_ns", "end_ns", "device_id", "stream_id", "pid"]].copy()
                 part["kind"] = kind
                 parts.append(part)

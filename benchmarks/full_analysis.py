@@ -1,0 +1,20 @@
+"""Full analysis in one process: load, map, then ops + steps + layers + gaps (what a user's session does)."""
+
+import sys
+
+from nsysparse.analyses.gaps import gap_report
+from nsysparse.analyses.layers import layer_report
+from nsysparse.analyses.ops import op_summary
+from nsysparse.analyses.steps import step_table
+from nsysparse.cli.structure import run_mapping
+from nsysparse.structure.mapping import DEFAULT_LAYER_PATTERN
+from nsysparse.structure.steps import DEFAULT_STEP_PATTERN
+from nsysparse.trace import open_trace
+
+with open_trace(sys.argv[1]) as t:
+    m = run_mapping(t, (), DEFAULT_STEP_PATTERN, DEFAULT_LAYER_PATTERN, "auto")
+    ops = op_summary(m, by_kind=True)
+    steps = step_table(m)
+    layers = layer_report(m)
+    gaps = gap_report(t, m)
+print(len(ops), len(steps), len(layers.ops), len(gaps.gaps))
