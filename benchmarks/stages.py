@@ -1,0 +1,39 @@
+"""Where the time of a full analysis goes: wall time and peak RSS after each stage, in one process.
+
+    python benchmarks/stages.py benchmarks/data/moe_decode_op_x400.sqlite
+"""
+
+import resource
+import sys
+import time
+
+t0 = time.perf_counter()
+from nsysparse.analyses.gaps import gap_report  # noqa: E402
+from nsysparse.analyses.layers import layer_report  # noqa: E402
+from nsysparse.analyses.ops import op_summary  # noqa: E402
+from nsysparse.analyses.steps import step_table  # noqa: E402
+from nsysparse.structure.mapping import map_trace  # noqa: E402
+from nsysparse.trace import open_trace  # noqa: E402
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
+print(f"{'start-up':10s} {time.perf_counter() - t0:6.2f} s  peak {rss_mb():6.0f} MB")
+with open_trace(sys.argv[1]) as t:
+    stages = [
+        ("load", lambda: t.prefetch("kernels", "api", "memcpy", "memset", "nvtx")),
+        ("map", lambda: map_trace(t)),
+    ]
+    m = None
+    for name, fn in stages:
+        a = time.perf_counter()
+        r = fn()
+        m = r if name == "map" else m
+        print(f"{name:10s} {time.perf_counter() - a:6.2f} s  peak {rss_mb():6.0f} MB")
+    for name, fn in (("ops", lambda: op_summary(m, by_kind=True)), ("steps", lambda: step_table(m)), ("layers", lambda: layer_report(m)), ("gaps", lambda: gap_report(t, m))):
+        a = time.perf_counter()
+        fn()
+        print(f"{name:10s} {time.perf_counter() - a:6.2f} s  peak {rss_mb():6.0f} MB")
+print(f"{'total':10s} {time.perf_counter() - t0:6.2f} s  peak {rss_mb():6.0f} MB")
