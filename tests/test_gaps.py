@@ -32,9 +32,9 @@ def two_steps(b, gap_ns, *, between=None, step1_launch=None, graph=False, tid=10
         between(b, a, z)
     l0 = z - 3_000 if step1_launch is None else step1_launch
     b.push(l0 - 100, z + 20_000, "forward_1", tid=tid)
+    corr = b.api(l0, l0 + 50, "cudaGraphLaunch_v10000", tid=tid) if graph else None
     for i in range(5):
         if graph:
-            corr = b.api(l0, l0 + 50, "cudaGraphLaunch_v10000", tid=tid) if i == 0 else corr
             b.kernel(z + i * 2_000, z + i * 2_000 + 2_000, GEMM, corr=corr, graph_node=10 + i)
         else:
             b.kernel(z + i * 2_000, z + i * 2_000 + 2_000, GEMM, api_start=l0 + i * 100, api_end=l0 + i * 100 + 50, tid=tid)

@@ -114,6 +114,3 @@ def collect(trace: Trace, m: Mapping, x: ReportInputs, title: str | None = None)
     data.notes = list(dict.fromkeys(notes))
     return data
 
-
-def finite(v: Any) -> bool:
-    return isinstance(v, (int, float, np.floating, np.integer)) and bool(np.isfinite(v))

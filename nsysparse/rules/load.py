@@ -35,6 +35,20 @@ def _line_of(text: str, needle: str) -> int | None:
     return None
 
 
+def _entry_id(path: Path, text: str, spec: dict[str, Any], section: str, keys: frozenset[str] | set[str], seen_ids: set[str]) -> str:
+    """The entry's id, checked: present, unique across the loaded packs, and no unknown keys."""
+    rid = spec.get("id")
+    if not isinstance(rid, str) or not rid:
+        raise RuleError(f"{path}: every [[{section}]] entry needs an id")
+    if rid in seen_ids:
+        raise RuleError(f"{_where(path, text, rid)}: duplicate rule id")
+    seen_ids.add(rid)
+    extra = set(spec) - keys
+    if extra:
+        raise RuleError(f"{_where(path, text, rid)}: unknown key(s) {sorted(extra)}")
+    return rid
+
+
 def _where(path: Path, text: str, rid: str | None, field: str | None = None) -> str:
     """`file:line (id)`, the line being the rule's `field = ...` line when given, else its id line."""
     if rid is None:
@@ -134,15 +148,7 @@ def load_pack(path: Path, rs: RuleSet, seen_ids: set[str]) -> None:
     rs.packs[pack] = str(path)
     classes = set(rs.class_ops)
     for spec in data.get("classes", []):
-        rid = spec.get("id")
-        if not isinstance(rid, str) or not rid:
-            raise RuleError(f"{path}: every [[classes]] entry needs an id")
-        if rid in seen_ids:
-            raise RuleError(f"{_where(path, text, rid)}: duplicate rule id")
-        seen_ids.add(rid)
-        extra = set(spec) - _CLASS_KEYS
-        if extra:
-            raise RuleError(f"{_where(path, text, rid)}: unknown key(s) {sorted(extra)}")
+        rid = _entry_id(path, text, spec, "classes", _CLASS_KEYS, seen_ids)
         cls = spec.get("class")
         if cls not in classes:
             raise RuleError(f"{_where(path, text, rid)}: class {cls!r} is not declared in {VOCABULARY}")
@@ -160,15 +166,7 @@ def load_pack(path: Path, rs: RuleSet, seen_ids: set[str]) -> None:
         )
     blocks = data.get("blocks", {})
     for spec in data.get("templates", []):
-        tid = spec.get("id")
-        if not isinstance(tid, str) or not tid:
-            raise RuleError(f"{path}: every [[templates]] entry needs an id")
-        if tid in seen_ids:
-            raise RuleError(f"{_where(path, text, tid)}: duplicate rule id")
-        seen_ids.add(tid)
-        extra = set(spec) - _TEMPLATE_KEYS
-        if extra:
-            raise RuleError(f"{_where(path, text, tid)}: unknown key(s) {sorted(extra)}")
+        tid = _entry_id(path, text, spec, "templates", _TEMPLATE_KEYS, seen_ids)
         role = spec.get("role", "layer")
         if role not in TEMPLATE_ROLES:
             raise RuleError(f"{_where(path, text, tid)}: role must be one of {', '.join(TEMPLATE_ROLES)}")

@@ -151,7 +151,6 @@ class _NvtxAttribution:
         """Distinct texts of the ranges at tree positions `pos`, and each position's index into them."""
         uniq, inv = np.unique(self.text_codes[pos], return_inverse=True)
         return [self.text_values[c] for c in uniq.tolist()], inv.ravel()
-        self.layer_start = tree.frame["start_ns"].to_numpy()
 
 
 def _kernel_frame(trace: Trace) -> pd.DataFrame:

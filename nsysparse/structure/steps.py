@@ -53,7 +53,6 @@ def nvtx_step_windows(nvtx: pd.DataFrame, pattern: str) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     cand = cand.sort_values(["pid", "start_ns", "end_ns"], ascending=[True, True, False])
     pid = cand["pid"].to_numpy()
-    s = cand["start_ns"].to_numpy()
     e = cand["end_ns"].to_numpy()
     # outermost only: drop a range contained in an earlier range of the same process
     reach = np.zeros(len(cand), dtype=np.int64)

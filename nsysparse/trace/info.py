@@ -174,7 +174,7 @@ def streams(trace: "Trace") -> pd.DataFrame:
     codes = codes.ravel()
     cols_out = []
     rest = ucomb.copy()
-    for codes_c, values_c in reversed(parts):
+    for _, values_c in reversed(parts):
         cols_out.append(np.asarray(values_c)[rest % len(values_c)])
         rest //= len(values_c)
     uniq = np.stack(cols_out[::-1], axis=1) if len(ucomb) else np.zeros((0, 3), np.int64)
