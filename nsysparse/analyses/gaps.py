@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from nsysparse.columns import Column, empty_frame
+from nsysparse.distinct import dense_codes, map_distinct
 from nsysparse.intervals import Coverage
 from nsysparse.structure.mapping import Mapping
 from nsysparse.structure.nvtx import build_tree
@@ -110,13 +111,7 @@ class GapReport:
 
 def _api_coverage(api: pd.DataFrame) -> dict[str, Coverage]:
     # classify each distinct API name once (0 api, 1 sync, 2 graph), then broadcast through the codes
-    name = api["name"]
-    if not isinstance(name.dtype, pd.CategoricalDtype):
-        name = name.astype("category")
-    table = np.array([1 if SYNC_API.match(str(c)) else (2 if GRAPH_API.match(str(c)) else 0) for c in name.cat.categories] + [0], dtype=np.int8)
-    codes = name.cat.codes.to_numpy()
-    cats = table[np.where(codes < 0, len(table) - 1, codes)]
-    del codes
+    cats = map_distinct(api["name"], lambda n: 1 if SYNC_API.match(n) else (2 if GRAPH_API.match(n) else 0), np.int8, 0)
     gtid, start, end = api["global_tid"].to_numpy(), api["start_ns"].to_numpy(), api["end_ns"].to_numpy()
     out = {}
     for label, code in (("api", 0), ("sync", 1), ("graph", 2)):
@@ -290,12 +285,9 @@ def _bubbles(in_step: pd.DataFrame, t0: int, min_bubble_us: float) -> tuple[pd.D
 
         def label(ix: np.ndarray, g: pd.DataFrame = g) -> np.ndarray:
             """ "kind/op" at rows ix, built once per distinct (kind, op) pair."""
-            kind = g["layer_kind"].astype("category")
-            op = g["op"].astype("category")
-            kv, ov = [str(x) for x in kind.cat.categories] + [""], [str(x) for x in op.cat.categories] + [""]
-            kc = kind.cat.codes.to_numpy()[ix].astype(np.int64)
-            oc = op.cat.codes.to_numpy()[ix].astype(np.int64)
-            kc, oc = np.where(kc < 0, len(kv) - 1, kc), np.where(oc < 0, len(ov) - 1, oc)
+            kc, kv = dense_codes(g["layer_kind"])
+            oc, ov = dense_codes(g["op"])
+            kc, oc = kc[ix], oc[ix]
             pair, inv = np.unique(kc * len(ov) + oc, return_inverse=True)
             names = [f"{kv[p // len(ov)]}/{ov[p % len(ov)]}" if kv[p // len(ov)] else ov[p % len(ov)] for p in pair.tolist()]
             return np.asarray(names, dtype=object)[inv.ravel()] if len(ix) else np.zeros(0, dtype=object)

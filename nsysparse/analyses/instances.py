@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from nsysparse.distinct import dense_codes
 from nsysparse.structure.mapping import Mapping
 
 
@@ -30,16 +31,16 @@ def _op_instances(m: Mapping, device_id: int | None) -> pd.DataFrame:
     cols = ["step", "layer_id", "layer_kind", "op", "source", "time_ns", "kernels", "start_ns", "end_ns"]
     if len(k) == 0:
         return pd.DataFrame(columns=cols)
-    kind = _cat(k["layer_kind"])
-    op = _cat(k["op"])
-    src = _cat(k["source"])
+    kind, kinds = dense_codes(k["layer_kind"])
+    op, ops = dense_codes(k["op"])
+    src, srcs = dense_codes(k["source"])
     frame = pd.DataFrame(
         {
             "step": k["step"].to_numpy(),
             "layer_id": k["layer_id"].to_numpy(),
-            "kind": kind.codes,
-            "op": op.codes,
-            "src": src.codes,
+            "kind": kind,
+            "op": op,
+            "src": src,
             "dur": k["dur_ns"].to_numpy(),
             "start": k["start_ns"].to_numpy(),
             "end": k["end_ns"].to_numpy(),
@@ -57,29 +58,15 @@ def _op_instances(m: Mapping, device_id: int | None) -> pd.DataFrame:
         {
             "step": out["step"].to_numpy(),
             "layer_id": out["layer_id"].to_numpy(),
-            "layer_kind": _strings(kind, out["kind"].to_numpy()),
-            "op": _strings(op, out["op"].to_numpy()),
-            "source": _strings(src, out["src"].to_numpy()),
+            "layer_kind": np.asarray(kinds, dtype=object)[out["kind"].to_numpy()],
+            "op": np.asarray(ops, dtype=object)[out["op"].to_numpy()],
+            "source": np.asarray(srcs, dtype=object)[out["src"].to_numpy()],
             "time_ns": out["time_ns"].to_numpy(),
             "kernels": out["kernels"].to_numpy(),
             "start_ns": out["start_ns"].to_numpy(),
             "end_ns": out["end_ns"].to_numpy(),
         }
     )[cols]
-
-
-def _strings(cat: pd.Categorical, codes: np.ndarray) -> np.ndarray:
-    return np.asarray(list(cat.categories), dtype=object)[codes]
-
-
-def _cat(values: pd.Series) -> pd.Categorical:
-    """A categorical with string categories and no missing codes."""
-    c = values.astype(str) if not isinstance(values.dtype, pd.CategoricalDtype) else values
-    c = c.astype("category") if not isinstance(c.dtype, pd.CategoricalDtype) else c
-    cat = pd.Categorical(c)
-    if (cat.codes < 0).any():
-        cat = cat.add_categories([""]).fillna("") if "" not in cat.categories else cat.fillna("")
-    return pd.Categorical.from_codes(cat.codes, categories=[str(x) for x in cat.categories])
 
 
 def steps_in(m: Mapping, device_id: int | None = None) -> int:

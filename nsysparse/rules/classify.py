@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from nsysparse.distinct import dense_codes
 from nsysparse.rules.model import RuleSet
 
 
 def classify_names(rules: RuleSet, short: pd.Series, name: pd.Series) -> pd.DataFrame:
     """For parallel short/demangled name columns: class, rule_id, class_op ("" when unclassified)."""
-    sc, sv = _codes(short)
-    nc, nv = _codes(name)
+    sc, sv = dense_codes(short)
+    nc, nv = dense_codes(name)
     pair = sc.astype(np.int64) * (len(nv) + 1) + nc  # distinct (short, name) pairs as one integer
     upair, codes = np.unique(pair, return_inverse=True)
     uniques = [(sv[p // (len(nv) + 1)], nv[p % (len(nv) + 1)]) for p in upair.tolist()]
@@ -37,10 +38,3 @@ def _expand(values: list[str], take: np.ndarray) -> pd.Categorical:
     code = np.array([pos[v] for v in values], dtype=np.int32)
     return pd.Categorical.from_codes(code[take] if len(take) else np.zeros(0, dtype=np.int32), categories=cats)
 
-
-def _codes(values: pd.Series) -> tuple[np.ndarray, list[str]]:
-    """Integer codes and their strings ("" for missing, code len(categories)) without hashing every row."""
-    cat = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
-    cats = [str(c) for c in cat.cat.categories] + [""]
-    c = cat.cat.codes.to_numpy().astype(np.int64)
-    return np.where(c >= 0, c, len(cats) - 1), cats

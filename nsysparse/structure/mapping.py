@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from nsysparse import intervals
+from nsysparse.distinct import dense_codes, map_distinct
 from nsysparse.errors import UsageError
 from nsysparse.rules import RuleSet, classify_names, load_rules
 from nsysparse.structure.nvtx import build_tree
@@ -81,10 +82,7 @@ def _match(texts: pd.Series, pattern: str) -> np.ndarray:
     if len(texts) == 0:
         return np.zeros(0, dtype=bool)
     rx = re.compile(pattern)
-    cat = texts.astype("category")
-    hits = np.array([bool(rx.search(str(c))) for c in cat.cat.categories], dtype=bool)
-    codes = cat.cat.codes.to_numpy()
-    return np.where(codes >= 0, hits[np.clip(codes, 0, None)] if len(hits) else False, False)
+    return map_distinct(texts, lambda t: bool(rx.search(t)), bool, False)
 
 
 def _op_name(text: str, layer_rx: re.Pattern[str], rules: RuleSet) -> str:
@@ -142,10 +140,7 @@ class _NvtxAttribution:
         ok = inner >= 0
         self.layer_pos = np.where(ok, near_layer[np.clip(inner, 0, None)] if len(tree) else -1, -1)
         self.op_pos = np.where(ok, near_op[np.clip(inner, 0, None)] if len(tree) else -1, -1)
-        cat = texts if isinstance(texts.dtype, pd.CategoricalDtype) else texts.astype("category")
-        self.text_values = [str(c) for c in cat.cat.categories] + [""]
-        codes = cat.cat.codes.to_numpy()
-        self.text_codes = np.where(codes >= 0, codes, len(self.text_values) - 1)
+        self.text_codes, self.text_values = dense_codes(texts)
 
     def texts_at(self, pos: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Distinct texts of the ranges at tree positions `pos`, and each position's index into them."""
@@ -258,11 +253,7 @@ def map_trace(
             source[has_op] = 0
     use_t = (source == 3) & (tmpl_op >= 0)
     op[use_t], source[use_t] = tmpl_op[use_t], 1
-    cop = k["class_op"]
-    cop = cop if isinstance(cop.dtype, pd.CategoricalDtype) else cop.astype("category")
-    cmap = np.array([ops(str(c)) if str(c) else -1 for c in cop.cat.categories] + [-1], dtype=np.int32)
-    ccodes = cop.cat.codes.to_numpy()
-    class_op = cmap[np.where(ccodes >= 0, ccodes, len(cmap) - 1)]
+    class_op = map_distinct(k["class_op"], lambda c: ops(c) if c else -1, np.int32, -1)
     use_c = (source == 3) & (class_op >= 0)
     op[use_c], source[use_c] = class_op[use_c], 2
     op[source == 3] = ops("unmapped")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from nsysparse.distinct import map_distinct
 from nsysparse.rules.model import RuleSet, Template
 from nsysparse.rules.pattern import UNKNOWN_CODE, class_codes, compile_pattern
 
@@ -62,10 +63,7 @@ class Parser:
     # -- encoding -----------------------------------------------------------------------------------
     def encode(self, classes: pd.Series) -> np.ndarray:
         """One byte per kernel: its class code (UNKNOWN_CODE when unclassified)."""
-        cat = classes.astype("category")
-        table = np.array([ord(self.codes.get(str(c), UNKNOWN_CODE)) for c in cat.cat.categories] + [ord(UNKNOWN_CODE)], dtype=np.uint8)
-        codes = cat.cat.codes.to_numpy()
-        return table[np.where(codes >= 0, codes, len(table) - 1)]
+        return map_distinct(classes, lambda c: ord(self.codes.get(c, UNKNOWN_CODE)), np.uint8, ord(UNKNOWN_CODE))
 
     @staticmethod
     def text(encoded: np.ndarray) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from nsysparse import intervals
+from nsysparse.distinct import map_distinct
 
 # A step-like word (forward, step, decode, ...) in a range that is not a framework op annotation:
 # names with "::" (aten::, flash_attn::_flash_attn_forward, FSDP::pre_forward, autograd::engine::...)
@@ -72,10 +73,7 @@ def nvtx_step_windows(nvtx: pd.DataFrame, pattern: str) -> pd.DataFrame:
 
 
 def _match_by_category(text: pd.Series, rx: re.Pattern[str]) -> pd.Series:
-    cat = text.astype("category")
-    hits = np.array([bool(rx.search(str(c))) for c in cat.cat.categories], dtype=bool)
-    codes = cat.cat.codes.to_numpy()
-    return pd.Series(np.where(codes >= 0, hits[np.clip(codes, 0, None)] if len(hits) else False, False), index=text.index)
+    return pd.Series(map_distinct(text, lambda t: bool(rx.search(t)), bool, False), index=text.index)
 
 
 def assign_windows(keys: np.ndarray, ts: np.ndarray, valid: np.ndarray, windows: pd.DataFrame, key_col: str = "pid") -> np.ndarray:

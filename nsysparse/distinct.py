@@ -1,0 +1,36 @@
+"""Work per distinct value of a text column, broadcast back through integer codes.
+
+Trace columns repeat a few hundred strings millions of times (kernel names, API names, NVTX texts, op
+names); hashing or matching every row is the slow path. These helpers turn a column into codes once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+
+def _categorical(values: pd.Series) -> pd.Series:
+    return values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
+
+
+def dense_codes(values: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Codes into the distinct strings of `values`, and those strings; a missing value gets the code of
+    "" (the category "" if there is one, else an "" appended at the end)."""
+    cat = _categorical(values)
+    strings = [str(c) for c in cat.cat.categories]
+    empty = strings.index("") if "" in strings else len(strings)
+    if empty == len(strings):
+        strings.append("")
+    codes = cat.cat.codes.to_numpy().astype(np.int64)
+    return np.where(codes >= 0, codes, empty), strings
+
+
+def map_distinct(values: pd.Series, fn: Callable[[str], Any], dtype: Any, missing: Any) -> np.ndarray:
+    """fn(value) for every row, evaluated once per distinct value; `missing` where the value is missing."""
+    cat = _categorical(values)
+    table = np.array([fn(str(c)) for c in cat.cat.categories] + [missing], dtype=dtype)
+    codes = cat.cat.codes.to_numpy()
+    return table[np.where(codes >= 0, codes, len(table) - 1)]
