@@ -127,12 +127,16 @@ def _select_sql(trace: "Trace", kind: str, wanted: tuple[str, ...], where: str =
     return sql, missing
 
 
+def default_columns(kind: str) -> tuple[str, ...]:
+    """Columns loaded when a caller names none: a narrower set for the two big tables, all otherwise."""
+    return {"kernels": KERNEL_DEFAULT, "api": API_DEFAULT}.get(kind, tuple(SPECS[kind]))
+
+
 def load(trace: "Trace", kind: str, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Generic loader for kernels/api/memcpy/memset/sync. Adds `pid` (and `tid`) decoded from global ids."""
     trace.require(kind)
     spec = SPECS[kind]
-    defaults = {"kernels": KERNEL_DEFAULT, "api": API_DEFAULT}.get(kind, tuple(spec))
-    wanted = tuple(c for c in (columns or defaults) if c in spec)
+    wanted = tuple(c for c in (columns or default_columns(kind)) if c in spec)
     for need in ("start_ns", "end_ns"):
         if need not in wanted:
             wanted = (need, *wanted)

@@ -132,8 +132,7 @@ class Trace:
     # -- frames -------------------------------------------------------------------------------------
     def _load(self, kind: str, columns: tuple[str, ...] | None) -> pd.DataFrame:
         spec = tables.SPECS[kind]
-        default = {"kernels": tables.KERNEL_DEFAULT, "api": tables.API_DEFAULT}.get(kind, tuple(spec))
-        want = tuple(columns) if columns else default
+        want = tuple(columns) if columns else tables.default_columns(kind)
         have = self._frame_cols.get(kind)
         if have is not None and all(c in have for c in want if c in spec):
             return self._frames[kind]
@@ -158,16 +157,13 @@ class Trace:
         def load(kind: str) -> tuple[str, pd.DataFrame]:
             if kind == "nvtx":
                 return kind, _sorted(tables.nvtx(self))
-            spec = tables.SPECS[kind]
-            cols = {"kernels": tables.KERNEL_DEFAULT, "api": tables.API_DEFAULT}.get(kind, tuple(spec))
-            return kind, _sorted(tables.load(self, kind, cols))
+            return kind, _sorted(tables.load(self, kind, tables.default_columns(kind)))
 
         with ThreadPoolExecutor(max_workers=min(3, len(jobs))) as ex:
             for kind, df in ex.map(load, jobs):
                 self._frames[kind] = df
                 if kind != "nvtx":
-                    spec = tables.SPECS[kind]
-                    self._frame_cols[kind] = {"kernels": tables.KERNEL_DEFAULT, "api": tables.API_DEFAULT}.get(kind, tuple(spec))
+                    self._frame_cols[kind] = tables.default_columns(kind)
 
     def kernels(self, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
         """Kernels sorted by start (canonical columns; `columns` picks extra ones such as grid_x)."""
