@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nsysparse.analyses.gaps import gap_report
+from nsysparse.analyses.gaps import GapReport, gap_report
 from nsysparse.analyses.instances import op_instances
 from nsysparse.columns import Column
 from nsysparse.structure.mapping import Mapping
@@ -89,8 +89,8 @@ def _long(section: str, keys: pd.Series | np.ndarray | list[str], values: np.nda
     return pd.DataFrame({"section": section, "key": np.asarray(keys, dtype=object), "value": np.asarray(values, dtype=float), "judged": judged, "higher_is_better": higher_is_better})
 
 
-def profile(trace: Trace, m: Mapping, top_kernels: int = 10, flops_per_step: float | None = None, gpus: int = 1) -> Profile:
-    """Per-step samples of every key for one mapped trace."""
+def profile(trace: Trace, m: Mapping, top_kernels: int = 10, flops_per_step: float | None = None, gpus: int = 1, gaps: GapReport | None = None) -> Profile:
+    """Per-step samples of every key for one mapped trace (`gaps`: its gap report, if already computed)."""
     steps = m.steps
     parts: list[pd.DataFrame] = []
     notes: list[str] = []
@@ -126,7 +126,7 @@ def profile(trace: Trace, m: Mapping, top_kernels: int = 10, flops_per_step: flo
         layers_per_step = {str(k): int(round(v)) for k, v in counts.items()}
     # gaps between steps
     if len(steps) > 1:
-        gr = gap_report(trace, m)
+        gr = gaps if gaps is not None else gap_report(trace, m)
         if len(gr.gaps):
             parts.append(_long("gaps", ["inter-step gap"] * len(gr.gaps), gr.gaps["gap_us"].to_numpy()))
     # top kernels by short name (informational)

@@ -104,7 +104,7 @@ def collect(trace: Trace, m: Mapping, x: ReportInputs, title: str | None = None)
         notes += d.notes
     if x.baseline is not None:
         bt, bm = x.baseline
-        data.comparison = compare_profiles(profile(bt, bm), profile(trace, m))
+        data.comparison = compare_profiles(profile(bt, bm), profile(trace, m, gaps=gr))
         data.baseline_name = Path(str(bt.source_path)).name
         c = data.comparison
         counts = c.table["verdict"].value_counts()
