@@ -53,7 +53,7 @@ def measure(cmd: list[str], timeout: float) -> dict[str, float | int | str]:
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     rc = os.waitstatus_to_exitcode(status)
     if rc != 0:
-        print(f"  ! {' '.join(cmd[:4])}... exited {rc}: {err.strip().splitlines()[-1:] }", file=sys.stderr)
+        print(f"  ! {' '.join(cmd[:4])}... exited {rc}: {err.strip().splitlines()[-1:]}", file=sys.stderr)
     return {"wall_s": wall, "rss_mb": usage.ru_maxrss / 1024, "rc": rc}
 
 
@@ -82,7 +82,9 @@ def cases(trace: Path, out: Path, nsys: tuple[str, str] | None, with_proj: bool)
     if nsys:
         c.append((f"nsys stats {nsys[1]}", [nsys[0], "stats", "--report", nsys[1], "--format", "csv", "--output", "-", "--force-export", "false", t]))
         if with_proj:
-            c.append(("nsys stats nvtxgpuproj", [nsys[0], "stats", "--report", "nvtxgpuproj", "--format", "csv", "--output", "-", "--force-export", "false", t]))
+            c.append(
+                ("nsys stats nvtxgpuproj", [nsys[0], "stats", "--report", "nvtxgpuproj", "--format", "csv", "--output", "-", "--force-export", "false", t])
+            )
     return c
 
 
@@ -123,7 +125,13 @@ def main() -> int:
                 results.append({"size": n, "kernels": kernels, "file_mb": trace.stat().st_size / 1e6, "case": name, **r, **extra})
                 print(f"{n:>4}x {name:28s} {r['wall_s']:8.2f} s {r['rss_mb']:8.0f} MB", file=sys.stderr)
     a.json.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(), "nsys": nsys[1] if nsys else None, "date": time.strftime("%Y-%m-%d")}
+    meta = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "nsys": nsys[1] if nsys else None,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     a.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print(render(results))
     return 0
@@ -132,12 +140,17 @@ def main() -> int:
 def render(results: list[dict]) -> str:
     """Markdown: one row per (size, case) with ratios to the floor and per-kernel cost."""
     floor = {r["size"]: r["wall_s"] for r in results if r["case"].startswith("floor")}
-    lines = ["| size | kernels | file MB | case | wall s | peak RSS MB | × floor | µs per kernel | output MB |", "|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| size | kernels | file MB | case | wall s | peak RSS MB | × floor | µs per kernel | output MB |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         ratio = r["wall_s"] / floor[r["size"]] if floor.get(r["size"]) else float("nan")
         per = r["wall_s"] / r["kernels"] * 1e6
         out = f"{r['output_mb']:.2f}" if "output_mb" in r else ""
-        lines.append(f"| {r['size']}× | {r['kernels']:,} | {r['file_mb']:.0f} | {r['case']} | {r['wall_s']:.2f} | {r['rss_mb']:.0f} | {ratio:.2f} | {per:.2f} | {out} |")
+        lines.append(
+            f"| {r['size']}× | {r['kernels']:,} | {r['file_mb']:.0f} | {r['case']} | {r['wall_s']:.2f} | {r['rss_mb']:.0f} | {ratio:.2f} | {per:.2f} | {out} |"
+        )
     full = {r["size"]: r["wall_s"] / r["kernels"] for r in results if r["case"] == "full analysis"}
     if 10 in full and 400 in full:
         lines.append("")

@@ -1,6 +1,6 @@
 """Where the time of a full analysis goes: wall time and peak RSS after each stage, in one process.
 
-    python benchmarks/stages.py benchmarks/data/moe_decode_op_x400.sqlite
+python benchmarks/stages.py benchmarks/data/moe_decode_op_x400.sqlite
 """
 
 import resource
@@ -32,7 +32,12 @@ with open_trace(sys.argv[1]) as t:
         r = fn()
         m = r if name == "map" else m
         print(f"{name:10s} {time.perf_counter() - a:6.2f} s  peak {rss_mb():6.0f} MB")
-    for name, fn in (("ops", lambda: op_summary(m, by_kind=True)), ("steps", lambda: step_table(m)), ("layers", lambda: layer_report(m)), ("gaps", lambda: gap_report(t, m))):
+    for name, fn in (
+        ("ops", lambda: op_summary(m, by_kind=True)),
+        ("steps", lambda: step_table(m)),
+        ("layers", lambda: layer_report(m)),
+        ("gaps", lambda: gap_report(t, m)),
+    ):
         a = time.perf_counter()
         fn()
         print(f"{name:10s} {time.perf_counter() - a:6.2f} s  peak {rss_mb():6.0f} MB")

@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     counts = tile(a.source, a.n, a.output, a.gap_ns)
-    print(f"{a.output}: {counts.get('CUPTI_ACTIVITY_KIND_KERNEL', 0):,} kernels, {a.output.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(
+        f"{a.output}: {counts.get('CUPTI_ACTIVITY_KIND_KERNEL', 0):,} kernels, {a.output.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
     return 0
 
 

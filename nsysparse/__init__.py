@@ -6,7 +6,7 @@ return pandas DataFrames with documented columns. The `nsysparse` command is a t
 
 __version__ = "0.1.0"
 
-from nsysparse.errors import NsysparseError  # noqa: E402
-from nsysparse.trace import Trace, open_trace  # noqa: E402
+from nsysparse.errors import NsysparseError
+from nsysparse.trace import Trace, open_trace
 
-__all__ = ["NsysparseError", "Trace", "open_trace", "__version__"]
+__all__ = ["NsysparseError", "Trace", "__version__", "open_trace"]

@@ -6,7 +6,8 @@ names); hashing or matching every row is the slow path. These helpers turn a col
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd

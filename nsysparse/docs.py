@@ -6,8 +6,8 @@ tests/test_docs.py fails when the committed file differs from what this prints.
 from __future__ import annotations
 
 from nsysparse.analyses import compare, coverage, gaps, kernel_summary, layers, mfu, ops, serving, simdiff, steps
-from nsysparse.models import predict
 from nsysparse.columns import Column, describe
+from nsysparse.models import predict
 
 SECTIONS: list[tuple[str, str, tuple[Column, ...]]] = [
     ("kernels", "`nsysparse kernels`: one row per kernel name (nsys stats' numbers, in µs)", kernel_summary.COLUMNS),
@@ -48,8 +48,13 @@ summary columns plus `per_step` and `notes`. `predict`: `meta` (the prediction f
 
 
 def render() -> str:
-    parts = ["# Output columns", "", "Generated from the declarations in `nsysparse/analyses/` by `python -m nsysparse.docs`.",
-             "Units are in the names: `_ns`, `_us`, `_ms`, `_pct`.", ""]
+    parts = [
+        "# Output columns",
+        "",
+        "Generated from the declarations in `nsysparse/analyses/` by `python -m nsysparse.docs`.",
+        "Units are in the names: `_ns`, `_us`, `_ms`, `_pct`.",
+        "",
+    ]
     for anchor, title, cols in SECTIONS:
         parts += [f'<a id="{anchor}"></a>', f"## {title}", "", describe(cols), ""]
     parts.append(JSON_NOTES.strip())

@@ -14,8 +14,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 DELAY_S = 1.0
 
@@ -41,7 +42,7 @@ class Progress:
         self._lock = threading.Lock()
         self._t0 = time.perf_counter()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         if enabled():
             self._timer = threading.Timer(DELAY_S, self._show)
             self._timer.daemon = True
@@ -50,11 +51,19 @@ class Progress:
 
     def _show(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, Progress as RichProgress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
 
         with self._lock:
-            bar = RichProgress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                               TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            bar = RichProgress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self._task = bar.add_task(self.label or self.title, total=self.total, completed=self.done)
             bar.start()
             self._bar = bar

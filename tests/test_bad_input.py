@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 COMMANDS = (
-    ["info"], ["kernels"], ["export", "--what", "kernels"], ["ops"], ["layers"], ["steps"], ["gaps"],
+    ["info"],
+    ["kernels"],
+    ["export", "--what", "kernels"],
+    ["ops"],
+    ["layers"],
+    ["steps"],
+    ["gaps"],
     ["mfu", "--model", "llama-mini", "--batch", "1", "--seq", "8", "--hardware", "h100_sxm"],
 )
 

@@ -10,7 +10,6 @@ import subprocess
 import duckdb
 import pandas as pd
 import pytest
-
 from conftest import PUBLIC, public_trace
 
 PUBLIC_FILES = sorted(p.relative_to(PUBLIC).as_posix() for p in PUBLIC.glob("*/*.sqlite")) if PUBLIC.exists() else []
@@ -127,7 +126,14 @@ def test_public_traces_info_and_kernels(run, rel):
 
 @pytest.mark.public
 @pytest.mark.skipif(shutil.which("nsys") is None, reason="nsys not installed (../shared/tools/nsys-kit/install-debian-nsys.sh)")
-@pytest.mark.parametrize("rel", ["GindaChen_nsys-ai/mfu_2gpu_before.sqlite", "NVIDIA_Fuser/report1_8fa9ec2_h100_test_matmul.sqlite", "hpcgroup_pipit/saxpy-mpi-cuda_nsys_perlmutter0.sqlite"])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "GindaChen_nsys-ai/mfu_2gpu_before.sqlite",
+        "NVIDIA_Fuser/report1_8fa9ec2_h100_test_matmul.sqlite",
+        "hpcgroup_pipit/saxpy-mpi-cuda_nsys_perlmutter0.sqlite",
+    ],
+)
 def test_same_numbers_as_nsys_stats(run, tmp_path, rel):
     """nsys 2022.4's gpukernsum groups by name + grid + block, like --by-launch-config."""
     src = public_trace(rel)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import fixture_trace, public_trace
+
 from nsysparse.analyses.compare import COLUMNS, Profile, compare_profiles
 from nsysparse.columns import validate_frame
 

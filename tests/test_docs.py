@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import fixture_trace
+
 from nsysparse.analyses import gaps, kernel_summary, layers, ops, steps
 from nsysparse.cli import cli
 from nsysparse.columns import validate_frame

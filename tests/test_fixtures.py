@@ -7,11 +7,11 @@ import re
 from collections import Counter
 
 import pytest
-
 from conftest import FIXTURE_NAMES, FIXTURES
+
 from nsysparse.rules import load_rules
-from nsysparse.trace import open_trace
 from nsysparse.trace import info as trace_info
+from nsysparse.trace import open_trace
 
 
 def manifest(name):

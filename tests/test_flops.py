@@ -27,10 +27,23 @@ def megatron_reference(args, batch_size):
     ffn_x = 3 if args.swiglu else 2
     s = args.seq_length
     if args.mla:
-        q_term = args.q_lora_rank * (args.hidden_size + args.num_attention_heads * (args.qk_head_dim + args.qk_pos_emb_head_dim) + 1) if args.q_lora_rank else args.hidden_size * args.num_attention_heads * (args.qk_head_dim + args.qk_pos_emb_head_dim)
-        attn = 3 * 2 * (q_term + args.kv_lora_rank * (args.hidden_size + args.num_attention_heads * (args.qk_head_dim + args.v_head_dim) + 1)
-                        + args.hidden_size * args.qk_pos_emb_head_dim + args.num_attention_heads * args.v_head_dim * args.hidden_size
-                        + s * args.num_attention_heads * (args.qk_head_dim + args.qk_pos_emb_head_dim) / 2 + s * args.num_attention_heads * args.v_head_dim / 2)
+        q_term = (
+            args.q_lora_rank * (args.hidden_size + args.num_attention_heads * (args.qk_head_dim + args.qk_pos_emb_head_dim) + 1)
+            if args.q_lora_rank
+            else args.hidden_size * args.num_attention_heads * (args.qk_head_dim + args.qk_pos_emb_head_dim)
+        )
+        attn = (
+            3
+            * 2
+            * (
+                q_term
+                + args.kv_lora_rank * (args.hidden_size + args.num_attention_heads * (args.qk_head_dim + args.v_head_dim) + 1)
+                + args.hidden_size * args.qk_pos_emb_head_dim
+                + args.num_attention_heads * args.v_head_dim * args.hidden_size
+                + s * args.num_attention_heads * (args.qk_head_dim + args.qk_pos_emb_head_dim) / 2
+                + s * args.num_attention_heads * args.v_head_dim / 2
+            )
+        )
     else:
         q = args.kv_channels * args.num_attention_heads
         kv = args.kv_channels * args.num_query_groups
@@ -41,30 +54,68 @@ def megatron_reference(args, batch_size):
         qk = args.linear_key_head_dim * args.linear_num_key_heads
         v = args.linear_value_head_dim * args.linear_num_value_heads
         nv = args.linear_num_value_heads
-        lin = 3 * 2 * (args.hidden_size * (2 * qk + 2 * v + 2 * nv) + args.linear_conv_kernel_dim * (2 * qk + v) + nv * args.linear_value_head_dim**2 * 4 + args.hidden_size * v)
+        lin = (
+            3
+            * 2
+            * (
+                args.hidden_size * (2 * qk + 2 * v + 2 * nv)
+                + args.linear_conv_kernel_dim * (2 * qk + v)
+                + nv * args.linear_value_head_dim**2 * 4
+                + args.hidden_size * v
+            )
+        )
         self_attn = lin * n_lin + attn * (num_layers - n_lin)
     else:
         self_attn = attn * num_layers
-    return batch_size * s * (
-        3 * 2 * args.hidden_size * (args.ffn_hidden_size * ffn_x * num_dense_layers + args.moe_ffn_hidden_size * routed * ffn_x * num_moe_layers + args.shared * ffn_x * num_moe_layers)
-        + self_attn
-        + 3 * 2 * mtp * (3 * args.hidden_size + 2 * args.hidden_size * args.hidden_size)
-        + 3 * 2 * args.hidden_size * args.padded_vocab_size * (mtp + 1)
+    return (
+        batch_size
+        * s
+        * (
+            3
+            * 2
+            * args.hidden_size
+            * (
+                args.ffn_hidden_size * ffn_x * num_dense_layers
+                + args.moe_ffn_hidden_size * routed * ffn_x * num_moe_layers
+                + args.shared * ffn_x * num_moe_layers
+            )
+            + self_attn
+            + 3 * 2 * mtp * (3 * args.hidden_size + 2 * args.hidden_size * args.hidden_size)
+            + 3 * 2 * args.hidden_size * args.padded_vocab_size * (mtp + 1)
+        )
     )
 
 
 def megatron_args(spec: ModelSpec, seq: int) -> SimpleNamespace:
     return SimpleNamespace(
-        num_layers=spec.num_hidden_layers, hidden_size=spec.hidden_size, num_attention_heads=spec.num_attention_heads,
-        num_query_groups=spec.num_key_value_heads, kv_channels=spec.head_dim, ffn_hidden_size=spec.intermediate_size,
-        swiglu=spec.swiglu, num_experts=spec.num_experts, moe_router_topk=spec.num_experts_per_tok, moe_ffn_hidden_size=spec.moe_intermediate_size,
-        shared=spec.shared_expert_intermediate_size, first_dense=spec.first_k_dense, moe_layer_freq=spec.moe_layer_freq,
-        mla=spec.is_mla, q_lora_rank=spec.q_lora_rank, kv_lora_rank=spec.kv_lora_rank, qk_head_dim=spec.qk_nope_head_dim,
-        qk_pos_emb_head_dim=spec.qk_rope_head_dim, v_head_dim=spec.v_head_dim, mtp_num_layers=spec.mtp_layers,
-        linear_attention_freq=spec.full_attention_interval, linear_key_head_dim=spec.linear_key_head_dim,
-        linear_num_key_heads=spec.linear_num_key_heads, linear_value_head_dim=spec.linear_value_head_dim,
-        linear_num_value_heads=spec.linear_num_value_heads, linear_conv_kernel_dim=spec.linear_conv_kernel_dim,
-        seq_length=seq, padded_vocab_size=spec.vocab_size,
+        num_layers=spec.num_hidden_layers,
+        hidden_size=spec.hidden_size,
+        num_attention_heads=spec.num_attention_heads,
+        num_query_groups=spec.num_key_value_heads,
+        kv_channels=spec.head_dim,
+        ffn_hidden_size=spec.intermediate_size,
+        swiglu=spec.swiglu,
+        num_experts=spec.num_experts,
+        moe_router_topk=spec.num_experts_per_tok,
+        moe_ffn_hidden_size=spec.moe_intermediate_size,
+        shared=spec.shared_expert_intermediate_size,
+        first_dense=spec.first_k_dense,
+        moe_layer_freq=spec.moe_layer_freq,
+        mla=spec.is_mla,
+        q_lora_rank=spec.q_lora_rank,
+        kv_lora_rank=spec.kv_lora_rank,
+        qk_head_dim=spec.qk_nope_head_dim,
+        qk_pos_emb_head_dim=spec.qk_rope_head_dim,
+        v_head_dim=spec.v_head_dim,
+        mtp_num_layers=spec.mtp_layers,
+        linear_attention_freq=spec.full_attention_interval,
+        linear_key_head_dim=spec.linear_key_head_dim,
+        linear_num_key_heads=spec.linear_num_key_heads,
+        linear_value_head_dim=spec.linear_value_head_dim,
+        linear_num_value_heads=spec.linear_num_value_heads,
+        linear_conv_kernel_dim=spec.linear_conv_kernel_dim,
+        seq_length=seq,
+        padded_vocab_size=spec.vocab_size,
     )
 
 
@@ -78,8 +129,17 @@ def test_totals_equal_megatron(name, seq):
 def test_dense_closed_form():
     """24·L·B·s·h² + 2·L·B·s²·h + 2·B·s·h·V forward, ×3 for training (GPT: MHA, 4h GELU MLP)."""
     L, B, s, h, V = 24, 4, 2048, 2048, 50304
-    gpt = ModelSpec("gpt", hidden_size=h, num_hidden_layers=L, num_attention_heads=16, num_key_value_heads=16, head_dim=128,
-                    intermediate_size=4 * h, vocab_size=V, swiglu=False)
+    gpt = ModelSpec(
+        "gpt",
+        hidden_size=h,
+        num_hidden_layers=L,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        head_dim=128,
+        intermediate_size=4 * h,
+        vocab_size=V,
+        swiglu=False,
+    )
     fwd = 24 * L * B * s * h**2 + 2 * L * B * s**2 * h + 2 * B * s * h * V
     assert step_flops(gpt, Workload("train", batch=B, seq=s)) == pytest.approx(3 * fwd, rel=1e-12)
     assert step_flops(gpt, Workload("prefill", batch=B, seq=s)) == pytest.approx(fwd - 2 * B * s * h * V + 2 * B * h * V, rel=1e-12)
@@ -105,10 +165,30 @@ def test_op_table_matches_the_generator_manifest(tmp_path):
 
 
 def test_hf_config_parsing():
-    ds = from_hf({"hidden_size": 7168, "num_hidden_layers": 61, "num_attention_heads": 128, "num_key_value_heads": 128, "vocab_size": 129280,
-                  "intermediate_size": 18432, "n_routed_experts": 256, "num_experts_per_tok": 8, "moe_intermediate_size": 2048, "n_shared_experts": 1,
-                  "first_k_dense_replace": 3, "moe_layer_freq": 1, "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128,
-                  "qk_rope_head_dim": 64, "v_head_dim": 128, "num_nextn_predict_layers": 1, "hidden_act": "silu"}, "dsv3")
+    ds = from_hf(
+        {
+            "hidden_size": 7168,
+            "num_hidden_layers": 61,
+            "num_attention_heads": 128,
+            "num_key_value_heads": 128,
+            "vocab_size": 129280,
+            "intermediate_size": 18432,
+            "n_routed_experts": 256,
+            "num_experts_per_tok": 8,
+            "moe_intermediate_size": 2048,
+            "n_shared_experts": 1,
+            "first_k_dense_replace": 3,
+            "moe_layer_freq": 1,
+            "q_lora_rank": 1536,
+            "kv_lora_rank": 512,
+            "qk_nope_head_dim": 128,
+            "qk_rope_head_dim": 64,
+            "v_head_dim": 128,
+            "num_nextn_predict_layers": 1,
+            "hidden_act": "silu",
+        },
+        "dsv3",
+    )
     assert megatron_flops(ds, 2, 1024) == pytest.approx(megatron_flops(PRESETS["deepseek-v3"], 2, 1024))
     assert ds.layer_kinds().count("moe") == 58
 

@@ -7,9 +7,9 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import fixture_trace
 from nsysbuilder import gtid
+
 from nsysparse.analyses.gaps import gap_report
 from nsysparse.analyses.serving import serving_metrics
 from nsysparse.structure.mapping import map_trace
@@ -81,7 +81,15 @@ def test_gpu_dependency_and_collective_wait(builder, tmp_path):
 
     def nccl_on_another_stream(b, a, z):
         # a collective of step 1 (launched early on a comm stream) spins waiting for its peers
-        b.kernel(a + 10_000, z - 1_000, "ncclDevKernel_AllReduce_Sum_bf16_RING_LL(x)", short="ncclDevKernel_AllReduce_Sum_bf16_RING_LL", stream=20, api_start=early - 80, api_end=early - 60)
+        b.kernel(
+            a + 10_000,
+            z - 1_000,
+            "ncclDevKernel_AllReduce_Sum_bf16_RING_LL(x)",
+            short="ncclDevKernel_AllReduce_Sum_bf16_RING_LL",
+            stream=20,
+            api_start=early - 80,
+            api_end=early - 60,
+        )
 
     b = builder()
     two_steps(b, 500_000, step1_launch=early, between=nccl_on_another_stream)
@@ -141,7 +149,7 @@ def test_fixture_gaps_match_nvtx_truth_and_the_twin():
         blind = gap_report(t, map_trace(t, nvtx="off"))
     assert len(truth.gaps) == 11 and set(truth.gaps["cause"]) == {"host work"}
     assert set(truth.gaps["host_nvtx"]) == {"host_gap"}
-    diff = (truth.gaps["gap_us"].to_numpy() - blind.gaps["gap_us"].to_numpy())
+    diff = truth.gaps["gap_us"].to_numpy() - blind.gaps["gap_us"].to_numpy()
     assert abs(diff).max() <= 20.0
     assert set(blind.gaps["cause"]) == {"host work"}
     with open_trace(fixture_trace("moe_decode_nonvtx")) as t:

@@ -6,8 +6,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import FIXTURES, fixture_trace
+
 from nsysparse.analyses.layers import layer_report
 from nsysparse.structure.mapping import map_trace
 from nsysparse.trace import open_trace

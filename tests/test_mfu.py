@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import FIXTURES, fixture_trace
+
 from nsysparse.analyses.mfu import STEP_COLUMNS, SUMMARY_COLUMNS, mfu_report, step_times
 from nsysparse.columns import validate_frame
 from nsysparse.errors import ConfigError
@@ -104,7 +104,15 @@ def test_mfu_report_units():
 
 
 def test_hardware_table_and_detection():
-    for name, key in [("NVIDIA H100 80GB HBM3", "h100_sxm"), ("NVIDIA H200", "h200"), ("NVIDIA H800", "h800"), ("NVIDIA A100-SXM4-80GB", "a100"), ("NVIDIA B200", "b200"), ("NVIDIA GB200", "gb200"), ("H100 PCIe", "h100_pcie")]:
+    for name, key in [
+        ("NVIDIA H100 80GB HBM3", "h100_sxm"),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA H800", "h800"),
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("NVIDIA B200", "b200"),
+        ("NVIDIA GB200", "gb200"),
+        ("H100 PCIe", "h100_pcie"),
+    ]:
         assert hardware.find(name).key == key, name
     h = hardware.find("h100_sxm")
     assert (h.bf16_tflops, h.fp8_tflops, h.hbm_tbps) == (989.4, 1979.0, 3.35)
@@ -149,7 +157,10 @@ def test_predict_cli(run, tmp_path):
     fwd = float(next(ln for ln in text.splitlines() if ln.startswith("# forward_us")).split(":")[1])
     assert fwd == pytest.approx((df["predicted_us"] * df["count_per_forward"]).sum(), rel=1e-6)
     assert "--kv-len is needed" in run("predict", "--model", "deepseek-v3", "--hardware", "h100_sxm", "--batch", "4", expect=2).output
-    assert "Use .csv, .json or .yaml" in run("predict", "--model", "deepseek-v3", "--hardware", "h100_sxm", "--batch", "4", "--kv-len", "8", "-o", tmp_path / "p.xlsx", expect=1).output
+    assert (
+        "Use .csv, .json or .yaml"
+        in run("predict", "--model", "deepseek-v3", "--hardware", "h100_sxm", "--batch", "4", "--kv-len", "8", "-o", tmp_path / "p.xlsx", expect=1).output
+    )
     js = json.loads(run("predict", "--model", "qwen3-next-80b-a3b", "--hardware", "b200", "--batch", "4", "--kv-len", "1024", "-f", "json").stdout)
     assert js["meta"]["hardware"] == "B200" and any(o["op"] == "linear_attn" for o in js["ops"])
     assert "approximate" in run("predict", "--model", "qwen3-next-80b-a3b", "--hardware", "b200", "--batch", "4", "--kv-len", "1024").output

@@ -11,14 +11,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, fixture_trace
+
 from nsysparse.report.timeline import step_timeline
 from nsysparse.structure.mapping import map_trace
 from nsysparse.trace import open_trace
 
 ARTIFACTS = Path(os.environ.get("NSYSPARSE_ARTIFACTS", ROOT / "test-artifacts"))
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SECTIONS = ("summary", "layers", "timeline", "gaps", "kernels", "unmapped")
 
 
@@ -67,10 +75,19 @@ def render_in_chromium(html_path: Path, name: str) -> tuple[str, str]:
     """(DOM after scripts ran, Chromium's stderr); keeps a screenshot under test-artifacts/."""
     exe = chromium()
     url = html_path.resolve().as_uri()
-    dom = subprocess.run([exe, *CHROMIUM_FLAGS, "--virtual-time-budget=20000", "--enable-logging=stderr", "--v=0", "--dump-dom", url], capture_output=True, text=True, timeout=180)
+    dom = subprocess.run(
+        [exe, *CHROMIUM_FLAGS, "--virtual-time-budget=20000", "--enable-logging=stderr", "--v=0", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / f"{name}.png"
-    subprocess.run([exe, *CHROMIUM_FLAGS, "--hide-scrollbars", "--virtual-time-budget=20000", "--window-size=1400,4000", f"--screenshot={shot}", url], capture_output=True, timeout=180)
+    subprocess.run(
+        [exe, *CHROMIUM_FLAGS, "--hide-scrollbars", "--virtual-time-budget=20000", "--window-size=1400,4000", f"--screenshot={shot}", url],
+        capture_output=True,
+        timeout=180,
+    )
     assert shot.exists() and shot.stat().st_size > 10_000, "no screenshot"
     return dom.stdout, dom.stderr
 
@@ -92,7 +109,9 @@ def full_report(tmp_path_factory):
     r = CliRunner().invoke(cli, ["predict", "--model", str(man), "--hardware", "h100_sxm", "-o", str(pred)])
     assert r.exit_code == 0, r.output
     out = tmp / "report.html"
-    r = CliRunner().invoke(cli, ["report", str(trace), "-o", str(out), "--model", str(man), "--predictions", str(pred), "--baseline", str(fixture_trace("moe_decode_op_gap3ms"))])
+    r = CliRunner().invoke(
+        cli, ["report", str(trace), "-o", str(out), "--model", str(man), "--predictions", str(pred), "--baseline", str(fixture_trace("moe_decode_op_gap3ms"))]
+    )
     assert r.exit_code == 0, r.output
     return out
 
@@ -209,9 +228,8 @@ def test_example_report_in_reports_is_current():
 def test_report_never_contains_host_or_environment_fields(run, tmp_path):
     """The builder plants host names, users and environment variables in the metadata tables."""
     from conftest import SECRETS
-    from test_compare import decode_trace  # a small NVTX decode trace from the builder
-
     from nsysbuilder import TraceBuilder
+    from test_compare import decode_trace  # a small NVTX decode trace from the builder
 
     class B:  # the builder fixture's factory, without the fixture
         def __call__(self, era="2024.5", **kw):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import fixture_trace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import fixture_trace
 from nsysparse.analyses.simdiff import COLUMNS, Measured, measured_from_table, parse_layer_counts, simdiff
 from nsysparse.columns import validate_frame
 from nsysparse.errors import ConfigError
@@ -84,8 +84,29 @@ def test_measured_table_with_counts_and_aliases(rules, tmp_path):
 
 
 def test_unmatched_rows_and_kind_specific_predictions(rules, tmp_path):
-    meas = Measured(pd.DataFrame({"layer_kind": ["dense", "moe", "moe", "other"], "op": ["fmha", "fmha", "moe_up", "lm_head"], "count": [2.0, 4.0, 4.0, 1.0], "measured_us": [10.0, 12.0, 30.0, 50.0]}), 400.0 / 1e3, "trace")
-    pred = normalise(pd.DataFrame({"op": ["attention", "fmha", "combine", "moe_up"], "layer_kind": ["any", "moe", "moe", "dense"], "predicted_us": [8.0, 11.0, 5.0, 20.0], "count_per_forward": [None, 4, 4, 2]}), rules)
+    meas = Measured(
+        pd.DataFrame(
+            {
+                "layer_kind": ["dense", "moe", "moe", "other"],
+                "op": ["fmha", "fmha", "moe_up", "lm_head"],
+                "count": [2.0, 4.0, 4.0, 1.0],
+                "measured_us": [10.0, 12.0, 30.0, 50.0],
+            }
+        ),
+        400.0 / 1e3,
+        "trace",
+    )
+    pred = normalise(
+        pd.DataFrame(
+            {
+                "op": ["attention", "fmha", "combine", "moe_up"],
+                "layer_kind": ["any", "moe", "moe", "dense"],
+                "predicted_us": [8.0, 11.0, 5.0, 20.0],
+                "count_per_forward": [None, 4, 4, 2],
+            }
+        ),
+        rules,
+    )
     d = simdiff(meas, pred)
     bk = d.by_kind.set_index(["layer_kind", "op"])
     assert bk.loc[("dense", "fmha"), "predicted_us"] == 8.0  # `any` row
@@ -105,7 +126,12 @@ row = st.tuples(st.sampled_from(["dense", "moe", "mtp"]), st.sampled_from(["fmha
 @settings(max_examples=60, deadline=None)
 @given(
     meas=st.dictionaries(row, st.tuples(st.integers(1, 60), st.floats(0.1, 500)), min_size=1, max_size=12),
-    pred=st.dictionaries(st.tuples(st.sampled_from(["dense", "moe", "mtp", "any"]), st.sampled_from(["fmha", "o_proj", "moe_up", "combine", "dispatch", "embed"])), st.tuples(st.integers(1, 60), st.floats(0.1, 500)), min_size=1, max_size=12),
+    pred=st.dictionaries(
+        st.tuples(st.sampled_from(["dense", "moe", "mtp", "any"]), st.sampled_from(["fmha", "o_proj", "moe_up", "combine", "dispatch", "embed"])),
+        st.tuples(st.integers(1, 60), st.floats(0.1, 500)),
+        min_size=1,
+        max_size=12,
+    ),
     extra=st.floats(-5, 50),
 )
 def test_reconciliation_identity(meas, pred, extra):

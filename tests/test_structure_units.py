@@ -89,14 +89,14 @@ def kernel_stream(steps: int, per_step: list[int], gap_in: int, gap_between: int
 
 def test_steps_from_idle_gaps():
     s, e, c = kernel_stream(6, [1, 2, 3, 2, 4], 2_000, 1_000_000)
-    cuts, method, conf, why = infer_cuts(s, e, c)
+    cuts, method, conf, _why = infer_cuts(s, e, c)
     assert method == "inferred-gaps" and list(cuts) == [0, 5, 10, 15, 20, 25]
     assert conf > 0.9
 
 
 def test_steps_from_periodicity_without_gaps():
     s, e, c = kernel_stream(8, [7, 1, 2, 3, 1, 2, 3, 9], 3_000, 0)
-    cuts, method, conf, why = infer_cuts(s, e, c)
+    cuts, method, _conf, _why = infer_cuts(s, e, c)
     assert method == "inferred-period"
     assert np.all(np.diff(cuts) == 8)
 
@@ -104,27 +104,37 @@ def test_steps_from_periodicity_without_gaps():
 def test_no_steps_in_noise():
     rng = np.random.default_rng(0)
     s = np.cumsum(rng.integers(100, 5_000, 300))
-    cuts, method, conf, why = infer_cuts(s, s + 50, rng.integers(0, 50, 300))
+    _cuts, method, conf, why = infer_cuts(s, s + 50, rng.integers(0, 50, 300))
     assert method == "none" and conf == 0.0 and why
 
 
 # ---- mapping on synthetic traces ---------------------------------------------------------------
 def llama_layer(b, t0, tid=100, stream=7, nvtx=True, layer=0):
     """Kernels of one Llama-like decode layer as our eager generator launches them."""
-    seq = [("vectorized_layer_norm_kernel", "void at::native::(anonymous)::vectorized_layer_norm_kernel<float>(int)", "attn_norm"),
-           ("nvjet_sm90_tst_64x8_TNT", "nvjet_sm90_tst_64x8_TNT", "q_proj"), ("nvjet_sm90_tst_64x8_TNT", "nvjet_sm90_tst_64x8_TNT", "k_proj"),
-           ("nvjet_sm90_tst_64x8_TNT", "nvjet_sm90_tst_64x8_TNT", "v_proj")]
+    seq = [
+        ("vectorized_layer_norm_kernel", "void at::native::(anonymous)::vectorized_layer_norm_kernel<float>(int)", "attn_norm"),
+        ("nvjet_sm90_tst_64x8_TNT", "nvjet_sm90_tst_64x8_TNT", "q_proj"),
+        ("nvjet_sm90_tst_64x8_TNT", "nvjet_sm90_tst_64x8_TNT", "k_proj"),
+        ("nvjet_sm90_tst_64x8_TNT", "nvjet_sm90_tst_64x8_TNT", "v_proj"),
+    ]
     ew = ("elementwise_kernel", "void at::native::elementwise_kernel<128, 4, BinaryFunctor<mul>>()", "rope")
     cat = ("CatArrayBatchedCopy", "void at::native::CatArrayBatchedCopy<int>()", "rope")
     seq += [ew, ew, cat, ew, ew, ew, ew, cat, ew, ew]
     cp = ("elementwise_kernel", "void at::native::elementwise_kernel<128, 4, gpu_kernel_impl_nocast<at::native::direct_copy_kernel_cuda()>>()", "kv_cache")
-    seq += [cp, cp, ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_x", "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_x", "fmha"),
-            ("nvjet_sm90_tst_64x8_TNT", "nvjet_sm90_tst_64x8_TNT", "o_proj"), ("vectorized_elementwise_kernel", "void at::native::vectorized_elementwise_kernel<8, CUDAFunctor_add>()", "o_proj"),
-            ("vectorized_layer_norm_kernel", "void at::native::(anonymous)::vectorized_layer_norm_kernel<float>(int)", "ffn_norm"),
-            ("nvjet_sm90_tst_128x16_TNT", "nvjet_sm90_tst_128x16_TNT", "mlp_up"), ("elementwise_kernel", "void at::native::elementwise_kernel<128,4, silu_kernel()>()", "mlp_act"),
-            ("elementwise_kernel", "void at::native::elementwise_kernel<128,4,BinaryFunctor<mul>>()", "mlp_act"),
-            ("nvjet_sm90_tst_64x16_splitK_TNT", "nvjet_sm90_tst_64x16_splitK_TNT", "mlp_down"), ("splitKreduce_kernel", "void cublasLt::splitKreduce_kernel<int>()", "mlp_down"),
-            ("vectorized_elementwise_kernel", "void at::native::vectorized_elementwise_kernel<8, CUDAFunctor_add>()", "mlp_down")]
+    seq += [
+        cp,
+        cp,
+        ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_x", "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_x", "fmha"),
+        ("nvjet_sm90_tst_64x8_TNT", "nvjet_sm90_tst_64x8_TNT", "o_proj"),
+        ("vectorized_elementwise_kernel", "void at::native::vectorized_elementwise_kernel<8, CUDAFunctor_add>()", "o_proj"),
+        ("vectorized_layer_norm_kernel", "void at::native::(anonymous)::vectorized_layer_norm_kernel<float>(int)", "ffn_norm"),
+        ("nvjet_sm90_tst_128x16_TNT", "nvjet_sm90_tst_128x16_TNT", "mlp_up"),
+        ("elementwise_kernel", "void at::native::elementwise_kernel<128,4, silu_kernel()>()", "mlp_act"),
+        ("elementwise_kernel", "void at::native::elementwise_kernel<128,4,BinaryFunctor<mul>>()", "mlp_act"),
+        ("nvjet_sm90_tst_64x16_splitK_TNT", "nvjet_sm90_tst_64x16_splitK_TNT", "mlp_down"),
+        ("splitKreduce_kernel", "void cublasLt::splitKreduce_kernel<int>()", "mlp_down"),
+        ("vectorized_elementwise_kernel", "void at::native::vectorized_elementwise_kernel<8, CUDAFunctor_add>()", "mlp_down"),
+    ]
     t = t0
     ops = []
     last_api_end = t
@@ -214,7 +224,9 @@ def test_library_nvtx_domains_are_ignored(builder, tmp_path):
     b.push(10, 90_000, "dispatch")
     b.push(20, 80_000, "cub::DeviceRadixSort::SortPairs", domain=1)
     b.domain(1, "CCCL")
-    b.kernel(200_000, 201_000, "void at_cuda_detail::cub::DeviceRadixSortOnesweepKernel<int>()", short="DeviceRadixSortOnesweepKernel", api_start=30, api_end=40)
+    b.kernel(
+        200_000, 201_000, "void at_cuda_detail::cub::DeviceRadixSortOnesweepKernel<int>()", short="DeviceRadixSortOnesweepKernel", api_start=30, api_end=40
+    )
     path = b.write(tmp_path / "d.sqlite")
     with open_trace(path) as t:
         m = map_trace(t)
@@ -228,14 +240,39 @@ def test_graph_node_kernels_take_capture_time_ranges(builder, tmp_path):
     b.push(1_000, 9_000, "layer_0_moe")
     b.push(1_100, 2_000, "combine")
     for i in range(2):  # capture-time creation of nodes 1, 2 (original ids), instantiated as 101, 102
-        b.add("CUDA_GRAPH_NODE_EVENTS", start=1_500 + i, end=1_500 + i, eventClass=77, globalTid=(1 << 48) | (100 << 24) | 100, nameId=b.sid("Graph Node Creation"), graphNodeId=i + 1, originalGraphNodeId=None)
-        b.add("CUDA_GRAPH_NODE_EVENTS", start=20_000 + i, end=20_000 + i, eventClass=77, globalTid=(1 << 48) | (100 << 24) | 100, nameId=b.sid("Graph Node Creation"), graphNodeId=101 + i, originalGraphNodeId=i + 1)
+        b.add(
+            "CUDA_GRAPH_NODE_EVENTS",
+            start=1_500 + i,
+            end=1_500 + i,
+            eventClass=77,
+            globalTid=(1 << 48) | (100 << 24) | 100,
+            nameId=b.sid("Graph Node Creation"),
+            graphNodeId=i + 1,
+            originalGraphNodeId=None,
+        )
+        b.add(
+            "CUDA_GRAPH_NODE_EVENTS",
+            start=20_000 + i,
+            end=20_000 + i,
+            eventClass=77,
+            globalTid=(1 << 48) | (100 << 24) | 100,
+            nameId=b.sid("Graph Node Creation"),
+            graphNodeId=101 + i,
+            originalGraphNodeId=i + 1,
+        )
     for step in range(2):
         t0 = 100_000 * (step + 1)
         b.push(t0, t0 + 10_000, f"forward_{step}")
         corr = b.api(t0 + 100, t0 + 200, "cudaGraphLaunch_v10000")
         for i in range(2):
-            b.kernel(t0 + 20_000 + i * 1_000, t0 + 20_500 + i * 1_000, "void at::native::indexFuncLargeIndex<float>()", short="indexFuncLargeIndex", corr=corr, graph_node=101 + i)
+            b.kernel(
+                t0 + 20_000 + i * 1_000,
+                t0 + 20_500 + i * 1_000,
+                "void at::native::indexFuncLargeIndex<float>()",
+                short="indexFuncLargeIndex",
+                corr=corr,
+                graph_node=101 + i,
+            )
     orig_schema = b._schema
 
     def schema():
@@ -272,7 +309,34 @@ def test_parser_longest_match_and_mtp():
     rs = load_rules()
     p = Parser(rs)
     c = {k: v for k, v in p.codes.items()}
-    layer = "norm gemm gemm gemm ew ew copy ew ew ew ew copy ew ew copy copy fmha gemm ew norm gemm act ew gemm splitk ew".split()
+    layer = [
+        "norm",
+        "gemm",
+        "gemm",
+        "gemm",
+        "ew",
+        "ew",
+        "copy",
+        "ew",
+        "ew",
+        "ew",
+        "ew",
+        "copy",
+        "ew",
+        "ew",
+        "copy",
+        "copy",
+        "fmha",
+        "gemm",
+        "ew",
+        "norm",
+        "gemm",
+        "act",
+        "ew",
+        "gemm",
+        "splitk",
+        "ew",
+    ]
     head = ["norm", "gemm", "reduce"]
     seq = "".join(c[x] for x in ["gather", *layer, *layer, *head])
     segs = p.parse(seq)
@@ -288,16 +352,25 @@ def write_pack(tmp_path, body):
     return d
 
 
-@pytest.mark.parametrize("body,needle", [
-    ('schema_version = 2\npack = "x"\n', "schema_version must be 1"),
-    ('schema_version = 1\npack = "x"\n[[classes]]\nid = "x.a"\nclass = "gemm"\nshort = "(unclosed"\n', "x.toml:6 (x.a): invalid short regex"),
-    ('schema_version = 1\npack = "x"\n[[classes]]\nid = "x.a"\nclass = "warp"\nshort = "a"\n', "class 'warp' is not declared"),
-    ('schema_version = 1\npack = "x"\n[[classes]]\nid = "x.a"\nclass = "gemm"\nshort = "a"\n[[classes]]\nid = "x.a"\nclass = "gemm"\nshort = "b"\n', "duplicate rule id"),
-    ('schema_version = 1\npack = "x"\n[[classes]]\nid = "x.a"\nclass = "gemm"\nshort = "a"\nbogus = 1\n', "unknown key(s) ['bogus']"),
-    ('schema_version = 1\npack = "x"\n[[templates]]\nid = "x.t"\nkind = "dense"\nslots = [{ op = "attn_norm", match = "norm warp" }]\n', "unknown class 'warp'"),
-    ('schema_version = 1\npack = "x"\n[[templates]]\nid = "x.t"\nkind = "dense"\nslots = [{ op = "teleport", match = "norm" }]\n', "not in the vocabulary"),
-    ('schema_version = 1\npack = "x"\nbad toml here\n', "invalid TOML"),
-])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ('schema_version = 2\npack = "x"\n', "schema_version must be 1"),
+        ('schema_version = 1\npack = "x"\n[[classes]]\nid = "x.a"\nclass = "gemm"\nshort = "(unclosed"\n', "x.toml:6 (x.a): invalid short regex"),
+        ('schema_version = 1\npack = "x"\n[[classes]]\nid = "x.a"\nclass = "warp"\nshort = "a"\n', "class 'warp' is not declared"),
+        (
+            'schema_version = 1\npack = "x"\n[[classes]]\nid = "x.a"\nclass = "gemm"\nshort = "a"\n[[classes]]\nid = "x.a"\nclass = "gemm"\nshort = "b"\n',
+            "duplicate rule id",
+        ),
+        ('schema_version = 1\npack = "x"\n[[classes]]\nid = "x.a"\nclass = "gemm"\nshort = "a"\nbogus = 1\n', "unknown key(s) ['bogus']"),
+        (
+            'schema_version = 1\npack = "x"\n[[templates]]\nid = "x.t"\nkind = "dense"\nslots = [{ op = "attn_norm", match = "norm warp" }]\n',
+            "unknown class 'warp'",
+        ),
+        ('schema_version = 1\npack = "x"\n[[templates]]\nid = "x.t"\nkind = "dense"\nslots = [{ op = "teleport", match = "norm" }]\n', "not in the vocabulary"),
+        ('schema_version = 1\npack = "x"\nbad toml here\n', "invalid TOML"),
+    ],
+)
 def test_rule_file_errors_name_file_line_and_id(tmp_path, body, needle):
     with pytest.raises(RuleError) as err:
         load_rules([write_pack(tmp_path, body)])

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from nsysbuilder import ERAS, gtid
-from nsysparse.trace import open_trace
-from nsysparse.trace import info
+
+from nsysparse.trace import info, open_trace
 
 
 def basic(builder, era):
@@ -37,8 +36,13 @@ def test_every_era_loads_the_same_kernels(builder, tmp_path, era, engine):
 
 @pytest.mark.parametrize(
     "era,product,source",
-    [("2021", None, "columns"), ("2022.2", "2022.2.1.31", "EXPORT_META_DATA"), ("2023.1", "2023.1.2.43", "EXPORT_META_DATA"),
-     ("2024.5", "2024.5.1.113", "META_DATA_EXPORT"), ("2026.2", "2026.2.1.210", "META_DATA_EXPORT")],
+    [
+        ("2021", None, "columns"),
+        ("2022.2", "2022.2.1.31", "EXPORT_META_DATA"),
+        ("2023.1", "2023.1.2.43", "EXPORT_META_DATA"),
+        ("2024.5", "2024.5.1.113", "META_DATA_EXPORT"),
+        ("2026.2", "2026.2.1.210", "META_DATA_EXPORT"),
+    ],
 )
 def test_version_detection(builder, tmp_path, era, product, source):
     path = basic(builder, era).write(tmp_path / "t.sqlite")

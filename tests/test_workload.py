@@ -30,7 +30,9 @@ def rebuild(record):
     return steps
 
 
-@pytest.mark.parametrize("preset,phase", [("tiny-moe", "decode"), ("tiny-moe", "prefill"), ("tiny-dense", "decode"), ("tiny-dense", "train"), ("tiny-dense", "prefill")])
+@pytest.mark.parametrize(
+    "preset,phase", [("tiny-moe", "decode"), ("tiny-moe", "prefill"), ("tiny-dense", "decode"), ("tiny-dense", "train"), ("tiny-dense", "prefill")]
+)
 def test_cpu_run_emits_the_planned_structure(preset, phase):
     model = PRESETS[preset]
     run = RunConfig(phase=phase, batch=2, seq=16, kv_len=24, steps=3, warmup=1, nvtx="op", device="cpu").validate(model)
@@ -77,11 +79,14 @@ def test_structure_of_the_moe_preset():
     assert "dispatch" in st.op_sequence["moe"] and "combine" in st.op_sequence["moe"]
 
 
-@pytest.mark.parametrize("bad,message", [
-    (dict(phase="train", cuda_graph=True), "--cuda-graph"),
-    (dict(nvtx="verbose"), "--nvtx"),
-    (dict(cuda_graph=True, device="cpu"), "--device cuda"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (dict(phase="train", cuda_graph=True), "--cuda-graph"),
+        (dict(nvtx="verbose"), "--nvtx"),
+        (dict(cuda_graph=True, device="cpu"), "--device cuda"),
+    ],
+)
 def test_run_config_validation(bad, message):
     from nsysparse.errors import ConfigError
 
@@ -95,12 +100,31 @@ def test_generate_help_documents_every_option(run):
     res = run("generate", "--help")
     for f in fields(ModelConfig):
         assert "--" + f.name.replace("_", "-") in res.output
-    for opt in ("--phase", "--batch", "--seq", "--kv-len", "--steps", "--warmup", "--nvtx", "--host-gap-ms", "--cuda-graph", "--device", "--seed", "--profile", "--nsys", "--output", "--force", "--preset"):
+    for opt in (
+        "--phase",
+        "--batch",
+        "--seq",
+        "--kv-len",
+        "--steps",
+        "--warmup",
+        "--nvtx",
+        "--host-gap-ms",
+        "--cuda-graph",
+        "--device",
+        "--seed",
+        "--profile",
+        "--nsys",
+        "--output",
+        "--force",
+        "--preset",
+    ):
         assert opt in res.output
 
 
 def test_generate_cpu_smoke_writes_a_manifest(run, tmp_path):
-    res = run("generate", "--preset", "tiny-moe", "--device", "cpu", "--steps", "2", "--batch", "2", "--kv-len", "16", "--host-gap-ms", "0.2", "-o", tmp_path / "g")
+    res = run(
+        "generate", "--preset", "tiny-moe", "--device", "cpu", "--steps", "2", "--batch", "2", "--kv-len", "16", "--host-gap-ms", "0.2", "-o", tmp_path / "g"
+    )
     assert "nsys profile --trace=cuda,nvtx" in res.output
     man = json.loads((tmp_path / "g" / "manifest.json").read_text())
     assert man["structure"]["layer_kinds_per_step"] == {"dense": 1, "moe": 2, "mtp": 1}

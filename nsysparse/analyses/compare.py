@@ -86,7 +86,15 @@ class Comparison:
 
 
 def _long(section: str, keys: pd.Series | np.ndarray | list[str], values: np.ndarray, judged: bool = True, higher_is_better: bool = False) -> pd.DataFrame:
-    return pd.DataFrame({"section": section, "key": np.asarray(keys, dtype=object), "value": np.asarray(values, dtype=float), "judged": judged, "higher_is_better": higher_is_better})
+    return pd.DataFrame(
+        {
+            "section": section,
+            "key": np.asarray(keys, dtype=object),
+            "value": np.asarray(values, dtype=float),
+            "judged": judged,
+            "higher_is_better": higher_is_better,
+        }
+    )
 
 
 def profile(trace: Trace, m: Mapping, top_kernels: int = 10, flops_per_step: float | None = None, gpus: int = 1, gaps: GapReport | None = None) -> Profile:
@@ -102,7 +110,9 @@ def profile(trace: Trace, m: Mapping, top_kernels: int = 10, flops_per_step: flo
         parts.append(_long("step", ["period"] * len(period), period))
         parts.append(_long("gaps", ["idle inside step"] * len(s), (s["wall_ns"] - s["busy_ns"]).to_numpy() / 1e3))
         if flops_per_step and len(period):
-            parts.append(_long("mfu", ["TFLOP/s per GPU"] * len(period), flops_per_step / (period * 1e-6) / gpus / 1e12 * 1.0, judged=False, higher_is_better=True))
+            parts.append(
+                _long("mfu", ["TFLOP/s per GPU"] * len(period), flops_per_step / (period * 1e-6) / gpus / 1e12 * 1.0, judged=False, higher_is_better=True)
+            )
     # ops: per step total of each (layer kind, op); a step without the op counts 0
     inst = op_instances(m)
     if len(inst):
@@ -123,7 +133,7 @@ def profile(trace: Trace, m: Mapping, top_kernels: int = 10, flops_per_step: flo
         g = lay.groupby(["step", "layer_kind"])["kernel_ns"].mean().reset_index()
         parts.append(_long("layer", g["layer_kind"].astype(str) + " layer", g["kernel_ns"].to_numpy() / 1e3))
         counts = lay.groupby("layer_kind").size() / len(steps)
-        layers_per_step = {str(k): int(round(v)) for k, v in counts.items()}
+        layers_per_step = {str(k): round(v) for k, v in counts.items()}
     # gaps between steps
     if len(steps) > 1:
         gr = gaps if gaps is not None else gap_report(trace, m)
@@ -139,12 +149,14 @@ def profile(trace: Trace, m: Mapping, top_kernels: int = 10, flops_per_step: flo
         long = per.stack().reset_index(name="ns")
         parts.append(_long("kernel", long["name"], long["ns"].to_numpy() / 1e3, judged=False))
     samples = pd.concat(parts, ignore_index=True) if parts else _long("step", [], np.zeros(0))
-    return Profile(samples, gpu_name(trace), int(len(steps)), layers_per_step, m.step_source, m.layer_source, notes)
+    return Profile(samples, gpu_name(trace), len(steps), layers_per_step, m.step_source, m.layer_source, notes)
 
 
 def _stats(samples: pd.DataFrame) -> pd.DataFrame:
     g = samples.groupby(["section", "key"], sort=False)
-    return pd.DataFrame({"mean": g["value"].mean(), "var": g["value"].var(ddof=1), "n": g.size(), "judged": g["judged"].first(), "hib": g["higher_is_better"].first()})
+    return pd.DataFrame(
+        {"mean": g["value"].mean(), "var": g["value"].var(ddof=1), "n": g.size(), "judged": g["judged"].first(), "hib": g["higher_is_better"].first()}
+    )
 
 
 def _fmt_layers(d: dict[str, int]) -> str:
@@ -192,7 +204,9 @@ def compare_profiles(base: Profile, new: Profile, threshold_pct: float = 5.0, mi
     new_mean = b["mean"].fillna(0.0).to_numpy()
     na, nb = a["n"].fillna(0).to_numpy(), b["n"].fillna(0).to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
-        se = np.sqrt(np.where(na > 1, a["var"].fillna(0).to_numpy() / np.maximum(na, 1), 0.0) + np.where(nb > 1, b["var"].fillna(0).to_numpy() / np.maximum(nb, 1), 0.0))
+        se = np.sqrt(
+            np.where(na > 1, a["var"].fillna(0).to_numpy() / np.maximum(na, 1), 0.0) + np.where(nb > 1, b["var"].fillna(0).to_numpy() / np.maximum(nb, 1), 0.0)
+        )
         delta = new_mean - base_mean
         pct = np.where(base_mean != 0, delta / base_mean * 100, np.where(delta == 0, 0.0, np.nan))
     noise = NOISE_SIGMAS * se
@@ -225,7 +239,9 @@ def compare_profiles(base: Profile, new: Profile, threshold_pct: float = 5.0, mi
     table = table.sort_values(["order", "abs"], kind="stable").drop(columns=["order", "abs"]).reset_index(drop=True)
     notes = []
     if by_op:
-        notes.append(f"layer structure inferred from templates differs (base {_fmt_layers(base.layers_per_step)}; new {_fmt_layers(new.layers_per_step)}): ops are compared without their layer kind and layer rows are not judged")
+        notes.append(
+            f"layer structure inferred from templates differs (base {_fmt_layers(base.layers_per_step)}; new {_fmt_layers(new.layers_per_step)}): ops are compared without their layer kind and layer rows are not judged"
+        )
     if "unknown" in (base.gpu, new.gpu):
         notes.append("a trace has no GPU table: the GPUs could not be checked to be the same")
     if base.step_source != new.step_source:

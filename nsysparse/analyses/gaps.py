@@ -34,7 +34,9 @@ from nsysparse.structure.nvtx import build_tree
 from nsysparse.trace import Trace
 from nsysparse.trace.tables import NO_TIME, profiler_overhead
 
-SYNC_API = re.compile(r"^(cuda(Stream|Device|Event|Ctx)Synchronize|cu(Stream|Ctx|Event)Synchronize|cudaStreamQuery|cudaEventQuery|cuStreamQuery|cuEventQuery|cudaMemcpy\w*|cuMemcpy\w*|cudaMemset(2D|3D)?$|cudaHostAlloc|cudaFreeHost|cudaFree|cuMemFree\w*)$")
+SYNC_API = re.compile(
+    r"^(cuda(Stream|Device|Event|Ctx)Synchronize|cu(Stream|Ctx|Event)Synchronize|cudaStreamQuery|cudaEventQuery|cuStreamQuery|cuEventQuery|cudaMemcpy\w*|cuMemcpy\w*|cudaMemset(2D|3D)?$|cudaHostAlloc|cudaFreeHost|cudaFree|cuMemFree\w*)$"
+)
 GRAPH_API = re.compile(r"^(cudaGraphLaunch|cuGraphLaunch)$")
 COMM_CLASSES = ("allreduce", "allgather", "reducescatter", "alltoall", "sendrecv", "comm", "ep_dispatch", "ep_combine")
 LAUNCH_LATENCY_NS = 2_000
@@ -184,7 +186,16 @@ def gap_report(trace: Trace, m: Mapping, min_bubble_us: float = 5.0, top: int = 
     notes: list[str] = []
     if len(steps) == 0:
         notes.append("no steps were found, so there are no inter-step gaps or bubbles to report")
-        return GapReport(empty_frame(DEVICE_COLUMNS), empty_frame(GAP_COLUMNS), empty_frame(BUBBLE_COLUMNS), empty_frame(CAUSE_COLUMNS), pd.DataFrame(columns=["device_id", "step", "bubbles", "bubble_us"]), None, min_bubble_us, notes)
+        return GapReport(
+            empty_frame(DEVICE_COLUMNS),
+            empty_frame(GAP_COLUMNS),
+            empty_frame(BUBBLE_COLUMNS),
+            empty_frame(CAUSE_COLUMNS),
+            pd.DataFrame(columns=["device_id", "step", "bubbles", "bubble_us"]),
+            None,
+            min_bubble_us,
+            notes,
+        )
     api = trace.api(("start_ns", "end_ns", "global_tid", "correlation_id", "name")) if trace.has("api") else None
     if api is None:
         notes.append("no CUDA API table: causes cannot be determined")
@@ -208,13 +219,25 @@ def gap_report(trace: Trace, m: Mapping, min_bubble_us: float = 5.0, top: int = 
             for c in ("sync_us", "api_us", "graph_us", "host_us"):
                 frame[c] = np.nan
     if len(gaps):
-        mid = gaps["a"].to_numpy() + np.where(gaps["next_launch_ns"].to_numpy() != NO_TIME, np.clip(gaps["next_launch_ns"].to_numpy(), gaps["a"].to_numpy(), gaps["b"].to_numpy()) - gaps["a"].to_numpy(), gaps["b"].to_numpy() - gaps["a"].to_numpy()) // 2
+        mid = (
+            gaps["a"].to_numpy()
+            + np.where(
+                gaps["next_launch_ns"].to_numpy() != NO_TIME,
+                np.clip(gaps["next_launch_ns"].to_numpy(), gaps["a"].to_numpy(), gaps["b"].to_numpy()) - gaps["a"].to_numpy(),
+                gaps["b"].to_numpy() - gaps["a"].to_numpy(),
+            )
+            // 2
+        )
         gaps["host_nvtx"] = _host_nvtx(trace, gaps["next_tid"].to_numpy(), mid)
     causes = _cause_table(gaps, bubbles)
     devices = _device_table(steps, gaps, bubbles, per_step)
     worst = int(devices.sort_values("gap_median_us", ascending=False)["device_id"].iloc[0]) if len(devices) and devices["gap_median_us"].notna().any() else None
     gap_out = gaps[[c.name for c in GAP_COLUMNS]] if len(gaps) else empty_frame(GAP_COLUMNS)
-    bub_out = bubbles.sort_values("bubble_us", ascending=False).head(top)[[c.name for c in BUBBLE_COLUMNS]].reset_index(drop=True) if len(bubbles) else empty_frame(BUBBLE_COLUMNS)
+    bub_out = (
+        bubbles.sort_values("bubble_us", ascending=False).head(top)[[c.name for c in BUBBLE_COLUMNS]].reset_index(drop=True)
+        if len(bubbles)
+        else empty_frame(BUBBLE_COLUMNS)
+    )
     if not len(gaps):
         notes.append("only one step per device: no inter-step gap")
     return GapReport(devices, gap_out.reset_index(drop=True), bub_out, causes, per_step, worst, min_bubble_us, notes)
@@ -255,13 +278,24 @@ def _inter_step_gaps(in_step: pd.DataFrame, steps: pd.DataFrame, t0: int) -> pd.
         a = last.loc[prev, "end_ns"].to_numpy()
         b = first.loc[nxt, "start_ns"].to_numpy()
         f = first.loc[nxt]
-        rows.append(pd.DataFrame({
-            "device_id": int(dev), "step_before": prev, "step_after": nxt, "a": a, "b": b,
-            "start_ms": (a - t0) / 1e6, "gap_us": (b - a) / 1e3,
-            "next_tid": f["global_tid"].to_numpy(), "next_launch_ns": np.where(f["has_launch"].to_numpy(), f["api_start_ns"].to_numpy(), NO_TIME),
-            "next_graph": f["graph"].to_numpy(bool), "queue_us": np.where(f["has_launch"].to_numpy(), (b - f["api_end_ns"].to_numpy()) / 1e3, np.nan),
-            "next_op": f["op"].astype(str).to_numpy(),
-        }))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "device_id": int(dev),
+                    "step_before": prev,
+                    "step_after": nxt,
+                    "a": a,
+                    "b": b,
+                    "start_ms": (a - t0) / 1e6,
+                    "gap_us": (b - a) / 1e3,
+                    "next_tid": f["global_tid"].to_numpy(),
+                    "next_launch_ns": np.where(f["has_launch"].to_numpy(), f["api_start_ns"].to_numpy(), NO_TIME),
+                    "next_graph": f["graph"].to_numpy(bool),
+                    "queue_us": np.where(f["has_launch"].to_numpy(), (b - f["api_end_ns"].to_numpy()) / 1e3, np.nan),
+                    "next_op": f["op"].astype(str).to_numpy(),
+                }
+            )
+        )
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
@@ -292,16 +326,29 @@ def _bubbles(in_step: pd.DataFrame, t0: int, min_bubble_us: float) -> tuple[pd.D
             names = [f"{kv[p // len(ov)]}/{ov[p % len(ov)]}" if kv[p // len(ov)] else ov[p % len(ov)] for p in pair.tolist()]
             return np.asarray(names, dtype=object)[inv.ravel()] if len(ix) else np.zeros(0, dtype=object)
 
-        parts.append(pd.DataFrame({
-            "device_id": int(dev), "step": step[hit], "a": reach[hit - 1], "b": start[hit], "start_ms": (reach[hit - 1] - t0) / 1e6,
-            "bubble_us": idle[hit] / 1e3, "after": label(prev), "before": label(hit),
-            "next_tid": g["global_tid"].to_numpy()[hit], "next_launch_ns": np.where(g["has_launch"].to_numpy()[hit], g["api_start_ns"].to_numpy()[hit], NO_TIME),
-            "next_graph": g["graph"].to_numpy(bool)[hit],
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "device_id": int(dev),
+                    "step": step[hit],
+                    "a": reach[hit - 1],
+                    "b": start[hit],
+                    "start_ms": (reach[hit - 1] - t0) / 1e6,
+                    "bubble_us": idle[hit] / 1e3,
+                    "after": label(prev),
+                    "before": label(hit),
+                    "next_tid": g["global_tid"].to_numpy()[hit],
+                    "next_launch_ns": np.where(g["has_launch"].to_numpy()[hit], g["api_start_ns"].to_numpy()[hit], NO_TIME),
+                    "next_graph": g["graph"].to_numpy(bool)[hit],
+                }
+            )
+        )
         b = pd.DataFrame({"step": step[hit], "us": idle[hit] / 1e3}).groupby("step")["us"].agg(["size", "sum"])
         allsteps = pd.Index(np.unique(step), name="step")
         b = b.reindex(allsteps, fill_value=0)
-        per_step.append(pd.DataFrame({"device_id": int(dev), "step": b.index.to_numpy(), "bubbles": b["size"].to_numpy(np.int64), "bubble_us": b["sum"].to_numpy(float)}))
+        per_step.append(
+            pd.DataFrame({"device_id": int(dev), "step": b.index.to_numpy(), "bubbles": b["size"].to_numpy(np.int64), "bubble_us": b["sum"].to_numpy(float)})
+        )
     bubbles = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     steps_df = pd.concat(per_step, ignore_index=True) if per_step else pd.DataFrame(columns=["device_id", "step", "bubbles", "bubble_us"])
     return bubbles, steps_df
@@ -332,11 +379,18 @@ def _device_table(steps: pd.DataFrame, gaps: pd.DataFrame, bubbles: pd.DataFrame
         bub = bubbles[bubbles["device_id"] == dev] if len(bubbles) else bubbles
         ps = per_step[per_step["device_id"] == dev] if len(per_step) else per_step
         gu = g["gap_us"] if len(g) else pd.Series(dtype=float)
-        rows.append({
-            "device_id": int(dev), "steps": int(len(s)),
-            "gap_median_us": float(gu.median()) if len(gu) else float("nan"), "gap_p90_us": float(gu.quantile(0.9)) if len(gu) else float("nan"),
-            "gap_max_us": float(gu.max()) if len(gu) else float("nan"), "gap_cause": _main_cause(g, "gap_us") if len(g) else "",
-            "bubbles_per_step": float(ps["bubbles"].mean()) if len(ps) else 0.0, "bubble_us_per_step": float(ps["bubble_us"].median()) if len(ps) else 0.0,
-            "bubble_cause": _main_cause(bub, "bubble_us") if len(bub) else "", "step_wall_us": float(s["wall_ns"].median() / 1e3),
-        })
+        rows.append(
+            {
+                "device_id": int(dev),
+                "steps": len(s),
+                "gap_median_us": float(gu.median()) if len(gu) else float("nan"),
+                "gap_p90_us": float(gu.quantile(0.9)) if len(gu) else float("nan"),
+                "gap_max_us": float(gu.max()) if len(gu) else float("nan"),
+                "gap_cause": _main_cause(g, "gap_us") if len(g) else "",
+                "bubbles_per_step": float(ps["bubbles"].mean()) if len(ps) else 0.0,
+                "bubble_us_per_step": float(ps["bubble_us"].median()) if len(ps) else 0.0,
+                "bubble_cause": _main_cause(bub, "bubble_us") if len(bub) else "",
+                "step_wall_us": float(s["wall_ns"].median() / 1e3),
+            }
+        )
     return pd.DataFrame(rows, columns=[c.name for c in DEVICE_COLUMNS])

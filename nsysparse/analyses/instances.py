@@ -73,7 +73,7 @@ def steps_in(m: Mapping, device_id: int | None = None) -> int:
     s = m.steps
     if device_id is not None and len(s):
         s = s[s["device_id"] == device_id]
-    return int(len(s))
+    return len(s)
 
 
 def dominant(values: pd.Series, weights: pd.Series) -> str:

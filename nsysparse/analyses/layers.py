@@ -96,7 +96,18 @@ def layer_report(m: Mapping, device_id: int | None = None, top_unmapped: int = 1
         k = k[k["device_id"] == device_id]
     meta = {"step_source": m.step_source, "step_confidence": m.step_confidence, "layer_source": m.layer_source}
     if nsteps == 0 or len(inst) == 0:
-        return LayerReport(empty_frame(OP_COLUMNS), empty_frame(KIND_COLUMNS), empty_frame(RECON_COLUMNS), empty_frame(UNMAPPED_COLUMNS), 0, float("nan"), float("nan"), {}, float("nan"), meta)
+        return LayerReport(
+            empty_frame(OP_COLUMNS),
+            empty_frame(KIND_COLUMNS),
+            empty_frame(RECON_COLUMNS),
+            empty_frame(UNMAPPED_COLUMNS),
+            0,
+            float("nan"),
+            float("nan"),
+            {},
+            float("nan"),
+            meta,
+        )
 
     in_layer = inst[inst["layer_id"] >= 0]
     if len(in_layer):
@@ -109,7 +120,14 @@ def layer_report(m: Mapping, device_id: int | None = None, top_unmapped: int = 1
     um = k[k["source"] == "unmapped"]
     unmapped_share = float(um["dur_ns"].sum() / total_k) if total_k else 0.0
     ug = um.groupby(um["short_name"].astype(str))["dur_ns"].agg(["size", "sum"]).sort_values("sum", ascending=False).head(top_unmapped)
-    unmapped = pd.DataFrame({"short_name": ug.index.astype(str), "count": ug["size"].to_numpy(dtype=np.int64), "total_us": ug["sum"].to_numpy() / 1e3, "share_pct": ug["sum"].to_numpy() / total_k * 100 if total_k else 0.0})
+    unmapped = pd.DataFrame(
+        {
+            "short_name": ug.index.astype(str),
+            "count": ug["size"].to_numpy(dtype=np.int64),
+            "total_us": ug["sum"].to_numpy() / 1e3,
+            "share_pct": ug["sum"].to_numpy() / total_k * 100 if total_k else 0.0,
+        }
+    )
     return LayerReport(
         ops=ops,
         kinds=kind_df,
@@ -126,7 +144,11 @@ def layer_report(m: Mapping, device_id: int | None = None, top_unmapped: int = 1
 
 def _layer_tables(in_layer: pd.DataFrame, steps: pd.DataFrame, nsteps: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The layer kind × op table and the one-layer-per-kind table from op instances inside layers."""
-    layers = in_layer.groupby(["layer_id", "layer_kind"]).agg(kernel_ns=("time_ns", "sum"), kernels=("kernels", "sum"), start=("start_ns", "min"), end=("end_ns", "max")).reset_index()
+    layers = (
+        in_layer.groupby(["layer_id", "layer_kind"])
+        .agg(kernel_ns=("time_ns", "sum"), kernels=("kernels", "sum"), start=("start_ns", "min"), end=("end_ns", "max"))
+        .reset_index()
+    )
     kinds = layers.groupby("layer_kind").agg(n=("layer_id", "size"), kernel_ns=("kernel_ns", "mean"), wall_ns=("end", "mean"), kernels=("kernels", "mean"))
     kinds["wall_ns"] = layers.assign(w=layers["end"] - layers["start"]).groupby("layer_kind")["w"].mean()
     step_wall = float(steps["wall_ns"].mean())
@@ -191,5 +213,7 @@ def _reconcile(k: pd.DataFrame, steps: pd.DataFrame, inst: pd.DataFrame, kinds: 
     rows.append(("memcpy/memset not under kernels", float("nan"), float("nan"), copies, "GPU busy with copies/sets only"))
     rows.append(("idle inside the step", float("nan"), float("nan"), idle, "no kernel, copy or set running"))
     parts = sum(r[3] for r in rows)
-    rows.append(("= step time (mean wall)", float("nan"), float("nan"), wall, f"median {steps['wall_ns'].median() / 1e3:.1f} µs; residual {wall - parts:+.3f} µs"))
+    rows.append(
+        ("= step time (mean wall)", float("nan"), float("nan"), wall, f"median {steps['wall_ns'].median() / 1e3:.1f} µs; residual {wall - parts:+.3f} µs")
+    )
     return pd.DataFrame(rows, columns=[c.name for c in RECON_COLUMNS])

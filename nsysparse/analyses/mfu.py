@@ -126,7 +126,7 @@ def mfu_report(
                 "gpu": hw.name,
                 "phase": w.phase,
                 "gpus": int(n_gpus),
-                "steps": int(len(per_index)),
+                "steps": len(per_index),
                 "step_time_ms": t_med / 1e6,
                 "time_basis": basis,
                 "tokens_per_step": tokens,

@@ -34,7 +34,9 @@ COLUMNS = (
 )
 
 
-def serving_metrics(forward_ms: float, gap_ms: float = 0.0, accept_rate: float = 1.0, batch: int = 1, dp: int = 1, target_tpot_ms: float | None = None) -> dict[str, Any]:
+def serving_metrics(
+    forward_ms: float, gap_ms: float = 0.0, accept_rate: float = 1.0, batch: int = 1, dp: int = 1, target_tpot_ms: float | None = None
+) -> dict[str, Any]:
     if accept_rate <= 0 or batch <= 0 or dp <= 0:
         raise UsageError("--accept-rate, --batch and --dp must be positive")
     period = forward_ms + (gap_ms if gap_ms == gap_ms else 0.0)  # NaN gap (one step) counts as 0

@@ -152,7 +152,14 @@ def measured_from_table(path: str | Path, rules: RuleSet, layer_counts: dict[str
     if us.isna().any():
         row = int(np.nonzero(us.isna().to_numpy())[0][0])
         raise ConfigError(f"{p}: row {row + 1} has no numeric {tcol}")
-    t = pd.DataFrame({"layer_kind": kinds.to_numpy(), "op": [rules.canonical_op(str(x)) for x in df[cols["op"]]], "count": count.astype(float).to_numpy(), "measured_us": us.astype(float).to_numpy()})
+    t = pd.DataFrame(
+        {
+            "layer_kind": kinds.to_numpy(),
+            "op": [rules.canonical_op(str(x)) for x in df[cols["op"]]],
+            "count": count.astype(float).to_numpy(),
+            "measured_us": us.astype(float).to_numpy(),
+        }
+    )
     t = _merge_duplicates(t)
     return Measured(t, float((t["count"] * t["measured_us"]).sum() / 1e3), str(p))
 
@@ -185,15 +192,67 @@ def _match(measured: pd.DataFrame, pred: pd.DataFrame) -> pd.DataFrame:
             q = anyk.loc[r.op]
             used_any.add(r.op)
         else:
-            rows.append({"layer_kind": r.layer_kind, "op": r.op, "status": "measured-only", "name": "", "count": r.count, "measured_us": r.measured_us, "predicted_us": np.nan, "flops": np.nan, "bytes": np.nan, "pred_count": np.nan})
+            rows.append(
+                {
+                    "layer_kind": r.layer_kind,
+                    "op": r.op,
+                    "status": "measured-only",
+                    "name": "",
+                    "count": r.count,
+                    "measured_us": r.measured_us,
+                    "predicted_us": np.nan,
+                    "flops": np.nan,
+                    "bytes": np.nan,
+                    "pred_count": np.nan,
+                }
+            )
             continue
-        rows.append({"layer_kind": r.layer_kind, "op": r.op, "status": "matched", "name": q["name"], "count": r.count, "measured_us": r.measured_us, "predicted_us": q["predicted_us"], "flops": q["flops"], "bytes": q["bytes"], "pred_count": q["count_per_forward"]})
+        rows.append(
+            {
+                "layer_kind": r.layer_kind,
+                "op": r.op,
+                "status": "matched",
+                "name": q["name"],
+                "count": r.count,
+                "measured_us": r.measured_us,
+                "predicted_us": q["predicted_us"],
+                "flops": q["flops"],
+                "bytes": q["bytes"],
+                "pred_count": q["count_per_forward"],
+            }
+        )
     for (kind, op), q in specific.iterrows():
         if (kind, op) not in used_specific:
-            rows.append({"layer_kind": kind, "op": op, "status": "predicted-only", "name": q["name"], "count": q["count_per_forward"], "measured_us": np.nan, "predicted_us": q["predicted_us"], "flops": q["flops"], "bytes": q["bytes"], "pred_count": q["count_per_forward"]})
+            rows.append(
+                {
+                    "layer_kind": kind,
+                    "op": op,
+                    "status": "predicted-only",
+                    "name": q["name"],
+                    "count": q["count_per_forward"],
+                    "measured_us": np.nan,
+                    "predicted_us": q["predicted_us"],
+                    "flops": q["flops"],
+                    "bytes": q["bytes"],
+                    "pred_count": q["count_per_forward"],
+                }
+            )
     for op, q in anyk.iterrows():
         if op not in used_any:
-            rows.append({"layer_kind": "any", "op": op, "status": "predicted-only", "name": q["name"], "count": q["count_per_forward"], "measured_us": np.nan, "predicted_us": q["predicted_us"], "flops": q["flops"], "bytes": q["bytes"], "pred_count": q["count_per_forward"]})
+            rows.append(
+                {
+                    "layer_kind": "any",
+                    "op": op,
+                    "status": "predicted-only",
+                    "name": q["name"],
+                    "count": q["count_per_forward"],
+                    "measured_us": np.nan,
+                    "predicted_us": q["predicted_us"],
+                    "flops": q["flops"],
+                    "bytes": q["bytes"],
+                    "pred_count": q["count_per_forward"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -227,10 +286,15 @@ def _per_op(rows: pd.DataFrame) -> pd.DataFrame:
         bt=rows["count"] * rows["bytes"],
     )
     g = r.groupby(["op", "status"], sort=False)
-    out = g.agg(count=("count", "sum"), mt=("mt", lambda s: s.sum(min_count=1)), pt=("pt", lambda s: s.sum(min_count=1)),
-                ft=("ft", lambda s: s.sum(min_count=1)), bt=("bt", lambda s: s.sum(min_count=1)),
-                name=("name", lambda s: "/".join(dict.fromkeys(x for x in s if x))),
-                kinds=("layer_kind", lambda s: ",".join(dict.fromkeys(s)))).reset_index()
+    out = g.agg(
+        count=("count", "sum"),
+        mt=("mt", lambda s: s.sum(min_count=1)),
+        pt=("pt", lambda s: s.sum(min_count=1)),
+        ft=("ft", lambda s: s.sum(min_count=1)),
+        bt=("bt", lambda s: s.sum(min_count=1)),
+        name=("name", lambda s: "/".join(dict.fromkeys(x for x in s if x))),
+        kinds=("layer_kind", lambda s: ",".join(dict.fromkeys(s))),
+    ).reset_index()
     out["layer_kind"] = np.where(out["kinds"].str.contains(","), "all", out["kinds"])
     out["measured_us"] = out["mt"] / out["count"]
     out["predicted_us"] = out["pt"] / out["count"]
@@ -258,7 +322,11 @@ def simdiff(measured: Measured, predictions: pd.DataFrame, hw: Hardware | None =
     mism = pm[(pm["pred_count"] - pm["count"]).abs() > 1e-9]
     if len(mism):
         kinds = mism.drop_duplicates("layer_kind")
-        notes.append("instance counts differ from the prediction's (" + "; ".join(f"{r.layer_kind}: trace {r.count:g}, prediction {r.pred_count:g}" for r in kinds.itertuples()) + "); diffs use the measured counts")
+        notes.append(
+            "instance counts differ from the prediction's ("
+            + "; ".join(f"{r.layer_kind}: trace {r.count:g}, prediction {r.pred_count:g}" for r in kinds.itertuples())
+            + "); diffs use the measured counts"
+        )
     unknown = rows[(rows["status"] == "predicted-only") & rows["count"].isna()]
     if len(unknown):
         notes.append(f"{len(unknown)} predicted-only op(s) have no count_per_forward and are counted once: {', '.join(unknown['op'].head(8))}")

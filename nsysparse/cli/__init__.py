@@ -1,7 +1,7 @@
 """Command-line adapters: options -> library call -> rendering. No analysis logic lives here."""
 
-from nsysparse.cli.app import cli
 from nsysparse.cli import compare, gaps, generate, inspect, models, report, rules, structure  # noqa: F401  (registers commands)
+from nsysparse.cli.app import cli
 
 
 def main() -> None:

@@ -35,9 +35,30 @@ class NotComparable(NsysparseError):
 @mapping_options
 @output_options(("table", "csv", "json", "markdown"))
 @click.pass_context
-def compare(ctx: click.Context, base: str, new: str, threshold: float, min_us: float, min_steps: int, force: bool, top_kernels: int, model_arg: str | None,
-            phase: str | None, batch: int | None, seq: int | None, kv_len: int | None, causal: str, gpus: int, rules: tuple[str, ...], step_pattern: str,
-            layer_pattern: str, nvtx_mode: str, device: int | None, fmt: str, out: str | None) -> None:
+def compare(
+    ctx: click.Context,
+    base: str,
+    new: str,
+    threshold: float,
+    min_us: float,
+    min_steps: int,
+    force: bool,
+    top_kernels: int,
+    model_arg: str | None,
+    phase: str | None,
+    batch: int | None,
+    seq: int | None,
+    kv_len: int | None,
+    causal: str,
+    gpus: int,
+    rules: tuple[str, ...],
+    step_pattern: str,
+    layer_pattern: str,
+    nvtx_mode: str,
+    device: int | None,
+    fmt: str,
+    out: str | None,
+) -> None:
     """Compare NEW against BASE: step wall/period, gaps, one layer of each kind, every (layer kind, op),
     and the top kernels; per key base, new, Δ µs, Δ %, noise from the per-step spread, and a verdict.
 
@@ -72,7 +93,9 @@ def compare(ctx: click.Context, base: str, new: str, threshold: float, min_us: f
         raise NotComparable(f"not comparable: {'; '.join(c.reasons)}", "Use --force to judge anyway")
     if c.verdict == "regression":
         worst = changed[changed["verdict"] == "regression"].iloc[0]
-        raise RegressionFound(f"{int(counts.get('regression', 0))} key(s) slower, first {worst['section']} {worst['key']}: {worst['delta_us']:+.1f} µs ({worst['delta_pct']:+.1f} %)")
+        raise RegressionFound(
+            f"{int(counts.get('regression', 0))} key(s) slower, first {worst['section']} {worst['key']}: {worst['delta_us']:+.1f} µs ({worst['delta_pct']:+.1f} %)"
+        )
 
 
 def _only_device(m, device: int):  # type: ignore[no-untyped-def]

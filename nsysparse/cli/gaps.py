@@ -15,16 +15,44 @@ from nsysparse.cli.structure import mapping_options, run_mapping, structure_meta
 @cli.command(epilog="Causes: gpu dependency, collective wait, graph, profiler, sync, host work, launch-bound, launch latency (see docs/gaps.md).")
 @trace_argument()
 @mapping_options
-@click.option("--min-bubble-us", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Smallest idle window inside a step that counts as a bubble.")
+@click.option(
+    "--min-bubble-us", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Smallest idle window inside a step that counts as a bubble."
+)
 @click.option("--top", type=click.IntRange(min=0), default=15, show_default=True, help="How many of the largest bubbles to list.")
-@click.option("--accept-rate", type=click.FloatRange(min=0, min_open=True), default=None, help="Accepted tokens per step per sequence (speculative decoding); enables serving numbers.")
+@click.option(
+    "--accept-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Accepted tokens per step per sequence (speculative decoding); enables serving numbers.",
+)
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Sequences per step (per data-parallel rank); enables serving numbers.")
-@click.option("--dp", type=click.IntRange(min=1), default=1, show_default=True, help="Data-parallel replicas (machine tokens/s = batch × dp × accepted tokens / step period).")
+@click.option(
+    "--dp",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Data-parallel replicas (machine tokens/s = batch × dp × accepted tokens / step period).",
+)
 @click.option("--target-tpot-ms", type=click.FloatRange(min=0, min_open=True), default=None, help="TPOT target to compare with.")
 @output_options(("table", "csv", "json"))
 @click.pass_context
-def gaps(ctx: click.Context, trace: str, rules: tuple[str, ...], step_pattern: str, layer_pattern: str, nvtx_mode: str, device: int | None,
-         min_bubble_us: float, top: int, accept_rate: float | None, batch: int | None, dp: int, target_tpot_ms: float | None, fmt: str, out: str | None) -> None:
+def gaps(
+    ctx: click.Context,
+    trace: str,
+    rules: tuple[str, ...],
+    step_pattern: str,
+    layer_pattern: str,
+    nvtx_mode: str,
+    device: int | None,
+    min_bubble_us: float,
+    top: int,
+    accept_rate: float | None,
+    batch: int | None,
+    dp: int,
+    target_tpot_ms: float | None,
+    fmt: str,
+    out: str | None,
+) -> None:
     """Idle GPU time between steps (forward passes) and inside them (bubbles), per device and the worst,
     each with a cause read from what the launching thread did meanwhile: blocked in a synchronize or copy,
     no CUDA calls (host work), launching slower than the GPU finishes (launch-bound), graph launch, a

@@ -51,20 +51,39 @@ def model_options(f):  # type: ignore[no-untyped-def]
 @cli.command(epilog="Presets: " + "; ".join(f"{k} ({v.kind}, hidden {v.hidden}, {v.layers} layers)" for k, v in PRESETS.items()))
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="llama-mini", show_default=True, help="Model preset; any shape option below overrides it.")
 @model_options
-@click.option("--phase", type=click.Choice(PHASES), default="decode", show_default=True, help="decode (KV cache, batch B, N steps), prefill (sequence S) or train (forward+backward+fused AdamW).")
+@click.option(
+    "--phase",
+    type=click.Choice(PHASES),
+    default="decode",
+    show_default=True,
+    help="decode (KV cache, batch B, N steps), prefill (sequence S) or train (forward+backward+fused AdamW).",
+)
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Sequences per step.")
 @click.option("--seq", type=click.IntRange(min=2), default=512, show_default=True, help="Sequence length for prefill and train.")
 @click.option("--kv-len", type=click.IntRange(min=1), default=1024, show_default=True, help="Decode: KV-cache length every step attends to.")
 @click.option("--steps", type=click.IntRange(min=1), default=6, show_default=True, help="Measured steps (inside the profiled range).")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Unprofiled warm-up steps.")
-@click.option("--nvtx", type=click.Choice(NVTX_LEVELS), default="op", show_default=True, help="NVTX ranges: forward_<i>/train_step_<i> (step), + layer_<i>_<kind> (layer), + op names (op).")
+@click.option(
+    "--nvtx",
+    type=click.Choice(NVTX_LEVELS),
+    default="op",
+    show_default=True,
+    help="NVTX ranges: forward_<i>/train_step_<i> (step), + layer_<i>_<kind> (layer), + op names (op).",
+)
 @click.option("--host-gap-ms", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Host-side sleep between steps (a serving scheduler's gap).")
 @click.option("--cuda-graph", is_flag=True, help="Capture one decode forward as a CUDA graph and replay it each step (profile with --cuda-graph-trace=node).")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True, help="cpu runs a smoke test (no trace).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--profile", "do_profile", is_flag=True, help="Run under nsys (PATH, --nsys, or Nsight Compute's bundled collector) and export trace.sqlite.")
 @click.option("--nsys", "nsys_path", type=click.Path(dir_okay=False), default=None, help="Path of the nsys binary to profile with.")
-@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True, help="Output folder: config.json, manifest.json, trace.nsys-rep, trace.sqlite.")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Output folder: config.json, manifest.json, trace.nsys-rep, trace.sqlite.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing trace in the output folder.")
 def generate(preset: str, do_profile: bool, nsys_path: str | None, out_dir: str, force: bool, **kw: object) -> None:
     """Run a Llama-like or DeepSeek-V3-like torch workload of known structure and write its manifest.

@@ -57,7 +57,14 @@ def info(ctx: click.Context, trace: str, fmt: str, out: str | None) -> None:
 
 @cli.command()
 @trace_argument()
-@click.option("--name", "name", type=click.Choice(["demangled", "short", "mangled"]), default="demangled", show_default=True, help="Which kernel name to group by (nsys stats groups by demangled).")
+@click.option(
+    "--name",
+    "name",
+    type=click.Choice(["demangled", "short", "mangled"]),
+    default="demangled",
+    show_default=True,
+    help="Which kernel name to group by (nsys stats groups by demangled).",
+)
 @click.option("--by-launch-config", is_flag=True, help="Also group by grid and block dimensions (as nsys cuda_gpu_kern_gb_sum).")
 @click.option("--device", type=int, default=None, help="Only kernels on this device id.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Show only the top N rows.")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import pandas as pd
@@ -36,7 +37,9 @@ def workload_options(f: F) -> F:
         click.option("--batch", type=click.IntRange(min=1), default=None, help="Sequences per step, all GPUs (default: the manifest's)."),
         click.option("--seq", type=click.IntRange(min=1), default=None, help="Tokens per sequence for prefill/train (default: the manifest's)."),
         click.option("--kv-len", type=click.IntRange(min=1), default=None, help="Decode: KV length each query attends to (default: the manifest's)."),
-        click.option("--causal", type=click.Choice(["half", "full"]), default="half", show_default=True, help="Causal attention FLOPs: halved (Megatron) or the full s²."),
+        click.option(
+            "--causal", type=click.Choice(["half", "full"]), default="half", show_default=True, help="Causal attention FLOPs: halved (Megatron) or the full s²."
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -54,7 +57,9 @@ def hardware_options(f: F) -> F:
     return f
 
 
-def resolve_workload(lm: LoadedModel, phase: str | None, batch: int | None, seq: int | None, kv_len: int | None, causal: str, default_phase: str, tp: int = 1, ep: int = 1) -> Workload:
+def resolve_workload(
+    lm: LoadedModel, phase: str | None, batch: int | None, seq: int | None, kv_len: int | None, causal: str, default_phase: str, tp: int = 1, ep: int = 1
+) -> Workload:
     run = lm.run
     ph = phase or run.get("phase") or default_phase
     b = batch or run.get("batch")
@@ -69,7 +74,9 @@ def resolve_workload(lm: LoadedModel, phase: str | None, batch: int | None, seq:
     return Workload(ph, batch=int(b), seq=int(s or 1), kv_len=int(kv), causal=causal, tp=tp, ep=ep).validate()
 
 
-def resolve_hardware(hw_name: str | None, peak: float | None, hbm: float | None, trace: Trace | None = None, meta_hw: str | None = None, required: bool = True) -> hardware.Hardware | None:
+def resolve_hardware(
+    hw_name: str | None, peak: float | None, hbm: float | None, trace: Trace | None = None, meta_hw: str | None = None, required: bool = True
+) -> hardware.Hardware | None:
     base = None
     if hw_name:
         base = hardware.find(hw_name)
@@ -98,16 +105,50 @@ def resolve_hardware(hw_name: str | None, peak: float | None, hbm: float | None,
 @click.option("--model", "model_arg", required=True, help=MODEL_HELP)
 @workload_options
 @click.option("--gpus", type=click.IntRange(min=1), default=None, help="GPUs the step is spread over (default: GPUs with steps in the trace).")
-@click.option("--time", "basis", type=click.Choice(["period", "wall"]), default="period", show_default=True, help="Step time: start to next start, or first to last GPU activity.")
+@click.option(
+    "--time",
+    "basis",
+    type=click.Choice(["period", "wall"]),
+    default="period",
+    show_default=True,
+    help="Step time: start to next start, or first to last GPU activity.",
+)
 @click.option("--recompute", is_flag=True, help="Count full activation recomputation (4× forward FLOPs: HFU).")
-@click.option("--flops", "ref_flops", type=click.FloatRange(min=0, min_open=True), default=None, help="Reference FLOPs per step to compare with (default: the manifest's).")
+@click.option(
+    "--flops",
+    "ref_flops",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Reference FLOPs per step to compare with (default: the manifest's).",
+)
 @hardware_options
 @mapping_options
 @output_options(("table", "csv", "json"))
 @click.pass_context
-def mfu(ctx: click.Context, trace: str, model_arg: str, phase: str | None, batch: int | None, seq: int | None, kv_len: int | None, causal: str,
-        gpus: int | None, basis: str, recompute: bool, ref_flops: float | None, hw_name: str | None, peak: float | None, hbm_tbps: float | None,
-        rules: tuple[str, ...], step_pattern: str, layer_pattern: str, nvtx_mode: str, device: int | None, fmt: str, out: str | None) -> None:
+def mfu(
+    ctx: click.Context,
+    trace: str,
+    model_arg: str,
+    phase: str | None,
+    batch: int | None,
+    seq: int | None,
+    kv_len: int | None,
+    causal: str,
+    gpus: int | None,
+    basis: str,
+    recompute: bool,
+    ref_flops: float | None,
+    hw_name: str | None,
+    peak: float | None,
+    hbm_tbps: float | None,
+    rules: tuple[str, ...],
+    step_pattern: str,
+    layer_pattern: str,
+    nvtx_mode: str,
+    device: int | None,
+    fmt: str,
+    out: str | None,
+) -> None:
     """TFLOP/s per GPU, MFU against the BF16 and FP8 peaks, and tokens/s per GPU: the model's FLOPs per
     step (Megatron's formula, docs/predictions.md) over the step time measured in the trace.
 
@@ -136,19 +177,53 @@ def mfu(ctx: click.Context, trace: str, model_arg: str, phase: str | None, batch
 @click.option("--model", "model_arg", required=True, help=MODEL_HELP)
 @workload_options
 @click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True, help="Tensor parallelism (heads and FFN widths per GPU).")
-@click.option("--ep", type=click.IntRange(min=1), default=1, show_default=True, help="Expert parallelism (routed experts per GPU = experts / ep; dispatch/combine send over NVLink).")
+@click.option(
+    "--ep",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Expert parallelism (routed experts per GPU = experts / ep; dispatch/combine send over NVLink).",
+)
 @click.option("--hardware", "hw_name", required=True, help="GPU: h100_sxm, h100_pcie, h200, h800, a100, b200, gb200.")
 @click.option("--peak", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the dense peak, TFLOP/s.")
 @click.option("--hbm-tbps", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the HBM bandwidth, TB/s.")
 @click.option("--dtype", type=click.Choice(["bf16", "fp8"]), default="bf16", show_default=True, help="Tensor-core peak the GEMMs run at.")
 @click.option("--eff-compute", type=click.FloatRange(min=0, max=1, min_open=True), default=0.7, show_default=True, help="Fraction of the peak a GEMM reaches.")
-@click.option("--eff-memory", type=click.FloatRange(min=0, max=1, min_open=True), default=0.8, show_default=True, help="Fraction of HBM/NVLink bandwidth reached.")
+@click.option(
+    "--eff-memory", type=click.FloatRange(min=0, max=1, min_open=True), default=0.8, show_default=True, help="Fraction of HBM/NVLink bandwidth reached."
+)
 @click.option("--latency-us", type=click.FloatRange(min=0), default=3.0, show_default=True, help="Constant added per op instance (launch and tail).")
-@click.option("-f", "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True, help="Output format on stdout (ignored with -o).")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=str), help="Write a prediction file; the format follows the extension (.csv, .json, .yaml).")
+@click.option(
+    "-f", "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True, help="Output format on stdout (ignored with -o)."
+)
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Write a prediction file; the format follows the extension (.csv, .json, .yaml).",
+)
 @click.pass_context
-def predict(ctx: click.Context, model_arg: str, phase: str | None, batch: int | None, seq: int | None, kv_len: int | None, causal: str, tp: int, ep: int,
-            hw_name: str, peak: float | None, hbm_tbps: float | None, dtype: str, eff_compute: float, eff_memory: float, latency_us: float, fmt: str, out: str | None) -> None:
+def predict(
+    ctx: click.Context,
+    model_arg: str,
+    phase: str | None,
+    batch: int | None,
+    seq: int | None,
+    kv_len: int | None,
+    causal: str,
+    tp: int,
+    ep: int,
+    hw_name: str,
+    peak: float | None,
+    hbm_tbps: float | None,
+    dtype: str,
+    eff_compute: float,
+    eff_memory: float,
+    latency_us: float,
+    fmt: str,
+    out: str | None,
+) -> None:
     """Roofline prediction per op and layer kind: FLOPs and bytes of one instance, its predicted µs on one
     GPU and what bounds it. The file loads back into `simdiff` (format: docs/predictions.md).
 
@@ -164,7 +239,18 @@ def predict(ctx: click.Context, model_arg: str, phase: str | None, batch: int | 
         write_predictions(df, {k: v for k, v in meta.items() if v is not None}, out)
         click.echo(f"wrote {len(df)} ops to {out} (forward {meta['forward_us'] / 1e3:.3f} ms predicted)", err=True)
         return
-    emit(ctx, Result(frames={"predictions": df}, meta={k: v for k, v in meta.items() if v is not None}, payload={"meta": meta, "ops": df} if fmt == "json" else None, notes=notes, title="nsysparse predict"), fmt, None)
+    emit(
+        ctx,
+        Result(
+            frames={"predictions": df},
+            meta={k: v for k, v in meta.items() if v is not None},
+            payload={"meta": meta, "ops": df} if fmt == "json" else None,
+            notes=notes,
+            title="nsysparse predict",
+        ),
+        fmt,
+        None,
+    )
 
 
 @cli.command("simdiff")
@@ -172,15 +258,37 @@ def predict(ctx: click.Context, model_arg: str, phase: str | None, batch: int | 
 @click.argument("predictions", metavar="PRED", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--layers", "layer_counts", default=None, help="Instances per forward for a measured table without a count column, e.g. dense=3,moe=58,mtp=1.")
 @click.option("--by-kind", is_flag=True, help="One row per (layer kind, op) instead of per op.")
-@click.option("--model", "model_arg", default=None, help="Fill FLOPs/bytes the prediction file lacks from this model (for TFLOP/s, TB/s, % of roofline). " + MODEL_HELP)
+@click.option(
+    "--model", "model_arg", default=None, help="Fill FLOPs/bytes the prediction file lacks from this model (for TFLOP/s, TB/s, % of roofline). " + MODEL_HELP
+)
 @workload_options
 @hardware_options
 @mapping_options
 @output_options(("table", "csv", "json", "markdown"))
 @click.pass_context
-def simdiff_cmd(ctx: click.Context, measured: str, predictions: str, layer_counts: str | None, by_kind: bool, model_arg: str | None, phase: str | None, batch: int | None,
-                seq: int | None, kv_len: int | None, causal: str, hw_name: str | None, peak: float | None, hbm_tbps: float | None, rules: tuple[str, ...],
-                step_pattern: str, layer_pattern: str, nvtx_mode: str, device: int | None, fmt: str, out: str | None) -> None:
+def simdiff_cmd(
+    ctx: click.Context,
+    measured: str,
+    predictions: str,
+    layer_counts: str | None,
+    by_kind: bool,
+    model_arg: str | None,
+    phase: str | None,
+    batch: int | None,
+    seq: int | None,
+    kv_len: int | None,
+    causal: str,
+    hw_name: str | None,
+    peak: float | None,
+    hbm_tbps: float | None,
+    rules: tuple[str, ...],
+    step_pattern: str,
+    layer_pattern: str,
+    nvtx_mode: str,
+    device: int | None,
+    fmt: str,
+    out: str | None,
+) -> None:
     """Measured vs predicted per op: measured_us, predicted_us, Δ per instance, Δ × instances per forward
     (total_diff_ms), ratio, achieved TFLOP/s and TB/s, % of roofline; sorted by |total diff|, with
     measured-only and predicted-only ops and a reconciliation of the totals.
@@ -223,10 +331,18 @@ def simdiff_cmd(ctx: click.Context, measured: str, predictions: str, layer_count
     meta["matched ops total diff"] = f"{res.matched_total_ms:+.3f} ms"
     table = res.by_kind if by_kind else res.table
     payload = {**res.payload(), "ops": table} if fmt == "json" else None
-    emit(ctx, Result(frames={"ops": table, "reconciliation": res.reconciliation}, meta=meta, payload=payload, notes=notes + res.notes, title="nsysparse simdiff"), fmt, out, trace_obj)
+    emit(
+        ctx,
+        Result(frames={"ops": table, "reconciliation": res.reconciliation}, meta=meta, payload=payload, notes=notes + res.notes, title="nsysparse simdiff"),
+        fmt,
+        out,
+        trace_obj,
+    )
 
 
-def _simdiff(meas: Any, preds: Any, hw: Any, lm: LoadedModel | None, phase: str | None, batch: int | None, seq: int | None, kv_len: int | None, causal: str) -> Any:
+def _simdiff(
+    meas: Any, preds: Any, hw: Any, lm: LoadedModel | None, phase: str | None, batch: int | None, seq: int | None, kv_len: int | None, causal: str
+) -> Any:
     model_ops = None
     if lm is not None:
         w = resolve_workload(lm, phase, batch, seq, kv_len, causal, "decode")

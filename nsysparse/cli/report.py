@@ -22,7 +22,12 @@ from nsysparse.rules import load_rules
 @cli.command()
 @trace_argument()
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=str), help="The HTML file to write.")
-@click.option("--predictions", type=click.Path(dir_okay=False, path_type=str), default=None, help="A prediction file: adds the measured-vs-predicted section and waterfall.")
+@click.option(
+    "--predictions",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="A prediction file: adds the measured-vs-predicted section and waterfall.",
+)
 @click.option("--baseline", type=click.Path(dir_okay=True, path_type=str), default=None, help="A baseline trace: adds the comparison section.")
 @click.option("--model", "model_arg", default=None, help="Adds MFU (and TPOT for decode). " + MODEL_HELP)
 @workload_options
@@ -32,9 +37,30 @@ from nsysparse.rules import load_rules
 @hardware_options
 @mapping_options
 @click.pass_context
-def report(ctx: click.Context, trace: str, out: str, predictions: str | None, baseline: str | None, model_arg: str | None, phase: str | None, batch: int | None,
-           seq: int | None, kv_len: int | None, causal: str, gpus: int | None, accept_rate: float | None, title: str | None, hw_name: str | None,
-           peak: float | None, hbm_tbps: float | None, rules: tuple[str, ...], step_pattern: str, layer_pattern: str, nvtx_mode: str, device: int | None) -> None:
+def report(
+    ctx: click.Context,
+    trace: str,
+    out: str,
+    predictions: str | None,
+    baseline: str | None,
+    model_arg: str | None,
+    phase: str | None,
+    batch: int | None,
+    seq: int | None,
+    kv_len: int | None,
+    causal: str,
+    gpus: int | None,
+    accept_rate: float | None,
+    title: str | None,
+    hw_name: str | None,
+    peak: float | None,
+    hbm_tbps: float | None,
+    rules: tuple[str, ...],
+    step_pattern: str,
+    layer_pattern: str,
+    nvtx_mode: str,
+    device: int | None,
+) -> None:
     """Write a self-contained HTML report (plotly inlined, no network needed to view it).
 
     Example: nsysparse report fixtures/moe_decode_op/trace.sqlite -o report.html --model fixtures/moe_decode_op/manifest.json"""
@@ -50,7 +76,9 @@ def report(ctx: click.Context, trace: str, out: str, predictions: str | None, ba
         x.model = load_model(model_arg)
         x.workload = resolve_workload(x.model, phase, batch, seq, kv_len, causal, "train")
     with load(trace) as t:
-        x.hardware = resolve_hardware(hw_name, peak, hbm_tbps, t, str(x.predictions.meta.get("hardware", "")) if x.predictions else None, required=x.model is not None)
+        x.hardware = resolve_hardware(
+            hw_name, peak, hbm_tbps, t, str(x.predictions.meta.get("hardware", "")) if x.predictions else None, required=x.model is not None
+        )
         m = run_mapping(t, rules, step_pattern, layer_pattern, nvtx_mode)
         if baseline:
             with load(baseline) as bt:

@@ -12,11 +12,13 @@ from nsysparse.cli.app import cli
 from nsysparse.cli.options import emit, load, output_options, trace_argument
 from nsysparse.cli.render import Result
 from nsysparse.errors import NsysparseError
+from nsysparse.resources import data_dir
 from nsysparse.rules import load_rules
 from nsysparse.rules.check import test_packs
-from nsysparse.resources import data_dir
 
-rules_option = click.option("--rules", "rules", multiple=True, type=click.Path(exists=True), help="Rule pack file or folder (repeatable); default: the bundled packs.")
+rules_option = click.option(
+    "--rules", "rules", multiple=True, type=click.Path(exists=True), help="Rule pack file or folder (repeatable); default: the bundled packs."
+)
 
 
 @cli.group(name="rules")
@@ -31,9 +33,23 @@ def rules_group() -> None:
 def rules_list(ctx: click.Context, rules: tuple[str, ...], fmt: str, out: str | None) -> None:
     """List class rules and layer templates, pack by pack."""
     rs = load_rules(rules or None)
-    cls = pd.DataFrame([{"id": r.id, "pack": r.pack, "class": r.cls, "priority": r.priority, "short": r.short.pattern if r.short else "", "name": r.name.pattern if r.name else ""} for r in rs.classes])
+    cls = pd.DataFrame(
+        [
+            {
+                "id": r.id,
+                "pack": r.pack,
+                "class": r.cls,
+                "priority": r.priority,
+                "short": r.short.pattern if r.short else "",
+                "name": r.name.pattern if r.name else "",
+            }
+            for r in rs.classes
+        ]
+    )
     tpl = pd.DataFrame([{"id": t.id, "pack": t.pack, "role": t.role, "kind": t.kind, "ops": " ".join(s.op for s in t.slots)} for t in rs.templates])
-    emit(ctx, Result(frames={"class rules": cls, "templates": tpl}, meta={"packs": ", ".join(rs.packs), "digest": rs.digest}, title="nsysparse rules"), fmt, out)
+    emit(
+        ctx, Result(frames={"class rules": cls, "templates": tpl}, meta={"packs": ", ".join(rs.packs), "digest": rs.digest}, title="nsysparse rules"), fmt, out
+    )
 
 
 @rules_group.command(name="check")
@@ -49,10 +65,16 @@ def rules_check(ctx: click.Context, trace: str, rules: tuple[str, ...], max_uncl
     with load(trace) as t:
         unmatched, per_class, classified = rule_coverage(t, rs)
         share = (1 - classified) * 100
-        result = Result(frames={"unclassified kernels": unmatched.head(limit), "kernel time per class": per_class}, meta={"classified": f"{classified * 100:.2f} % of kernel time", "packs": ", ".join(rs.packs)}, title="nsysparse rules check")
+        result = Result(
+            frames={"unclassified kernels": unmatched.head(limit), "kernel time per class": per_class},
+            meta={"classified": f"{classified * 100:.2f} % of kernel time", "packs": ", ".join(rs.packs)},
+            title="nsysparse rules check",
+        )
         emit(ctx, result, fmt, out, t)
     if max_unclassified is not None and share > max_unclassified:
-        raise NsysparseError(f"{share:.2f} % of kernel time is unclassified, above --max-unclassified {max_unclassified:g}", "Add rules for the kernels listed above")
+        raise NsysparseError(
+            f"{share:.2f} % of kernel time is unclassified, above --max-unclassified {max_unclassified:g}", "Add rules for the kernels listed above"
+        )
 
 
 def default_names_dir() -> Path:
@@ -61,7 +83,13 @@ def default_names_dir() -> Path:
 
 @rules_group.command(name="test")
 @rules_option
-@click.option("--names", "names_dir", type=click.Path(exists=True, file_okay=False), default=None, help="Folder of <pack>.tsv kernel-name lists (default: fixtures/kernels of the source tree).")
+@click.option(
+    "--names",
+    "names_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Folder of <pack>.tsv kernel-name lists (default: fixtures/kernels of the source tree).",
+)
 @output_options(("table", "csv", "json"))
 @click.pass_context
 def rules_test(ctx: click.Context, rules: tuple[str, ...], names_dir: str | None, fmt: str, out: str | None) -> None:
@@ -72,8 +100,20 @@ def rules_test(ctx: click.Context, rules: tuple[str, ...], names_dir: str | None
     if not folder.is_dir():
         raise NsysparseError(f"{folder}: no kernel-name lists here", "Pass --names DIR with <pack>.tsv files")
     res = test_packs(rs, folder)
-    df = pd.DataFrame([{"pack": r.pack, "rules": r.rules, "templates": r.templates, "names": r.names, "failures": len(r.failures), "dead_rules": len(r.dead)} for r in res])
+    df = pd.DataFrame(
+        [{"pack": r.pack, "rules": r.rules, "templates": r.templates, "names": r.names, "failures": len(r.failures), "dead_rules": len(r.dead)} for r in res]
+    )
     problems = [f for r in res for f in r.failures] + [f"dead rule {d} (matches no listed kernel name)" for r in res for d in r.dead]
-    emit(ctx, Result(frames={"packs": df}, meta={"rules folder": str(data_dir("rules")) if not rules else ", ".join(rules), "names": str(folder)}, notes=problems[:50], title="nsysparse rules test"), fmt, out)
+    emit(
+        ctx,
+        Result(
+            frames={"packs": df},
+            meta={"rules folder": str(data_dir("rules")) if not rules else ", ".join(rules), "names": str(folder)},
+            notes=problems[:50],
+            title="nsysparse rules test",
+        ),
+        fmt,
+        out,
+    )
     if problems:
         raise NsysparseError(f"{len(problems)} rule test failure(s); the first: {problems[0]}")

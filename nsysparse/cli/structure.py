@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -23,10 +24,29 @@ F = Callable[..., Any]
 
 def mapping_options(f: F) -> F:
     opts = [
-        click.option("--rules", "rules", multiple=True, type=click.Path(exists=True), help="Rule pack file or folder (repeatable); default: the bundled packs."),
-        click.option("--step-pattern", default=DEFAULT_STEP_PATTERN, show_default=False, help="Regex for NVTX step ranges (default matches forward, step, iteration, decode, train, prefill, ...)."),
-        click.option("--layer-pattern", default=DEFAULT_LAYER_PATTERN, show_default=False, help="Regex for NVTX layer ranges (default matches layer_3, layers.3, block 3, ...)."),
-        click.option("--nvtx", "nvtx_mode", type=click.Choice(NVTX_MODES), default="auto", show_default=True, help="Use NVTX for steps, layers and ops (auto), for steps only (steps), or not at all (off)."),
+        click.option(
+            "--rules", "rules", multiple=True, type=click.Path(exists=True), help="Rule pack file or folder (repeatable); default: the bundled packs."
+        ),
+        click.option(
+            "--step-pattern",
+            default=DEFAULT_STEP_PATTERN,
+            show_default=False,
+            help="Regex for NVTX step ranges (default matches forward, step, iteration, decode, train, prefill, ...).",
+        ),
+        click.option(
+            "--layer-pattern",
+            default=DEFAULT_LAYER_PATTERN,
+            show_default=False,
+            help="Regex for NVTX layer ranges (default matches layer_3, layers.3, block 3, ...).",
+        ),
+        click.option(
+            "--nvtx",
+            "nvtx_mode",
+            type=click.Choice(NVTX_MODES),
+            default="auto",
+            show_default=True,
+            help="Use NVTX for steps, layers and ops (auto), for steps only (steps), or not at all (off).",
+        ),
         click.option("--device", type=int, default=None, help="Only this GPU (default: all, averaged per step)."),
     ]
     for o in reversed(opts):
@@ -64,7 +84,18 @@ def structure_meta(m: Mapping, device: int | None) -> dict[str, Any]:
 @click.option("--by-kind", is_flag=True, help="One row per (layer kind, op) instead of per op.")
 @output_options()
 @click.pass_context
-def ops(ctx: click.Context, trace: str, rules: tuple[str, ...], step_pattern: str, layer_pattern: str, nvtx_mode: str, device: int | None, by_kind: bool, fmt: str, out: str | None) -> None:
+def ops(
+    ctx: click.Context,
+    trace: str,
+    rules: tuple[str, ...],
+    step_pattern: str,
+    layer_pattern: str,
+    nvtx_mode: str,
+    device: int | None,
+    by_kind: bool,
+    fmt: str,
+    out: str | None,
+) -> None:
     """Per logical op: instances per step, mean and median µs of one instance, total per step, share,
     and where the name came from (nvtx > template > class)."""
     with load(trace) as t:
@@ -81,7 +112,18 @@ def ops(ctx: click.Context, trace: str, rules: tuple[str, ...], step_pattern: st
 @click.option("--top-unmapped", type=click.IntRange(min=0), default=10, show_default=True, help="How many unmapped kernels to list.")
 @output_options(("table", "csv", "json", "parquet"))
 @click.pass_context
-def layers(ctx: click.Context, trace: str, rules: tuple[str, ...], step_pattern: str, layer_pattern: str, nvtx_mode: str, device: int | None, top_unmapped: int, fmt: str, out: str | None) -> None:
+def layers(
+    ctx: click.Context,
+    trace: str,
+    rules: tuple[str, ...],
+    step_pattern: str,
+    layer_pattern: str,
+    nvtx_mode: str,
+    device: int | None,
+    top_unmapped: int,
+    fmt: str,
+    out: str | None,
+) -> None:
     """The per-layer cost table: layer kind × op with per-instance µs, the cost of one layer of each kind,
     layers per kind per step, and the reconciliation Σ(kind × count) + other ops − overlap + idle = step time.
 
@@ -106,7 +148,9 @@ def layers(ctx: click.Context, trace: str, rules: tuple[str, ...], step_pattern:
 @mapping_options
 @output_options()
 @click.pass_context
-def steps(ctx: click.Context, trace: str, rules: tuple[str, ...], step_pattern: str, layer_pattern: str, nvtx_mode: str, device: int | None, fmt: str, out: str | None) -> None:
+def steps(
+    ctx: click.Context, trace: str, rules: tuple[str, ...], step_pattern: str, layer_pattern: str, nvtx_mode: str, device: int | None, fmt: str, out: str | None
+) -> None:
     """One row per step (forward pass / training iteration): start, wall and busy time, kernels, the gap
     before it, and whether its boundaries came from NVTX or were inferred (with a confidence)."""
     with load(trace) as t:

@@ -35,7 +35,7 @@ class Workload:
     tp: int = 1  # tensor parallelism: heads and FFN widths divided by tp
     ep: int = 1  # expert parallelism: each GPU holds experts/ep routed experts
 
-    def validate(self) -> "Workload":
+    def validate(self) -> Workload:
         if self.phase not in PHASES:
             raise ConfigError(f"phase must be one of {', '.join(PHASES)}")
         if self.causal not in ("half", "full"):

@@ -52,4 +52,13 @@ def find(name_or_key: str) -> Hardware:
 
 
 def custom(peak_tflops: float, hbm_tbps: float | None = None, base: Hardware | None = None) -> Hardware:
-    return Hardware("custom", f"custom ({peak_tflops:g} TFLOP/s)", peak_tflops, peak_tflops, hbm_tbps or (base.hbm_tbps if base else 0.0), base.nvlink_gbps if base else 0.0, base.memory_gb if base else 0.0, "--peak")
+    return Hardware(
+        "custom",
+        f"custom ({peak_tflops:g} TFLOP/s)",
+        peak_tflops,
+        peak_tflops,
+        hbm_tbps or (base.hbm_tbps if base else 0.0),
+        base.nvlink_gbps if base else 0.0,
+        base.memory_gb if base else 0.0,
+        "--peak",
+    )

@@ -33,7 +33,9 @@ COLUMNS = (
 )
 
 
-def predict_ops(spec: ModelSpec, w: Workload, hw: Hardware, dtype: str = "bf16", eff_compute: float = 0.7, eff_memory: float = 0.8, latency_us: float = 3.0) -> pd.DataFrame:
+def predict_ops(
+    spec: ModelSpec, w: Workload, hw: Hardware, dtype: str = "bf16", eff_compute: float = 0.7, eff_memory: float = 0.8, latency_us: float = 3.0
+) -> pd.DataFrame:
     """One row per (layer kind, op), columns COLUMNS."""
     if not (0 < eff_compute <= 1 and 0 < eff_memory <= 1):
         raise ConfigError("efficiencies must be in (0, 1]")
@@ -70,7 +72,9 @@ def predict_ops(spec: ModelSpec, w: Workload, hw: Hardware, dtype: str = "bf16",
     )
 
 
-def prediction_meta(spec: ModelSpec, w: Workload, hw: Hardware, dtype: str, eff_compute: float, eff_memory: float, latency_us: float, table: pd.DataFrame) -> dict[str, Any]:
+def prediction_meta(
+    spec: ModelSpec, w: Workload, hw: Hardware, dtype: str, eff_compute: float, eff_memory: float, latency_us: float, table: pd.DataFrame
+) -> dict[str, Any]:
     """The meta block written at the top of a prediction file."""
     total = float((table["predicted_us"] * table["count_per_forward"]).sum())
     return {

@@ -104,7 +104,7 @@ def normalise(df: pd.DataFrame, rules: RuleSet, where: str = "predictions") -> p
         raise ConfigError(f"{where}: row {row} ({df['op'].iloc[row - 1]!r}) has no numeric predicted_us")
     out = pd.DataFrame({"name": df["op"].astype(str)})
     out["op"] = [rules.canonical_op(x) for x in out["name"]]
-    out["layer_kind"] = (df["layer_kind"].fillna("any").astype(str).str.lower() if "layer_kind" in df else "any")
+    out["layer_kind"] = df["layer_kind"].fillna("any").astype(str).str.lower() if "layer_kind" in df else "any"
     out["count_per_forward"] = pd.to_numeric(df["count_per_forward"], errors="coerce") if "count_per_forward" in df else np.nan
     out["predicted_us"] = pd.to_numeric(df["predicted_us"]).astype(float)
     for c in ("flops", "bytes", "comm_bytes"):
@@ -114,7 +114,9 @@ def normalise(df: pd.DataFrame, rules: RuleSet, where: str = "predictions") -> p
     dup = out.duplicated(["op", "layer_kind"])
     if dup.any():
         r = out[dup].iloc[0]
-        raise ConfigError(f"{where}: op {r['op']!r} (from {r['name']!r}) appears twice for layer kind {r['layer_kind']!r}", "Merge the rows or give each its layer_kind")
+        raise ConfigError(
+            f"{where}: op {r['op']!r} (from {r['name']!r}) appears twice for layer kind {r['layer_kind']!r}", "Merge the rows or give each its layer_kind"
+        )
     return out[COLUMNS]
 
 

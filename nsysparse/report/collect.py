@@ -77,7 +77,12 @@ def collect(trace: Trace, m: Mapping, x: ReportInputs, title: str | None = None)
         ("CUDA graphs", f"{info['cuda_graph_launches']} launches, trace mode {info['cuda_graph_trace_mode']}"),
         ("kernels", f"{info['tables'].get('kernels', 0):,}"),
         ("steps", f"{len(steps)} ({m.step_source}, confidence {m.step_confidence:.2f})"),
-        ("step time", f"{wall_ms:.3f} ms median wall, {float(steps['busy_ns'].median() / 1e6) if len(steps) else float('nan'):.3f} ms busy" if len(steps) else "no steps found"),
+        (
+            "step time",
+            f"{wall_ms:.3f} ms median wall, {float(steps['busy_ns'].median() / 1e6) if len(steps) else float('nan'):.3f} ms busy"
+            if len(steps)
+            else "no steps found",
+        ),
         ("gap between steps", f"{gap_ms:.3f} ms median" if gap_ms == gap_ms else "-"),
         ("layers per step", ", ".join(f"{k} {v:g}" for k, v in lr.layer_kinds.items()) or "none found"),
         ("unmapped kernel time", f"{lr.unmapped_share * 100:.2f} %" if lr.unmapped_share == lr.unmapped_share else "-"),
@@ -87,11 +92,21 @@ def collect(trace: Trace, m: Mapping, x: ReportInputs, title: str | None = None)
     if (x.accept_rate is not None or decode) and len(steps):
         s = serving_metrics(wall_ms, gap_ms if gap_ms == gap_ms else 0.0, x.accept_rate or 1.0, x.batch or (x.workload.batch if x.workload else 1))
         data.serving = s
-        summary.append(("TPOT", f"{s['tpot_ms']:.3f} ms at {s['accept_rate']:g} accepted tokens/step ({s['user_tok_s']:.1f} tok/s per user, {s['machine_tok_s']:.0f} tok/s for the batch)"))
+        summary.append(
+            (
+                "TPOT",
+                f"{s['tpot_ms']:.3f} ms at {s['accept_rate']:g} accepted tokens/step ({s['user_tok_s']:.1f} tok/s per user, {s['machine_tok_s']:.0f} tok/s for the batch)",
+            )
+        )
     if x.model is not None and x.workload is not None and x.hardware is not None and len(steps):
         data.mfu = mfu_report(steps, x.model.spec, x.workload, x.hardware, gpus=x.gpus, reference_flops=x.model.flops_per_step)
         r = data.mfu.summary.iloc[0]
-        summary.append(("MFU", f"{r['tflops_per_gpu']:.1f} TFLOP/s per GPU = {r['mfu_bf16_pct']:.1f} % of {x.hardware.name} BF16 peak ({r['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU)"))
+        summary.append(
+            (
+                "MFU",
+                f"{r['tflops_per_gpu']:.1f} TFLOP/s per GPU = {r['mfu_bf16_pct']:.1f} % of {x.hardware.name} BF16 peak ({r['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU)",
+            )
+        )
         if r["mbu_pct"] == r["mbu_pct"]:
             summary.append(("MBU", f"{r['mbu_pct']:.1f} % of HBM bandwidth"))
         notes += data.mfu.notes
@@ -100,7 +115,9 @@ def collect(trace: Trace, m: Mapping, x: ReportInputs, title: str | None = None)
         meas = measured_from_layers(ops, float(steps["wall_ns"].mean() / 1e6), m.rules)
         data.simdiff = simdiff(meas, x.predictions.table, x.hardware, model_ops)
         d = data.simdiff
-        summary.append(("vs prediction", f"measured {d.measured_total_ms:.3f} ms, predicted {d.predicted_total_ms:.3f} ms; matched ops {d.matched_total_ms:+.3f} ms"))
+        summary.append(
+            ("vs prediction", f"measured {d.measured_total_ms:.3f} ms, predicted {d.predicted_total_ms:.3f} ms; matched ops {d.matched_total_ms:+.3f} ms")
+        )
         notes += d.notes
     if x.baseline is not None:
         bt, bm = x.baseline
@@ -108,8 +125,13 @@ def collect(trace: Trace, m: Mapping, x: ReportInputs, title: str | None = None)
         data.baseline_name = Path(str(bt.source_path)).name
         c = data.comparison
         counts = c.table["verdict"].value_counts()
-        summary.append(("vs baseline", f"{c.verdict} ({int(counts.get('regression', 0))} regressions, {int(counts.get('improvement', 0))} improvements)" + (f": {'; '.join(c.reasons)}" if c.reasons else "")))
+        summary.append(
+            (
+                "vs baseline",
+                f"{c.verdict} ({int(counts.get('regression', 0))} regressions, {int(counts.get('improvement', 0))} improvements)"
+                + (f": {'; '.join(c.reasons)}" if c.reasons else ""),
+            )
+        )
         notes += c.notes
     data.notes = list(dict.fromkeys(notes))
     return data
-

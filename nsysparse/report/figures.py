@@ -47,10 +47,15 @@ def layer_breakdown(d: ReportData, colors: Colors) -> go.Figure | None:
     for op in order:
         sub = df[df["op"] == op].set_index("layer_kind").reindex(kinds)
         fig.add_bar(
-            name=esc(op), x=[esc(k) for k in kinds], y=sub["us_per_layer"].to_numpy(), marker_color=colors(op),
+            name=esc(op),
+            x=[esc(k) for k in kinds],
+            y=sub["us_per_layer"].to_numpy(),
+            marker_color=colors(op),
             hovertemplate=esc(op) + " in one %{x} layer: %{y:.1f} µs<extra></extra>",
         )
-    fig.update_layout(barmode="stack", title="One layer of each kind: op breakdown (µs per layer instance)", yaxis_title="µs", xaxis_title="layer kind", **LAYOUT)
+    fig.update_layout(
+        barmode="stack", title="One layer of each kind: op breakdown (µs per layer instance)", yaxis_title="µs", xaxis_title="layer kind", **LAYOUT
+    )
     return fig
 
 
@@ -63,14 +68,27 @@ def timeline(d: ReportData, colors: Colors) -> go.Figure | None:
     streams = sorted(seg["stream"].unique())
     labels = {s: f"stream {s}" for s in streams}
     for op, sub in seg.groupby("op", sort=False):
-        hover = [f"{esc(lbl)}<br>{esc(op)} · {esc(kind) or '-'}<br>{dur:.2f} µs at {st:.1f} µs" for lbl, kind, dur, st in zip(sub["label"], sub["layer_kind"], sub["dur_us"], sub["start_us"])]
+        hover = [
+            f"{esc(lbl)}<br>{esc(op)} · {esc(kind) or '-'}<br>{dur:.2f} µs at {st:.1f} µs"
+            for lbl, kind, dur, st in zip(sub["label"], sub["layer_kind"], sub["dur_us"], sub["start_us"])
+        ]
         fig.add_bar(
-            name=esc(op), orientation="h", base=np.round(sub["start_us"].to_numpy(), 3), x=np.maximum(np.round(sub["dur_us"].to_numpy(), 3), 0.05),
-            y=[labels[s] for s in sub["stream"]], marker_color=colors(str(op)), hovertext=hover, hoverinfo="text", width=0.8,
+            name=esc(op),
+            orientation="h",
+            base=np.round(sub["start_us"].to_numpy(), 3),
+            x=np.maximum(np.round(sub["dur_us"].to_numpy(), 3), 0.05),
+            y=[labels[s] for s in sub["stream"]],
+            marker_color=colors(str(op)),
+            hovertext=hover,
+            hoverinfo="text",
+            width=0.8,
         )
     fig.update_layout(
-        barmode="overlay", title=f"Step {tl.step} on GPU {tl.device_id}: {tl.kernels} kernels, {tl.wall_us:,.1f} µs ({tl.method})",
-        xaxis_title="µs from the step's first kernel", height=260 + 40 * len(streams), **LAYOUT,
+        barmode="overlay",
+        title=f"Step {tl.step} on GPU {tl.device_id}: {tl.kernels} kernels, {tl.wall_us:,.1f} µs ({tl.method})",
+        xaxis_title="µs from the step's first kernel",
+        height=260 + 40 * len(streams),
+        **LAYOUT,
     )
     return fig
 
@@ -103,8 +121,12 @@ def top_kernels(d: ReportData) -> go.Figure | None:
         return None
     k = k.iloc[::-1]
     names = [esc(n if len(n) <= 70 else n[:69] + "…") for n in k["name"].astype(str)]
-    fig = go.Figure(go.Bar(orientation="h", x=k["total_us"].to_numpy() / 1e3, y=names, hovertext=[esc(n) for n in k["name"].astype(str)], marker_color="#4c78a8"))
-    fig.update_layout(title="Top kernels by total time", xaxis_title="ms (whole trace)", height=200 + 22 * len(k), **{**LAYOUT, "margin": dict(l=380, r=20, t=50, b=50)})
+    fig = go.Figure(
+        go.Bar(orientation="h", x=k["total_us"].to_numpy() / 1e3, y=names, hovertext=[esc(n) for n in k["name"].astype(str)], marker_color="#4c78a8")
+    )
+    fig.update_layout(
+        title="Top kernels by total time", xaxis_title="ms (whole trace)", height=200 + 22 * len(k), **{**LAYOUT, "margin": dict(l=380, r=20, t=50, b=50)}
+    )
     return fig
 
 
@@ -140,9 +162,22 @@ def comparison(d: ReportData, top: int = 20) -> go.Figure | None:
         return None
     t = t.reindex(t["delta_us"].abs().sort_values(ascending=False).index).head(top).iloc[::-1]
     color = t["verdict"].map({"regression": "#d62728", "improvement": "#2ca02c"}).fillna("#999999")
-    fig = go.Figure(go.Bar(orientation="h", x=t["delta_us"].to_numpy(), y=[f"{esc(s)}: {esc(k)}" for s, k in zip(t["section"], t["key"])], marker_color=color.tolist(),
-                           error_x=dict(type="data", array=t["noise_us"].fillna(0).to_numpy(), visible=True), hovertemplate="%{y}: %{x:+,.1f} µs<extra></extra>"))
-    fig.update_layout(title=f"Against the baseline: Δ µs per step (bars: ± noise), verdict {esc(c.verdict)}", xaxis_title="new − base (µs)", height=220 + 24 * len(t), **{**LAYOUT, "margin": dict(l=300, r=20, t=50, b=50)})
+    fig = go.Figure(
+        go.Bar(
+            orientation="h",
+            x=t["delta_us"].to_numpy(),
+            y=[f"{esc(s)}: {esc(k)}" for s, k in zip(t["section"], t["key"])],
+            marker_color=color.tolist(),
+            error_x=dict(type="data", array=t["noise_us"].fillna(0).to_numpy(), visible=True),
+            hovertemplate="%{y}: %{x:+,.1f} µs<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"Against the baseline: Δ µs per step (bars: ± noise), verdict {esc(c.verdict)}",
+        xaxis_title="new − base (µs)",
+        height=220 + 24 * len(t),
+        **{**LAYOUT, "margin": dict(l=300, r=20, t=50, b=50)},
+    )
     return fig
 
 
@@ -166,4 +201,3 @@ def plotly_js() -> str:
     from plotly.offline import get_plotlyjs
 
     return get_plotlyjs()
-

@@ -81,7 +81,10 @@ def render(d: ReportData) -> str:
 
     tl = d.timeline
     if tl is not None:
-        inner = figure_div("fig-timeline", figs) + f'<p class="sub">The step with the median wall time; {tl.kernels} kernels drawn as {len(tl.segments)} bars ({esc(tl.method)}).</p>'
+        inner = (
+            figure_div("fig-timeline", figs)
+            + f'<p class="sub">The step with the median wall time; {tl.kernels} kernels drawn as {len(tl.segments)} bars ({esc(tl.method)}).</p>'
+        )
         parts.append(("timeline", "Timeline of a representative step", inner))
 
     g = d.gaps
@@ -95,7 +98,14 @@ def render(d: ReportData) -> str:
     inner = figure_div("fig-kernels", figs) + table(d.top_kernels)
     parts.append(("kernels", "Top kernels", inner))
 
-    parts.append(("unmapped", "Unmapped kernels", f'<p class="sub">{lr.unmapped_share * 100 if lr.unmapped_share == lr.unmapped_share else 0:.2f} % of kernel time inside steps is not mapped to an op; `nsysparse rules check` lists them all.</p>' + table(lr.unmapped)))
+    parts.append(
+        (
+            "unmapped",
+            "Unmapped kernels",
+            f'<p class="sub">{lr.unmapped_share * 100 if lr.unmapped_share == lr.unmapped_share else 0:.2f} % of kernel time inside steps is not mapped to an op; `nsysparse rules check` lists them all.</p>'
+            + table(lr.unmapped),
+        )
+    )
 
     if d.mfu is not None:
         s = d.mfu.summary.iloc[0]
@@ -103,13 +113,23 @@ def render(d: ReportData) -> str:
         parts.append(("mfu", "MFU", table(mfu_rows, max_rows=40)))
 
     if d.simdiff is not None:
-        inner = figure_div("fig-waterfall", figs) + "<h3>Per op</h3>" + table(d.simdiff.table, max_rows=80) + "<h3>Reconciliation</h3>" + table(d.simdiff.reconciliation)
+        inner = (
+            figure_div("fig-waterfall", figs)
+            + "<h3>Per op</h3>"
+            + table(d.simdiff.table, max_rows=80)
+            + "<h3>Reconciliation</h3>"
+            + table(d.simdiff.reconciliation)
+        )
         parts.append(("simdiff", "Measured vs predicted", inner))
 
     if d.comparison is not None:
         c = d.comparison
         changed = c.table[c.table["verdict"].isin(["regression", "improvement"])]
-        head = f'<p>Baseline <b>{esc(d.baseline_name)}</b>: verdict <span class="verdict-{esc(c.verdict)}">{esc(c.verdict)}</span>' + (f" — {esc('; '.join(c.reasons))}" if c.reasons else "") + "</p>"
+        head = (
+            f'<p>Baseline <b>{esc(d.baseline_name)}</b>: verdict <span class="verdict-{esc(c.verdict)}">{esc(c.verdict)}</span>'
+            + (f" — {esc('; '.join(c.reasons))}" if c.reasons else "")
+            + "</p>"
+        )
         inner = head + figure_div("fig-compare", figs) + "<h3>Changes</h3>" + table(changed) + "<h3>All keys</h3>" + table(c.table, max_rows=120)
         parts.append(("baseline", "Against the baseline", inner))
 
@@ -124,8 +144,14 @@ def render(d: ReportData) -> str:
     import plotly
 
     return tmpl.substitute(
-        title=esc(d.title), version=esc(__version__), css=(tdir / "report.css").read_text(encoding="utf-8"), plotly_js=figures.plotly_js(),
-        plotly_version=esc(plotly.__version__), nav=nav, body=body, figure_data=data,
+        title=esc(d.title),
+        version=esc(__version__),
+        css=(tdir / "report.css").read_text(encoding="utf-8"),
+        plotly_js=figures.plotly_js(),
+        plotly_version=esc(plotly.__version__),
+        nav=nav,
+        body=body,
+        figure_data=data,
     )
 
 
@@ -133,4 +159,3 @@ def write_report(d: ReportData, path: str | Path) -> int:
     text = render(d)
     Path(path).write_text(text, encoding="utf-8")
     return len(text.encode("utf-8"))
-

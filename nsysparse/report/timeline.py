@@ -79,7 +79,7 @@ def step_timeline(m: Mapping, max_segments: int = MAX_SEGMENTS) -> Timeline | No
             "kernels": frame["kernels"].astype(np.int64) if "kernels" in frame else 1,
         }
     )
-    return Timeline(seg, step, dev, wall, int(len(k)), method)
+    return Timeline(seg, step, dev, wall, len(k), method)
 
 
 def _merge_runs(f: pd.DataFrame) -> pd.DataFrame:
@@ -110,7 +110,7 @@ def _bin(f: pd.DataFrame, max_segments: int, wall_us: float) -> pd.DataFrame:
     bins = max(1, max_segments // max(streams, 1))
     width = max(wall_us / bins, 1e-3)
     b = np.minimum((f["start"].to_numpy() // width).astype(np.int64), bins - 1)
-    f = f.assign(bin=b, d=f["end"] - f["start"], kernels=f["kernels"] if "kernels" in f else 1)
+    f = f.assign(bin=b, d=f["end"] - f["start"], kernels=f.get("kernels", 1))
     top = f.sort_values("d").drop_duplicates(["stream", "bin"], keep="last").set_index(["stream", "bin"])
     g = f.groupby(["stream", "bin"])
     out = pd.DataFrame({"start": g["start"].min(), "end": g["end"].max(), "kernels": g["kernels"].sum()})

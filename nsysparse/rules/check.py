@@ -55,7 +55,9 @@ def test_packs(rules: RuleSet, names_dir: Path) -> list[PackTest]:
                 if row.expected not in rules.class_ops and row.expected != "":
                     res.failures.append(f"{pack}.tsv:{row.line}: unknown class {row.expected!r}")
                 elif cls != row.expected:
-                    res.failures.append(f"{pack}.tsv:{row.line}: {row.short!r} is {cls or 'unclassified'} (rule {rid or '-'}), expected {row.expected or 'unclassified'}")
+                    res.failures.append(
+                        f"{pack}.tsv:{row.line}: {row.short!r} is {cls or 'unclassified'} (rule {rid or '-'}), expected {row.expected or 'unclassified'}"
+                    )
         for r in (r for r in rules.classes if r.pack == pack):
             if not any(r.matches(s, n) for s, n in zip(everything["short"], everything["name"])):
                 res.dead.append(r.id)

@@ -37,4 +37,3 @@ def _expand(values: list[str], take: np.ndarray) -> pd.Categorical:
     pos = {v: i for i, v in enumerate(cats)}
     code = np.array([pos[v] for v in values], dtype=np.int32)
     return pd.Categorical.from_codes(code[take] if len(take) else np.zeros(0, dtype=np.int32), categories=cats)
-

@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from nsysparse.errors import RuleError
 from nsysparse.resources import data_dir
@@ -103,7 +104,9 @@ def _compile(path: Path, text: str, rid: str, field: str, value: Any) -> re.Patt
         raise RuleError(f"{_where(path, text, rid, field)}: invalid {field} regex {value!r} ({err})") from None
 
 
-def _slots(path: Path, text: str, tid: str, items: list[Any], blocks: dict[str, list[Any]], ops: dict[str, str], classes: set[str], depth: int = 0) -> list[Slot]:
+def _slots(
+    path: Path, text: str, tid: str, items: list[Any], blocks: dict[str, list[Any]], ops: dict[str, str], classes: set[str], depth: int = 0
+) -> list[Slot]:
     out: list[Slot] = []
     for item in items:
         if isinstance(item, str) and item.startswith("@"):
@@ -113,7 +116,7 @@ def _slots(path: Path, text: str, tid: str, items: list[Any], blocks: dict[str, 
             out += _slots(path, text, tid, blocks[name], blocks, ops, classes, depth + 1)
             continue
         if not isinstance(item, dict):
-            raise RuleError(f"{_where(path, text, tid)}: a slot must be {{op = ..., match = ...}} or \"@block\"")
+            raise RuleError(f'{_where(path, text, tid)}: a slot must be {{op = ..., match = ...}} or "@block"')
         extra = set(item) - _SLOT_KEYS
         if extra:
             raise RuleError(f"{_where(path, text, tid)}: unknown slot key(s) {sorted(extra)}")
@@ -159,8 +162,13 @@ def load_pack(path: Path, rs: RuleSet, seen_ids: set[str]) -> None:
             raise RuleError(f"{_where(path, text, rid)}: op {op!r} is not in the vocabulary")
         rs.classes.append(
             ClassRule(
-                id=rid, cls=cls, pack=pack, short=_compile(path, text, rid, "short", spec.get("short")),
-                name=_compile(path, text, rid, "name", spec.get("name")), priority=int(spec.get("priority", 50)), op=op,
+                id=rid,
+                cls=cls,
+                pack=pack,
+                short=_compile(path, text, rid, "short", spec.get("short")),
+                name=_compile(path, text, rid, "name", spec.get("name")),
+                priority=int(spec.get("priority", 50)),
+                op=op,
                 examples=tuple(spec.get("examples", ())),
             )
         )
@@ -180,8 +188,16 @@ def load_pack(path: Path, rs: RuleSet, seen_ids: set[str]) -> None:
         if not slots:
             raise RuleError(f"{_where(path, text, tid)}: a template needs slots")
         rs.templates.append(
-            Template(id=tid, pack=pack, role=role, kind=str(kind), slots=tuple(slots), anchor=anchor,
-                     description=str(spec.get("description", "")), to_end=bool(spec.get("to_end", False)))
+            Template(
+                id=tid,
+                pack=pack,
+                role=role,
+                kind=str(kind),
+                slots=tuple(slots),
+                anchor=anchor,
+                description=str(spec.get("description", "")),
+                to_end=bool(spec.get("to_end", False)),
+            )
         )
 
 

@@ -25,9 +25,7 @@ class ClassRule:
     def matches(self, short: str, name: str) -> bool:
         if self.short is not None and not self.short.search(short):
             return False
-        if self.name is not None and not self.name.search(name):
-            return False
-        return True
+        return not (self.name is not None and not self.name.search(name))
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def _op_name(text: str, layer_rx: re.Pattern[str], rules: RuleSet) -> str:
     text = EMIT_NVTX_SUFFIX.sub("", text)
     m = layer_rx.search(text)
     if m and m.end() < len(text):
-        text = text[m.end():]
+        text = text[m.end() :]
     return rules.canonical_op(text) or "unnamed"
 
 
@@ -221,14 +221,16 @@ def map_trace(
         has = att.layer_pos >= 0
         # one instance per (step, layer range): a CUDA graph's capture-time range recurs every replay
         inst = np.where(has, k_step * (len(att.tree) + 1) + att.layer_pos, -1)
-        uniq, inv = np.unique(inst[has], return_inverse=True)
+        _uniq, inv = np.unique(inst[has], return_inverse=True)
         layer_id[has] = inv
         texts, tinv = att.texts_at(att.layer_pos[has])
         layer_name[has] = np.array([names(str(t)) for t in texts], dtype=np.int32)[tinv]
         _template_ops_in_layers(parser, k, enc, layer_id, layer_name, names, tmpl_op, layer_kind, ops, kinds)
         # kernels of a step outside its NVTX layers (embedding, LM head, sampling): prelude/head templates
         outside_op = np.full(n, -1, dtype=np.int32)
-        _parse_steps(parser, k, enc, outside_op, np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32), [], ops, Vocab(""), Vocab(""))
+        _parse_steps(
+            parser, k, enc, outside_op, np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32), [], ops, Vocab(""), Vocab("")
+        )
         fill = (layer_id < 0) & (outside_op >= 0)
         tmpl_op[fill] = outside_op[fill]
     else:
@@ -270,8 +272,30 @@ def map_trace(
         k["layer_index"] = np.where(k["layer_id"] >= 0, idx.reindex(k["layer_id"].to_numpy()).fillna(-1).to_numpy(), -1).astype(np.int64)
     else:
         k["layer_index"] = -1
-    cols = ["start_ns", "end_ns", "dur_ns", "device_id", "stream_id", "pid", "short_name", "name", "kernel_class", "rule_id", "graph_node_id",
-            "step", "layer_id", "layer_index", "layer_name", "layer_kind", "op", "source", "has_launch", "api_start_ns", "api_end_ns", "global_tid"]
+    cols = [
+        "start_ns",
+        "end_ns",
+        "dur_ns",
+        "device_id",
+        "stream_id",
+        "pid",
+        "short_name",
+        "name",
+        "kernel_class",
+        "rule_id",
+        "graph_node_id",
+        "step",
+        "layer_id",
+        "layer_index",
+        "layer_name",
+        "layer_kind",
+        "op",
+        "source",
+        "has_launch",
+        "api_start_ns",
+        "api_end_ns",
+        "global_tid",
+    ]
     return Mapping(k[cols], steps, layers, windows.source, windows.confidence, layer_source, rules, notes + list(trace.notes), gpu_ops)
 
 
@@ -316,8 +340,18 @@ def _broadcast(order: np.ndarray, starts: np.ndarray, members: list[int], values
     target[order[idx]] = vals
 
 
-def _template_ops_in_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, layer_id: np.ndarray, name_codes: np.ndarray, names: Vocab,
-                            tmpl_op: np.ndarray, layer_kind: np.ndarray, ops: Vocab, kinds: Vocab) -> None:
+def _template_ops_in_layers(
+    parser: Parser,
+    k: pd.DataFrame,
+    enc: np.ndarray,
+    layer_id: np.ndarray,
+    name_codes: np.ndarray,
+    names: Vocab,
+    tmpl_op: np.ndarray,
+    layer_kind: np.ndarray,
+    ops: Vocab,
+    kinds: Vocab,
+) -> None:
     """NVTX delimits the layers; templates name the ops inside them (kind from the name or template).
     Layers with the same kernel sequence and name hint are parsed once and written in one step."""
     has = np.nonzero(layer_id >= 0)[0]
@@ -340,8 +374,19 @@ def _template_ops_in_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, la
         _broadcast(order, starts, members, np.full(len(seq), kinds(kind), dtype=np.int32), layer_kind)
 
 
-def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, tmpl_op: np.ndarray, layer_id: np.ndarray, layer_kind: np.ndarray, layer_name: np.ndarray,
-                 notes: list[str], ops: Vocab, kinds: Vocab, names: Vocab) -> None:
+def _parse_steps(
+    parser: Parser,
+    k: pd.DataFrame,
+    enc: np.ndarray,
+    tmpl_op: np.ndarray,
+    layer_id: np.ndarray,
+    layer_kind: np.ndarray,
+    layer_name: np.ndarray,
+    notes: list[str],
+    ops: Vocab,
+    kinds: Vocab,
+    names: Vocab,
+) -> None:
     """No NVTX layers: parse each step's primary-stream sequence; other streams join by time.
     Steps with the same sequence are parsed once and written in one step."""
     step = k["step"].to_numpy()

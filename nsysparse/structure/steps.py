@@ -12,6 +12,7 @@ The result carries a confidence in [0, 1] and the method used.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -24,7 +25,9 @@ from nsysparse.distinct import map_distinct
 # A step-like word (forward, step, decode, ...) in a range that is not a framework op annotation:
 # names with "::" (aten::, flash_attn::_flash_attn_forward, FSDP::pre_forward, autograd::engine::...)
 # or emit_nvtx's ", op_id = N" are ops inside a step, never the step itself.
-DEFAULT_STEP_PATTERN = r"(?i)^(?!.*::)(?!.*\bop_id\s*=)(?:ProfilerStep|.*(?:^|[^a-z])(?:forward|step|iteration|iter|decode|train|prefill|execute_\w+|generate)(?:[^a-z]|$))"
+DEFAULT_STEP_PATTERN = (
+    r"(?i)^(?!.*::)(?!.*\bop_id\s*=)(?:ProfilerStep|.*(?:^|[^a-z])(?:forward|step|iteration|iter|decode|train|prefill|execute_\w+|generate)(?:[^a-z]|$))"
+)
 MIN_STEP_GAP_NS = 20_000
 MIN_JUMP = 3.0
 
@@ -65,9 +68,18 @@ def nvtx_step_windows(nvtx: pd.DataFrame, pattern: str) -> pd.DataFrame:
         out_keep[m] = e[m] > prev
         reach[m] = run_max
     cand = cand[out_keep]
-    out = pd.DataFrame(
-        {"pid": cand["pid"].to_numpy(), "name": cand["text"].astype(str).to_numpy(), "cpu_start_ns": cand["start_ns"].to_numpy(), "cpu_end_ns": cand["end_ns"].to_numpy()}
-    ).sort_values(["cpu_start_ns", "pid"]).reset_index(drop=True)
+    out = (
+        pd.DataFrame(
+            {
+                "pid": cand["pid"].to_numpy(),
+                "name": cand["text"].astype(str).to_numpy(),
+                "cpu_start_ns": cand["start_ns"].to_numpy(),
+                "cpu_end_ns": cand["end_ns"].to_numpy(),
+            }
+        )
+        .sort_values(["cpu_start_ns", "pid"])
+        .reset_index(drop=True)
+    )
     out.insert(0, "step", np.arange(len(out)))
     return out
 
@@ -105,7 +117,7 @@ def _signature_agreement(codes: np.ndarray, cuts: np.ndarray) -> tuple[float, in
     """Share of complete segments (between cuts) whose code sequence equals the most common one."""
     if len(cuts) < 2:
         return 0.0, 0
-    segs = [codes[a:b].tobytes() for a, b in zip(cuts[:-1], cuts[1:])]
+    segs = [codes[a:b].tobytes() for a, b in itertools.pairwise(cuts)]
     counts = pd.Series(segs).value_counts()
     return float(counts.iloc[0]) / len(segs), len(segs)
 
@@ -225,7 +237,19 @@ def infer_step_windows(k: pd.DataFrame, codes: np.ndarray) -> StepWindows:
         cpu_s = np.where(gpu_only, gstart, first_launch)
         last = int(max(launch[has].max() if has.any() else 0, grp["end_ns"].max()))
         cpu_e = np.append(cpu_s[1:] - 1, last)
-        parts.append(pd.DataFrame({"pid": int(grp["pid"].mode().iloc[0]), "device_id": int(dev), "name": "", "cpu_start_ns": cpu_s, "cpu_end_ns": cpu_e, "gpu_only": gpu_only, "seg": seg_base + np.arange(len(cuts))}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "pid": int(grp["pid"].mode().iloc[0]),
+                    "device_id": int(dev),
+                    "name": "",
+                    "cpu_start_ns": cpu_s,
+                    "cpu_end_ns": cpu_e,
+                    "gpu_only": gpu_only,
+                    "seg": seg_base + np.arange(len(cuts)),
+                }
+            )
+        )
         pos = np.arange(len(grp))
         local = np.searchsorted(cuts, pos, side="right") - 1
         local = np.where((local >= 0) & (pos < ends[np.clip(local, 0, None)]), local, -1)

@@ -24,7 +24,7 @@ LAUNCH_COLUMNS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")
 STAT_COLUMNS = ("count", "total_ns", "mean_ns", "median_ns", "min_ns", "max_ns", "stddev_ns")
 
 
-def kernel_stats(trace: "Trace", name: str = "demangled", by_launch_config: bool = False, device_id: int | None = None) -> pd.DataFrame:
+def kernel_stats(trace: Trace, name: str = "demangled", by_launch_config: bool = False, device_id: int | None = None) -> pd.DataFrame:
     """Per kernel name (and launch config): name, [grid/block], count, total/mean/median/min/max/stddev ns."""
     trace.require("kernels")
     table = S.TABLES["kernels"]
@@ -41,7 +41,7 @@ def kernel_stats(trace: "Trace", name: str = "demangled", by_launch_config: bool
     return _pandas_stats(trace, keys, device_id)
 
 
-def _duckdb_stats(trace: "Trace", con, table: str, keys: list[str], device_id: int | None) -> pd.DataFrame | None:  # type: ignore[no-untyped-def]
+def _duckdb_stats(trace: Trace, con, table: str, keys: list[str], device_id: int | None) -> pd.DataFrame | None:  # type: ignore[no-untyped-def]
     cols = trace.schema.columns[table]
     sel = []
     for k in keys:
@@ -68,7 +68,7 @@ def _duckdb_stats(trace: "Trace", con, table: str, keys: list[str], device_id: i
     return _merge_same_names(df, keys)
 
 
-def _pandas_stats(trace: "Trace", keys: list[str], device_id: int | None) -> pd.DataFrame:
+def _pandas_stats(trace: Trace, keys: list[str], device_id: int | None) -> pd.DataFrame:
     extra = tuple(k for k in keys if k not in ("start_ns", "end_ns"))
     k = trace.kernels(("start_ns", "end_ns", "device_id", *extra))
     if device_id is not None:

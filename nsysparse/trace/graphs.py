@@ -20,7 +20,7 @@ TABLE = "CUDA_GRAPH_NODE_EVENTS"
 MAX_CHAIN = 8
 
 
-def node_origins(trace: "Trace") -> pd.DataFrame:
+def node_origins(trace: Trace) -> pd.DataFrame:
     """graph_node_id -> capture_ns, capture_global_tid (following originalGraphNodeId chains)."""
     cols = ["graph_node_id", "capture_ns", "capture_global_tid"]
     if not trace.schema.has(TABLE, "graphNodeId") or not trace.schema.has(TABLE, "globalTid"):

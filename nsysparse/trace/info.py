@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 COUNTED_KINDS = ("kernels", "api", "nvtx", "memcpy", "memset", "sync", "graph_trace", "osrt")
 
 
-def gpus(trace: "Trace") -> pd.DataFrame:
+def gpus(trace: Trace) -> pd.DataFrame:
     """device_id, name, sm_count, memory_gib, memory_bandwidth_gbps, compute_capability, source, kernels."""
     df = _gpu_table(trace)
     used = pd.Series(dtype="int64")
@@ -41,7 +41,7 @@ def gpus(trace: "Trace") -> pd.DataFrame:
     return df
 
 
-def _gpu_table(trace: "Trace") -> pd.DataFrame:
+def _gpu_table(trace: Trace) -> pd.DataFrame:
     cols = ["device_id", "name", "sm_count", "memory_gib", "memory_bandwidth_gbps", "compute_capability", "source"]
     sc = trace.schema
     rows: list[dict[str, Any]] = []
@@ -53,7 +53,7 @@ def _gpu_table(trace: "Trace") -> pd.DataFrame:
     elif sc.has("TARGET_INFO_CUDA_GPU"):
         c = _picker(sc.columns["TARGET_INFO_CUDA_GPU"])
         q = (
-            f'SELECT {c("deviceId")}, {c("name")}, {c("numMultiprocessors")}, {c("globalMemorySize")}, {c("globalMemoryBandwidth")}, '
+            f"SELECT {c('deviceId')}, {c('name')}, {c('numMultiprocessors')}, {c('globalMemorySize')}, {c('globalMemoryBandwidth')}, "
             f'{c("computeCapabilityMajor")}, {c("computeCapabilityMinor")} FROM "TARGET_INFO_CUDA_GPU"'
         )
         for did, name, sm, mem, bw, cmaj, cmin in trace.engine.rows(q):
@@ -84,19 +84,19 @@ def _gpu_row(did: Any, name: Any, sm: Any, mem: Any, bw: Any, cmaj: Any, cmin: A
     }
 
 
-def graph_launches(trace: "Trace") -> int:
+def graph_launches(trace: Trace) -> int:
     """Number of cudaGraphLaunch / cuGraphLaunch calls (0 when none, or no API table)."""
     table = S.TABLES["api"]
     if not trace.schema.has(table, "nameId") or not trace.schema.has(S.STRINGS):
         return 0
-    ids = [r[0] for r in trace.engine.rows(f'SELECT id FROM "{S.STRINGS}" WHERE value LIKE \'cudaGraphLaunch%\' OR value LIKE \'cuGraphLaunch%\'')]
+    ids = [r[0] for r in trace.engine.rows(f"SELECT id FROM \"{S.STRINGS}\" WHERE value LIKE 'cudaGraphLaunch%' OR value LIKE 'cuGraphLaunch%'")]
     if not ids:
         return 0
     df = trace.engine.frame(f'SELECT count(*) AS n FROM "{table}" WHERE "nameId" IN ({", ".join(str(int(i)) for i in ids)})')
     return int(df["n"].iloc[0])
 
 
-def gpu_name(trace: "Trace", device_id: int | None = None) -> str:
+def gpu_name(trace: Trace, device_id: int | None = None) -> str:
     """Name of one GPU (or the first), 'unknown' when the export has no GPU table."""
     g = _gpu_table(trace)
     if len(g) == 0:
@@ -106,7 +106,7 @@ def gpu_name(trace: "Trace", device_id: int | None = None) -> str:
     return str(g["name"].iloc[0])
 
 
-def processes(trace: "Trace") -> pd.DataFrame:
+def processes(trace: Trace) -> pd.DataFrame:
     """Processes with CUDA or NVTX activity: pid, name, threads, kernels, api_calls, nvtx_events, devices."""
     counts: dict[int, dict[str, Any]] = {}
 
@@ -159,7 +159,7 @@ def processes(trace: "Trace") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["pid", "name", "threads", "kernels", "api_calls", "nvtx_events", "devices"])
 
 
-def streams(trace: "Trace") -> pd.DataFrame:
+def streams(trace: Trace) -> pd.DataFrame:
     """device_id, stream_id, pid, kernels, memcpy, memset, busy_ms (union of GPU work on the stream)."""
     cols = ["device_id", "stream_id", "pid", "kernels", "memcpy", "memset", "busy_ms"]
     if not any(trace.has(k) for k in S.GPU_OP_KINDS):
@@ -186,7 +186,7 @@ def streams(trace: "Trace") -> pd.DataFrame:
     return out.sort_values(["device_id", "stream_id", "pid"]).reset_index(drop=True)[cols]
 
 
-def nvtx_domains(trace: "Trace") -> pd.DataFrame:
+def nvtx_domains(trace: Trace) -> pd.DataFrame:
     """domain, pid, ranges, marks (one SQL aggregate; names from the domain-create events)."""
     cols = ["domain", "pid", "ranges", "marks"]
     if not trace.has("nvtx"):
@@ -214,7 +214,7 @@ def nvtx_domains(trace: "Trace") -> pd.DataFrame:
     return out[cols].astype({"ranges": "int64", "marks": "int64", "pid": "int64"}).reset_index(drop=True)
 
 
-def time_span(trace: "Trace") -> tuple[int | None, int | None]:
+def time_span(trace: Trace) -> tuple[int | None, int | None]:
     lo, hi = None, None
     for kind in ("kernels", "api", "nvtx", "memcpy", "memset"):
         if not trace.has(kind):
@@ -233,7 +233,7 @@ def time_span(trace: "Trace") -> tuple[int | None, int | None]:
     return lo, hi
 
 
-def slice_status(trace: "Trace") -> tuple[bool, str]:
+def slice_status(trace: Trace) -> tuple[bool, str]:
     """Whether the export is a time slice: metadata says so, or kernels lack their launching calls."""
     if "DERIVED_WINDOW_NS" in trace.export_meta:
         return True, f"export metadata marks a time window ({trace.export_meta['DERIVED_WINDOW_NS']} ns)"
@@ -247,7 +247,7 @@ def slice_status(trace: "Trace") -> tuple[bool, str]:
     return False, "every kernel has its launching API call"
 
 
-def _kernels_without_launch(trace: "Trace") -> tuple[int, int]:
+def _kernels_without_launch(trace: Trace) -> tuple[int, int]:
     """Kernels whose correlationId has no runtime/driver call in the same process: an anti-join in
     DuckDB for large files (hash join), the in-memory launch join otherwise."""
     kt, at = S.TABLES["kernels"], S.TABLES["api"]
@@ -256,20 +256,24 @@ def _kernels_without_launch(trace: "Trace") -> tuple[int, int]:
         launches = trace.launches()
         return int((~launches["has_launch"].to_numpy()).sum()), len(launches)
     cond = 'r."correlationId" = k."correlationId"' + (' AND ((r."globalTid" >> 24) & 16777215) = ((k."globalPid" >> 24) & 16777215)' if pid_ok else "")
-    df = trace.engine.frame(
-        f'SELECT count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM "{at}" r WHERE {cond})) AS missing, count(*) AS total FROM "{kt}" k'
-    )
+    df = trace.engine.frame(f'SELECT count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM "{at}" r WHERE {cond})) AS missing, count(*) AS total FROM "{kt}" k')
     return int(df["missing"].iloc[0]), int(df["total"].iloc[0])
 
 
-def summary(trace: "Trace") -> dict[str, Any]:
+def summary(trace: Trace) -> dict[str, Any]:
     """The whole `info` answer as plain data (JSON-ready)."""
     lo, hi = time_span(trace)
     sliced, why = slice_status(trace)
     nvtx_text = "none"
     if trace.has("nvtx"):
         cols = trace.schema.columns[S.TABLES["nvtx"]]
-        t = trace.engine.rows(f'SELECT sum(CASE WHEN "text" IS NOT NULL THEN 1 ELSE 0 END), count(*) FROM "{S.TABLES["nvtx"]}" WHERE "eventType" IN (59, 60, 34)') if "text" in cols and "eventType" in cols else [(0, 0)]
+        t = (
+            trace.engine.rows(
+                f'SELECT sum(CASE WHEN "text" IS NOT NULL THEN 1 ELSE 0 END), count(*) FROM "{S.TABLES["nvtx"]}" WHERE "eventType" IN (59, 60, 34)'
+            )
+            if "text" in cols and "eventType" in cols
+            else [(0, 0)]
+        )
         inline, total = (t[0][0] or 0), (t[0][1] or 0)
         nvtx_text = "text" if inline == total and total else ("textId" if inline == 0 and total else "mixed text/textId")
     return {

@@ -55,13 +55,35 @@ NVTXT_STARTEND = 71
 NVTX_DOMAIN_CREATE = 75
 NVTX_RANGE_TYPES = (NVTX_PUSHPOP, NVTX_STARTEND, NVTXT_PUSHPOP, NVTXT_STARTEND)
 NVTX_KIND = {NVTX_MARK: "mark", NVTX_PUSHPOP: "push_pop", NVTX_STARTEND: "start_end", NVTXT_PUSHPOP: "push_pop", NVTXT_STARTEND: "start_end"}
-MEMCPY_KIND = {0: "unknown", 1: "HtoD", 2: "DtoH", 3: "HtoA", 4: "AtoH", 5: "AtoA", 6: "AtoD", 7: "DtoA", 8: "DtoD", 9: "HtoH", 10: "PtoP", 11: "UVM HtoD", 12: "UVM DtoH", 13: "UVM DtoD"}
+MEMCPY_KIND = {
+    0: "unknown",
+    1: "HtoD",
+    2: "DtoH",
+    3: "HtoA",
+    4: "AtoH",
+    5: "AtoA",
+    6: "AtoD",
+    7: "DtoA",
+    8: "DtoD",
+    9: "HtoH",
+    10: "PtoP",
+    11: "UVM HtoD",
+    12: "UVM DtoH",
+    13: "UVM DtoD",
+}
 SYNC_KIND = {0: "unknown", 1: "event_sync", 2: "stream_wait_event", 3: "stream_sync", 4: "context_sync"}
 
 # Allow-list of capture/export metadata that may be shown. Everything else (environment variables,
 # host names, user names, paths, command lines) stays unread by output code.
 SHOWN_CAPTURE_KEYS = ("CUDA_GRAPH_TRACE_OPTIONS:MODE", "CUDA_TRACE_SCOPE", "START_DELAY_MS", "RUN_DURATION_MS", "CAPTURE_EVENT_TYPE")
-SHOWN_EXPORT_KEYS = ("EXPORT_PRODUCT_VERSION", "EXPORT_SCHEMA_VERSION", "EXPORT_PARAM_TIME_NORMALIZE", "EXPORT_PARAM_TIME_SHIFT", "EXPORT_PARAM_LAZY", "DERIVED_WINDOW_NS")
+SHOWN_EXPORT_KEYS = (
+    "EXPORT_PRODUCT_VERSION",
+    "EXPORT_SCHEMA_VERSION",
+    "EXPORT_PARAM_TIME_NORMALIZE",
+    "EXPORT_PARAM_TIME_SHIFT",
+    "EXPORT_PARAM_LAZY",
+    "DERIVED_WINDOW_NS",
+)
 
 
 @dataclass(frozen=True)

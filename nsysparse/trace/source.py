@@ -58,8 +58,7 @@ def check_sqlite_file(p: Path) -> None:
             raise TraceError(f"{p}: is a text file, not an Nsight Systems SQLite export", "Pass the .sqlite file written by nsys export")
         raise TraceError(
             f"{p}: is not an SQLite database (it may be an .nsys-rep report under another name)",
-            f"If it is a report, give it the .nsys-rep suffix and export it: "
-            f"nsys export --type sqlite -o {p.stem}.sqlite {p.stem}.nsys-rep",
+            f"If it is a report, give it the .nsys-rep suffix and export it: nsys export --type sqlite -o {p.stem}.sqlite {p.stem}.nsys-rep",
         )
     if size < 100:
         raise TraceError(f"{p}: is truncated ({size} bytes, shorter than an SQLite header)", "Copy or export the file again")

@@ -20,7 +20,7 @@ class Strings:
         self._values = values
 
     @classmethod
-    def empty(cls) -> "Strings":
+    def empty(cls) -> Strings:
         return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object))
 
     def get(self, string_id: int | None) -> str | None:

@@ -104,7 +104,7 @@ SYNC_COLS = {
 SPECS = {"kernels": KERNEL_COLS, "api": API_COLS, "memcpy": MEMCPY_COLS, "memset": MEMSET_COLS, "sync": SYNC_COLS}
 
 
-def _select_sql(trace: "Trace", kind: str, wanted: tuple[str, ...], where: str = "") -> tuple[str, list[str]]:
+def _select_sql(trace: Trace, kind: str, wanted: tuple[str, ...], where: str = "") -> tuple[str, list[str]]:
     table = S.TABLES[kind]
     spec = SPECS[kind]
     present = trace.schema.columns[table]
@@ -132,7 +132,7 @@ def default_columns(kind: str) -> tuple[str, ...]:
     return {"kernels": KERNEL_DEFAULT, "api": API_DEFAULT}.get(kind, tuple(SPECS[kind]))
 
 
-def load(trace: "Trace", kind: str, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+def load(trace: Trace, kind: str, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Generic loader for kernels/api/memcpy/memset/sync. Adds `pid` (and `tid`) decoded from global ids."""
     trace.require(kind)
     spec = SPECS[kind]
@@ -156,7 +156,7 @@ def load(trace: "Trace", kind: str, columns: tuple[str, ...] | None = None) -> p
     return df
 
 
-def _finish(trace: "Trace", df: pd.DataFrame, kind: str, spec: dict[str, Col], wanted: tuple[str, ...]) -> pd.DataFrame:
+def _finish(trace: Trace, df: pd.DataFrame, kind: str, spec: dict[str, Col], wanted: tuple[str, ...]) -> pd.DataFrame:
     out: dict[str, object] = {}
     for name in wanted:
         col = spec[name]
@@ -183,7 +183,7 @@ def _finish(trace: "Trace", df: pd.DataFrame, kind: str, spec: dict[str, Col], w
     return frame
 
 
-def nvtx(trace: "Trace") -> pd.DataFrame:
+def nvtx(trace: Trace) -> pd.DataFrame:
     """NVTX ranges and marks with resolved text and domain names (see module docstring)."""
     trace.require("nvtx")
     table = S.TABLES["nvtx"]
@@ -201,8 +201,8 @@ def nvtx(trace: "Trace") -> pd.DataFrame:
     types = ", ".join(str(t) for t in (*S.NVTX_RANGE_TYPES, S.NVTX_MARK))
     sql = (
         f'SELECT n."start" AS start_ns, COALESCE(n."end", -1) AS end_ns, {c("eventType")} AS event_type, '
-        f'COALESCE({c("globalTid")}, 0) AS global_tid, COALESCE({c("endGlobalTid", "NULL")}, {c("globalTid")}, 0) AS end_global_tid, '
-        f'COALESCE({c("domainId")}, 0) AS domain_id, COALESCE({c("rangeId")}, 0) AS range_id, {text_expr} AS text '
+        f"COALESCE({c('globalTid')}, 0) AS global_tid, COALESCE({c('endGlobalTid', 'NULL')}, {c('globalTid')}, 0) AS end_global_tid, "
+        f"COALESCE({c('domainId')}, 0) AS domain_id, COALESCE({c('rangeId')}, 0) AS range_id, {text_expr} AS text "
         f'FROM "{table}" n {join} WHERE {c("eventType")} IN ({types})'
     )
     df = trace.engine.frame(sql)
@@ -238,7 +238,7 @@ def nvtx(trace: "Trace") -> pd.DataFrame:
     return out
 
 
-def nvtx_domains(trace: "Trace") -> pd.DataFrame:
+def nvtx_domains(trace: Trace) -> pd.DataFrame:
     """Domain names from NvtxDomainCreate rows: pid, domain_id, domain."""
     table = S.TABLES["nvtx"]
     cols = trace.schema.columns.get(table, ())
@@ -253,10 +253,12 @@ def nvtx_domains(trace: "Trace") -> pd.DataFrame:
     if not rows:
         return pd.DataFrame({"pid": [], "domain_id": [], "domain": []})
     g = np.array([r[0] or 0 for r in rows], dtype=np.int64)
-    return pd.DataFrame({"pid": pid_of(g), "domain_id": [int(r[1] or 0) for r in rows], "domain": [r[2] or "" for r in rows]}).drop_duplicates(["pid", "domain_id"])
+    return pd.DataFrame({"pid": pid_of(g), "domain_id": [int(r[1] or 0) for r in rows], "domain": [r[2] or "" for r in rows]}).drop_duplicates(
+        ["pid", "domain_id"]
+    )
 
 
-def kernel_launches(trace: "Trace", kernels: pd.DataFrame, api: pd.DataFrame) -> pd.DataFrame:
+def kernel_launches(trace: Trace, kernels: pd.DataFrame, api: pd.DataFrame) -> pd.DataFrame:
     """Join each kernel to its launching API call (same correlationId, same process).
 
     Adds has_launch, api_start_ns, api_end_ns, global_tid, tid, api_name. Where the call is absent (a
@@ -296,17 +298,19 @@ def _corr_key(corr: np.ndarray, pid: np.ndarray | None) -> np.ndarray:
     return (pid.astype(np.int64) << 32) | corr
 
 
-def require_columns(trace: "Trace", kind: str, *columns: str) -> None:
+def require_columns(trace: Trace, kind: str, *columns: str) -> None:
     table = S.TABLES[kind]
     for col in columns:
         if not trace.schema.has(table, SPECS[kind][col].source):
             raise MissingDataError(f"{trace.path}: {table} has no {SPECS[kind][col].source} column", "Re-export with a newer nsys")
 
 
-def profiler_overhead(trace: "Trace") -> pd.DataFrame:
+def profiler_overhead(trace: Trace) -> pd.DataFrame:
     """Intervals where the profiler itself worked (CUPTI buffer flushes and the like): start_ns, end_ns, global_tid."""
     cols = {"start_ns": [], "end_ns": [], "global_tid": []}
     if not trace.schema.has("PROFILER_OVERHEAD", "globalTid"):
         return pd.DataFrame({k: pd.Series(v, dtype="int64") for k, v in cols.items()})
-    df = trace.engine.frame('SELECT "start" AS start_ns, "end" AS end_ns, COALESCE("globalTid", 0) AS global_tid FROM "PROFILER_OVERHEAD" WHERE "end" IS NOT NULL')
+    df = trace.engine.frame(
+        'SELECT "start" AS start_ns, "end" AS end_ns, COALESCE("globalTid", 0) AS global_tid FROM "PROFILER_OVERHEAD" WHERE "end" IS NOT NULL'
+    )
     return df.astype("int64") if len(df) else pd.DataFrame({k: pd.Series(v, dtype="int64") for k, v in cols.items()})

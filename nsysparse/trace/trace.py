@@ -55,7 +55,7 @@ class Trace:
         self._counts: dict[str, int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def __enter__(self) -> "Trace":
+    def __enter__(self) -> Trace:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -105,9 +105,7 @@ class Trace:
     def require(self, kind: str, purpose: str | None = None) -> None:
         if not self.has(kind):
             what = f" ({purpose} needs it)" if purpose else ""
-            raise MissingDataError(
-                f"{self.path}: has no {S.TABLES[kind]} table{what}", _WHY_MISSING.get(kind, "the capture did not record it")
-            )
+            raise MissingDataError(f"{self.path}: has no {S.TABLES[kind]} table{what}", _WHY_MISSING.get(kind, "the capture did not record it"))
 
     def count(self, kind: str) -> int:
         if kind not in self._counts:
@@ -217,7 +215,11 @@ class Trace:
                 if not self.has(kind):
                     continue
                 if kind == "kernels":
-                    df = self.kernels() if (not narrow or "kernels" in self._frames) else _sorted(tables.load(self, "kernels", ("start_ns", "end_ns", "device_id", "stream_id", "global_pid")))
+                    df = (
+                        self.kernels()
+                        if (not narrow or "kernels" in self._frames)
+                        else _sorted(tables.load(self, "kernels", ("start_ns", "end_ns", "device_id", "stream_id", "global_pid")))
+                    )
                 else:
                     df = self._load(kind, None)
                 part = df[["start_ns", "end_ns", "device_id", "stream_id", "pid"]].copy()

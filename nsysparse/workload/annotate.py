@@ -6,8 +6,8 @@ emitted when torch was built with CUDA and the run is on the GPU.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 LEVELS = {"none": 0, "step": 1, "layer": 2, "op": 3}
 

@@ -43,7 +43,7 @@ class ModelConfig:
     rms_eps: float = 1e-6
     dtype: str = "bfloat16"
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         if self.kind not in ("dense", "moe"):
             raise ConfigError(f"model kind must be dense or moe, not {self.kind!r}")
         for f in ("hidden", "layers", "heads", "vocab"):
@@ -92,7 +92,7 @@ class RunConfig:
     device: str = "cuda"
     seed: int = 0
 
-    def validate(self, model: ModelConfig) -> "RunConfig":
+    def validate(self, model: ModelConfig) -> RunConfig:
         if self.phase not in PHASES:
             raise ConfigError(f"--phase must be one of {', '.join(PHASES)}")
         if self.nvtx not in NVTX_LEVELS:
@@ -124,14 +124,45 @@ PRESETS: dict[str, ModelConfig] = {
     "llama-mini": ModelConfig(kind="dense", hidden=2048, layers=8, heads=16, kv_heads=4, head_dim=128, ffn=5632, vocab=32000),
     # DeepSeek-V3-like: 3 dense + 5 MoE layers, MLA, shared expert, sigmoid top-k gate, one MTP layer.
     "ds-mini": ModelConfig(
-        kind="moe", hidden=2048, layers=8, heads=16, ffn=5632, vocab=32000, first_dense=3, experts=64, top_k=6, moe_ffn=512,
-        shared_experts=1, q_lora_rank=768, kv_lora_rank=192, qk_nope_dim=64, qk_rope_dim=64, v_head_dim=128, mtp_layers=1,
+        kind="moe",
+        hidden=2048,
+        layers=8,
+        heads=16,
+        ffn=5632,
+        vocab=32000,
+        first_dense=3,
+        experts=64,
+        top_k=6,
+        moe_ffn=512,
+        shared_experts=1,
+        q_lora_rank=768,
+        kv_lora_rank=192,
+        qk_nope_dim=64,
+        qk_rope_dim=64,
+        v_head_dim=128,
+        mtp_layers=1,
     ),
     # CPU smoke-test sizes.
     "tiny-dense": ModelConfig(kind="dense", hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, ffn=128, vocab=256, dtype="float32"),
     "tiny-moe": ModelConfig(
-        kind="moe", hidden=64, layers=3, heads=4, ffn=128, vocab=256, first_dense=1, experts=8, top_k=2, moe_ffn=32, shared_experts=1,
-        q_lora_rank=32, kv_lora_rank=32, qk_nope_dim=16, qk_rope_dim=16, v_head_dim=32, mtp_layers=1, dtype="float32",
+        kind="moe",
+        hidden=64,
+        layers=3,
+        heads=4,
+        ffn=128,
+        vocab=256,
+        first_dense=1,
+        experts=8,
+        top_k=2,
+        moe_ffn=32,
+        shared_experts=1,
+        q_lora_rank=32,
+        kv_lora_rank=32,
+        qk_nope_dim=16,
+        qk_rope_dim=16,
+        v_head_dim=32,
+        mtp_layers=1,
+        dtype="float32",
     ),
 }
 

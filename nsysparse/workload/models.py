@@ -317,7 +317,7 @@ class MTP(nn.Module):
         self.eh_proj = nn.Linear(2 * m.hidden, m.hidden, bias=False)
         self.block = Block(name, m.layer_kinds()[-1], m, run, device, dtype, impl)
 
-    def forward(self, hidden: torch.Tensor, tokens: torch.Tensor, tok: torch.Tensor, ctx: Ctx, model: "LM") -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, tokens: torch.Tensor, tok: torch.Tensor, ctx: Ctx, model: LM) -> torch.Tensor:
         a = ctx.ann
         with a.layer(self.name):
             with a.op("mtp_norm"):

@@ -57,8 +57,10 @@ def run_profiled(out_dir: Path, cuda_graph: bool, nsys_path: str | None, nvtx: b
     """Profile `python -m nsysparse.workload.run out_dir/config.json`; returns the manifest's nsys block."""
     nsys = find_nsys(nsys_path)
     if nsys is None:
-        raise ConfigError("--profile needs Nsight Systems and none was found (PATH, --nsys, or Nsight Compute's bundled collector)",
-                          "Install nsys, or run without --profile and profile by hand with the printed command")
+        raise ConfigError(
+            "--profile needs Nsight Systems and none was found (PATH, --nsys, or Nsight Compute's bundled collector)",
+            "Install nsys, or run without --profile and profile by hand with the printed command",
+        )
     env = _env()
     prefix = out_dir / "trace"
     for suffix in (".qdstrm", ".nsys-rep", ".sqlite"):
@@ -75,7 +77,9 @@ def run_profiled(out_dir: Path, cuda_graph: bool, nsys_path: str | None, nvtx: b
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise ConfigError(f"profiling failed (exit {proc.returncode}): {' | '.join(tail) or 'no output'}")
     sqlite = prefix.with_suffix(".sqlite")
-    exp = subprocess.run([str(nsys), "export", "--type", "sqlite", "--force-overwrite", "true", "-o", str(sqlite), str(rep)], env=env, capture_output=True, text=True)
+    exp = subprocess.run(
+        [str(nsys), "export", "--type", "sqlite", "--force-overwrite", "true", "-o", str(sqlite), str(rep)], env=env, capture_output=True, text=True
+    )
     if exp.returncode != 0 or not sqlite.exists():
         raise ConfigError(f"nsys export failed: {(exp.stderr or exp.stdout).strip()[-300:]}")
     version = subprocess.run([str(nsys), "--version"], env=env, capture_output=True, text=True).stdout.strip()
