@@ -29,7 +29,6 @@ from nsysparse.analyses.instances import op_instances
 from nsysparse.columns import Column
 from nsysparse.structure.mapping import Mapping
 from nsysparse.trace import Trace
-from nsysparse.trace.info import gpu_name
 
 COLUMNS = (
     Column("section", "str", "step | layer | op | gaps | kernel | mfu"),
@@ -149,7 +148,7 @@ def profile(trace: Trace, m: Mapping, top_kernels: int = 10, flops_per_step: flo
         long = per.stack().reset_index(name="ns")
         parts.append(_long("kernel", long["name"], long["ns"].to_numpy() / 1e3, judged=False))
     samples = pd.concat(parts, ignore_index=True) if parts else _long("step", [], np.zeros(0))
-    return Profile(samples, gpu_name(trace), len(steps), layers_per_step, m.step_source, m.layer_source, notes)
+    return Profile(samples, trace.gpu_name(), len(steps), layers_per_step, m.step_source, m.layer_source, notes)
 
 
 def _stats(samples: pd.DataFrame) -> pd.DataFrame:

@@ -31,8 +31,7 @@ from nsysparse.distinct import dense_codes, map_distinct
 from nsysparse.intervals import Coverage
 from nsysparse.structure.mapping import Mapping
 from nsysparse.structure.nvtx import build_tree
-from nsysparse.trace import Trace
-from nsysparse.trace.tables import NO_TIME, profiler_overhead
+from nsysparse.trace import NO_TIME, Trace
 
 SYNC_API = re.compile(
     r"^(cuda(Stream|Device|Event|Ctx)Synchronize|cu(Stream|Ctx|Event)Synchronize|cudaStreamQuery|cudaEventQuery|cuStreamQuery|cuEventQuery|cudaMemcpy\w*|cuMemcpy\w*|cudaMemset(2D|3D)?$|cudaHostAlloc|cudaFreeHost|cudaFree|cuMemFree\w*)$"
@@ -202,7 +201,7 @@ def gap_report(trace: Trace, m: Mapping, min_bubble_us: float = 5.0, top: int = 
     cov = _api_coverage(api) if api is not None else None
     ck = m.kernels[m.kernels["kernel_class"].astype(str).isin(COMM_CLASSES)]
     comm = Coverage(ck["device_id"].to_numpy(), ck["start_ns"].to_numpy(), ck["end_ns"].to_numpy()) if len(ck) else None
-    po = profiler_overhead(trace)
+    po = trace.profiler_overhead()
     overhead = Coverage(po["global_tid"].to_numpy(), po["start_ns"].to_numpy(), po["end_ns"].to_numpy()) if len(po) else None
     t0 = int(steps["start_ns"].min())
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from nsysparse.columns import Column
-from nsysparse.trace import Trace
-from nsysparse.trace.aggregates import LAUNCH_COLUMNS, NAME_COLUMNS, kernel_stats
+from nsysparse.trace import LAUNCH_COLUMNS, NAME_COLUMNS, Trace
 
 COLUMNS = (
     Column("name", "str", "kernel name (demangled by default; --name short|mangled)"),
@@ -31,7 +30,7 @@ LAUNCH_DOC = (
 
 def kernel_summary(trace: Trace, name: str = "demangled", by_launch_config: bool = False, device_id: int | None = None) -> pd.DataFrame:
     """One row per kernel name (and grid/block when `by_launch_config`). Columns: see COLUMNS."""
-    stats = kernel_stats(trace, name=name, by_launch_config=by_launch_config, device_id=device_id)
+    stats = trace.kernel_stats(name=name, by_launch_config=by_launch_config, device_id=device_id)
     key = NAME_COLUMNS[name] if NAME_COLUMNS[name] in stats else "name"
     out = pd.DataFrame({"name": stats[key].astype(object).fillna("").astype(str)})
     if by_launch_config:

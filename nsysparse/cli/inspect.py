@@ -12,7 +12,6 @@ from nsysparse.cli.app import cli
 from nsysparse.cli.options import emit, format_option, load, output_option, output_options, trace_argument
 from nsysparse.cli.render import Result, write_parquet
 from nsysparse.errors import UsageError
-from nsysparse.trace import info as trace_info
 
 
 @cli.command()
@@ -25,7 +24,7 @@ def info(ctx: click.Context, trace: str, fmt: str, out: str | None) -> None:
 
     CSV output is one `section,key,value` row per fact."""
     with load(trace) as t:
-        s = trace_info.summary(t)
+        s = t.summary()
     frames = {
         "GPUs": pd.DataFrame(s["gpus"]),
         "processes": pd.DataFrame(s["processes"]),
@@ -104,9 +103,7 @@ def export(ctx: click.Context, trace: str, what: str, fmt: str, out: str | None)
         elif what == "nvtx":
             df = t.nvtx()
         elif what in ("kernels", "api"):
-            from nsysparse.trace.tables import SPECS
-
-            df = t.kernels(tuple(SPECS["kernels"])) if what == "kernels" else t.api(tuple(SPECS["api"]))
+            df = t.kernels(t.export_columns("kernels")) if what == "kernels" else t.api(t.export_columns("api"))
         else:
             df = getattr(t, what)()
         df = df.copy()

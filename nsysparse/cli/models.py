@@ -15,9 +15,10 @@ from nsysparse.analyses.ops import op_summary
 from nsysparse.analyses.simdiff import measured_from_layers, measured_from_table, parse_layer_counts, simdiff
 from nsysparse.cli.app import cli
 from nsysparse.cli.options import emit, load, output_options, trace_argument
-from nsysparse.cli.render import Result, fmt_value
+from nsysparse.cli.render import Result
 from nsysparse.cli.structure import mapping_options, run_mapping, structure_meta
 from nsysparse.errors import ConfigError, UsageError
+from nsysparse.formatting import fmt_value
 from nsysparse.models import hardware
 from nsysparse.models.config import LoadedModel, load_model
 from nsysparse.models.flops import PHASES, Workload, op_table
@@ -25,7 +26,6 @@ from nsysparse.models.predict import predict_ops, prediction_meta
 from nsysparse.models.predictions import load_predictions, write_predictions
 from nsysparse.rules import load_rules
 from nsysparse.trace import Trace
-from nsysparse.trace.info import gpu_name
 
 F = Callable[..., Any]
 MODEL_HELP = "Model: a preset (deepseek-v3, qwen3-235b-a22b, qwen3-next-80b-a3b, llama-3-8b, llama-3-70b, llama-mini, ds-mini), a HuggingFace config.json, or a manifest.json from `nsysparse generate`."
@@ -81,7 +81,7 @@ def resolve_hardware(
     if hw_name:
         base = hardware.find(hw_name)
     else:
-        for cand in ([gpu_name(trace)] if trace is not None else []) + ([meta_hw] if meta_hw else []):
+        for cand in ([trace.gpu_name()] if trace is not None else []) + ([meta_hw] if meta_hw else []):
             if cand and cand != "unknown":
                 try:
                     base = hardware.find(cand)
@@ -93,7 +93,7 @@ def resolve_hardware(
     if base is None:
         if not required:
             return None
-        seen = gpu_name(trace) if trace is not None else "none"
+        seen = trace.gpu_name() if trace is not None else "none"
         raise ConfigError(f"cannot tell the GPU's peak (trace GPU: {seen})", "Give --hardware h100_sxm (or h200, b200, ...) or --peak TFLOPS")
     if hbm is not None:
         return hardware.Hardware(base.key, base.name, base.bf16_tflops, base.fp8_tflops, hbm, base.nvlink_gbps, base.memory_gb, base.sources + "; --hbm-tbps")

@@ -127,7 +127,7 @@ def write_predictions(df: pd.DataFrame, meta: dict[str, Any], path: str | Path) 
         head = "".join(f"# {k}: {v}\n" for k, v in meta.items())
         p.write_text(head + df.to_csv(index=False), encoding="utf-8")
     elif suffix == ".json":
-        from nsysparse.cli.render import jsonable
+        from nsysparse.formatting import jsonable
 
         p.write_text(json.dumps(jsonable({"meta": meta, "ops": df}), indent=2) + "\n", encoding="utf-8")
     elif suffix in (".yaml", ".yml"):
@@ -135,7 +135,7 @@ def write_predictions(df: pd.DataFrame, meta: dict[str, Any], path: str | Path) 
             import yaml
         except ImportError:
             raise ConfigError("writing YAML needs PyYAML", "pip install pyyaml, or write .csv/.json") from None
-        from nsysparse.cli.render import jsonable
+        from nsysparse.formatting import jsonable
 
         p.write_text(yaml.safe_dump(jsonable({"meta": meta, "ops": df}), sort_keys=False), encoding="utf-8")
     else:

@@ -23,7 +23,6 @@ from nsysparse.models.predictions import Predictions
 from nsysparse.report.timeline import Timeline, step_timeline
 from nsysparse.structure.mapping import Mapping
 from nsysparse.trace import Trace
-from nsysparse.trace import info as trace_info
 
 
 @dataclass
@@ -59,7 +58,7 @@ class ReportInputs:
 
 
 def collect(trace: Trace, m: Mapping, x: ReportInputs, title: str | None = None) -> ReportData:
-    info = trace_info.summary(trace)
+    info = trace.summary()
     lr = layer_report(m)
     gr = gap_report(trace, m)
     ops = op_summary(m, by_kind=True)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from nsysparse import __version__
-from nsysparse.cli.render import fmt_value
+from nsysparse.formatting import fmt_value
 from nsysparse.report import figures
 from nsysparse.report.collect import ReportData
 from nsysparse.resources import data_dir

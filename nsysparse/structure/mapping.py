@@ -25,9 +25,7 @@ from nsysparse.rules import RuleSet, classify_names, load_rules
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.parse import Parser, Segment
 from nsysparse.structure.steps import DEFAULT_STEP_PATTERN, StepWindows, assign_windows, infer_step_windows, nvtx_step_windows
-from nsysparse.trace import Trace
-from nsysparse.trace import graphs as trace_graphs
-from nsysparse.trace import tables as trace_tables
+from nsysparse.trace import NO_TIME, Trace
 
 # "layer_3", "model.layers.3", "block 3", ...; not framework hooks named after a module
 # ("FSDP::pre_forward (blocks.15...)"): names with "::" are never layers.
@@ -132,7 +130,7 @@ class _NvtxAttribution:
         self.is_layer = is_layer
         near_layer = tree.nearest_flagged(is_layer)
         near_op = tree.nearest_flagged(is_op, stop=is_layer | is_step)
-        graph = (k["graph_node_id"].to_numpy() > 0) & (k["capture_ns"].to_numpy() != trace_tables.NO_TIME)
+        graph = (k["graph_node_id"].to_numpy() > 0) & (k["capture_ns"].to_numpy() != NO_TIME)
         gtid = np.where(graph, k["capture_global_tid"].to_numpy(), k["global_tid"].to_numpy())
         ts = np.where(graph, k["capture_ns"].to_numpy(), k["api_start_ns"].to_numpy())
         valid = graph | k["has_launch"].to_numpy()
@@ -150,15 +148,15 @@ class _NvtxAttribution:
 
 def _kernel_frame(trace: Trace) -> pd.DataFrame:
     k = trace.launches().copy(deep=False)  # copy-on-write (pandas >= 3): new columns only
-    origins = trace_graphs.node_origins(trace) if (k["graph_node_id"].to_numpy() > 0).any() else None
+    origins = trace.graph_node_origins() if (k["graph_node_id"].to_numpy() > 0).any() else None
     if origins is not None and len(origins):
         idx = pd.Index(origins["graph_node_id"].to_numpy())
         pos = idx.get_indexer(k["graph_node_id"].to_numpy())
         hit = pos >= 0
-        k["capture_ns"] = np.where(hit, origins["capture_ns"].to_numpy()[np.clip(pos, 0, None)], trace_tables.NO_TIME)
+        k["capture_ns"] = np.where(hit, origins["capture_ns"].to_numpy()[np.clip(pos, 0, None)], NO_TIME)
         k["capture_global_tid"] = np.where(hit, origins["capture_global_tid"].to_numpy()[np.clip(pos, 0, None)], -1)
     else:
-        k["capture_ns"] = trace_tables.NO_TIME
+        k["capture_ns"] = NO_TIME
         k["capture_global_tid"] = -1
     return k
 
@@ -459,11 +457,10 @@ def _gpu_ops_with_steps(trace: Trace, k: pd.DataFrame, windows: StepWindows) -> 
     kind_codes = [np.zeros(len(k), dtype=np.int8)]
     kinds = ["kernel"]
     if trace.has("api"):
-        api = trace.api()
         for kind in ("memcpy", "memset"):
             if not trace.has(kind):
                 continue
-            m = trace_tables.kernel_launches(trace, getattr(trace, kind)(), api)
+            m = trace.launches_of(kind)
             key = "pid" if windows.source == "nvtx" else "device_id"
             st = assign_windows(m[key].to_numpy(), m["api_start_ns"].to_numpy(), m["has_launch"].to_numpy(), windows.frame, key)
             for c in num_cols:

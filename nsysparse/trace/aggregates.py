@@ -17,7 +17,7 @@ from nsysparse.trace import schema as S
 from nsysparse.trace.tables import KERNEL_COLS
 
 if TYPE_CHECKING:
-    from nsysparse.trace.trace import Trace
+    from nsysparse.trace.handle import TraceHandle as Trace
 
 NAME_COLUMNS = {"demangled": "name", "short": "short_name", "mangled": "mangled_name"}
 LAUNCH_COLUMNS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from nsysparse.trace.trace import Trace
+    from nsysparse.trace.handle import TraceHandle as Trace
 
 TABLE = "CUDA_GRAPH_NODE_EVENTS"
 MAX_CHAIN = 8

@@ -18,7 +18,7 @@ from nsysparse.trace import tables
 from nsysparse.trace.ids import pid_of, tid_of
 
 if TYPE_CHECKING:
-    from nsysparse.trace.trace import Trace
+    from nsysparse.trace.handle import TraceHandle as Trace
 
 COUNTED_KINDS = ("kernels", "api", "nvtx", "memcpy", "memset", "sync", "graph_trace", "osrt")
 
@@ -29,7 +29,7 @@ def gpus(trace: Trace) -> pd.DataFrame:
     used = pd.Series(dtype="int64")
     kt = S.TABLES["kernels"]
     if trace.has("kernels") and trace.schema.has(kt, "deviceId"):
-        if "kernels" in trace._frames:
+        if trace.is_loaded("kernels"):
             used = trace.kernels()["device_id"].value_counts()
         else:
             agg = trace.engine.frame(f'SELECT "deviceId" AS d, count(*) AS n FROM "{kt}" GROUP BY 1')
@@ -252,7 +252,7 @@ def _kernels_without_launch(trace: Trace) -> tuple[int, int]:
     DuckDB for large files (hash join), the in-memory launch join otherwise."""
     kt, at = S.TABLES["kernels"], S.TABLES["api"]
     pid_ok = trace.schema.has(kt, "globalPid") and trace.schema.has(at, "globalTid")
-    if "launches" in trace._frames or not trace.engine.prefers_duckdb() or trace.engine.duckdb() is None or not trace.schema.has(kt, "correlationId"):
+    if trace.is_loaded("launches") or not trace.engine.prefers_duckdb() or trace.engine.duckdb() is None or not trace.schema.has(kt, "correlationId"):
         launches = trace.launches()
         return int((~launches["has_launch"].to_numpy()).sum()), len(launches)
     cond = 'r."correlationId" = k."correlationId"' + (' AND ((r."globalTid" >> 24) & 16777215) = ((k."globalPid" >> 24) & 16777215)' if pid_ok else "")

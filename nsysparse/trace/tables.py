@@ -31,7 +31,7 @@ from nsysparse.trace.ids import pid_of, tid_of
 from nsysparse.trace.strings import compact_categorical, strip_version_suffix
 
 if TYPE_CHECKING:
-    from nsysparse.trace.trace import Trace
+    from nsysparse.trace.handle import TraceHandle as Trace
 
 
 NO_TIME = np.iinfo(np.int64).min  # "no such timestamp" (real timestamps may be negative)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from nsysparse.errors import MissingDataError, TraceError
+from nsysparse.trace import aggregates, graphs, info, tables
 from nsysparse.trace import schema as S
-from nsysparse.trace import tables
 from nsysparse.trace.engine import Engine
 from nsysparse.trace.source import resolve_input
 from nsysparse.trace.strings import Strings
@@ -67,6 +68,10 @@ class Trace:
     def note(self, message: str) -> None:
         if message not in self.notes:
             self.notes.append(message)
+
+    def is_loaded(self, kind: str) -> bool:
+        """Whether the frame of `kind` is already in memory (readers then use it instead of SQL)."""
+        return kind in self._frames
 
     # -- metadata -----------------------------------------------------------------------------------
     def _key_values(self, table: str | None) -> dict[str, str]:
@@ -231,6 +236,35 @@ class Trace:
             ops["kind"] = ops["kind"].astype("category")
             self._frames["gpu_ops"] = _sorted(ops)
         return self._frames["gpu_ops"]
+
+    # -- summaries and joins (the readers behind the door) -----------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """What `nsysparse info` shows: versions, GPUs, processes, streams, counts, span, NVTX domains."""
+        return info.summary(self)
+
+    def gpu_name(self, device_id: int | None = None) -> str:
+        """The GPU's product name (of `device_id`, else of the device that ran the most kernels)."""
+        return info.gpu_name(self, device_id)
+
+    def kernel_stats(self, name: str = "demangled", by_launch_config: bool = False, device_id: int | None = None) -> pd.DataFrame:
+        """Per-kernel count/total/mean/median/min/max/stddev (the numbers of `nsys stats`), by SQL where possible."""
+        return aggregates.kernel_stats(self, name, by_launch_config, device_id)
+
+    def graph_node_origins(self) -> pd.DataFrame:
+        """CUDA-graph node kernels: graph_node_id -> capture_ns, capture_global_tid of the node's creation."""
+        return graphs.node_origins(self)
+
+    def launches_of(self, kind: str) -> pd.DataFrame:
+        """memcpy or memset rows joined to their launching API call (the columns of `launches()`)."""
+        return tables.kernel_launches(self, self._load(kind, None), self.api())
+
+    def profiler_overhead(self) -> pd.DataFrame:
+        """The profiler's own overhead ranges (start_ns, end_ns, global_tid), empty when not recorded."""
+        return tables.profiler_overhead(self)
+
+    def export_columns(self, kind: str) -> tuple[str, ...]:
+        """Every canonical column of an event table (what `export` writes)."""
+        return tuple(tables.SPECS[kind])
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
