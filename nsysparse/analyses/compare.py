@@ -24,11 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nsysparse.analyses.context import AnalysisContext
 from nsysparse.analyses.gaps import GapReport, gap_report
-from nsysparse.analyses.instances import op_instances
 from nsysparse.columns import Column
-from nsysparse.structure.mapping import Mapping
-from nsysparse.trace import Trace
 
 COLUMNS = (
     Column("section", "str", "step | layer | op | gaps | kernel | mfu"),
@@ -96,8 +94,9 @@ def _long(section: str, keys: pd.Series | np.ndarray | list[str], values: np.nda
     )
 
 
-def profile(trace: Trace, m: Mapping, top_kernels: int = 10, flops_per_step: float | None = None, gpus: int = 1, gaps: GapReport | None = None) -> Profile:
-    """Per-step samples of every key for one mapped trace (`gaps`: its gap report, if already computed)."""
+def profile(ctx: AnalysisContext, top_kernels: int = 10, flops_per_step: float | None = None, gpus: int = 1, gaps: GapReport | None = None) -> Profile:
+    """Per-step samples of every key for one trace's selected device(s) (`gaps`: its gap report, if already computed)."""
+    trace, m = ctx.trace, ctx.mapping
     steps = m.steps
     parts: list[pd.DataFrame] = []
     notes: list[str] = []
@@ -113,7 +112,7 @@ def profile(trace: Trace, m: Mapping, top_kernels: int = 10, flops_per_step: flo
                 _long("mfu", ["TFLOP/s per GPU"] * len(period), flops_per_step / (period * 1e-6) / gpus / 1e12 * 1.0, judged=False, higher_is_better=True)
             )
     # ops: per step total of each (layer kind, op); a step without the op counts 0
-    inst = op_instances(m)
+    inst = m.op_instances
     if len(inst):
         inst = inst.assign(key=np.where(inst["layer_kind"].astype(str) == "", "other", inst["layer_kind"].astype(str)) + "/" + inst["op"].astype(str))
         per = inst.groupby(["step", "key"])["time_ns"].sum().unstack(fill_value=0)
@@ -135,7 +134,7 @@ def profile(trace: Trace, m: Mapping, top_kernels: int = 10, flops_per_step: flo
         layers_per_step = {str(k): round(v) for k, v in counts.items()}
     # gaps between steps
     if len(steps) > 1:
-        gr = gaps if gaps is not None else gap_report(trace, m)
+        gr = gaps if gaps is not None else gap_report(ctx)
         if len(gr.gaps):
             parts.append(_long("gaps", ["inter-step gap"] * len(gr.gaps), gr.gaps["gap_us"].to_numpy()))
     # top kernels by short name (informational)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from nsysparse.analyses.context import AnalysisContext
 from nsysparse.columns import Column
-from nsysparse.rules import RuleSet, classify_names
-from nsysparse.trace import Trace
+from nsysparse.rules import classify_names
 
 COLUMNS = (
     Column("short_name", "str", "kernel short name"),
@@ -24,10 +24,12 @@ CLASS_COLUMNS = (
 )
 
 
-def rule_coverage(trace: Trace, rules: RuleSet) -> tuple[pd.DataFrame, pd.DataFrame, float]:
-    """(unclassified kernels, time per class, classified share of kernel time)."""
-    k = trace.kernels()
-    cls = classify_names(rules, k["short_name"], k["name"])
+def rule_coverage(ctx: AnalysisContext) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """(unclassified kernels, time per class, classified share of kernel time) under the context's rules."""
+    k = ctx.trace.kernels()
+    if ctx.device_id is not None:
+        k = k[k["device_id"] == ctx.device_id]
+    cls = classify_names(ctx.rules, k["short_name"], k["name"])
     dur = (k["end_ns"] - k["start_ns"]).to_numpy()
     frame = pd.DataFrame(
         {

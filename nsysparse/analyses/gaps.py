@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nsysparse.analyses.context import AnalysisContext
 from nsysparse.columns import Column, empty_frame
 from nsysparse.distinct import dense_codes, map_distinct
 from nsysparse.intervals import Coverage
-from nsysparse.structure.mapping import Mapping
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.trace import NO_TIME, Trace
 
@@ -176,12 +176,11 @@ def _host_nvtx(trace: Trace, tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
     return out
 
 
-def gap_report(trace: Trace, m: Mapping, min_bubble_us: float = 5.0, top: int = 20, device_id: int | None = None) -> GapReport:
-    ops = m.gpu_ops if m.gpu_ops is not None else pd.DataFrame()
+def gap_report(ctx: AnalysisContext, min_bubble_us: float = 5.0, top: int = 20) -> GapReport:
+    """Inter-step gaps and bubbles inside steps of the selected device(s), each with a cause."""
+    trace, m = ctx.trace, ctx.mapping
+    ops = m.gpu_ops
     steps = m.steps
-    if device_id is not None:
-        ops = ops[ops["device_id"] == device_id]
-        steps = steps[steps["device_id"] == device_id]
     notes: list[str] = []
     if len(steps) == 0:
         notes.append("no steps were found, so there are no inter-step gaps or bubbles to report")

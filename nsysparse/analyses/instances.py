@@ -1,82 +1,13 @@
-"""Op instances: the kernels of one op inside one layer instance (or one step, outside layers) summed.
-
-An op instance is the unit a performance engineer reads in a spreadsheet: "q_proj_b of one MoE layer
-takes 16 µs" is the sum of that op's kernels in one layer instance, averaged over instances.
-"""
+"""Small helpers over op instances (the frame `Mapping.op_instances`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from nsysparse.distinct import dense_codes
-from nsysparse.structure.mapping import Mapping
-
-
-def op_instances(m: Mapping, device_id: int | None = None) -> pd.DataFrame:
-    """One row per (step, layer instance, op): step, layer_id, layer_kind, op, source, time_ns, kernels.
-    Grouping runs on integer codes; layer_kind, op and source come back as plain strings. Computed
-    once per mapping and device (ops, layers, compare and the report all start from it)."""
-    key = ("op_instances", device_id)
-    if key not in m.cache:
-        m.cache[key] = _op_instances(m, device_id)
-    return m.cache[key]
-
-
-def _op_instances(m: Mapping, device_id: int | None) -> pd.DataFrame:
-    k = m.kernels
-    k = k[k["step"] >= 0]
-    if device_id is not None:
-        k = k[k["device_id"] == device_id]
-    cols = ["step", "layer_id", "layer_kind", "op", "source", "time_ns", "kernels", "start_ns", "end_ns"]
-    if len(k) == 0:
-        return pd.DataFrame(columns=cols)
-    kind, kinds = dense_codes(k["layer_kind"])
-    op, ops = dense_codes(k["op"])
-    src, srcs = dense_codes(k["source"])
-    frame = pd.DataFrame(
-        {
-            "step": k["step"].to_numpy(),
-            "layer_id": k["layer_id"].to_numpy(),
-            "kind": kind,
-            "op": op,
-            "src": src,
-            "dur": k["dur_ns"].to_numpy(),
-            "start": k["start_ns"].to_numpy(),
-            "end": k["end_ns"].to_numpy(),
-        }
-    )
-    keys = ["step", "layer_id", "kind", "op"]
-    g = frame.groupby(keys, sort=False)
-    out = g.agg(time_ns=("dur", "sum"), kernels=("dur", "size"), start_ns=("start", "min"), end_ns=("end", "max"))
-    # the naming source that covers most of the instance's time
-    by_src = frame.groupby([*keys, "src"], sort=False)["dur"].sum().reset_index()
-    by_src = by_src.sort_values("dur", kind="stable").drop_duplicates(keys, keep="last").set_index(keys)["src"]
-    out["src"] = by_src.reindex(out.index).to_numpy()
-    out = out.reset_index()
-    return pd.DataFrame(
-        {
-            "step": out["step"].to_numpy(),
-            "layer_id": out["layer_id"].to_numpy(),
-            "layer_kind": np.asarray(kinds, dtype=object)[out["kind"].to_numpy()],
-            "op": np.asarray(ops, dtype=object)[out["op"].to_numpy()],
-            "source": np.asarray(srcs, dtype=object)[out["src"].to_numpy()],
-            "time_ns": out["time_ns"].to_numpy(),
-            "kernels": out["kernels"].to_numpy(),
-            "start_ns": out["start_ns"].to_numpy(),
-            "end_ns": out["end_ns"].to_numpy(),
-        }
-    )[cols]
-
-
-def steps_in(m: Mapping, device_id: int | None = None) -> int:
-    s = m.steps
-    if device_id is not None and len(s):
-        s = s[s["device_id"] == device_id]
-    return len(s)
-
 
 def dominant(values: pd.Series, weights: pd.Series) -> str:
+    """The value carrying the most weight (e.g. the naming source covering most of an op's time)."""
     if len(values) == 0:
         return ""
     w = pd.Series(np.asarray(weights, dtype=float), index=np.asarray(values, dtype=object))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from nsysparse.analyses.context import AnalysisContext
 from nsysparse.columns import Column
-from nsysparse.trace import LAUNCH_COLUMNS, NAME_COLUMNS, Trace
+from nsysparse.trace import LAUNCH_COLUMNS, NAME_COLUMNS
 
 COLUMNS = (
     Column("name", "str", "kernel name (demangled by default; --name short|mangled)"),
@@ -28,9 +29,9 @@ LAUNCH_DOC = (
 )
 
 
-def kernel_summary(trace: Trace, name: str = "demangled", by_launch_config: bool = False, device_id: int | None = None) -> pd.DataFrame:
-    """One row per kernel name (and grid/block when `by_launch_config`). Columns: see COLUMNS."""
-    stats = trace.kernel_stats(name=name, by_launch_config=by_launch_config, device_id=device_id)
+def kernel_summary(ctx: AnalysisContext, name: str = "demangled", by_launch_config: bool = False) -> pd.DataFrame:
+    """One row per kernel name (and grid/block when `by_launch_config`) on the selected device(s). Columns: see COLUMNS."""
+    stats = ctx.trace.kernel_stats(name=name, by_launch_config=by_launch_config, device_id=ctx.device_id)
     key = NAME_COLUMNS[name] if NAME_COLUMNS[name] in stats else "name"
     out = pd.DataFrame({"name": stats[key].astype(object).fillna("").astype(str)})
     if by_launch_config:

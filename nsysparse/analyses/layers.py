@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from nsysparse import intervals
-from nsysparse.analyses.instances import dominant, op_instances, steps_in
+from nsysparse.analyses.context import AnalysisContext
+from nsysparse.analyses.instances import dominant
 from nsysparse.columns import Column, empty_frame
 from nsysparse.structure.mapping import Mapping
 
@@ -87,13 +88,13 @@ class LayerReport:
         }
 
 
-def layer_report(m: Mapping, device_id: int | None = None, top_unmapped: int = 10) -> LayerReport:
-    inst = op_instances(m, device_id)
-    nsteps = steps_in(m, device_id)
-    steps = m.steps if device_id is None else m.steps[m.steps["device_id"] == device_id]
+def layer_report(ctx: AnalysisContext, top_unmapped: int = 10) -> LayerReport:
+    """The per-layer cost table of the selected device(s)."""
+    m = ctx.mapping
+    inst = m.op_instances
+    steps = m.steps
+    nsteps = len(steps)
     k = m.kernels[m.kernels["step"] >= 0]
-    if device_id is not None:
-        k = k[k["device_id"] == device_id]
     meta = {"step_source": m.step_source, "step_confidence": m.step_confidence, "layer_source": m.layer_source}
     if nsteps == 0 or len(inst) == 0:
         return LayerReport(

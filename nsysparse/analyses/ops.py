@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from nsysparse.analyses.instances import dominant, op_instances, steps_in
+from nsysparse.analyses.context import AnalysisContext
+from nsysparse.analyses.instances import dominant
 from nsysparse.columns import Column, empty_frame
-from nsysparse.structure.mapping import Mapping
 
 COLUMNS = (
     Column("op", "str", "logical op (vocabulary name, NVTX name, or kernel class when nothing better is known)"),
@@ -21,10 +21,11 @@ COLUMNS = (
 )
 
 
-def op_summary(m: Mapping, by_kind: bool = False, device_id: int | None = None) -> pd.DataFrame:
+def op_summary(ctx: AnalysisContext, by_kind: bool = False) -> pd.DataFrame:
     """Columns: COLUMNS (layer_kind is empty unless `by_kind`). Sorted by total time per step."""
-    inst = op_instances(m, device_id)
-    nsteps = steps_in(m, device_id)
+    m = ctx.mapping
+    inst = m.op_instances
+    nsteps = len(m.steps)
     if len(inst) == 0 or nsteps == 0:
         return empty_frame(COLUMNS)
     keys = ["layer_kind", "op"] if by_kind else ["op"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from nsysparse.analyses.context import AnalysisContext
 from nsysparse.columns import Column, empty_frame
-from nsysparse.structure.mapping import Mapping
 
 COLUMNS = (
     Column("step", "int", "step index (time order)"),
@@ -23,10 +23,9 @@ COLUMNS = (
 )
 
 
-def step_table(m: Mapping, device_id: int | None = None) -> pd.DataFrame:
-    s = m.steps
-    if device_id is not None and len(s):
-        s = s[s["device_id"] == device_id]
+def step_table(ctx: AnalysisContext) -> pd.DataFrame:
+    """One row per step of the selected device(s): COLUMNS."""
+    s = ctx.mapping.steps
     if len(s) == 0:
         return empty_frame(COLUMNS)
     s = s.sort_values(["device_id", "start_ns"])

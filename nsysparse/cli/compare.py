@@ -11,10 +11,11 @@ from nsysparse.cli.app import cli
 from nsysparse.cli.models import MODEL_HELP, resolve_workload, workload_options
 from nsysparse.cli.options import emit, load, output_options
 from nsysparse.cli.render import Result
-from nsysparse.cli.structure import mapping_options, run_mapping
+from nsysparse.cli.structure import analysis_context, mapping_options
 from nsysparse.errors import NsysparseError, RegressionFound
 from nsysparse.models.config import load_model
 from nsysparse.models.flops import step_flops
+from nsysparse.rules import load_rules
 
 
 class NotComparable(NsysparseError):
@@ -69,13 +70,12 @@ def compare(
         flops = step_flops(lm.spec, resolve_workload(lm, phase, batch, seq, kv_len, causal, "train"))
     profiles = []
     notes: list[str] = []
+    rule_set = load_rules(rules or None)  # one rule set for both traces
     for path in (base, new):
         with load(path) as t:
-            m = run_mapping(t, rules, step_pattern, layer_pattern, nvtx_mode)
-            if device is not None:
-                m = _only_device(m, device)
-            profiles.append(profile(t, m, top_kernels=top_kernels, flops_per_step=flops, gpus=gpus))
-            notes += [f"{Path(path).name}: {n}" for n in (*t.notes, *m.notes)]
+            ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, device, rule_set)
+            profiles.append(profile(ac, top_kernels=top_kernels, flops_per_step=flops, gpus=gpus))
+            notes += [f"{Path(path).name}: {n}" for n in ac.notes]
     c = compare_profiles(profiles[0], profiles[1], threshold_pct=threshold, min_us=min_us, min_steps=min_steps, force=force)
     counts = c.table["verdict"].value_counts()
     meta = {
@@ -97,13 +97,3 @@ def compare(
             f"{int(counts.get('regression', 0))} key(s) slower, first {worst['section']} {worst['key']}: {worst['delta_us']:+.1f} µs ({worst['delta_pct']:+.1f} %)"
         )
 
-
-def _only_device(m, device: int):  # type: ignore[no-untyped-def]
-    from dataclasses import replace
-
-    steps = m.steps[m.steps["device_id"] == device]
-    keep = set(steps["step"])
-    k = m.kernels.copy()
-    k.loc[~k["step"].isin(keep), "step"] = -1
-    layers = m.layers[m.layers["step"].isin(keep)]
-    return replace(m, steps=steps, kernels=k, layers=layers)

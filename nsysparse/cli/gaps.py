@@ -9,7 +9,7 @@ from nsysparse.analyses.serving import serving_table
 from nsysparse.cli.app import cli
 from nsysparse.cli.options import emit, load, output_options, trace_argument
 from nsysparse.cli.render import Result
-from nsysparse.cli.structure import mapping_options, run_mapping, structure_meta
+from nsysparse.cli.structure import analysis_context, mapping_options, structure_meta
 
 
 @cli.command(epilog="Causes: gpu dependency, collective wait, graph, profiler, sync, host work, launch-bound, launch latency (see docs/gaps.md).")
@@ -61,8 +61,8 @@ def gaps(
     With --accept-rate/--batch/--dp: TPOT = (forward + gap) / accepted tokens, per-user and machine tokens/s.
     CSV writes the list of inter-step gaps."""
     with load(trace) as t:
-        m = run_mapping(t, rules, step_pattern, layer_pattern, nvtx_mode)
-        r = gap_report(t, m, min_bubble_us=min_bubble_us, top=top, device_id=device)
+        ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, device)
+        r = gap_report(ac, min_bubble_us=min_bubble_us, top=top)
         frames = {"per device": r.devices, "causes": r.causes, "gaps between steps": r.gaps, f"largest bubbles (≥ {min_bubble_us:g} µs)": r.bubbles}
         payload = r.payload()
         if accept_rate is not None or batch is not None or target_tpot_ms is not None:
@@ -71,7 +71,7 @@ def gaps(
             payload["serving"] = serving.to_dict("records")
         if fmt == "csv":
             frames = {"gaps": r.gaps}
-        meta = structure_meta(m, device)
+        meta = structure_meta(ac)
         if r.worst_device is not None:
             meta["worst device"] = r.worst_device
-        emit(ctx, Result(frames=frames, meta=meta, payload=payload if fmt == "json" else None, notes=m.notes + r.notes, title="nsysparse gaps"), fmt, out, t)
+        emit(ctx, Result(frames=frames, meta=meta, payload=payload if fmt == "json" else None, notes=r.notes, title="nsysparse gaps"), fmt, out, ac)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from nsysparse.analyses.context import AnalysisContext
 from nsysparse.analyses.kernel_summary import kernel_summary
 from nsysparse.cli.app import cli
 from nsysparse.cli.options import emit, format_option, load, output_option, output_options, trace_argument
@@ -74,7 +75,7 @@ def kernels(ctx: click.Context, trace: str, name: str, by_launch_config: bool, d
 
     The same numbers as `nsys stats -r cuda_gpu_kern_sum` on the same file, in µs, same order."""
     with load(trace) as t:
-        df = kernel_summary(t, name=name, by_launch_config=by_launch_config, device_id=device)
+        df = kernel_summary(AnalysisContext(t, device_id=device), name=name, by_launch_config=by_launch_config)
         total_ms = df["total_us"].sum() / 1e3
         if limit:
             df = df.head(limit)

@@ -16,7 +16,7 @@ from nsysparse.analyses.simdiff import measured_from_layers, measured_from_table
 from nsysparse.cli.app import cli
 from nsysparse.cli.options import emit, load, output_options, trace_argument
 from nsysparse.cli.render import Result
-from nsysparse.cli.structure import mapping_options, run_mapping, structure_meta
+from nsysparse.cli.structure import analysis_context, mapping_options, structure_meta
 from nsysparse.errors import ConfigError, UsageError
 from nsysparse.formatting import fmt_value
 from nsysparse.models import hardware
@@ -158,19 +158,18 @@ def mfu(
     with load(trace) as t:
         hw = resolve_hardware(hw_name, peak, hbm_tbps, t)
         assert hw is not None
-        m = run_mapping(t, rules, step_pattern, layer_pattern, nvtx_mode)
-        steps = m.steps if device is None else m.steps[m.steps["device_id"] == device]
-        r = mfu_report(steps, lm.spec, w, hw, gpus=gpus, basis=basis, recompute=recompute, reference_flops=ref_flops or lm.flops_per_step)
+        ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, device)
+        r = mfu_report(ac.mapping.steps, lm.spec, w, hw, gpus=gpus, basis=basis, recompute=recompute, reference_flops=ref_flops or lm.flops_per_step)
         s = r.summary.iloc[0]
         meta = {
             "model": lm.spec.name,
             "workload": f"{w.phase}, batch {w.batch}" + (f", seq {w.seq}" if w.phase != "decode" else f", kv {w.kv_len}"),
             "hardware": f"{hw.name} (BF16 {hw.bf16_tflops:g}, FP8 {hw.fp8_tflops:g} TFLOP/s)",
-            **structure_meta(m, device),
+            **structure_meta(ac),
         }
         headline = pd.DataFrame({"metric": list(s.index), "value": [fmt_value(str(k), v) for k, v in s.items()]})
         frames = {"summary": r.summary, "per step": r.per_step} if fmt == "csv" else {"MFU": headline, "per step": r.per_step}
-        emit(ctx, Result(frames=frames, meta=meta, payload=r.payload() if fmt == "json" else None, notes=m.notes + r.notes, title="nsysparse mfu"), fmt, out, t)
+        emit(ctx, Result(frames=frames, meta=meta, payload=r.payload() if fmt == "json" else None, notes=r.notes, title="nsysparse mfu"), fmt, out, ac)
 
 
 @cli.command()
@@ -311,15 +310,14 @@ def simdiff_cmd(
             raise UsageError("--layers is for a measured table; a trace gives its own counts")
         trace_obj = load(measured)
         with trace_obj as t:
-            m = run_mapping(t, rules, step_pattern, layer_pattern, nvtx_mode)
-            rep = layer_report(m, device_id=device)
+            ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, device, rs)
+            rep = layer_report(ac)
             if rep.steps == 0:
                 raise ConfigError(f"{measured}: no steps with mapped ops", "Check `nsysparse layers` on this trace")
-            steps = m.steps if device is None else m.steps[m.steps["device_id"] == device]
-            meas = measured_from_layers(op_summary(m, by_kind=True, device_id=device), float(steps["wall_ns"].mean() / 1e6), rs)
+            meas = measured_from_layers(op_summary(ac, by_kind=True), float(ac.mapping.steps["wall_ns"].mean() / 1e6), rs)
             meta["measured"] = f"{Path(measured).name} ({rep.steps} steps, layers {', '.join(f'{k} {v:g}' for k, v in rep.layer_kinds.items())})"
-            meta.update(structure_meta(m, device))
-            notes += m.notes
+            meta.update(structure_meta(ac))
+            notes += ac.notes
             hw = resolve_hardware(hw_name, peak, hbm_tbps, t, str(preds.meta.get("hardware", "")) or None, required=False)
             res = _simdiff(meas, preds, hw, lm, phase, batch, seq, kv_len, causal)
     if hw is not None:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import click
 
 from nsysparse.cli.render import Result, write
 from nsysparse.trace import Trace, open_trace
+
+
+class HasNotes(Protocol):
+    """A trace or an analysis context: whatever carries the notes of a command's inputs."""
+
+    @property
+    def notes(self) -> list[str]: ...
 
 F = Callable[..., Any]
 
@@ -32,10 +39,10 @@ def output_options(choices: tuple[str, ...] = ("table", "csv", "json", "parquet"
     return deco
 
 
-def emit(ctx: click.Context, result: Result, fmt: str, out: str | None, trace: Trace | None = None) -> None:
+def emit(ctx: click.Context, result: Result, fmt: str, out: str | None, *sources: HasNotes) -> None:
+    """Write `result`; its notes are merged here, once, with those of `sources` (each note shown once)."""
     quiet = bool(ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
-    if trace is not None:
-        result.notes = [*result.notes, *(n for n in trace.notes if n not in result.notes)]
+    result.notes = list(dict.fromkeys([*(n for s in sources for n in s.notes), *result.notes]))
     if quiet:
         result.notes = []
     write(result, fmt, out)

@@ -10,7 +10,7 @@ import click
 from nsysparse.cli.app import cli
 from nsysparse.cli.models import MODEL_HELP, hardware_options, resolve_hardware, resolve_workload, workload_options
 from nsysparse.cli.options import load, trace_argument
-from nsysparse.cli.structure import mapping_options, run_mapping
+from nsysparse.cli.structure import analysis_context, mapping_options
 from nsysparse.errors import UsageError
 from nsysparse.models.config import load_model
 from nsysparse.models.predictions import load_predictions
@@ -79,14 +79,13 @@ def report(
         x.hardware = resolve_hardware(
             hw_name, peak, hbm_tbps, t, str(x.predictions.meta.get("hardware", "")) if x.predictions else None, required=x.model is not None
         )
-        m = run_mapping(t, rules, step_pattern, layer_pattern, nvtx_mode)
+        ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, None, rs)
         if baseline:
             with load(baseline) as bt:
-                bm = run_mapping(bt, rules, step_pattern, layer_pattern, nvtx_mode)
-                x.baseline = (bt, bm)
-                data = collect(t, m, x, title)
+                x.baseline = analysis_context(bt, rules, step_pattern, layer_pattern, nvtx_mode, None, rs)
+                data = collect(ac, x, title)
         else:
-            data = collect(t, m, x, title)
+            data = collect(ac, x, title)
     size = write_report(data, out)
     quiet = bool(ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
     if not quiet:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from nsysparse.analyses.context import AnalysisContext
 from nsysparse.analyses.coverage import rule_coverage
 from nsysparse.cli.app import cli
 from nsysparse.cli.options import emit, load, output_options, trace_argument
@@ -61,9 +62,10 @@ def rules_list(ctx: click.Context, rules: tuple[str, ...], fmt: str, out: str | 
 @click.pass_context
 def rules_check(ctx: click.Context, trace: str, rules: tuple[str, ...], max_unclassified: float | None, limit: int, fmt: str, out: str | None) -> None:
     """Kernels of TRACE that no rule classifies, by share of kernel time, and time per class."""
-    rs = load_rules(rules or None)
     with load(trace) as t:
-        unmatched, per_class, classified = rule_coverage(t, rs)
+        ac = AnalysisContext(t, rule_paths=rules)
+        rs = ac.rules
+        unmatched, per_class, classified = rule_coverage(ac)
         share = (1 - classified) * 100
         result = Result(
             frames={"unclassified kernels": unmatched.head(limit), "kernel time per class": per_class},

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from nsysparse.analyses.context import AnalysisContext, StructureOptions
 from nsysparse.analyses.layers import layer_report
 from nsysparse.analyses.ops import op_summary
 from nsysparse.analyses.steps import step_table
@@ -14,8 +15,8 @@ from nsysparse.cli.app import cli
 from nsysparse.cli.options import emit, load, output_options, trace_argument
 from nsysparse.cli.render import Result
 from nsysparse.progress import Progress
-from nsysparse.rules import load_rules
-from nsysparse.structure.mapping import DEFAULT_LAYER_PATTERN, NVTX_MODES, Mapping, map_trace
+from nsysparse.rules import RuleSet
+from nsysparse.structure.mapping import DEFAULT_LAYER_PATTERN, NVTX_MODES, Mapping
 from nsysparse.structure.steps import DEFAULT_STEP_PATTERN
 from nsysparse.trace import Trace
 
@@ -54,25 +55,32 @@ def mapping_options(f: F) -> F:
     return f
 
 
-def run_mapping(t: Trace, rules: tuple[str, ...], step_pattern: str, layer_pattern: str, nvtx_mode: str) -> Mapping:
-    """Load the event tables and map kernels, with a progress bar on a terminal when it takes > 1 s."""
-    rs = load_rules(rules or None)
-    kinds = [k for k in ("kernels", "api", "nvtx", "memcpy", "memset") if t.has(k) and (k != "nvtx" or nvtx_mode != "off")]
-    what = ", ".join(f"{t.count(k):,} {LABELS[k]}" for k in kinds if k in LABELS)
-    with Progress(total=2) as p:
-        with p.stage(f"loading {what}"):
-            t.prefetch(*kinds)
-        with p.stage("mapping kernels to steps, layers and ops"):
-            return map_trace(t, rs, step_pattern=step_pattern, layer_pattern=layer_pattern, nvtx=nvtx_mode)
+def analysis_context(
+    t: Trace, rules: tuple[str, ...], step_pattern: str, layer_pattern: str, nvtx_mode: str, device: int | None, rule_set: RuleSet | None = None
+) -> AnalysisContext:
+    """The command's analysis context: rules loaded once (or `rule_set`, shared between traces), the device
+    selection, and a progress bar on a terminal while the trace is loaded and mapped."""
+    options = StructureOptions(step_pattern, layer_pattern, nvtx_mode)
+
+    def with_progress(run: Callable[[], Mapping]) -> Mapping:
+        kinds = [k for k in ("kernels", "api", "nvtx", "memcpy", "memset") if t.has(k) and (k != "nvtx" or nvtx_mode != "off")]
+        what = ", ".join(f"{t.count(k):,} {LABELS[k]}" for k in kinds if k in LABELS)
+        with Progress(total=2) as p:
+            with p.stage(f"loading {what}"):
+                t.prefetch(*kinds)
+            with p.stage("mapping kernels to steps, layers and ops"):
+                return run()
+
+    return AnalysisContext(t, rule_set, device_id=device, options=options, rule_paths=rules, on_map=with_progress)
 
 
 LABELS = {"kernels": "kernels", "api": "API calls", "nvtx": "NVTX events"}
 
 
-def structure_meta(m: Mapping, device: int | None) -> dict[str, Any]:
-    steps = m.steps if device is None else m.steps[m.steps["device_id"] == device]
+def structure_meta(ac: AnalysisContext) -> dict[str, Any]:
+    m = ac.mapping
     return {
-        "steps": f"{len(steps)} ({m.step_source}, confidence {m.step_confidence:.2f})",
+        "steps": f"{len(m.steps)} ({m.step_source}, confidence {m.step_confidence:.2f})",
         "layers": f"{len(m.layers)} instances ({m.layer_source})",
         "rules": f"{', '.join(m.rules.packs)} ({m.rules.digest})",
     }
@@ -99,11 +107,11 @@ def ops(
     """Per logical op: instances per step, mean and median µs of one instance, total per step, share,
     and where the name came from (nvtx > template > class)."""
     with load(trace) as t:
-        m = run_mapping(t, rules, step_pattern, layer_pattern, nvtx_mode)
-        df = op_summary(m, by_kind=by_kind, device_id=device)
+        ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, device)
+        df = op_summary(ac, by_kind=by_kind)
         if not by_kind:
             df = df.drop(columns=["layer_kind"])
-        emit(ctx, Result(frames={"ops": df}, meta=structure_meta(m, device), notes=m.notes, title="nsysparse ops"), fmt, out, t)
+        emit(ctx, Result(frames={"ops": df}, meta=structure_meta(ac), title="nsysparse ops"), fmt, out, ac)
 
 
 @cli.command()
@@ -129,10 +137,10 @@ def layers(
 
     CSV/Parquet write the layer kind × op table; JSON holds everything (docs/columns.md#layers)."""
     with load(trace) as t:
-        m = run_mapping(t, rules, step_pattern, layer_pattern, nvtx_mode)
-        r = layer_report(m, device_id=device, top_unmapped=top_unmapped)
+        ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, device)
+        r = layer_report(ac, top_unmapped=top_unmapped)
         meta = {
-            **structure_meta(m, device),
+            **structure_meta(ac),
             "step time": f"{r.step_time_us:.1f} µs median wall, {r.step_busy_us:.1f} µs busy",
             "layers per step": ", ".join(f"{k} {v:g}" for k, v in r.layer_kinds.items()) or "none",
             "unmapped": f"{r.unmapped_share * 100:.2f} % of kernel time",
@@ -140,7 +148,7 @@ def layers(
         frames = {"layer kind × op (per instance)": r.ops, "one layer of each kind": r.kinds, "reconciliation (mean step)": r.reconciliation}
         if len(r.unmapped):
             frames["top unmapped kernels"] = r.unmapped
-        emit(ctx, Result(frames=frames, meta=meta, payload=r.payload() if fmt == "json" else None, notes=m.notes, title="nsysparse layers"), fmt, out, t)
+        emit(ctx, Result(frames=frames, meta=meta, payload=r.payload() if fmt == "json" else None, title="nsysparse layers"), fmt, out, ac)
 
 
 @cli.command()
@@ -154,9 +162,9 @@ def steps(
     """One row per step (forward pass / training iteration): start, wall and busy time, kernels, the gap
     before it, and whether its boundaries came from NVTX or were inferred (with a confidence)."""
     with load(trace) as t:
-        m = run_mapping(t, rules, step_pattern, layer_pattern, nvtx_mode)
-        df = step_table(m, device_id=device)
-        meta = structure_meta(m, device)
+        ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, device)
+        df = step_table(ac)
+        meta = structure_meta(ac)
         if len(df):
             meta["wall"] = f"median {df['wall_us'].median():.1f} µs, busy {df['busy_us'].median():.1f} µs"
-        emit(ctx, Result(frames={"steps": df}, meta=meta, notes=m.notes, title="nsysparse steps"), fmt, out, t)
+        emit(ctx, Result(frames={"steps": df}, meta=meta, title="nsysparse steps"), fmt, out, ac)

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from nsysparse.analyses.compare import Comparison, compare_profiles, profile
+from nsysparse.analyses.context import AnalysisContext
 from nsysparse.analyses.gaps import GapReport, gap_report
 from nsysparse.analyses.kernel_summary import kernel_summary
 from nsysparse.analyses.layers import LayerReport, layer_report
@@ -21,8 +22,6 @@ from nsysparse.models.flops import Workload, op_table
 from nsysparse.models.hardware import Hardware
 from nsysparse.models.predictions import Predictions
 from nsysparse.report.timeline import Timeline, step_timeline
-from nsysparse.structure.mapping import Mapping
-from nsysparse.trace import Trace
 
 
 @dataclass
@@ -47,7 +46,7 @@ class ReportInputs:
     """Optional extras: predictions, a baseline (its trace and mapping), a model with its workload."""
 
     predictions: Predictions | None = None
-    baseline: tuple[Trace, Mapping] | None = None
+    baseline: AnalysisContext | None = None
     model: LoadedModel | None = None
     workload: Workload | None = None
     hardware: Hardware | None = None
@@ -57,14 +56,16 @@ class ReportInputs:
     top_kernels: int = 20
 
 
-def collect(trace: Trace, m: Mapping, x: ReportInputs, title: str | None = None) -> ReportData:
+def collect(ctx: AnalysisContext, x: ReportInputs, title: str | None = None) -> ReportData:
+    """Every table and number of the report, from one analysis context (and the optional extras)."""
+    trace, m = ctx.trace, ctx.mapping
     info = trace.summary()
-    lr = layer_report(m)
-    gr = gap_report(trace, m)
-    ops = op_summary(m, by_kind=True)
-    kern = kernel_summary(trace, name="short").head(x.top_kernels)
+    lr = layer_report(ctx)
+    gr = gap_report(ctx)
+    ops = op_summary(ctx, by_kind=True)
+    kern = kernel_summary(ctx, name="short").head(x.top_kernels)
     tl = step_timeline(m)
-    notes = list(dict.fromkeys([*trace.notes, *m.notes, *gr.notes]))
+    notes = list(dict.fromkeys([*ctx.notes, *gr.notes]))
     steps = m.steps
     wall_ms = float(steps["wall_ns"].median() / 1e6) if len(steps) else float("nan")
     gap_ms = float(gr.gaps["gap_us"].median() / 1e3) if len(gr.gaps) else float("nan")
@@ -119,9 +120,8 @@ def collect(trace: Trace, m: Mapping, x: ReportInputs, title: str | None = None)
         )
         notes += d.notes
     if x.baseline is not None:
-        bt, bm = x.baseline
-        data.comparison = compare_profiles(profile(bt, bm), profile(trace, m, gaps=gr))
-        data.baseline_name = Path(str(bt.source_path)).name
+        data.comparison = compare_profiles(profile(x.baseline), profile(ctx, gaps=gr))
+        data.baseline_name = Path(str(x.baseline.trace.source_path)).name
         c = data.comparison
         counts = c.table["verdict"].value_counts()
         summary.append(

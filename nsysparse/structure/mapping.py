@@ -13,28 +13,34 @@ come from NVTX ranges matching the layer pattern, else from template parsing of 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from nsysparse import intervals
+from nsysparse.columns import LAYER_KIND, MAPPED_KERNEL_COLUMNS, NAMING_SOURCE
 from nsysparse.distinct import dense_codes, map_distinct
 from nsysparse.errors import UsageError
 from nsysparse.rules import RuleSet, classify_names, load_rules
+from nsysparse.structure.instances import op_instances
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.parse import Parser, Segment
 from nsysparse.structure.steps import DEFAULT_STEP_PATTERN, StepWindows, assign_windows, infer_step_windows, nvtx_step_windows
 from nsysparse.trace import NO_TIME, Trace
 
-# "layer_3", "model.layers.3", "block 3", ...; not framework hooks named after a module
-# ("FSDP::pre_forward (blocks.15...)"): names with "::" are never layers.
 DEFAULT_LAYER_PATTERN = r"(?i)^(?!.*::)(?:.*?[^a-z0-9])?(?:layers?|blocks?|decoder_?layer|transformer_?(?:layer|block))[_.\[\s#:-]*\d+"
-# torch.autograd.profiler.emit_nvtx decorates op ranges: "aten::addmm, seq = 12, op_id = 34, sizes = [...]"
+"""NVTX layer ranges: "layer_3", "model.layers.3", "block 3", ...; never names with "::" (framework hooks such as
+"FSDP::pre_forward (blocks.15...)"). Option: --layer-pattern."""
 EMIT_NVTX_SUFFIX = re.compile(r"(?is),\s*(?:seq|op_id|sizes|input_op_ids|stashed\s+seq)\s*=.*$")
+"""torch.autograd.profiler.emit_nvtx's decoration of op ranges ("aten::addmm, seq = 12, op_id = 34, sizes = [...]"), stripped from op names."""
 IGNORED_DOMAINS = ("CCCL", "CUB", "Thrust", "cuBLAS", "cuDNN", "NCCL")
+"""NVTX domains of libraries: their ranges are never steps, layers or ops."""
 KIND_FROM_NAME = (("mtp", "mtp"), ("nextn", "mtp"), ("moe", "moe"), ("expert", "moe"), ("dense", "dense"))
+"""Words in an NVTX layer name that state its kind, first match wins."""
 NVTX_MODES = ("auto", "steps", "off")
+"""--nvtx: use NVTX for steps, layers and ops (auto), for steps only, or not at all."""
 
 
 class Vocab:
@@ -59,9 +65,13 @@ class Vocab:
         return pd.Categorical.from_codes(codes.astype(np.int32, copy=False), categories=self.values).remove_unused_categories()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Mapping:
-    """The mapped trace. `kernels` has one row per kernel; `steps` and `layers` one per instance."""
+    """The mapped trace: frames with declared columns (nsysparse.columns.MAPPED_*_COLUMNS).
+
+    `kernels` has one row per kernel, `steps` and `layers` one per instance, `gpu_ops` one per kernel,
+    memcpy and memset (with its step, for busy time). Frozen: derived tables are cached properties, so a
+    selected copy (`on_device`) computes its own instead of sharing stale ones."""
 
     kernels: pd.DataFrame
     steps: pd.DataFrame
@@ -70,9 +80,29 @@ class Mapping:
     step_confidence: float
     layer_source: str
     rules: RuleSet
-    notes: list[str] = field(default_factory=list)
-    gpu_ops: pd.DataFrame | None = None  # kernels + memcpy + memset with their step (for busy time)
-    cache: dict[object, pd.DataFrame] = field(default_factory=dict, repr=False)  # derived tables shared by analyses
+    gpu_ops: pd.DataFrame
+    notes: tuple[str, ...] = ()
+    device_id: int | None = None  # the GPU this mapping was narrowed to (None: all)
+
+    def on_device(self, device_id: int | None) -> Mapping:
+        """The same mapping narrowed to one GPU: its kernels, GPU work, steps and their layers."""
+        if device_id is None:
+            return self
+        steps = self.steps[self.steps["device_id"] == device_id].reset_index(drop=True)
+        keep = steps["step"].to_numpy()
+        return replace(
+            self,
+            kernels=self.kernels[self.kernels["device_id"].to_numpy() == device_id].reset_index(drop=True),
+            gpu_ops=self.gpu_ops[self.gpu_ops["device_id"].to_numpy() == device_id].reset_index(drop=True),
+            steps=steps,
+            layers=self.layers[np.isin(self.layers["step"].to_numpy(), keep)].reset_index(drop=True),
+            device_id=device_id,
+        )
+
+    @cached_property
+    def op_instances(self) -> pd.DataFrame:
+        """One row per (step, layer instance, op): MAPPED_OP_INSTANCE_COLUMNS (ops, layers, compare and the report start here)."""
+        return op_instances(self.kernels)
 
 
 def _match(texts: pd.Series, pattern: str) -> np.ndarray:
@@ -161,6 +191,44 @@ def _kernel_frame(trace: Trace) -> pd.DataFrame:
     return k
 
 
+def check_options(nvtx: str, step_pattern: str, layer_pattern: str) -> None:
+    """Raise UsageError for an unknown NVTX mode or a pattern that is not a regular expression."""
+    if nvtx not in NVTX_MODES:
+        raise UsageError(f"nvtx mode must be one of {', '.join(NVTX_MODES)}")
+    for flag, pat in (("--step-pattern", step_pattern), ("--layer-pattern", layer_pattern)):
+        try:
+            re.compile(pat)
+        except re.error as err:
+            raise UsageError(f"{flag} {pat!r} is not a valid regular expression ({err})") from None
+
+
+@dataclass
+class _Names:
+    """The vocabularies behind the per-kernel integer codes: op names, layer kinds and layer names."""
+
+    ops: Vocab
+    kinds: Vocab
+    layers: Vocab
+
+    @classmethod
+    def new(cls) -> _Names:
+        return cls(Vocab(), Vocab(*LAYER_KIND.values), Vocab(""))
+
+
+@dataclass
+class _LayerCodes:
+    """Per kernel: template op code, layer instance, layer kind code and layer name code (-1 / 0: none)."""
+
+    op: np.ndarray
+    layer_id: np.ndarray
+    kind: np.ndarray
+    name: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> _LayerCodes:
+        return cls(np.full(n, -1, dtype=np.int32), np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32))
+
+
 def map_trace(
     trace: Trace,
     rules: RuleSet | None = None,
@@ -170,131 +238,113 @@ def map_trace(
     nvtx: str = "auto",
     ignore_domains: tuple[str, ...] = IGNORED_DOMAINS,
 ) -> Mapping:
-    """Map every kernel of `trace` to step, layer and op. `nvtx`: auto | steps (NVTX for steps only) | off."""
+    """Map every kernel of `trace` to step, layer and op. `nvtx`: auto | steps (NVTX for steps only) | off.
+    `rules`: the rule set (the analysis context loads it once; the bundled packs when None)."""
     trace.require("kernels", "op mapping")
-    if nvtx not in NVTX_MODES:
-        raise UsageError(f"nvtx mode must be one of {', '.join(NVTX_MODES)}")
-    for flag, pat in (("--step-pattern", step_pattern), ("--layer-pattern", layer_pattern)):
-        try:
-            re.compile(pat)
-        except re.error as err:
-            raise UsageError(f"{flag} {pat!r} is not a valid regular expression ({err})") from None
+    check_options(nvtx, step_pattern, layer_pattern)
     rules = rules or load_rules()
-    notes: list[str] = []
     trace.prefetch("kernels", "api", "memcpy", "memset", *(("nvtx",) if nvtx != "off" else ()))
     k = _kernel_frame(trace)
-    cls = classify_names(rules, k["short_name"], k["name"])
-    k = pd.concat([k, cls], axis=1)
-    use_nvtx = nvtx != "off" and trace.has("nvtx")
-    att = _NvtxAttribution(trace, k, step_pattern, layer_pattern, ignore_domains) if use_nvtx else None
+    k = pd.concat([k, classify_names(rules, k["short_name"], k["name"])], axis=1)
+    att = _NvtxAttribution(trace, k, step_pattern, layer_pattern, ignore_domains) if nvtx != "off" and trace.has("nvtx") else None
+    windows, k["step"], notes = _find_steps(trace, k, att, nvtx)
 
-    # -- steps --
+    parser = Parser(rules)
+    enc = parser.encode(k["kernel_class"])
+    names = _Names.new()
+    codes, layer_source, layer_notes = _find_layers(parser, k, enc, att if nvtx == "auto" else None, names)
+    k["layer_id"] = codes.layer_id
+    k["layer_kind"] = names.kinds.categorical(np.where(codes.layer_id >= 0, codes.kind, 0))
+    k["layer_name"] = names.layers.categorical(np.where(codes.layer_id >= 0, codes.name, 0))
+    nvtx_op = _nvtx_op_codes(att, names.ops, rules, re.compile(layer_pattern), len(k)) if nvtx == "auto" else np.full(len(k), -1, dtype=np.int32)
+    class_op = map_distinct(k["class_op"], lambda c: names.ops(c) if c else -1, np.int32, -1)
+    op, source = _by_precedence((nvtx_op, codes.op, class_op), names.ops("unmapped"))
+    k["op"] = names.ops.categorical(op)
+    k["source"] = NAMING_SOURCE.from_codes(source)
+    k["dur_ns"] = k["end_ns"] - k["start_ns"]
+
+    gpu_ops = _gpu_ops_with_steps(trace, k, windows)
+    steps = _step_table(k, gpu_ops, windows)
+    layers = _layer_table(k, layer_source)
+    k["layer_index"] = _layer_index(k["layer_id"].to_numpy(), layers)
+    kernels = k[[c.name for c in MAPPED_KERNEL_COLUMNS]]
+    return Mapping(kernels, steps, layers, windows.source, windows.confidence, layer_source, rules, gpu_ops, (*notes, *layer_notes, *trace.notes))
+
+
+def _by_precedence(candidates: tuple[np.ndarray, ...], unmapped: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per kernel, the op code of the first naming source (NAMING_SOURCE order) that has one (-1: none),
+    and that source's code; kernels no source names get `unmapped` and the last source."""
+    stack = np.vstack(candidates)
+    has = stack >= 0
+    named = has.any(axis=0)
+    first = has.argmax(axis=0)
+    op = np.where(named, stack[first, np.arange(stack.shape[1])], unmapped).astype(np.int32)
+    source = np.where(named, first, NAMING_SOURCE.code("unmapped")).astype(np.int8)
+    return op, source
+
+
+def _find_steps(trace: Trace, k: pd.DataFrame, att: _NvtxAttribution | None, nvtx: str) -> tuple[StepWindows, np.ndarray, list[str]]:
+    """Step windows from NVTX ranges when any match the step pattern, else inferred; each kernel's step."""
+    notes: list[str] = []
     if att is not None and len(att.windows):
         windows = StepWindows(att.windows.assign(device_id=-1, gpu_only=False), "nvtx", 1.0)
         k_step = assign_windows(k["pid"].to_numpy(), k["api_start_ns"].to_numpy(), k["has_launch"].to_numpy(), windows.frame, "pid")
         graph_launch = (k["graph_node_id"].to_numpy() > 0) & ~k["has_launch"].to_numpy()
         if graph_launch.any():
             notes.append(f"{int(graph_launch.sum())} graph kernels have no launch record; they are not in any step")
-    else:
-        codes = k["name"].cat.codes.to_numpy()
-        windows = infer_step_windows(k, codes)
-        k_step = windows.kernel_step if windows.kernel_step is not None else np.full(len(k), -1)
-        why = "no NVTX" if not trace.has("nvtx") else ("NVTX ignored (--nvtx off)" if nvtx == "off" else "no NVTX range matches the step pattern")
-        notes.append(f"steps inferred ({why}): " + "; ".join(windows.notes))
-    k["step"] = k_step
+        return windows, k_step, notes
+    windows = infer_step_windows(k, k["name"].cat.codes.to_numpy())
+    k_step = windows.kernel_step if windows.kernel_step is not None else np.full(len(k), -1)
+    why = "no NVTX" if not trace.has("nvtx") else ("NVTX ignored (--nvtx off)" if nvtx == "off" else "no NVTX range matches the step pattern")
+    notes.append(f"steps inferred ({why}): " + "; ".join(windows.notes))
+    return windows, k_step, notes
 
-    # -- layers and template ops (per-kernel columns are integer codes into small vocabularies) --
-    parser = Parser(rules)
-    enc = parser.encode(k["kernel_class"])
-    ops, kinds, names = Vocab(), Vocab(""), Vocab("")
+
+def _find_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, att: _NvtxAttribution | None, names: _Names) -> tuple[_LayerCodes, str, list[str]]:
+    """Layers from NVTX layer ranges (templates name the ops inside them), else from template parsing of
+    each step. Returns the per-kernel codes, the layer source and notes."""
     n = len(k)
-    tmpl_op = np.full(n, -1, dtype=np.int32)
-    layer_id = np.full(n, -1, dtype=np.int64)
-    layer_kind = np.zeros(n, dtype=np.int32)  # code 0 = ""
-    layer_name = np.zeros(n, dtype=np.int32)
-    nvtx_layers = att is not None and nvtx == "auto" and bool((att.layer_pos >= 0).any())
-    if nvtx_layers:
-        assert att is not None
-        layer_source = "nvtx"
-        has = att.layer_pos >= 0
-        # one instance per (step, layer range): a CUDA graph's capture-time range recurs every replay
-        inst = np.where(has, k_step * (len(att.tree) + 1) + att.layer_pos, -1)
-        _uniq, inv = np.unique(inst[has], return_inverse=True)
-        layer_id[has] = inv
-        texts, tinv = att.texts_at(att.layer_pos[has])
-        layer_name[has] = np.array([names(str(t)) for t in texts], dtype=np.int32)[tinv]
-        _template_ops_in_layers(parser, k, enc, layer_id, layer_name, names, tmpl_op, layer_kind, ops, kinds)
-        # kernels of a step outside its NVTX layers (embedding, LM head, sampling): prelude/head templates
-        outside_op = np.full(n, -1, dtype=np.int32)
-        _parse_steps(
-            parser, k, enc, outside_op, np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32), [], ops, Vocab(""), Vocab("")
-        )
-        fill = (layer_id < 0) & (outside_op >= 0)
-        tmpl_op[fill] = outside_op[fill]
-    else:
-        layer_source = "template"
-        _parse_steps(parser, k, enc, tmpl_op, layer_id, layer_kind, layer_name, notes, ops, kinds, names)
-    k["layer_id"] = layer_id
-    k["layer_kind"] = kinds.categorical(np.where(layer_id >= 0, layer_kind, 0))
-    k["layer_name"] = names.categorical(np.where(layer_id >= 0, layer_name, 0))
+    codes = _LayerCodes.empty(n)
+    notes: list[str] = []
+    if att is None or not bool((att.layer_pos >= 0).any()):
+        _parse_steps(parser, k, enc, codes, names, notes)
+        return codes, "template", notes
+    has = att.layer_pos >= 0
+    # one instance per (step, layer range): a CUDA graph's capture-time range recurs every replay
+    step = k["step"].to_numpy()
+    inst = np.where(has, step * (len(att.tree) + 1) + att.layer_pos, -1)
+    _, inv = np.unique(inst[has], return_inverse=True)
+    codes.layer_id[has] = inv
+    texts, tinv = att.texts_at(att.layer_pos[has])
+    codes.name[has] = np.array([names.layers(str(t)) for t in texts], dtype=np.int32)[tinv]
+    _template_ops_in_layers(parser, k, enc, codes, names)
+    # kernels of a step outside its NVTX layers (embedding, LM head, sampling): prelude/head templates
+    outside = _LayerCodes.empty(n)
+    _parse_steps(parser, k, enc, outside, _Names(names.ops, Vocab(*LAYER_KIND.values), Vocab("")), [])
+    fill = (codes.layer_id < 0) & (outside.op >= 0)
+    codes.op[fill] = outside.op[fill]
+    return codes, "nvtx", notes
 
-    # -- naming precedence: nvtx > template > class --
-    layer_rx = re.compile(layer_pattern)
+
+def _nvtx_op_codes(att: _NvtxAttribution | None, ops: Vocab, rules: RuleSet, layer_rx: re.Pattern[str], n: int) -> np.ndarray:
+    """Op code of each kernel's innermost NVTX op range (-1: none). Each distinct range text is named once."""
     op = np.full(n, -1, dtype=np.int32)
-    SOURCES = ["nvtx", "template", "class", "unmapped"]
-    source = np.full(n, 3, dtype=np.int8)
-    if att is not None and nvtx == "auto":
-        has_op = att.op_pos >= 0
-        if has_op.any():
-            # name each distinct range text once (a long capture repeats the same few hundred texts)
-            texts, inv = att.texts_at(att.op_pos[has_op])
-            canon = np.array([ops(_op_name(str(t), layer_rx, rules)) for t in texts], dtype=np.int32)
-            op[has_op] = canon[inv]
-            source[has_op] = 0
-    use_t = (source == 3) & (tmpl_op >= 0)
-    op[use_t], source[use_t] = tmpl_op[use_t], 1
-    class_op = map_distinct(k["class_op"], lambda c: ops(c) if c else -1, np.int32, -1)
-    use_c = (source == 3) & (class_op >= 0)
-    op[use_c], source[use_c] = class_op[use_c], 2
-    op[source == 3] = ops("unmapped")
-    k["op"] = ops.categorical(op)
-    k["source"] = pd.Categorical.from_codes(source, categories=SOURCES)
-    k["dur_ns"] = k["end_ns"] - k["start_ns"]
+    if att is None:
+        return op
+    has_op = att.op_pos >= 0
+    if has_op.any():
+        texts, inv = att.texts_at(att.op_pos[has_op])
+        canon = np.array([ops(_op_name(str(t), layer_rx, rules)) for t in texts], dtype=np.int32)
+        op[has_op] = canon[inv]
+    return op
 
-    gpu_ops = _gpu_ops_with_steps(trace, k, windows)
-    steps = _step_table(k, gpu_ops, windows)
-    layers = _layer_table(k, layer_source)
-    # layer index within its step, in time order
-    if len(layers):
-        idx = pd.Series(layers["layer_index"].to_numpy(), index=layers["layer_id"].to_numpy())
-        k["layer_index"] = np.where(k["layer_id"] >= 0, idx.reindex(k["layer_id"].to_numpy()).fillna(-1).to_numpy(), -1).astype(np.int64)
-    else:
-        k["layer_index"] = -1
-    cols = [
-        "start_ns",
-        "end_ns",
-        "dur_ns",
-        "device_id",
-        "stream_id",
-        "pid",
-        "short_name",
-        "name",
-        "kernel_class",
-        "rule_id",
-        "graph_node_id",
-        "step",
-        "layer_id",
-        "layer_index",
-        "layer_name",
-        "layer_kind",
-        "op",
-        "source",
-        "has_launch",
-        "api_start_ns",
-        "api_end_ns",
-        "global_tid",
-    ]
-    return Mapping(k[cols], steps, layers, windows.source, windows.confidence, layer_source, rules, notes + list(trace.notes), gpu_ops)
+
+def _layer_index(layer_id: np.ndarray, layers: pd.DataFrame) -> np.ndarray:
+    """Each kernel's layer position within its step, in time order (-1 outside layers)."""
+    if len(layers) == 0:
+        return np.full(len(layer_id), -1, dtype=np.int64)
+    idx = pd.Series(layers["layer_index"].to_numpy(), index=layers["layer_id"].to_numpy())
+    return np.where(layer_id >= 0, idx.reindex(layer_id).fillna(-1).to_numpy(), -1).astype(np.int64)
 
 
 def _segment_arrays(parser: Parser, segs: list[Segment], length: int, ops: Vocab, kinds: Vocab) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -338,53 +388,30 @@ def _broadcast(order: np.ndarray, starts: np.ndarray, members: list[int], values
     target[order[idx]] = vals
 
 
-def _template_ops_in_layers(
-    parser: Parser,
-    k: pd.DataFrame,
-    enc: np.ndarray,
-    layer_id: np.ndarray,
-    name_codes: np.ndarray,
-    names: Vocab,
-    tmpl_op: np.ndarray,
-    layer_kind: np.ndarray,
-    ops: Vocab,
-    kinds: Vocab,
-) -> None:
+def _template_ops_in_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _LayerCodes, names: _Names) -> None:
     """NVTX delimits the layers; templates name the ops inside them (kind from the name or template).
     Layers with the same kernel sequence and name hint are parsed once and written in one step."""
-    has = np.nonzero(layer_id >= 0)[0]
+    has = np.nonzero(codes.layer_id >= 0)[0]
     if len(has) == 0:
         return
-    order = has[np.lexsort((k["start_ns"].to_numpy()[has], layer_id[has]))]
-    ids = layer_id[order]
+    order = has[np.lexsort((k["start_ns"].to_numpy()[has], codes.layer_id[has]))]
+    ids = codes.layer_id[order]
     bounds = np.nonzero(np.diff(ids))[0] + 1
     starts = np.concatenate(([0], bounds))
     ends = np.concatenate((bounds, [len(order)]))
-    hint_of = {c: (_kind_from_name(v) or "") for c, v in enumerate(names.values)}
-    hints = [hint_of[int(c)] for c in name_codes[order[starts]]]
+    hint_of = {c: (_kind_from_name(v) or "") for c, v in enumerate(names.layers.values)}
+    hints = [hint_of[int(c)] for c in codes.name[order[starts]]]
     full = Parser.text(enc[order])
     for (seq, hint), members in _group_slices(full, starts, ends, hints).items():
         seg = parser.fullmatch_layer(seq) if hint != "mtp" else None
         segs = [seg] if seg is not None else parser.parse(seq, "mtp" if hint == "mtp" else "")
         kind = hint or next((x.kind for x in segs if x.role == "layer"), None) or "unknown"
-        op, _, _, _ = _segment_arrays(parser, segs, len(seq), ops, kinds)
-        _broadcast(order, starts, members, op, tmpl_op, keep=op >= 0)
-        _broadcast(order, starts, members, np.full(len(seq), kinds(kind), dtype=np.int32), layer_kind)
+        op, _, _, _ = _segment_arrays(parser, segs, len(seq), names.ops, names.kinds)
+        _broadcast(order, starts, members, op, codes.op, keep=op >= 0)
+        _broadcast(order, starts, members, np.full(len(seq), names.kinds(kind), dtype=np.int32), codes.kind)
 
 
-def _parse_steps(
-    parser: Parser,
-    k: pd.DataFrame,
-    enc: np.ndarray,
-    tmpl_op: np.ndarray,
-    layer_id: np.ndarray,
-    layer_kind: np.ndarray,
-    layer_name: np.ndarray,
-    notes: list[str],
-    ops: Vocab,
-    kinds: Vocab,
-    names: Vocab,
-) -> None:
+def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _LayerCodes, names: _Names, notes: list[str]) -> None:
     """No NVTX layers: parse each step's primary-stream sequence; other streams join by time.
     Steps with the same sequence are parsed once and written in one step."""
     step = k["step"].to_numpy()
@@ -414,35 +441,35 @@ def _parse_steps(
     unparsed = 0
     for (seq, _), members in _group_slices(full, starts, ends).items():
         segs = parser.parse(seq)
-        op, ordinal, kind, miss = _segment_arrays(parser, segs, len(seq), ops, kinds)
+        op, ordinal, kind, miss = _segment_arrays(parser, segs, len(seq), names.ops, names.kinds)
         n_layers[members] = int(ordinal.max()) + 1 if len(ordinal) else 0
         unparsed += miss * len(members)
         parsed.append((members, op, ordinal, kind))
     base = np.concatenate(([0], np.cumsum(n_layers)[:-1]))  # first layer id of each step, in step order
     for members, op, ordinal, kind in parsed:
-        _broadcast(order, starts, members, op, tmpl_op, keep=op >= 0)
+        _broadcast(order, starts, members, op, codes.op, keep=op >= 0)
         if (ordinal >= 0).any():
             inl = ordinal >= 0
             idx = (starts[members][:, None] + np.arange(len(ordinal))[None, :])[:, inl]
             rows = order[idx.ravel()]
-            layer_id[rows] = (base[members][:, None] + ordinal[inl][None, :]).ravel()
-            layer_kind[rows] = np.tile(kind[inl], len(members))
-            label = np.array([names(f"layer_{o}_{kinds.values[c]}") for o, c in zip(ordinal[inl], kind[inl])], dtype=np.int32)
-            layer_name[rows] = np.tile(label, len(members))
+            codes.layer_id[rows] = (base[members][:, None] + ordinal[inl][None, :]).ravel()
+            codes.kind[rows] = np.tile(kind[inl], len(members))
+            label = np.array([names.layers(f"layer_{o}_{names.kinds.values[c]}") for o, c in zip(ordinal[inl], kind[inl])], dtype=np.int32)
+            codes.name[rows] = np.tile(label, len(members))
     if unparsed:
         notes.append(f"{unparsed} kernels inside steps matched no template; they are named by class")
     if len(other):
         rows = other
-        lid = np.nonzero(layer_id >= 0)[0]
+        lid = np.nonzero(codes.layer_id >= 0)[0]
         if len(lid):
-            df = pd.DataFrame({"id": layer_id[lid], "s": start[lid], "e": k["end_ns"].to_numpy()[lid], "kind": layer_kind[lid], "name": layer_name[lid]})
+            df = pd.DataFrame({"id": codes.layer_id[lid], "s": start[lid], "e": k["end_ns"].to_numpy()[lid], "kind": codes.kind[lid], "name": codes.name[lid]})
             span = df.groupby("id").agg(s=("s", "min"), e=("e", "max"), kind=("kind", "first"), name=("name", "first")).sort_values("s")
             pos = intervals.assign_to_windows(start[rows], span["s"].to_numpy(), span["e"].to_numpy())
             ok = pos >= 0
             at = np.clip(pos, 0, None)
-            layer_id[rows[ok]] = span.index.to_numpy()[at][ok]
-            layer_kind[rows[ok]] = span["kind"].to_numpy()[at][ok]
-            layer_name[rows[ok]] = span["name"].to_numpy()[at][ok]
+            codes.layer_id[rows[ok]] = span.index.to_numpy()[at][ok]
+            codes.kind[rows[ok]] = span["kind"].to_numpy()[at][ok]
+            codes.name[rows[ok]] = span["name"].to_numpy()[at][ok]
         notes.append(f"{len(rows)} kernels on secondary streams were placed in layers by time and named by class")
 
 
