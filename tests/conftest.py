@@ -28,6 +28,36 @@ def public_trace(relpath: str) -> Path:
     return p
 
 
+# Golden files written or removed by this session's --update-golden run (tests/test_golden.py), reported at the end.
+GOLDEN_CHANGED = pytest.StashKey[list[str]]()
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="Rewrite tests/golden/ from the current code instead of comparing with it (then review the diff).",
+    )
+
+
+def pytest_configure(config):
+    config.stash[GOLDEN_CHANGED] = []
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not config.getoption("--update-golden"):
+        return
+    changed = config.stash.get(GOLDEN_CHANGED, [])
+    terminalreporter.section("golden files")
+    if changed:
+        terminalreporter.write_line(f"{len(changed)} golden file(s) changed:")
+        for p in changed:
+            terminalreporter.write_line(f"  {p}")
+    else:
+        terminalreporter.write_line("golden files unchanged")
+
+
 FIXTURE_NAMES = sorted(p.name for p in FIXTURES.iterdir() if (p / "trace.sqlite").exists()) if FIXTURES.exists() else []
 
 
