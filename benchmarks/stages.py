@@ -8,11 +8,11 @@ import sys
 import time
 
 t0 = time.perf_counter()
+from nsysparse.analyses.context import AnalysisContext  # noqa: E402
 from nsysparse.analyses.gaps import gap_report  # noqa: E402
 from nsysparse.analyses.layers import layer_report  # noqa: E402
 from nsysparse.analyses.ops import op_summary  # noqa: E402
 from nsysparse.analyses.steps import step_table  # noqa: E402
-from nsysparse.structure.mapping import map_trace  # noqa: E402
 from nsysparse.trace import open_trace  # noqa: E402
 
 
@@ -22,21 +22,14 @@ def rss_mb() -> float:
 
 print(f"{'start-up':10s} {time.perf_counter() - t0:6.2f} s  peak {rss_mb():6.0f} MB")
 with open_trace(sys.argv[1]) as t:
-    stages = [
-        ("load", lambda: t.prefetch("kernels", "api", "memcpy", "memset", "nvtx")),
-        ("map", lambda: map_trace(t)),
-    ]
-    m = None
-    for name, fn in stages:
-        a = time.perf_counter()
-        r = fn()
-        m = r if name == "map" else m
-        print(f"{name:10s} {time.perf_counter() - a:6.2f} s  peak {rss_mb():6.0f} MB")
+    ctx = AnalysisContext(t)
     for name, fn in (
-        ("ops", lambda: op_summary(m, by_kind=True)),
-        ("steps", lambda: step_table(m)),
-        ("layers", lambda: layer_report(m)),
-        ("gaps", lambda: gap_report(t, m)),
+        ("load", lambda: t.prefetch("kernels", "api", "memcpy", "memset", "nvtx")),
+        ("map", lambda: ctx.mapping),
+        ("ops", lambda: op_summary(ctx, by_kind=True)),
+        ("steps", lambda: step_table(ctx)),
+        ("layers", lambda: layer_report(ctx)),
+        ("gaps", lambda: gap_report(ctx)),
     ):
         a = time.perf_counter()
         fn()

@@ -8,11 +8,17 @@ import pytest
 from conftest import fixture_trace
 
 from nsysparse.analyses import gaps, kernel_summary, layers, ops, steps
+from nsysparse.analyses.context import AnalysisContext
 from nsysparse.cli import cli
-from nsysparse.columns import validate_frame
+from nsysparse.columns import (
+    MAPPED_GPU_OP_COLUMNS,
+    MAPPED_KERNEL_COLUMNS,
+    MAPPED_LAYER_COLUMNS,
+    MAPPED_OP_INSTANCE_COLUMNS,
+    MAPPED_STEP_COLUMNS,
+    validate_frame,
+)
 from nsysparse.docs import render
-from nsysparse.structure.mapping import map_trace
-from nsysparse.trace import open_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,16 +36,24 @@ def test_every_command_has_help_and_is_in_the_readme():
 
 @pytest.mark.parametrize("fixture", ["moe_decode_op", "moe_decode_nonvtx", "dense_train_step"])
 def test_outputs_match_their_declared_columns(fixture):
-    with open_trace(fixture_trace(fixture)) as t:
-        m = map_trace(t)
-        validate_frame(kernel_summary.kernel_summary(t).assign(), kernel_summary.COLUMNS)
-        validate_frame(ops.op_summary(m), ops.COLUMNS)
-        r = layers.layer_report(m)
+    with AnalysisContext.open(fixture_trace(fixture)) as ctx:
+        m = ctx.mapping
+        for frame, declared in (
+            (m.kernels, MAPPED_KERNEL_COLUMNS),
+            (m.steps, MAPPED_STEP_COLUMNS),
+            (m.layers, MAPPED_LAYER_COLUMNS),
+            (m.gpu_ops, MAPPED_GPU_OP_COLUMNS),
+            (m.op_instances, MAPPED_OP_INSTANCE_COLUMNS),
+        ):
+            validate_frame(frame, declared)
+        validate_frame(kernel_summary.kernel_summary(ctx).assign(), kernel_summary.COLUMNS)
+        validate_frame(ops.op_summary(ctx), ops.COLUMNS)
+        r = layers.layer_report(ctx)
         validate_frame(r.ops, layers.OP_COLUMNS)
         validate_frame(r.kinds, layers.KIND_COLUMNS)
         validate_frame(r.reconciliation, layers.RECON_COLUMNS)
-        validate_frame(steps.step_table(m), steps.COLUMNS)
-        g = gaps.gap_report(t, m)
+        validate_frame(steps.step_table(ctx), steps.COLUMNS)
+        g = gaps.gap_report(ctx)
         validate_frame(g.gaps, gaps.GAP_COLUMNS)
         validate_frame(g.bubbles, gaps.BUBBLE_COLUMNS)
         validate_frame(g.devices, gaps.DEVICE_COLUMNS)

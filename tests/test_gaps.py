@@ -10,9 +10,9 @@ import pytest
 from conftest import fixture_trace
 from nsysbuilder import gtid
 
+from nsysparse.analyses.context import AnalysisContext, StructureOptions
 from nsysparse.analyses.gaps import gap_report
 from nsysparse.analyses.serving import serving_metrics
-from nsysparse.structure.mapping import map_trace
 from nsysparse.trace import open_trace
 
 GEMM = "nvjet_sm90_tst_64x8_TNT"
@@ -42,9 +42,8 @@ def two_steps(b, gap_ns, *, between=None, step1_launch=None, graph=False, tid=10
 
 
 def report(path, **kw):
-    with open_trace(path) as t:
-        m = map_trace(t)
-        return gap_report(t, m, **kw)
+    with AnalysisContext.open(path) as ctx:
+        return gap_report(ctx, **kw)
 
 
 @pytest.mark.parametrize("nvtx", ["auto", "off"])
@@ -53,7 +52,7 @@ def test_host_work_gap_is_exact(builder, tmp_path, nvtx):
     two_steps(b, 1_300_000)  # the seed case: 1.3 ms between two decode forwards
     path = b.write(tmp_path / "h.sqlite")
     with open_trace(path) as t:
-        r = gap_report(t, map_trace(t, nvtx=nvtx))
+        r = gap_report(AnalysisContext(t, options=StructureOptions(nvtx=nvtx)))
     g = r.gaps.iloc[0]
     assert g["gap_us"] == pytest.approx(1300.0)
     assert g["cause"] == "host work"
@@ -145,15 +144,15 @@ def test_serving_worked_example():
 
 def test_fixture_gaps_match_nvtx_truth_and_the_twin():
     with open_trace(fixture_trace("moe_decode_op")) as t:
-        truth = gap_report(t, map_trace(t))
-        blind = gap_report(t, map_trace(t, nvtx="off"))
+        truth = gap_report(AnalysisContext(t))
+        blind = gap_report(AnalysisContext(t, options=StructureOptions(nvtx="off")))
     assert len(truth.gaps) == 11 and set(truth.gaps["cause"]) == {"host work"}
     assert set(truth.gaps["host_nvtx"]) == {"host_gap"}
     diff = truth.gaps["gap_us"].to_numpy() - blind.gaps["gap_us"].to_numpy()
     assert abs(diff).max() <= 20.0
     assert set(blind.gaps["cause"]) == {"host work"}
     with open_trace(fixture_trace("moe_decode_nonvtx")) as t:
-        twin = gap_report(t, map_trace(t))
+        twin = gap_report(AnalysisContext(t))
     assert len(twin.gaps) == 11 and set(twin.gaps["cause"]) == {"host work"}
     # same gaps, minus the ~140 µs the op-level NVTX ranges add before each step's first launch
     assert abs(twin.gaps["gap_us"].median() - truth.gaps["gap_us"].median()) < 0.15 * truth.gaps["gap_us"].median()
@@ -164,7 +163,7 @@ def test_fixture_gaps_match_nvtx_truth_and_the_twin():
 
 def test_gap3ms_fixture_has_larger_gaps():
     with open_trace(fixture_trace("moe_decode_op_gap3ms")) as t:
-        r = gap_report(t, map_trace(t))
+        r = gap_report(AnalysisContext(t))
     assert 3000 < r.gaps["gap_us"].median() < 3600 and set(r.gaps["cause"]) == {"host work"}
 
 

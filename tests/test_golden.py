@@ -27,7 +27,7 @@ from nsysparse.analyses.ops import op_summary
 from nsysparse.analyses.steps import step_table
 from nsysparse.cli import cli
 from nsysparse.cli.render import Result, write
-from nsysparse.cli.structure import run_mapping
+from nsysparse.cli.structure import analysis_context
 from nsysparse.trace import open_trace
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -76,12 +76,12 @@ def generate(name: str) -> dict[str, Any]:
     """Map the fixture once and render every golden file; also the full JSON payloads, for the CLI check."""
     with open_trace(str(FIXTURES / name / "trace.sqlite")) as t:
         args = {p: cli_default("ops", p) for p in ("rules", "step_pattern", "layer_pattern", "nvtx_mode")}
-        m = run_mapping(t, **args)
-        ops = op_summary(m).drop(columns=["layer_kind"])
-        lr = layer_report(m, top_unmapped=cli_default("layers", "top_unmapped"))
-        steps = step_table(m)
-        gr = gap_report(t, m, min_bubble_us=cli_default("gaps", "min_bubble_us"), top=cli_default("gaps", "top"))
-        notes = [*m.notes, *(n for n in t.notes if n not in m.notes)]
+        ctx = analysis_context(t, **args, device=None)
+        ops = op_summary(ctx).drop(columns=["layer_kind"])
+        lr = layer_report(ctx, top_unmapped=cli_default("layers", "top_unmapped"))
+        steps = step_table(ctx)
+        gr = gap_report(ctx, min_bubble_us=cli_default("gaps", "min_bubble_us"), top=cli_default("gaps", "top"))
+        notes = ctx.notes
     layers_payload, gaps_payload = lr.payload(), gr.payload()
     layers_rest = {k: v for k, v in layers_payload.items() if k not in LAYER_TABLE_KEYS} | {"notes": notes}
     gaps_rest = {k: v for k, v in gaps_payload.items() if k not in GAP_TABLE_KEYS}

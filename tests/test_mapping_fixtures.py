@@ -8,18 +8,19 @@ import pandas as pd
 import pytest
 from conftest import FIXTURES, fixture_trace
 
+from nsysparse.analyses.context import AnalysisContext, StructureOptions
 from nsysparse.analyses.layers import layer_report
-from nsysparse.structure.mapping import map_trace
-from nsysparse.trace import open_trace
 
 
-def mapped(name, **kw):
-    with open_trace(fixture_trace(name)) as t:
-        return map_trace(t, **kw)
+def mapped(name, nvtx="auto"):
+    """The fixture's analysis context, mapped (the trace is closed again)."""
+    with AnalysisContext.open(fixture_trace(name), options=StructureOptions(nvtx=nvtx)) as ctx:
+        _ = ctx.mapping
+    return ctx
 
 
-def per_op_us(m):
-    k = m.kernels[m.kernels["step"] >= 0]
+def per_op_us(ctx):
+    k = ctx.mapping.kernels[ctx.mapping.kernels["step"] >= 0]
     return k.groupby([k["layer_kind"].astype(str), k["op"].astype(str)])["dur_ns"].sum() / k["step"].nunique() / 1e3
 
 
@@ -47,8 +48,8 @@ def check_ops_close(ref, test, tolerance):
 def test_moe_decode_without_nvtx_matches_its_op_nvtx_twin():
     ref = mapped("moe_decode_op")
     m = mapped("moe_decode_nonvtx")
-    assert m.step_source == "inferred-gaps" and m.step_confidence >= 0.9
-    assert m.layer_source == "template"
+    assert m.mapping.step_source == "inferred-gaps" and m.mapping.step_confidence >= 0.9
+    assert m.mapping.layer_source == "template"
     check_counts(m, "moe_decode_nonvtx")
     check_ops_close(ref, m, 0.03)
 
@@ -56,7 +57,7 @@ def test_moe_decode_without_nvtx_matches_its_op_nvtx_twin():
 def test_cuda_graph_fixture_matches_its_op_nvtx_twin():
     ref = mapped("moe_decode_graph_op")
     m = mapped("moe_decode_graph")
-    assert m.layer_source == "nvtx"  # capture-time layer ranges reached through graph node creation
+    assert m.mapping.layer_source == "nvtx"  # capture-time layer ranges reached through graph node creation
     check_counts(m, "moe_decode_graph")
     check_ops_close(ref, m, 0.03)
     blind = mapped("moe_decode_graph_op", nvtx="off")
@@ -69,25 +70,25 @@ def test_templates_name_every_kernel_as_nvtx_does(name):
     """On one trace, template naming (NVTX used for steps only) equals NVTX op naming kernel by kernel."""
     ref = mapped(name)
     tpl = mapped(name, nvtx="steps")
-    assert (ref.kernels["source"] == "nvtx").mean() > 0.99
-    assert (tpl.kernels["source"] == "template").mean() > 0.99
-    same = (ref.kernels["op"].astype(str) == tpl.kernels["op"].astype(str)) & (ref.kernels["layer_kind"].astype(str) == tpl.kernels["layer_kind"].astype(str))
-    assert same.all(), ref.kernels.loc[~same, ["short_name", "op"]].head()
+    assert (ref.mapping.kernels["source"] == "nvtx").mean() > 0.99
+    assert (tpl.mapping.kernels["source"] == "template").mean() > 0.99
+    same = (ref.mapping.kernels["op"].astype(str) == tpl.mapping.kernels["op"].astype(str)) & (ref.mapping.kernels["layer_kind"].astype(str) == tpl.mapping.kernels["layer_kind"].astype(str))
+    assert same.all(), ref.mapping.kernels.loc[~same, ["short_name", "op"]].head()
 
 
 @pytest.mark.parametrize("name", ["dense_train_step", "moe_prefill_layer", "dense_decode_op", "moe_decode_op_gap3ms"])
 def test_structure_of_the_other_fixtures(name):
     m = mapped(name)
     check_counts(m, name)
-    assert (m.kernels["source"] == "unmapped").sum() == 0
+    assert (m.mapping.kernels["source"] == "unmapped").sum() == 0
 
 
 def test_training_ops_cover_forward_backward_optimizer():
     m = mapped("dense_train_step")
-    ops = set(m.kernels["op"].astype(str))
+    ops = set(m.mapping.kernels["op"].astype(str))
     assert {"backward", "optimizer", "loss", "lm_head", "fmha", "mlp_up"} <= ops
     # step time is one forward + backward + AdamW: its kernels all belong to the step
-    assert (m.kernels["step"] >= 0).all()
+    assert (m.mapping.kernels["step"] >= 0).all()
 
 
 def test_reconciliation_adds_up():

@@ -299,7 +299,6 @@ def simdiff_cmd(
     lm = load_model(model_arg) if model_arg else None
     meta: dict[str, Any] = {"predictions": f"{Path(predictions).name} ({len(preds.table)} ops)"}
     notes: list[str] = []
-    trace_obj: Trace | None = None
     if Path(measured).suffix.lower() in (".csv", ".tsv", ".txt"):
         meas = measured_from_table(measured, rs, parse_layer_counts(layer_counts))
         meta["measured"] = f"{Path(measured).name} (table)"
@@ -308,8 +307,7 @@ def simdiff_cmd(
     else:
         if layer_counts:
             raise UsageError("--layers is for a measured table; a trace gives its own counts")
-        trace_obj = load(measured)
-        with trace_obj as t:
+        with load(measured) as t:
             ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, device, rs)
             rep = layer_report(ac)
             if rep.steps == 0:
@@ -334,7 +332,6 @@ def simdiff_cmd(
         Result(frames={"ops": table, "reconciliation": res.reconciliation}, meta=meta, payload=payload, notes=notes + res.notes, title="nsysparse simdiff"),
         fmt,
         out,
-        trace_obj,
     )
 
 
