@@ -72,7 +72,9 @@ def test_templates_name_every_kernel_as_nvtx_does(name):
     tpl = mapped(name, nvtx="steps")
     assert (ref.mapping.kernels["source"] == "nvtx").mean() > 0.99
     assert (tpl.mapping.kernels["source"] == "template").mean() > 0.99
-    same = (ref.mapping.kernels["op"].astype(str) == tpl.mapping.kernels["op"].astype(str)) & (ref.mapping.kernels["layer_kind"].astype(str) == tpl.mapping.kernels["layer_kind"].astype(str))
+    same = (ref.mapping.kernels["op"].astype(str) == tpl.mapping.kernels["op"].astype(str)) & (
+        ref.mapping.kernels["layer_kind"].astype(str) == tpl.mapping.kernels["layer_kind"].astype(str)
+    )
     assert same.all(), ref.mapping.kernels.loc[~same, ["short_name", "op"]].head()
 
 

@@ -96,4 +96,3 @@ def compare(
         raise RegressionFound(
             f"{int(counts.get('regression', 0))} key(s) slower, first {worst['section']} {worst['key']}: {worst['delta_us']:+.1f} µs ({worst['delta_pct']:+.1f} %)"
         )
-

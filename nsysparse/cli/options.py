@@ -17,6 +17,7 @@ class HasNotes(Protocol):
     @property
     def notes(self) -> list[str]: ...
 
+
 F = Callable[..., Any]
 
 
