@@ -86,7 +86,7 @@ class Categories:
         return self.values.index(value)
 
     def from_codes(self, codes: object) -> pd.Categorical:
-        return pd.Categorical.from_codes(codes, dtype=self.dtype)  # type: ignore[arg-type]
+        return pd.Categorical.from_codes(codes, dtype=self.dtype)
 
 
 NAMING_SOURCE = Categories(

@@ -71,7 +71,7 @@ def resolve_workload(
     kv = kv_len or run.get("kv_len") or (None if ph == "decode" else 1)
     if ph == "decode" and not kv:
         raise UsageError("--kv-len is needed for decode")
-    return Workload(ph, batch=int(b), seq=int(s or 1), kv_len=int(kv), causal=causal, tp=tp, ep=ep).validate()
+    return Workload(ph, batch=int(b), seq=int(s or 1), kv_len=int(kv or 1), causal=causal, tp=tp, ep=ep).validate()
 
 
 def resolve_hardware(

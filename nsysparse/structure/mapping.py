@@ -501,11 +501,11 @@ def _gpu_ops_with_steps(trace: Trace, k: pd.DataFrame, windows: StepWindows) -> 
     start = np.concatenate(cols["start_ns"])
     end = np.concatenate(cols["end_ns"])
     order = np.lexsort((end, start))
-    out = {"kind": pd.Categorical.from_codes(np.concatenate(kind_codes)[order], categories=kinds)}
+    out: dict[str, object] = {"kind": pd.Categorical.from_codes(np.concatenate(kind_codes)[order], categories=kinds)}
     for c, parts in cols.items():
         out[c] = np.concatenate(parts)[order]
-    for c, parts in cat_parts.items():
-        out[c] = pd.api.types.union_categoricals([p for p, _ in parts]).take(order) if len(parts) > 1 else parts[0][0].take(order)
+    for c, cats in cat_parts.items():
+        out[c] = pd.api.types.union_categoricals([p for p, _ in cats]).take(order) if len(cats) > 1 else cats[0][0].take(order)
     frame = pd.DataFrame(out)
     return frame[["kind", "start_ns", "end_ns", "device_id", "stream_id", "pid", "step", "graph", "op", "layer_kind", "kernel_class", *launch_cols]]
 

@@ -8,7 +8,9 @@ capture produced such events), columns come and go between versions, so everythi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 # Event tables, by the canonical kind name used throughout nsysparse.
 TABLES = {
@@ -121,7 +123,7 @@ class Schema:
         return next((t for t in tables if t in self.columns), None)
 
 
-def probe(rows_fn) -> Schema:  # rows_fn: Engine.rows
+def probe(rows_fn: Callable[[str], list[tuple[Any, ...]]]) -> Schema:  # rows_fn: Engine.rows
     tables = [r[0] for r in rows_fn("SELECT name FROM sqlite_master WHERE type IN ('table','view')")]
     schema = Schema()
     for t in tables:

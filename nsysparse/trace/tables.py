@@ -307,7 +307,7 @@ def require_columns(trace: Trace, kind: str, *columns: str) -> None:
 
 def profiler_overhead(trace: Trace) -> pd.DataFrame:
     """Intervals where the profiler itself worked (CUPTI buffer flushes and the like): start_ns, end_ns, global_tid."""
-    cols = {"start_ns": [], "end_ns": [], "global_tid": []}
+    cols: dict[str, list[int]] = {"start_ns": [], "end_ns": [], "global_tid": []}
     if not trace.schema.has("PROFILER_OVERHEAD", "globalTid"):
         return pd.DataFrame({k: pd.Series(v, dtype="int64") for k, v in cols.items()})
     df = trace.engine.frame(
