@@ -101,3 +101,23 @@ def test_mapping_is_frozen(builder, tmp_path):
         m = ctx.mapping
     with pytest.raises(AttributeError):
         m.steps = m.steps  # type: ignore[misc]
+
+
+def test_one_step_period_for_steps_mfu_and_serving(run):
+    """steps, mfu and the serving numbers report the same step period: the median start-to-next-start
+    of the steps table, recomputed here from the steps CSV."""
+    import io
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    trace = fixture_trace("dense_train_step")
+    steps = pd.read_csv(io.StringIO(run("steps", trace, "-f", "csv").stdout))
+    expected_ms = float(np.median(np.diff(steps.sort_values("start_ms")["start_ms"].to_numpy())))
+    mfu = json.loads(run("mfu", trace, "--model", str(FIXTURES / "dense_train_step" / "manifest.json"), "-f", "json").stdout)
+    assert mfu["step_time_ms"] == pytest.approx(expected_ms, rel=1e-9)
+    serving = json.loads(run("gaps", trace, "--accept-rate", "1", "-f", "json").stdout)["serving"][0]
+    assert serving["step_period_ms"] == pytest.approx(expected_ms, rel=1e-9)
+    assert serving["tpot_ms"] == pytest.approx(expected_ms, rel=1e-9)
+    assert f"median {expected_ms * 1e3:.1f} µs" in run("steps", trace).output

@@ -27,6 +27,8 @@ import pandas as pd
 from nsysparse.analyses.context import AnalysisContext
 from nsysparse.analyses.gaps import GapReport, gap_report
 from nsysparse.columns import Column
+from nsysparse.models.flops import tflops_per_gpu
+from nsysparse.structure.period import step_periods_ns
 
 COLUMNS = (
     Column("section", "str", "step | layer | op | gaps | kernel | mfu"),
@@ -104,12 +106,13 @@ def profile(ctx: AnalysisContext, top_kernels: int = 10, flops_per_step: float |
         s = steps.sort_values(["device_id", "start_ns"])
         parts.append(_long("step", ["wall"] * len(s), s["wall_ns"].to_numpy() / 1e3))
         parts.append(_long("step", ["busy"] * len(s), s["busy_ns"].to_numpy() / 1e3))
-        period = (s.groupby("device_id")["start_ns"].shift(-1) - s["start_ns"]).dropna().to_numpy() / 1e3
+        period = step_periods_ns(s)
+        period = period[np.isfinite(period)] / 1e3
         parts.append(_long("step", ["period"] * len(period), period))
         parts.append(_long("gaps", ["idle inside step"] * len(s), (s["wall_ns"] - s["busy_ns"]).to_numpy() / 1e3))
         if flops_per_step and len(period):
             parts.append(
-                _long("mfu", ["TFLOP/s per GPU"] * len(period), flops_per_step / (period * 1e-6) / gpus / 1e12 * 1.0, judged=False, higher_is_better=True)
+                _long("mfu", ["TFLOP/s per GPU"] * len(period), tflops_per_gpu(flops_per_step, period * 1e-6, gpus), judged=False, higher_is_better=True)
             )
     # ops: per step total of each (layer kind, op); a step without the op counts 0
     inst = m.op_instances

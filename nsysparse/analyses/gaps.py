@@ -31,6 +31,7 @@ from nsysparse.columns import Column, empty_frame
 from nsysparse.distinct import dense_codes, map_distinct
 from nsysparse.intervals import Coverage
 from nsysparse.structure.nvtx import build_tree
+from nsysparse.structure.period import step_period_ns
 from nsysparse.trace import NO_TIME, Trace
 
 SYNC_API = re.compile(
@@ -83,6 +84,7 @@ DEVICE_COLUMNS = (
     Column("bubble_us_per_step", "float", "bubble time per step (median)"),
     Column("bubble_cause", "str", "cause covering most bubble time"),
     Column("step_wall_us", "float", "median step wall time"),
+    Column("step_period_us", "float", "median step period: start of a step to the start of the next (nsysparse.structure.period)"),
 )
 
 
@@ -389,6 +391,7 @@ def _device_table(steps: pd.DataFrame, gaps: pd.DataFrame, bubbles: pd.DataFrame
                 "bubble_us_per_step": float(ps["bubble_us"].median()) if len(ps) else 0.0,
                 "bubble_cause": _main_cause(bub, "bubble_us") if len(bub) else "",
                 "step_wall_us": float(s["wall_ns"].median() / 1e3),
+                "step_period_us": step_period_ns(s) / 1e3,
             }
         )
     return pd.DataFrame(rows, columns=[c.name for c in DEVICE_COLUMNS])

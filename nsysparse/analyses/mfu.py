@@ -22,8 +22,9 @@ import pandas as pd
 from nsysparse.columns import Column
 from nsysparse.errors import ConfigError
 from nsysparse.models.config import ModelSpec
-from nsysparse.models.flops import Workload, op_table, step_flops
+from nsysparse.models.flops import Workload, op_table, step_flops, tflops_per_gpu
 from nsysparse.models.hardware import Hardware
+from nsysparse.structure.period import step_period_ns, step_periods_ns
 
 SUMMARY_COLUMNS = (
     Column("gpu", "str", "hardware the peaks come from"),
@@ -75,11 +76,9 @@ def step_times(steps: pd.DataFrame, basis: str = "period") -> pd.DataFrame:
     wall = s["wall_ns"].to_numpy(dtype=float)
     if basis == "wall":
         t = wall
-    else:
-        nxt = s.groupby("device_id")["start_ns"].shift(-1)
-        t = (nxt - s["start_ns"]).to_numpy(dtype=float)
-        med = np.nanmedian(t) if np.isfinite(t).any() else np.nan
-        t = np.where(np.isnan(t), med if np.isfinite(med) else wall, t)
+    else:  # the last step of a device has no period of its own: it counts as the median period
+        t = step_periods_ns(s)
+        t = np.where(np.isnan(t), step_period_ns(s), t)
     return pd.DataFrame({"step": s["step"].to_numpy(), "device_id": s["device_id"].to_numpy(), "time_ns": t, "wall_ns": wall})
 
 
@@ -111,7 +110,7 @@ def mfu_report(
     t_med = float(per_index["time_ns"].median())
     if len(per_index) < 3:
         notes.append(f"only {len(per_index)} step(s): the median step time is not robust")
-    tflops = flops / (t_med * 1e-9) / n_gpus / 1e12
+    tflops = tflops_per_gpu(flops, t_med * 1e-9, n_gpus)
     mbu = np.nan
     if w.phase != "train" and hw.hbm_tbps > 0:
         t = op_table(spec, w)
@@ -150,8 +149,8 @@ def mfu_report(
             "device_id": times["device_id"].astype(np.int64),
             "time_ms": times["time_ns"] / 1e6,
             "wall_ms": times["wall_ns"] / 1e6,
-            "tflops_per_gpu": flops / tt / n_gpus / 1e12,
-            "mfu_bf16_pct": flops / tt / n_gpus / 1e12 / hw.bf16_tflops * 100 if hw.bf16_tflops > 0 else np.nan,
+            "tflops_per_gpu": tflops_per_gpu(flops, tt, n_gpus),
+            "mfu_bf16_pct": tflops_per_gpu(flops, tt, n_gpus) / hw.bf16_tflops * 100 if hw.bf16_tflops > 0 else np.nan,
             "tokens_per_s_per_gpu": tokens / tt / n_gpus,
         }
     )

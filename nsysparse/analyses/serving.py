@@ -1,6 +1,6 @@
 """Serving numbers from step times: TPOT, per-user and per-machine output tokens per second.
 
-    step period  = forward wall + the gap that follows it
+    step period  = the median start-to-next-start of steps (nsysparse.structure.period): forward + the gap after it
     TPOT         = step period / accepted tokens per step          (accept_rate: 1 without speculation;
                                                                      e.g. 2.3 with MTP speculative decoding)
     user tok/s   = 1000 / TPOT_ms
@@ -24,7 +24,7 @@ COLUMNS = (
     Column("device_id", "int", "GPU (-1: the worst GPU, which sets the pace)"),
     Column("forward_ms", "float", "median step (forward) wall time"),
     Column("gap_ms", "float", "median gap after a forward"),
-    Column("step_period_ms", "float", "forward + gap"),
+    Column("step_period_ms", "float", "median step period (start to next start; forward + gap when not given)"),
     Column("accept_rate", "float", "accepted tokens per sequence per step"),
     Column("tpot_ms", "float", "time per output token"),
     Column("user_tok_s", "float", "output tokens per second per user"),
@@ -35,11 +35,20 @@ COLUMNS = (
 
 
 def serving_metrics(
-    forward_ms: float, gap_ms: float = 0.0, accept_rate: float = 1.0, batch: int = 1, dp: int = 1, target_tpot_ms: float | None = None
+    forward_ms: float,
+    gap_ms: float = 0.0,
+    accept_rate: float = 1.0,
+    batch: int = 1,
+    dp: int = 1,
+    target_tpot_ms: float | None = None,
+    period_ms: float | None = None,
 ) -> dict[str, Any]:
+    """TPOT and tokens/s from the step period (`period_ms`, measured), else from forward + gap (a what-if)."""
     if accept_rate <= 0 or batch <= 0 or dp <= 0:
         raise UsageError("--accept-rate, --batch and --dp must be positive")
-    period = forward_ms + (gap_ms if gap_ms == gap_ms else 0.0)  # NaN gap (one step) counts as 0
+    if period_ms is None or period_ms != period_ms:
+        period_ms = forward_ms + (gap_ms if gap_ms == gap_ms else 0.0)  # NaN gap (one step) counts as 0
+    period = period_ms
     tpot = period / accept_rate
     return {
         "forward_ms": forward_ms,
@@ -59,7 +68,8 @@ def serving_table(devices: pd.DataFrame, accept_rate: float, batch: int, dp: int
     rows = []
     for r in devices.itertuples():
         gap = r.gap_median_us / 1e3 if r.gap_median_us == r.gap_median_us else 0.0
-        rows.append({"device_id": int(r.device_id), **serving_metrics(r.step_wall_us / 1e3, gap, accept_rate, batch, dp, target_tpot_ms)})
+        metrics = serving_metrics(r.step_wall_us / 1e3, gap, accept_rate, batch, dp, target_tpot_ms, period_ms=r.step_period_us / 1e3)
+        rows.append({"device_id": int(r.device_id), **metrics})
     df = pd.DataFrame(rows, columns=[c.name for c in COLUMNS])
     if len(df) > 1:
         worst = df.sort_values("tpot_ms").iloc[-1].copy()

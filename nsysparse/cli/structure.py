@@ -17,6 +17,7 @@ from nsysparse.cli.render import Result
 from nsysparse.progress import Progress
 from nsysparse.rules import RuleSet
 from nsysparse.structure.mapping import DEFAULT_LAYER_PATTERN, NVTX_MODES, Mapping
+from nsysparse.structure.period import step_period_ns
 from nsysparse.structure.steps import DEFAULT_STEP_PATTERN
 from nsysparse.trace import Trace
 
@@ -167,4 +168,5 @@ def steps(
         meta = structure_meta(ac)
         if len(df):
             meta["wall"] = f"median {df['wall_us'].median():.1f} µs, busy {df['busy_us'].median():.1f} µs"
+            meta["step period"] = f"median {step_period_ns(ac.mapping.steps) / 1e3:.1f} µs (start to next start)"
         emit(ctx, Result(frames={"steps": df}, meta=meta, title="nsysparse steps"), fmt, out, ac)

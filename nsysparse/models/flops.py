@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from nsysparse.errors import ConfigError
@@ -220,3 +221,8 @@ def step_flops(spec: ModelSpec, w: Workload, recompute: bool = False, include_ro
 def megatron_flops(spec: ModelSpec, batch: int, seq: int) -> float:
     """Megatron-LM's num_floating_point_operations(args, batch) for this config (training, causal-halved)."""
     return step_flops(spec, Workload("train", batch=batch, seq=seq))
+
+
+def tflops_per_gpu(flops: float, seconds: float | np.ndarray, gpus: int = 1) -> float | np.ndarray:
+    """TFLOP/s per GPU: `flops` done in `seconds` (a step period, or an array of them) spread over `gpus`."""
+    return flops / seconds / gpus / 1e12

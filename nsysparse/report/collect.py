@@ -22,6 +22,7 @@ from nsysparse.models.flops import Workload, op_table
 from nsysparse.models.hardware import Hardware
 from nsysparse.models.predictions import Predictions
 from nsysparse.report.timeline import Timeline, step_timeline
+from nsysparse.structure.period import step_period_ns
 
 
 @dataclass
@@ -90,7 +91,13 @@ def collect(ctx: AnalysisContext, x: ReportInputs, title: str | None = None) -> 
     data = ReportData(title or f"nsysparse report: {Path(str(info['file'])).name}", summary, lr, ops, tl, gr, kern, notes=notes)
     decode = x.workload is not None and x.workload.phase == "decode"
     if (x.accept_rate is not None or decode) and len(steps):
-        s = serving_metrics(wall_ms, gap_ms if gap_ms == gap_ms else 0.0, x.accept_rate or 1.0, x.batch or (x.workload.batch if x.workload else 1))
+        s = serving_metrics(
+            wall_ms,
+            gap_ms if gap_ms == gap_ms else 0.0,
+            x.accept_rate or 1.0,
+            x.batch or (x.workload.batch if x.workload else 1),
+            period_ms=step_period_ns(steps) / 1e6,
+        )
         data.serving = s
         summary.append(
             (
