@@ -112,7 +112,13 @@ def profile(ctx: AnalysisContext, top_kernels: int = 10, flops_per_step: float |
         parts.append(_long("gaps", ["idle inside step"] * len(s), (s["wall_ns"] - s["busy_ns"]).to_numpy() / 1e3))
         if flops_per_step and len(period):
             parts.append(
-                _long("mfu", ["TFLOP/s per GPU"] * len(period), tflops_per_gpu(flops_per_step, period * 1e-6, gpus), judged=False, higher_is_better=True)
+                _long(
+                    "mfu",
+                    ["TFLOP/s per GPU"] * len(period),
+                    np.asarray(tflops_per_gpu(flops_per_step, period * 1e-6, gpus)),
+                    judged=False,
+                    higher_is_better=True,
+                )
             )
     # ops: per step total of each (layer kind, op); a step without the op counts 0
     inst = m.op_instances

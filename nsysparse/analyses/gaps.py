@@ -40,7 +40,15 @@ SYNC_API = re.compile(
 GRAPH_API = re.compile(r"^(cudaGraphLaunch|cuGraphLaunch)$")
 COMM_CLASSES = ("allreduce", "allgather", "reducescatter", "alltoall", "sendrecv", "comm", "ep_dispatch", "ep_combine")
 LAUNCH_LATENCY_NS = 2_000
-TRICKLE_FREE_NS = 50_000  # average host stretch between CUDA calls below this = still launching
+"""An idle window whose launching call came less than this before the GPU work is launch latency (not the host's fault)."""
+TRICKLE_FREE_NS = 50_000
+"""A window whose host stretches between CUDA calls average below this is launch-bound: the thread was still launching."""
+COLLECTIVE_SLACK_NS = 1_000
+"""A collective kernel starting this soon after a GPU-side wait counts as that wait's cause (it waited for its peers)."""
+PROFILER_SHARE = 0.5
+"""A window at least this much covered by the profiler's own overhead ranges is caused by the profiler."""
+DEFAULT_MIN_BUBBLE_US = 5.0
+"""Idle windows inside a step shorter than this are not bubbles (option: --min-bubble-us)."""
 
 GAP_COLUMNS = (
     Column("device_id", "int", "GPU"),
@@ -139,27 +147,25 @@ def classify_windows(win: pd.DataFrame, cov: dict[str, Coverage], comm: Coverage
     busy = np.minimum(s_sync + s_graph + s_api, end - a)
     host = np.maximum((end - a) - busy, 0)
     calls = cov["all"].count_starts(tid, a, end)
-    cause = np.full(len(a), "host work", dtype=object)
     trickle = (calls >= 1) & (host / (calls + 1) < TRICKLE_FREE_NS)
-    cause[(s_api >= host) | trickle] = "launch-bound"
-    cause[(s_sync >= np.maximum(host, s_api)) & (s_sync > 0)] = "sync"
-    cause[(s_graph >= np.maximum(host, s_api)) & (s_graph > 0)] = "graph"
-    cause[known & (end - a < LAUNCH_LATENCY_NS)] = "launch latency"
-    if overhead is not None:
-        prof = overhead.covered(tid, a, b)
-        cause[prof * 2 >= (b - a)] = "profiler"
+    prof = overhead.covered(tid, a, b) if overhead is not None else np.zeros(len(a), dtype=np.int64)
     graph_node = win["next_graph"].to_numpy(bool)
     dep = known & (launch < a)
-    if comm is not None:
-        # a collective that starts at the end of the window also counts: it waited for its peers
-        coll = comm.covered(win["device_id"].to_numpy(np.int64), a, b + 1_000) > 0
-        cause[dep & coll] = "collective wait"
-        cause[dep & ~coll] = "gpu dependency"
-    else:
-        cause[dep] = "gpu dependency"
-    # idle between nodes of a graph already launched: graph scheduling, not the host
-    cause[dep & graph_node] = "graph"
-    cause[~known] = "unknown (no launch record)"
+    # a collective that starts at the end of the window also counts: it waited for its peers
+    coll = comm.covered(win["device_id"].to_numpy(np.int64), a, b + COLLECTIVE_SLACK_NS) > 0 if comm is not None else np.zeros(len(a), dtype=bool)
+    # The precedence, written once: the first rule that holds names the cause (GAP_CAUSE lists them in this order).
+    rules = (
+        ("unknown (no launch record)", ~known),
+        ("graph", dep & graph_node),  # idle between nodes of a graph already launched: graph scheduling, not the host
+        ("collective wait", dep & coll),
+        ("gpu dependency", dep),
+        ("profiler", prof >= PROFILER_SHARE * (b - a)),
+        ("launch latency", known & (end - a < LAUNCH_LATENCY_NS)),
+        ("graph", (s_graph >= np.maximum(host, s_api)) & (s_graph > 0)),  # the thread was in cudaGraphLaunch
+        ("sync", (s_sync >= np.maximum(host, s_api)) & (s_sync > 0)),
+        ("launch-bound", (s_api >= host) | trickle),
+    )
+    cause = np.select([cond for _, cond in rules], [np.array(name, dtype=object) for name, _ in rules], default="host work").astype(object)
     return pd.DataFrame({"cause": cause, "sync_us": s_sync / 1e3, "api_us": s_api / 1e3, "graph_us": s_graph / 1e3, "host_us": host / 1e3})
 
 
@@ -178,7 +184,7 @@ def _host_nvtx(trace: Trace, tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
     return out
 
 
-def gap_report(ctx: AnalysisContext, min_bubble_us: float = 5.0, top: int = 20) -> GapReport:
+def gap_report(ctx: AnalysisContext, min_bubble_us: float = DEFAULT_MIN_BUBBLE_US, top: int = 20) -> GapReport:
     """Inter-step gaps and bubbles inside steps of the selected device(s), each with a cause."""
     trace, m = ctx.trace, ctx.mapping
     ops = m.gpu_ops

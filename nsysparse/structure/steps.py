@@ -28,8 +28,25 @@ from nsysparse.distinct import map_distinct
 DEFAULT_STEP_PATTERN = (
     r"(?i)^(?!.*::)(?!.*\bop_id\s*=)(?:ProfilerStep|.*(?:^|[^a-z])(?:forward|step|iteration|iter|decode|train|prefill|execute_\w+|generate)(?:[^a-z]|$))"
 )
+"""Steps are NVTX ranges matching this (option: --step-pattern)."""
 MIN_STEP_GAP_NS = 20_000
+"""Idle gaps shorter than this never separate inferred steps."""
 MIN_JUMP = 3.0
+"""An idle gap splits steps only when it is at least this many times the next smaller gap (a decisive jump)."""
+MAX_GAPS_SCANNED = 20_000
+"""How many of the largest idle gaps are scanned for the decisive jump."""
+MIN_AGREEMENT = 0.5
+"""Gap-split steps are accepted when at least this share of them has the most common kernel sequence."""
+GAP_CONFIDENCE_FLOOR = 0.7
+"""Confidence of gap-split steps at the smallest decisive jump (rises to 1 at a 10× jump), times the agreement."""
+PERIOD_MIN_REPEATS = 3
+"""A kernel name must recur at least this many times at a constant spacing to propose a period."""
+PERIOD_MIN_MATCH = 0.9
+"""A proposed period is accepted when this share of the sequence equals itself shifted by the period."""
+PERIOD_CONFIDENCE_SCALE = 0.9
+"""Period-found steps are never more confident than this (times the match and agreement)."""
+EDGE_FRAGMENT = 0.5
+"""A first or last segment shorter than this share of the median step (and not the common sequence) is a fragment."""
 
 
 @dataclass
@@ -129,9 +146,9 @@ def infer_cuts(start: np.ndarray, end: np.ndarray, codes: np.ndarray) -> tuple[n
         return np.zeros(0, dtype=np.int64), "none", 0.0, "too few kernels to find steps"
     gaps = _idle_gaps(start, end)
     # 1. gaps: the largest relative jump among the biggest gaps
-    top = np.sort(gaps[1:])[::-1][: min(n - 1, 20_000)]
+    top = np.sort(gaps[1:])[::-1][: min(n - 1, MAX_GAPS_SCANNED)]
     best = None
-    for j in range(min(len(top) - 1, 20_000)):
+    for j in range(min(len(top) - 1, MAX_GAPS_SCANNED)):
         if top[j] < MIN_STEP_GAP_NS:
             break
         ratio = top[j] / top[j + 1] if top[j + 1] > 0 else float("inf")  # no idle at all inside steps
@@ -145,10 +162,10 @@ def infer_cuts(start: np.ndarray, end: np.ndarray, codes: np.ndarray) -> tuple[n
         cuts = np.concatenate(([0], cuts)) if len(cuts) == 0 or cuts[0] != 0 else cuts
         bounds = np.append(cuts, n)
         agree, nseg = _signature_agreement(codes, bounds)
-        if nseg >= 2 and agree >= 0.5:
+        if nseg >= 2 and agree >= MIN_AGREEMENT:
             # identical step sequences dominate; the gap separation (ratio of the step gap to the
             # largest gap inside steps) refines it: ratio 3 -> 0.84, 10 or more -> 1
-            conf = agree * (0.7 + 0.3 * min(1.0, float(np.log10(min(best[1], 1e6)))))
+            conf = agree * (GAP_CONFIDENCE_FLOOR + (1 - GAP_CONFIDENCE_FLOOR) * min(1.0, float(np.log10(min(best[1], 1e6)))))
             return cuts, "inferred-gaps", round(conf, 3), f"{nseg} idle gaps ≥ {threshold / 1e3:.1f} µs, {agree:.0%} of steps share one kernel sequence"
     # 2. periodicity of the kernel-name sequence
     period = _period(codes)
@@ -160,12 +177,12 @@ def infer_cuts(start: np.ndarray, end: np.ndarray, codes: np.ndarray) -> tuple[n
         bounds = np.append(cuts, n) if cuts[-1] != n else cuts
         agree, nseg = _signature_agreement(codes, bounds[: len(bounds) - 1] if len(bounds) > 2 else bounds)
         match = float(np.mean(codes[period:] == codes[:-period]))
-        conf = round(match * (agree if nseg else 0.5) * 0.9, 3)
+        conf = round(match * (agree if nseg else 0.5) * PERIOD_CONFIDENCE_SCALE, 3)
         return cuts, "inferred-period", conf, f"kernel sequence repeats every {period} kernels ({match:.1%} match); no decisive idle gaps"
     return np.zeros(0, dtype=np.int64), "none", 0.0, "no decisive idle gaps and no repeating kernel sequence"
 
 
-def _period(codes: np.ndarray, min_count: int = 3) -> int | None:
+def _period(codes: np.ndarray, min_count: int = PERIOD_MIN_REPEATS) -> int | None:
     """Largest constant spacing of a code that recurs ≥ min_count times, confirmed on the sequence."""
     n = len(codes)
     if n < 8:
@@ -188,7 +205,7 @@ def _period(codes: np.ndarray, min_count: int = 3) -> int | None:
     if best is None or best * 2 > n:
         return None
     match = float(np.mean(codes[best:] == codes[:-best]))
-    return best if match >= 0.9 else None
+    return best if match >= PERIOD_MIN_MATCH else None
 
 
 def _trim_edges(cuts: np.ndarray, n: int, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -204,7 +221,7 @@ def _trim_edges(cuts: np.ndarray, n: int, codes: np.ndarray) -> tuple[np.ndarray
     med = float(np.median(lengths))
     keep = np.ones(len(cuts), dtype=bool)
     for i in (0, len(cuts) - 1):
-        if lengths[i] < 0.5 * med and sigs[i] != modal:
+        if lengths[i] < EDGE_FRAGMENT * med and sigs[i] != modal:
             keep[i] = False
     return cuts[keep], ends[keep], int(lengths[~keep].sum())
 
