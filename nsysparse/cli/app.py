@@ -11,6 +11,7 @@ import click
 
 from nsysparse import __version__
 from nsysparse.errors import EXIT_ERROR, NsysparseError, RegressionFound
+from nsysparse.outputs import reset_inputs
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -19,6 +20,7 @@ class NsysparseGroup(click.Group):
     """Turns NsysparseError (and anything unexpected) into `Error: ...` + exit code, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        reset_inputs()  # the files this command reads, which no output may overwrite
         try:
             return super().invoke(ctx)
         except RegressionFound as err:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from nsysparse.errors import UsageError
+from nsysparse.outputs import write_text, write_with
 
 FORMATS = ("table", "csv", "json", "parquet", "markdown")
 NAME_WIDTH = 90
@@ -84,7 +85,7 @@ def write(result: Result, fmt: str, out: str | None) -> None:
             print_table(result)
             return
     if out:
-        Path(out).write_text(text, encoding="utf-8")
+        write_text(out, text)
     else:
         sys.stdout.write(text)
 
@@ -92,12 +93,15 @@ def write(result: Result, fmt: str, out: str | None) -> None:
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
     import duckdb
 
-    con = duckdb.connect(":memory:")
-    try:
-        con.register("frame", df)
-        con.execute(f"COPY frame TO '{str(path).replace(chr(39), chr(39) * 2)}' (FORMAT parquet)")
-    finally:
-        con.close()
+    def copy(tmp: Path) -> None:
+        con = duckdb.connect(":memory:")
+        try:
+            con.register("frame", df)
+            con.execute(f"COPY frame TO '{str(tmp).replace(chr(39), chr(39) * 2)}' (FORMAT parquet)")
+        finally:
+            con.close()
+
+    write_with(path, copy)
 
 
 def fmt_value(col: str, v: Any, width: int = NAME_WIDTH) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nsysparse.errors import ConfigError
+from nsysparse.outputs import note_input
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,7 @@ def load_model(arg: str) -> LoadedModel:
     if not p.exists():
         choices = ", ".join([*PRESETS, *WORKLOAD_PRESETS])
         raise ConfigError(f"{arg}: no such model preset or file", f"Use a preset ({choices}), a HuggingFace config.json or a workload manifest.json")
+    note_input(p)
     try:
         data = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as err:

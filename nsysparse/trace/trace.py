@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from nsysparse.errors import MissingDataError, TraceError
+from nsysparse.outputs import note_input
 from nsysparse.trace import schema as S
 from nsysparse.trace import tables
 from nsysparse.trace.engine import Engine
@@ -34,6 +35,8 @@ class Trace:
     def __init__(self, path: str | os.PathLike[str], engine: str | None = None) -> None:
         self.source_path = Path(path)
         self.path = resolve_input(path)
+        note_input(self.source_path)  # the report and its export: no output may overwrite either
+        note_input(self.path)
         self.engine = Engine(self.path, prefer=engine)
         try:
             self.schema = S.probe(self.engine.rows)

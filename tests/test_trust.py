@@ -1,0 +1,152 @@
+"""Trust (issue 14): no data loss, no wrong data, no private text on any output."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nsysparse import outputs
+from nsysparse.errors import NsysparseError
+
+
+def fingerprint(p: Path) -> tuple[str, int]:
+    return hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns
+
+
+def decode_trace(builder, path: Path, *, steps: int = 5, layers: int = 2, fmha_ns: int = 100_000, gpu: str = "NVIDIA H100 80GB HBM3"):
+    """NVTX forward_i > layer_j_dense > {fmha, o_proj}, one kernel each, 0.5 ms between steps."""
+    b = builder("2024.5")
+    b.gpu(0, gpu)
+    t = 1_000_000
+    for i in range(steps):
+        t0 = t
+        for j in range(layers):
+            b.push(t + 10, t + 70, f"layer_{j}_dense")
+            b.push(t + 20, t + 40, "fmha")
+            b.kernel(t + 30_000, t + 30_000 + fmha_ns, "void flash::flash_fwd_kernel<T>()", short="flash_fwd_kernel", api_start=t + 25, api_end=t + 35)
+            b.push(t + 50, t + 70, "o_proj")
+            g0 = t + 30_000 + fmha_ns + 2_000
+            b.kernel(g0, g0 + 20_000, "nvjet_sm90_tst_64x8_TNT", api_start=t + 55, api_end=t + 65)
+            t = g0 + 20_000
+        b.push(t0, t0 + 71 + (t - t0), f"forward_{i}")
+        t += 500_000
+    return b.write(path)
+
+
+def one_error_line(res) -> str:
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, res.output
+    assert lines[0].startswith("Error: "), lines[0]
+    return lines[0]
+
+
+# -- 1. -o naming an input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["kernels", "{t}", "-f", "csv", "-o", "{t}"],
+        ["export", "{t}", "-f", "parquet", "-o", "{t}"],
+        ["export", "{t}", "-f", "json", "-o", "{t}"],
+        ["info", "{t}", "-f", "json", "-o", "{t}"],
+        ["steps", "{t}", "-o", "{t}"],
+        ["compare", "{t}", "{o}", "-o", "{t}"],
+        ["compare", "{o}", "{t}", "-f", "markdown", "-o", "{t}"],
+    ],
+    ids=["kernels-csv", "export-parquet", "export-json", "info-json", "steps-markdown", "compare-o-base", "compare-o-new"],
+)
+def test_output_naming_the_input_is_refused(run, builder, tmp_path, args):
+    t = decode_trace(builder, tmp_path / "trace.sqlite")
+    o = decode_trace(builder, tmp_path / "other.sqlite", fmha_ns=110_000)
+    before = fingerprint(t)
+    res = run(*[a.format(t=t, o=o) for a in args], expect=1)
+    line = one_error_line(res)
+    assert line.startswith(f"Error: {t}: is an input of this command"), line
+    assert fingerprint(t) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite", "trace.sqlite"]  # no partial output left
+
+
+def test_report_on_a_trace_named_html_is_refused(run, builder, tmp_path):
+    t = decode_trace(builder, tmp_path / "trace.html")
+    before = fingerprint(t)
+    line = one_error_line(run("report", t, "-o", t, expect=1))
+    assert f"{t}: is an input" in line
+    assert fingerprint(t) == before
+
+
+def test_output_through_a_hard_link_or_symlink_is_refused(run, builder, tmp_path):
+    t = decode_trace(builder, tmp_path / "trace.sqlite")
+    os.link(t, tmp_path / "hard.csv")
+    (tmp_path / "soft.csv").symlink_to(t)
+    before = fingerprint(t)
+    for out in ("hard.csv", "soft.csv"):
+        line = one_error_line(run("kernels", t, "-f", "csv", "-o", tmp_path / out, expect=1))
+        assert f"the same file as {t}" in line, line
+    assert fingerprint(t) == before
+
+
+def test_output_naming_a_baseline_or_prediction_file_is_refused(run, builder, tmp_path):
+    t = decode_trace(builder, tmp_path / "trace.sqlite")
+    base = decode_trace(builder, tmp_path / "base.html")
+    before = fingerprint(base)
+    assert f"{base}: is an input" in one_error_line(run("report", t, "--baseline", base, "-o", base, expect=1))
+    pred = tmp_path / "pred.csv"
+    run("predict", "--model", "llama-mini", "--hardware", "h100_sxm", "--batch", "1", "--kv-len", "64", "-o", pred)
+    pbefore = fingerprint(pred)
+    line = one_error_line(run("simdiff", t, pred, "-f", "csv", "-o", pred, expect=1))
+    assert f"{pred}: is an input" in line
+    assert fingerprint(pred) == pbefore and fingerprint(base) == before
+
+
+def test_output_naming_the_export_of_a_report_is_refused(run, builder, tmp_path):
+    rep = tmp_path / "run1.nsys-rep"
+    rep.write_bytes(b"\x00" * 4096)
+    os.utime(rep, (1_000_000, 1_000_000))
+    export = decode_trace(builder, tmp_path / "run1.sqlite")
+    before = fingerprint(export), fingerprint(rep)
+    for out in (export, rep):
+        assert "is an input" in one_error_line(run("kernels", rep, "-f", "csv", "-o", out, expect=1))
+    assert (fingerprint(export), fingerprint(rep)) == before
+
+
+def test_outputs_elsewhere_still_work_and_replace_atomically(run, builder, tmp_path):
+    t = decode_trace(builder, tmp_path / "trace.sqlite")
+    out = tmp_path / "k.csv"
+    out.write_text("old\n")
+    run("kernels", t, "-f", "csv", "-o", out)
+    assert out.read_text().startswith("name,") and "flash_fwd_kernel" in out.read_text()
+    run("export", t, "-f", "parquet", "-o", tmp_path / "k.parquet")
+    assert (tmp_path / "k.parquet").read_bytes()[:4] == b"PAR1"
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "out.csv"
+    target.write_text("previous content\n")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_text("half a fi")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        outputs.write_with(target, half_then_fail)
+    assert target.read_text() == "previous content\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+    outputs.reset_inputs()
+    outputs.note_input(target)
+    with pytest.raises(NsysparseError, match="is an input of this command"):
+        outputs.write_text(target, "x")
+    outputs.reset_inputs()
+    outputs.write_text(target, "new\n")
+    assert target.read_text() == "new\n"
+
+
+def copy_fixture(name: str, dest: Path) -> Path:
+    from conftest import fixture_trace
+
+    return Path(shutil.copyfile(fixture_trace(name), dest))
