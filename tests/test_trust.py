@@ -150,3 +150,105 @@ def copy_fixture(name: str, dest: Path) -> Path:
     from conftest import fixture_trace
 
     return Path(shutil.copyfile(fixture_trace(name), dest))
+
+
+# -- 2. exports of reports in read-only folders ---------------------------------------------------------
+
+FAKE_NSYS = """#!/bin/sh
+# fake `nsys export --type sqlite -o OUT REP`: the test's reports are SQLite files already
+while [ $# -gt 0 ]; do case "$1" in -o) out="$2"; shift 2;; *) rep="$1"; shift;; esac; done
+echo "$rep" >> "$(dirname "$0")/calls"
+{body}
+"""
+
+
+def fake_nsys(folder: Path, body: str = 'cp "$rep" "$out"') -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = folder / "nsys"
+    exe.write_text(FAKE_NSYS.format(body=body))
+    exe.chmod(0o755)
+    return folder
+
+
+def kernel_report(builder, path: Path, name: str, n: int) -> Path:
+    b = builder("2024.5")
+    b.gpu()
+    for i in range(n):
+        b.kernel(10_000 + i * 2_000, 11_000 + i * 2_000, f"void {name}<float>(float*)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return b.write(path)
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """Make folders read-only (mode 0555, and for root, who may write anyway, through os.access)."""
+    folders: list[Path] = []
+    real_access = os.access
+
+    def access(path, mode, *a, **kw):
+        if mode & os.W_OK and Path(path).resolve() in folders:
+            return False
+        return real_access(path, mode, *a, **kw)
+
+    monkeypatch.setattr(os, "access", access)
+
+    def make(folder: Path) -> Path:
+        folder.chmod(0o555)
+        folders.append(folder.resolve())
+        return folder
+
+    yield make
+    for f in folders:
+        f.chmod(0o755)
+
+
+def kernel_names(run, trace: Path) -> list[str]:
+    import csv
+    import io
+
+    return sorted(r["name"] for r in csv.DictReader(io.StringIO(run("kernels", trace, "-f", "csv").stdout)))
+
+
+def test_reports_with_one_name_in_two_read_only_folders_are_not_confused(run, builder, tmp_path, monkeypatch, read_only):
+    bin_dir = fake_nsys(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    a = kernel_report(builder, tmp_path / "a" / "trace.nsys-rep", "kernel_from_a", 3)
+    b = kernel_report(builder, tmp_path / "b" / "trace.nsys-rep", "kernel_from_b", 5)
+    read_only(a.parent)
+    read_only(b.parent)
+    assert kernel_names(run, a) == ["void kernel_from_a<float>(float*)"]
+    assert kernel_names(run, b) == ["void kernel_from_b<float>(float*)"]
+    assert kernel_names(run, a) == ["void kernel_from_a<float>(float*)"]  # reused, not exported again
+    assert (bin_dir / "calls").read_text().splitlines() == [str(a), str(b)]
+    exports = sorted((tmp_path / "cache" / "nsysparse" / "exports").glob("*.sqlite"))
+    assert len(exports) == 2 and all(p.name.startswith("trace-") for p in exports)
+    assert not (a.parent / "trace.sqlite").exists() and not (b.parent / "trace.sqlite").exists()
+    # the same path, rewritten with other content: a new export, not the cached one
+    a.parent.chmod(0o755)
+    kernel_report(builder, a, "kernel_from_a_again", 2)
+    os.utime(a, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns + 10**9))
+    assert kernel_names(run, a) == ["void kernel_from_a_again<float>(float*)"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['head -c 3000 "$rep" > "$out"; echo "export crashed" >&2; exit 1', 'head -c 3000 "$rep" > "$out"; exit 0'],
+    ids=["non-zero-exit", "exit-0-partial-file"],
+)
+@pytest.mark.parametrize("folder_writable", [True, False], ids=["beside", "cache"])
+def test_a_failed_export_leaves_nothing_reused(run, builder, tmp_path, monkeypatch, read_only, body, folder_writable):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rep = kernel_report(builder, tmp_path / "rep" / "trace.nsys-rep", "kernel_x", 400)
+    if not folder_writable:
+        read_only(rep.parent)
+    broken = fake_nsys(tmp_path / "broken", body)
+    monkeypatch.setenv("PATH", f"{broken}{os.pathsep}{os.environ['PATH']}")
+    res = run("kernels", rep, "-f", "csv", expect=1)
+    line = one_error_line(res)
+    assert line.startswith(f"Error: {rep}: nsys export"), line
+    leftovers = [p for p in (*rep.parent.iterdir(), *(tmp_path / "cache").rglob("*")) if p.is_file() and p != rep]
+    assert leftovers == []
+    good = fake_nsys(tmp_path / "good")
+    monkeypatch.setenv("PATH", f"{good}{os.pathsep}{os.environ['PATH']}")
+    assert kernel_names(run, rep) == ["void kernel_x<float>(float*)"]
