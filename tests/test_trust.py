@@ -252,3 +252,141 @@ def test_a_failed_export_leaves_nothing_reused(run, builder, tmp_path, monkeypat
     good = fake_nsys(tmp_path / "good")
     monkeypatch.setenv("PATH", f"{good}{os.pathsep}{os.environ['PATH']}")
     assert kernel_names(run, rep) == ["void kernel_x<float>(float*)"]
+
+
+# -- 3. partial NULLs and reversed intervals ------------------------------------------------------------
+
+KERNEL_TABLE = "CUPTI_ACTIVITY_KIND_KERNEL"
+MEMCPY_TABLE = "CUPTI_ACTIVITY_KIND_MEMCPY"
+VALID = '"start" IS NOT NULL AND "end" IS NOT NULL AND "deviceId" IS NOT NULL AND "streamId" IS NOT NULL AND "end" >= "start"'
+# (column set to NULL, or "reverse" for end < start, how many rows)
+DAMAGE = (("start", 3), ("end", 2), ("deviceId", 2), ("streamId", 1), ("reverse", 2))
+
+
+def add_broken_rows(path: Path, table: str) -> int:
+    """Append copies of existing rows, each with one hole, so the valid rows stay those of the clean trace."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    cols = [r[1] for r in con.execute(f'PRAGMA table_info("{table}")')]
+    rows = con.execute(f'SELECT * FROM "{table}" ORDER BY "start"').fetchall()
+    added, i = 0, 0
+    for what, n in DAMAGE:
+        for _ in range(n):
+            row = dict(zip(cols, rows[i % len(rows)]))
+            i += 3
+            if what == "reverse":
+                row["end"] = row["start"] - 777
+            else:
+                row[what] = None
+            con.execute(f'INSERT INTO "{table}" VALUES ({", ".join("?" for _ in cols)})', [row[c] for c in cols])
+            added += 1
+    con.commit()
+    con.close()
+    return added
+
+
+def sql_kernel_stats(path: Path) -> dict[str, tuple]:
+    """count, total, mean, median, min, max, stddev (µs) per demangled name over the valid rows, in plain SQL + statistics."""
+    import sqlite3
+    import statistics
+
+    con = sqlite3.connect(path)
+    rows = con.execute(f'SELECT s.value, k."end" - k."start" FROM "{KERNEL_TABLE}" k JOIN StringIds s ON s.id = k.demangledName WHERE {VALID}').fetchall()
+    con.close()
+    per: dict[str, list[int]] = {}
+    for name, d in rows:
+        per.setdefault(name, []).append(d)
+    return {
+        n: (
+            len(v),
+            sum(v) / 1e3,
+            sum(v) / len(v) / 1e3,
+            statistics.median(v) / 1e3,
+            min(v) / 1e3,
+            max(v) / 1e3,
+            (statistics.stdev(v) if len(v) > 1 else 0) / 1e3,
+        )
+        for n, v in per.items()
+    }
+
+
+def broken_trace(builder, tmp_path: Path) -> tuple[Path, Path, int]:
+    clean = decode_trace(builder, tmp_path / "clean.sqlite", steps=6)
+    broken = tmp_path / "broken.sqlite"
+    shutil.copyfile(clean, broken)
+    n = add_broken_rows(broken, KERNEL_TABLE)
+    return clean, broken, n
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "duckdb"])
+def test_kernel_rows_with_holes_are_left_out_with_a_note(run, builder, tmp_path, monkeypatch, engine):
+    import csv
+    import io
+    import sqlite3
+
+    monkeypatch.setenv("NSYSPARSE_ENGINE", engine)
+    clean, broken, added = broken_trace(builder, tmp_path)
+    con = sqlite3.connect(broken)
+    bad = con.execute(f'SELECT count(*) FROM "{KERNEL_TABLE}" WHERE NOT ({VALID})').fetchone()[0]
+    devices = {r[0] for r in con.execute(f'SELECT DISTINCT "deviceId" FROM "{KERNEL_TABLE}" WHERE {VALID}')}
+    con.close()
+    assert bad == added == 10
+    res = run("kernels", broken, "-f", "csv")
+    got = {r["name"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
+    want = sql_kernel_stats(broken)
+    assert set(got) == set(want)
+    for name, (count, total, mean, median, lo, hi, sd) in want.items():
+        r = got[name]
+        assert int(r["count"]) == count
+        for col, v in zip(("total_us", "mean_us", "median_us", "min_us", "max_us", "stddev_us"), (total, mean, median, lo, hi, sd)):
+            assert float(r[col]) == pytest.approx(v, rel=1e-9, abs=1e-9), (name, col)
+    assert f"note: {bad} kernel rows with a missing start/end/device/stream or end < start were left out" in res.stderr
+    assert res.stdout == run("kernels", clean, "-f", "csv").stdout
+    # no phantom GPU or stream, no negative busy time, the time span of the valid rows
+    import json
+
+    info = json.loads(run("info", broken, "-f", "json").stdout)
+    assert {g["device_id"] for g in info["gpus"]} == devices == {0}
+    assert all(s["busy_ms"] >= 0 and s["stream_id"] >= 0 for s in info["streams"])
+    assert info["gpus"][0]["kernels"] == info["tables"]["kernels"] - bad
+    for cmd in (["steps"], ["ops"], ["layers"], ["gaps"]):
+        res = run(*cmd, broken, "-f", "json")
+        assert f"note: {bad} kernel rows with a missing start/end/device/stream or end < start were left out" in res.stderr, cmd
+        out = json.loads(res.stdout)
+        ref = json.loads(run(*cmd, clean, "-f", "json").stdout)
+        if isinstance(out, dict):
+            out.pop("notes", None), ref.pop("notes", None)
+        assert out == ref, cmd
+        assert "-9223372036854" not in json.dumps(out)
+
+
+def test_compare_with_holes_is_not_a_regression(run, builder, tmp_path):
+    clean, broken, _ = broken_trace(builder, tmp_path)
+    res = run("compare", clean, broken, "-f", "json", expect=0)
+    import json
+
+    data = json.loads(res.stdout)
+    assert data["verdict"] == "neutral" and data["regressions"] == 0
+    assert all(abs(r["delta_us"]) < 1e-9 for r in data["rows"] if r["delta_us"] is not None)
+
+
+def test_memcpy_rows_with_holes_are_left_out(run, builder, tmp_path):
+    import csv
+    import io
+    import sqlite3
+
+    b = builder("2024.5")
+    b.gpu()
+    for i in range(8):
+        b.memcpy(100_000 + i * 10_000, 104_000 + i * 10_000, nbytes=4096 * (i + 1))
+        b.kernel(106_000 + i * 10_000, 108_000 + i * 10_000, "void k<int>(int*)")
+    p = b.write(tmp_path / "m.sqlite")
+    added = add_broken_rows(p, MEMCPY_TABLE)
+    con = sqlite3.connect(p)
+    want = sorted(con.execute(f'SELECT "start", "end", "bytes" FROM "{MEMCPY_TABLE}" WHERE {VALID}').fetchall())
+    con.close()
+    res = run("export", p, "--what", "memcpy", "-f", "csv")
+    got = sorted((int(r["start_ns"]), int(r["end_ns"]), int(r["bytes"])) for r in csv.DictReader(io.StringIO(res.stdout)))
+    assert got == want and len(want) == 8
+    assert f"note: {added} memcpy rows with a missing start/end/device/stream or end < start were left out" in res.stderr
