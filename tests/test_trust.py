@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import shutil
 from pathlib import Path
@@ -390,3 +391,81 @@ def test_memcpy_rows_with_holes_are_left_out(run, builder, tmp_path):
     got = sorted((int(r["start_ns"]), int(r["end_ns"]), int(r["bytes"])) for r in csv.DictReader(io.StringIO(res.stdout)))
     assert got == want and len(want) == 8
     assert f"note: {added} memcpy rows with a missing start/end/device/stream or end < start were left out" in res.stderr
+
+
+# -- 4. a model that cannot be this trace ---------------------------------------------------------------
+
+
+def nvtx_step_period_ms(path: Path, prefix: str = "forward_") -> float:
+    """Median start-to-start period of the NVTX step ranges, in plain SQL."""
+    import sqlite3
+    import statistics
+
+    con = sqlite3.connect(path)
+    starts = sorted(r[0] for r in con.execute("SELECT start FROM NVTX_EVENTS WHERE text LIKE ?", (prefix + "%",)))
+    con.close()
+    return statistics.median(b - a for a, b in itertools.pairwise(starts)) / 1e6
+
+
+def test_a_model_far_larger_than_the_trace_is_refused(run, tmp_path):
+    t = copy_fixture("moe_decode_op", tmp_path / "trace.sqlite")
+    res = run("mfu", t, "--model", "deepseek-v3", "--phase", "decode", "--batch", "32", "--kv-len", "2048", "-f", "json", expect=1)
+    line = one_error_line(res)
+    assert line.startswith(f"Error: {t}: MBU ") and "is above 100 %" in line and "cannot be this trace" in line, line
+    assert "62 layers per step" in line and "the trace shows 9" in line
+    assert res.stdout == ""  # nothing above 100 % was printed
+    res = run("report", t, "-o", tmp_path / "r.html", "--model", "deepseek-v3", "--phase", "decode", "--batch", "32", "--kv-len", "2048", expect=1)
+    assert "cannot be this trace" in one_error_line(res) and not (tmp_path / "r.html").exists()
+
+
+def test_a_model_with_other_layers_is_warned_about(run, tmp_path):
+    import json
+
+    t = copy_fixture("moe_decode_op", tmp_path / "trace.sqlite")
+    res = run("mfu", t, "--model", "llama-mini", "--phase", "decode", "--batch", "32", "--kv-len", "2048", "-f", "json")
+    data = json.loads(res.stdout)
+    assert data["mbu_pct"] < 100 and data["mfu_bf16_pct"] < 100
+    assert any("llama-mini has 8 layers per step (dense 8) but the trace shows 9" in n for n in data["notes"]), data["notes"]
+    # the right model: no such warning
+    ok = json.loads(run("mfu", t, "--model", "ds-mini", "--phase", "decode", "--batch", "32", "--kv-len", "2048", "-f", "json").stdout)
+    assert not any("layers per step" in n for n in ok["notes"]), ok["notes"]
+
+
+def test_a_wrong_manifest_is_caught_by_its_measured_step_time_layers_and_gpu(run, tmp_path):
+    import json
+    import sqlite3
+    import statistics
+
+    from conftest import FIXTURES
+
+    t = copy_fixture("moe_decode_op", tmp_path / "trace.sqlite")
+    wrong = FIXTURES / "dense_decode_op" / "manifest.json"
+    man = json.loads(wrong.read_text())
+    data = json.loads(run("mfu", t, "--model", wrong, "-f", "json").stdout)
+    ref_ms = statistics.median(man["host_step_seconds"]) * 1e3 + man["run"]["host_gap_ms"]
+    period = nvtx_step_period_ms(t)
+    assert data["step_time_ms"] == pytest.approx(period, rel=0.02)  # GPU-activity period vs the NVTX ranges'
+    assert data["reference_step_time_ms"] == pytest.approx(ref_ms)
+    assert data["step_time_diff_pct"] == pytest.approx((period - ref_ms) / ref_ms * 100, rel=0.03)
+    assert data["step_time_diff_pct"] > 100
+    assert data["reference_diff_pct"] is None  # no longer the manifest against itself (it was 0.0)
+    notes = " | ".join(data["notes"])
+    assert "differs by +" in notes and "the manifest looks like another run's" in notes
+    assert "has 8 layers per step (dense 8) but the trace shows 9" in notes
+    # the right manifest fits
+    right = json.loads(run("mfu", t, "--model", FIXTURES / "moe_decode_op" / "manifest.json", "-f", "json").stdout)
+    assert abs(right["step_time_diff_pct"]) < 2 and right["notes"] == []
+    # the same trace relabelled as another GPU: the manifest was captured elsewhere
+    con = sqlite3.connect(t)
+    con.execute("UPDATE TARGET_INFO_GPU SET name = 'NVIDIA H200'")
+    con.commit()
+    con.close()
+    h200 = json.loads(run("mfu", t, "--model", FIXTURES / "moe_decode_op" / "manifest.json", "-f", "json").stdout)
+    assert h200["gpu"] == "H200"
+    assert any("captured on NVIDIA H100 80GB HBM3 but the trace ran on NVIDIA H200" in n for n in h200["notes"]), h200["notes"]
+    # peaks of another GPU than the trace's
+    h100 = json.loads(run("mfu", t, "--model", FIXTURES / "moe_decode_op" / "manifest.json", "--hardware", "h100_sxm", "-f", "json").stdout)
+    assert any("the peaks are those of H100 SXM but the trace ran on NVIDIA H200" in n for n in h100["notes"]), h100["notes"]
+    # a workload other than the profiled one
+    b64 = json.loads(run("mfu", t, "--model", FIXTURES / "moe_decode_op" / "manifest.json", "--batch", "64", "-f", "json").stdout)
+    assert any("batch 64 differs from the profiled run's 32" in n for n in b64["notes"]), b64["notes"]
