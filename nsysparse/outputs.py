@@ -13,6 +13,7 @@ The CLI clears the record at the start of each command (`reset_inputs`).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -92,3 +93,16 @@ def write_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     write_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+# C0 controls (but tab and newline), DEL and C1 controls: escape sequences in a kernel or NVTX name
+# would otherwise drive the user's terminal (colours, titles, cursor moves, OSC 52 clipboard writes).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_LAYOUT = re.compile("[\t\n]")
+
+
+def terminal_text(text: str, keep_layout: bool = True) -> str:
+    """`text` without control characters; `keep_layout=False` also turns tabs and newlines into spaces
+    (for one table cell or one line)."""
+    text = _CONTROL.sub("", text)
+    return text if keep_layout else _LAYOUT.sub(" ", text)

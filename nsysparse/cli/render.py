@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from nsysparse.errors import UsageError
-from nsysparse.outputs import write_text, write_with
+from nsysparse.outputs import terminal_text, write_text, write_with
 
 FORMATS = ("table", "csv", "json", "parquet", "markdown")
 NAME_WIDTH = 90
@@ -87,7 +87,7 @@ def write(result: Result, fmt: str, out: str | None) -> None:
     if out:
         write_text(out, text)
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(text if fmt == "json" else terminal_text(text))
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -158,9 +158,10 @@ def _meta_text(v: Any) -> str:
 
 
 def _esc(text: str) -> str:
+    """Rich markup escaped, and no control characters: every string the table renderer prints goes through here."""
     from rich.markup import escape
 
-    return escape(text)
+    return escape(terminal_text(text, keep_layout=False))
 
 
 def to_markdown(result: Result) -> str:

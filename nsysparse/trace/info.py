@@ -144,8 +144,7 @@ def processes(trace: Trace) -> pd.DataFrame:
     if trace.schema.has(S.PROCESSES, "pid") and trace.schema.has(S.PROCESSES, "name"):
         for pid, name in trace.engine.rows(f'SELECT "pid", "name" FROM "{S.PROCESSES}"'):
             if pid is not None and pid in counts:
-                # Only the executable's base name: full paths can carry user and host names.
-                names[int(pid)] = str(name or "").replace("\\", "/").rsplit("/", 1)[-1]
+                names[int(pid)] = process_name(name)
     rows = [
         {
             "pid": p,
@@ -159,6 +158,19 @@ def processes(trace: Trace) -> pd.DataFrame:
         for p, v in sorted(counts.items())
     ]
     return pd.DataFrame(rows, columns=["pid", "name", "threads", "kernels", "api_calls", "nvtx_events", "devices"])
+
+
+def process_name(raw: object) -> str:
+    """Only the executable's base name: full paths carry user and host names. A name that is a home
+    folder itself (/home/<user>, /Users/<user>, C:\\Users\\<user>) or a bare folder shows as empty."""
+    parts = [p for p in str(raw or "").replace("\\", "/").split("/") if p]
+    if not parts:
+        return ""
+    if len(parts) >= 2 and parts[-2].lower() in ("home", "users"):
+        return ""
+    if str(raw).rstrip().endswith(("/", "\\")) or parts[-1] in ("root", "~") or parts[-1].startswith("~"):
+        return ""
+    return "".join(ch for ch in parts[-1] if ch.isprintable())
 
 
 def streams(trace: Trace) -> pd.DataFrame:

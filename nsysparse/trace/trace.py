@@ -75,7 +75,9 @@ class Trace:
     def _key_values(self, table: str | None) -> dict[str, str]:
         if not table or not self.schema.has(table, "name") or not self.schema.has(table, "value"):
             return {}
-        rows = self.engine.rows(f'SELECT name, value FROM "{table}"')
+        # only allow-listed rows are read at all: EXPORT_USER, EXPORT_HOST and the like never leave the file
+        keys = ", ".join("?" for _ in S.SHOWN_EXPORT_KEYS)
+        rows = self.engine.rows(f'SELECT name, value FROM "{table}" WHERE name IN ({keys})', S.SHOWN_EXPORT_KEYS)
         return {str(k): str(v) for k, v in rows if k in S.SHOWN_EXPORT_KEYS}
 
     def _capture_values(self) -> dict[str, list[str]]:
@@ -83,7 +85,10 @@ class Trace:
         if not self.schema.has(table, "name"):
             return {}
         out: dict[str, list[str]] = {}
-        for k, v in self.engine.rows(f'SELECT name, value FROM "{table}"'):
+        # only allow-listed keys (also as PROCESS_n:KEY) are read: environment variables and command lines stay unread
+        keys = ", ".join("?" for _ in S.SHOWN_CAPTURE_KEYS)
+        sql = f"SELECT name, value FROM \"{table}\" WHERE name IN ({keys}) OR (name LIKE 'PROCESS%' AND substr(name, instr(name, ':') + 1) IN ({keys}))"
+        for k, v in self.engine.rows(sql, (*S.SHOWN_CAPTURE_KEYS, *S.SHOWN_CAPTURE_KEYS)):
             key = str(k)
             base = key.split(":", 1)[1] if key.startswith("PROCESS_") and ":" in key else key
             if base in S.SHOWN_CAPTURE_KEYS:
