@@ -6,6 +6,8 @@ The library raises these; the CLI turns them into a one-line message and an exit
 
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -55,3 +57,17 @@ class RegressionFound(NsysparseError):
     """A CI diff found a regression beyond the threshold (exit code 3)."""
 
     exit_code = EXIT_REGRESSION
+
+
+_QUOTED = re.compile(r"""'[^']*'|"[^"]*"|with text .*""")
+
+
+def redact(message: str) -> str:
+    """A library's error message without the text it quotes (sqlite3 and DuckDB quote the offending
+    value, which may be a trace's environment variable or user name): quoted parts become '…', and
+    anything after a stray quote is cut."""
+    text = _QUOTED.sub("'…'", message.strip().splitlines()[0] if message.strip() else "")
+    for q in ("'", '"'):
+        if text.count(q) % 2:
+            text = text[: text.rfind(q)] + "…"
+    return text[:200]

@@ -9,6 +9,11 @@ Step time is the step period by default (start of one step to the start of the n
 waits for, inter-step gaps included; the last step uses the median period), or `wall` (first to last
 GPU activity of the step). FLOPs follow Megatron's convention (models/flops.py); with full activation
 recomputation the count is 4× forward, which makes the number hardware FLOPs utilisation (HFU).
+
+A model that does not fit the trace is caught: `fit_notes` compares its layers per step and GPU with
+what the trace shows, and `check_plausible` refuses MFU or MBU above 100 %. A workload manifest is
+checked by its measured step time (`manifest_step_ns`), not by its own FLOP count, which is the model's
+by construction.
 """
 
 from __future__ import annotations
@@ -42,9 +47,13 @@ SUMMARY_COLUMNS = (
     Column("mfu_fp8_pct", "float", "tflops_per_gpu / FP8 peak × 100"),
     Column("tokens_per_s_per_gpu", "float", "tokens per step / step time / GPUs"),
     Column("mbu_pct", "float", "inference: model bytes per step / step time / GPUs / HBM bandwidth × 100"),
-    Column("reference_flops_per_step", "float", "FLOPs per step given by the workload manifest (or --flops)"),
+    Column("reference_flops_per_step", "float", "FLOPs per step given by --flops (an independent count, e.g. from the training framework)"),
     Column("reference_diff_pct", "float", "(flops_per_step − reference) / reference × 100"),
+    Column("reference_step_time_ms", "float", "median step time the workload manifest measured on the host (plus its injected host gap, period basis)"),
+    Column("step_time_diff_pct", "float", "(step_time_ms − reference_step_time_ms) / reference_step_time_ms × 100"),
 )
+# a trace step time this far from the manifest's measured one: the manifest is of another run
+STEP_TIME_TOLERANCE_PCT = 10.0
 STEP_COLUMNS = (
     Column("step", "int", "step index"),
     Column("device_id", "int", "GPU"),
@@ -92,6 +101,7 @@ def mfu_report(
     recompute: bool = False,
     reference_flops: float | None = None,
     include_router: bool = False,
+    reference_step_ns: float | None = None,
 ) -> MfuReport:
     times = step_times(steps, basis)
     if len(times) == 0:
@@ -119,6 +129,12 @@ def mfu_report(
     ref_diff = (flops - reference_flops) / reference_flops * 100 if reference_flops else np.nan
     if reference_flops and abs(ref_diff) > 2:
         notes.append(f"the model's FLOPs differ from the reference by {ref_diff:+.1f}%: check the config, batch and sequence length")
+    step_diff = (t_med - reference_step_ns) / reference_step_ns * 100 if reference_step_ns else np.nan
+    if reference_step_ns and abs(step_diff) > STEP_TIME_TOLERANCE_PCT:
+        notes.append(
+            f"the trace's step time ({t_med / 1e6:.3f} ms) differs by {step_diff:+.1f}% from the {reference_step_ns / 1e6:.3f} ms "
+            "the workload manifest measured: the manifest looks like another run's"
+        )
     summary = pd.DataFrame(
         [
             {
@@ -139,6 +155,8 @@ def mfu_report(
                 "mbu_pct": mbu,
                 "reference_flops_per_step": float(reference_flops) if reference_flops else np.nan,
                 "reference_diff_pct": ref_diff,
+                "reference_step_time_ms": reference_step_ns / 1e6 if reference_step_ns else np.nan,
+                "step_time_diff_pct": step_diff,
             }
         ]
     )
@@ -155,3 +173,87 @@ def mfu_report(
         }
     )
     return MfuReport(summary, per_step, notes)
+
+
+def manifest_step_ns(expected: dict[str, Any], basis: str = "period") -> float | None:
+    """The step time a workload manifest measured on the host (median), on the trace's basis: the period
+    adds the host gap the generator slept between steps. None when the manifest has no timings."""
+    host = [float(x) for x in expected.get("host_step_seconds") or [] if x]
+    if not host:
+        return None
+    gap_ms = float(expected.get("host_gap_ms") or 0.0) if basis == "period" else 0.0
+    return float(np.median(host)) * 1e9 + gap_ms * 1e6
+
+
+def model_layers(spec: ModelSpec) -> dict[str, int]:
+    """Layers per forward by kind (dense, moe, mtp), as the layer maps name them."""
+    out: dict[str, int] = {}
+    for kind in spec.layer_kinds():
+        out[kind] = out.get(kind, 0) + 1
+    if spec.mtp_layers:
+        out["mtp"] = spec.mtp_layers
+    return out
+
+
+def _gpu_key(name: str | None) -> str | None:
+    from nsysparse.models import hardware
+
+    if not name or name == "unknown":
+        return None
+    try:
+        return hardware.find(name).key
+    except ConfigError:
+        return name.strip().lower()
+
+
+def fit_notes(
+    spec: ModelSpec, trace_layers: dict[str, float], trace_gpu: str | None, hw: Hardware | None = None, expected: dict[str, Any] | None = None
+) -> list[str]:
+    """Warnings where the model cannot be the one traced: layers per step (when the trace's layers were
+    found), the GPU the peaks are for, and the GPU a workload manifest was captured on."""
+    notes: list[str] = []
+    want = model_layers(spec)
+    have = {k: v for k, v in trace_layers.items() if v}
+    if have:
+        total_want, total_have = sum(want.values()), sum(have.values())
+        per_kind_known = set(have) <= {"dense", "moe", "mtp"}
+        if total_want != total_have or (per_kind_known and any(abs(have.get(k, 0) - n) > 1e-9 for k, n in want.items())):
+            fmt = ", ".join
+            notes.append(
+                f"model {spec.name} has {total_want:g} layers per step ({fmt(f'{k} {v:g}' for k, v in want.items())}) but the trace shows "
+                f"{total_have:g} ({fmt(f'{k} {v:g}' for k, v in have.items())}): the model is not the one traced"
+            )
+    tkey = _gpu_key(trace_gpu)
+    if hw is not None and hw.key != "custom" and tkey is not None and tkey != hw.key:
+        notes.append(f"the peaks are those of {hw.name} but the trace ran on {trace_gpu}")
+    mgpu = (expected or {}).get("gpu")
+    if mgpu and tkey is not None and _gpu_key(str(mgpu)) != tkey:
+        notes.append(f"the workload manifest was captured on {mgpu} but the trace ran on {trace_gpu}: the manifest is of another run")
+    return notes
+
+
+def check_plausible(report: MfuReport, spec: ModelSpec, source: str, why: list[str] | None = None) -> None:
+    """Raise ConfigError when MFU or MBU exceeds 100 %: no GPU does that, so the model, workload or GPU
+    count cannot be this trace's."""
+    s = report.summary.iloc[0]
+    over = [(label, float(v)) for label, v in (("MFU", s["mfu_bf16_pct"]), ("MBU", s["mbu_pct"])) if v == v and float(v) > 100]
+    steps = report.per_step["mfu_bf16_pct"].to_numpy(dtype=float) if len(report.per_step) else np.zeros(0)
+    if not over and len(steps) and np.nanmax(steps) > 100:
+        over = [("MFU in one step", float(np.nanmax(steps)))]
+    if over:
+        label, value = over[0]
+        reason = f" ({why[0]})" if why else ""
+        raise ConfigError(
+            f"{source}: {label} {value:.1f} % is above 100 %: model {spec.name} with this workload cannot be this trace{reason}",
+            "Check --model, --phase, --batch, --seq/--kv-len and --gpus against the profiled run",
+        )
+
+
+def run_notes(run: dict[str, Any], w: Workload) -> list[str]:
+    """Where the workload given differs from the one the manifest's run profiled."""
+    keys = ["phase", "batch"] + (["kv_len"] if w.phase == "decode" else ["seq"])
+    return [
+        f"{k} {getattr(w, k)} differs from the profiled run's {run[k]} (workload manifest): the MFU is for another workload"
+        for k in keys
+        if run.get(k) is not None and getattr(w, k) != run[k]
+    ]

@@ -29,6 +29,7 @@ import pandas as pd
 from nsysparse.columns import Column
 from nsysparse.errors import ConfigError
 from nsysparse.models.hardware import Hardware
+from nsysparse.outputs import note_input
 from nsysparse.rules import RuleSet
 
 COLUMNS = (
@@ -125,6 +126,7 @@ def measured_from_table(path: str | Path, rules: RuleSet, layer_counts: dict[str
     """A measured per-op CSV: op, a time column (measured_us | mean_us | us), optional layer_kind and
     count (instances per forward); counts may instead come from `layer_counts` (per layer kind)."""
     p = Path(path)
+    note_input(p)
     try:
         text = p.read_text(encoding="utf-8")
         df = pd.read_csv(io.StringIO("\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))))

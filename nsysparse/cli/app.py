@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from nsysparse import __version__
-from nsysparse.errors import EXIT_ERROR, NsysparseError, RegressionFound
+from nsysparse.errors import EXIT_ERROR, NsysparseError, RegressionFound, redact
+from nsysparse.outputs import reset_inputs, terminal_text
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -19,13 +20,14 @@ class NsysparseGroup(click.Group):
     """Turns NsysparseError (and anything unexpected) into `Error: ...` + exit code, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        reset_inputs()  # the files this command reads, which no output may overwrite
         try:
             return super().invoke(ctx)
         except RegressionFound as err:
-            click.echo(f"Regression: {err}", err=True)
+            click.echo(terminal_text(f"Regression: {err}", keep_layout=False), err=True)
             ctx.exit(err.exit_code)
         except NsysparseError as err:
-            click.echo(f"Error: {err}", err=True)
+            click.echo(terminal_text(f"Error: {err}", keep_layout=False), err=True)
             ctx.exit(err.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
@@ -43,7 +45,7 @@ class NsysparseGroup(click.Group):
         except Exception as err:  # a bug: say so in one line; --debug shows the traceback
             if ctx.find_root().params.get("debug") or os.environ.get("NSYSPARSE_DEBUG"):
                 raise
-            msg = str(err).splitlines()[0] if str(err) else ""
+            msg = terminal_text(redact(str(err)), keep_layout=False)  # no trace text a library error may quote
             click.echo(f"Error: internal error ({type(err).__name__}: {msg}). Rerun with --debug for the traceback and please report it.", err=True)
             ctx.exit(EXIT_ERROR)
 

@@ -13,6 +13,7 @@ from nsysparse.cli.app import cli
 from nsysparse.cli.options import emit, format_option, load, output_option, output_options, trace_argument
 from nsysparse.cli.render import Result, write_parquet
 from nsysparse.errors import UsageError
+from nsysparse.outputs import write_text
 
 
 @cli.command()
@@ -115,6 +116,6 @@ def export(ctx: click.Context, trace: str, what: str, fmt: str, out: str | None)
             write_parquet(df, Path(str(out)))
         elif fmt == "json":
             text = df.to_json(orient="records")
-            Path(out).write_text(text + "\n") if out else click.echo(text)
+            write_text(out, text + "\n") if out else click.echo(text)
         else:
             emit(ctx, Result(frames={what: df}), fmt, out, t)

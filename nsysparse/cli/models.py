@@ -10,7 +10,7 @@ import click
 import pandas as pd
 
 from nsysparse.analyses.layers import layer_report
-from nsysparse.analyses.mfu import mfu_report
+from nsysparse.analyses.mfu import check_plausible, fit_notes, manifest_step_ns, mfu_report, run_notes
 from nsysparse.analyses.ops import op_summary
 from nsysparse.analyses.simdiff import measured_from_layers, measured_from_table, parse_layer_counts, simdiff
 from nsysparse.cli.app import cli
@@ -119,7 +119,7 @@ def resolve_hardware(
     "ref_flops",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Reference FLOPs per step to compare with (default: the manifest's).",
+    help="Independent FLOPs per step to compare with (e.g. the training framework's); a manifest is checked by its measured step time.",
 )
 @hardware_options
 @mapping_options
@@ -159,7 +159,12 @@ def mfu(
         hw = resolve_hardware(hw_name, peak, hbm_tbps, t)
         assert hw is not None
         ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, device)
-        r = mfu_report(ac.mapping.steps, lm.spec, w, hw, gpus=gpus, basis=basis, recompute=recompute, reference_flops=ref_flops or lm.flops_per_step)
+        # the manifest's own FLOP count is the model's by construction: it is checked by its measured step time instead
+        ref_step = manifest_step_ns(lm.expected, basis)
+        r = mfu_report(ac.mapping.steps, lm.spec, w, hw, gpus=gpus, basis=basis, recompute=recompute, reference_flops=ref_flops, reference_step_ns=ref_step)
+        fit = fit_notes(lm.spec, layer_report(ac).layer_kinds, t.gpu_name(device), hw, lm.expected) + run_notes(lm.run, w)
+        r.notes += fit
+        check_plausible(r, lm.spec, trace, fit)
         s = r.summary.iloc[0]
         meta = {
             "model": lm.spec.name,

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import click
 
 from nsysparse.cli.render import Result, write
+from nsysparse.outputs import terminal_text
 from nsysparse.trace import Trace, open_trace
 
 
@@ -49,7 +50,7 @@ def emit(ctx: click.Context, result: Result, fmt: str, out: str | None, *sources
     write(result, fmt, out)
     if result.notes and fmt != "table" and not quiet:
         for n in result.notes:
-            click.echo(f"note: {n}", err=True)
+            click.echo(terminal_text(f"note: {n}", keep_layout=False), err=True)
 
 
 def load(path: str) -> Trace:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from nsysparse.errors import UsageError
 from nsysparse.formatting import fmt_value, jsonable
+from nsysparse.outputs import terminal_text, write_text, write_with
 
 FORMATS = ("table", "csv", "json", "parquet", "markdown")
 
@@ -63,20 +64,23 @@ def write(result: Result, fmt: str, out: str | None) -> None:
             print_table(result)
             return
     if out:
-        Path(out).write_text(text, encoding="utf-8")
+        write_text(out, text)
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(text if fmt == "json" else terminal_text(text))
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
     import duckdb
 
-    con = duckdb.connect(":memory:")
-    try:
-        con.register("frame", df)
-        con.execute(f"COPY frame TO '{str(path).replace(chr(39), chr(39) * 2)}' (FORMAT parquet)")
-    finally:
-        con.close()
+    def copy(tmp: Path) -> None:
+        con = duckdb.connect(":memory:")
+        try:
+            con.register("frame", df)
+            con.execute(f"COPY frame TO '{str(tmp).replace(chr(39), chr(39) * 2)}' (FORMAT parquet)")
+        finally:
+            con.close()
+
+    write_with(path, copy)
 
 
 def print_table(result: Result) -> None:
@@ -110,9 +114,10 @@ def _meta_text(v: Any) -> str:
 
 
 def _esc(text: str) -> str:
+    """Rich markup escaped, and no control characters: every string the table renderer prints goes through here."""
     from rich.markup import escape
 
-    return escape(text)
+    return escape(terminal_text(text, keep_layout=False))
 
 
 def to_markdown(result: Result) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nsysparse.errors import ConfigError
+from nsysparse.outputs import note_input
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,9 @@ class LoadedModel:
     spec: ModelSpec
     run: dict[str, Any]  # phase/batch/seq/kv_len from a workload manifest, else empty
     flops_per_step: float | None  # the manifest's own analytic count, when there is one
+    # what a workload manifest recorded of its run, to check a trace against: gpu, layer_kinds_per_step,
+    # host_step_seconds, host_gap_ms (empty for presets and HF configs)
+    expected: dict[str, Any] = field(default_factory=dict)
 
 
 def load_model(arg: str) -> LoadedModel:
@@ -245,6 +249,7 @@ def load_model(arg: str) -> LoadedModel:
     if not p.exists():
         choices = ", ".join([*PRESETS, *WORKLOAD_PRESETS])
         raise ConfigError(f"{arg}: no such model preset or file", f"Use a preset ({choices}), a HuggingFace config.json or a workload manifest.json")
+    note_input(p)
     try:
         data = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -252,7 +257,13 @@ def load_model(arg: str) -> LoadedModel:
     if isinstance(data, dict) and "model" in data and "run" in data:
         spec = from_workload(data["model"], data.get("preset") or p.parent.name)
         flops = (data.get("flops") or {}).get("per_step")
-        return LoadedModel(spec, dict(data["run"]), float(flops) if flops else None)
+        expected = {
+            "gpu": (data.get("environment") or {}).get("gpu"),
+            "layer_kinds_per_step": (data.get("structure") or {}).get("layer_kinds_per_step"),
+            "host_step_seconds": data.get("host_step_seconds"),
+            "host_gap_ms": (data.get("run") or {}).get("host_gap_ms"),
+        }
+        return LoadedModel(spec, dict(data["run"]), float(flops) if flops else None, {k: v for k, v in expected.items() if v is not None})
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: a model config must be a JSON object")
     return LoadedModel(from_hf(data, p.stem if p.stem != "config" else p.parent.name or "config"), {}, None)

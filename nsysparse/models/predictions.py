@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from nsysparse.errors import ConfigError
+from nsysparse.outputs import note_input, write_text
 from nsysparse.rules import RuleSet
 
 COLUMNS = ["op", "name", "layer_kind", "count_per_forward", "predicted_us", "flops", "bytes", "comm_bytes", "bound", "source"]
@@ -64,6 +65,7 @@ def load_predictions(path: str | Path, rules: RuleSet) -> Predictions:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such prediction file")
+    note_input(p)
     suffix = p.suffix.lower()
     try:
         if suffix == ".csv":
@@ -125,11 +127,11 @@ def write_predictions(df: pd.DataFrame, meta: dict[str, Any], path: str | Path) 
     suffix = p.suffix.lower()
     if suffix == ".csv":
         head = "".join(f"# {k}: {v}\n" for k, v in meta.items())
-        p.write_text(head + df.to_csv(index=False), encoding="utf-8")
+        write_text(p, head + df.to_csv(index=False))
     elif suffix == ".json":
         from nsysparse.formatting import jsonable
 
-        p.write_text(json.dumps(jsonable({"meta": meta, "ops": df}), indent=2) + "\n", encoding="utf-8")
+        write_text(p, json.dumps(jsonable({"meta": meta, "ops": df}), indent=2) + "\n")
     elif suffix in (".yaml", ".yml"):
         try:
             import yaml
@@ -137,6 +139,6 @@ def write_predictions(df: pd.DataFrame, meta: dict[str, Any], path: str | Path) 
             raise ConfigError("writing YAML needs PyYAML", "pip install pyyaml, or write .csv/.json") from None
         from nsysparse.formatting import jsonable
 
-        p.write_text(yaml.safe_dump(jsonable({"meta": meta, "ops": df}), sort_keys=False), encoding="utf-8")
+        write_text(p, yaml.safe_dump(jsonable({"meta": meta, "ops": df}), sort_keys=False))
     else:
         raise ConfigError(f"{p}: unknown prediction format {suffix!r}", "Use .csv, .json or .yaml")

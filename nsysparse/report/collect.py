@@ -13,7 +13,7 @@ from nsysparse.analyses.context import AnalysisContext
 from nsysparse.analyses.gaps import GapReport, gap_report
 from nsysparse.analyses.kernel_summary import kernel_summary
 from nsysparse.analyses.layers import LayerReport, layer_report
-from nsysparse.analyses.mfu import MfuReport, mfu_report
+from nsysparse.analyses.mfu import MfuReport, check_plausible, fit_notes, manifest_step_ns, mfu_report, run_notes
 from nsysparse.analyses.ops import op_summary
 from nsysparse.analyses.serving import serving_metrics
 from nsysparse.analyses.simdiff import SimDiff, measured_from_layers, simdiff
@@ -106,7 +106,10 @@ def collect(ctx: AnalysisContext, x: ReportInputs, title: str | None = None) -> 
             )
         )
     if x.model is not None and x.workload is not None and x.hardware is not None and len(steps):
-        data.mfu = mfu_report(steps, x.model.spec, x.workload, x.hardware, gpus=x.gpus, reference_flops=x.model.flops_per_step)
+        data.mfu = mfu_report(steps, x.model.spec, x.workload, x.hardware, gpus=x.gpus, reference_step_ns=manifest_step_ns(x.model.expected))
+        fit = fit_notes(x.model.spec, lr.layer_kinds, trace.gpu_name(), x.hardware, x.model.expected) + run_notes(x.model.run, x.workload)
+        data.mfu.notes += fit
+        check_plausible(data.mfu, x.model.spec, str(trace.source_path), fit)
         r = data.mfu.summary.iloc[0]
         summary.append(
             (

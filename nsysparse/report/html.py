@@ -18,6 +18,7 @@ import pandas as pd
 
 from nsysparse import __version__
 from nsysparse.formatting import fmt_value
+from nsysparse.outputs import write_text
 from nsysparse.report import figures
 from nsysparse.report.collect import ReportData
 from nsysparse.resources import data_dir
@@ -157,5 +158,5 @@ def render(d: ReportData) -> str:
 
 def write_report(d: ReportData, path: str | Path) -> int:
     text = render(d)
-    Path(path).write_text(text, encoding="utf-8")
+    write_text(path, text)
     return len(text.encode("utf-8"))

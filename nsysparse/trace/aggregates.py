@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from nsysparse.trace import schema as S
-from nsysparse.trace.tables import KERNEL_COLS
+from nsysparse.trace.tables import KERNEL_COLS, note_invalid_rows, valid_rows_sql
 
 if TYPE_CHECKING:
     from nsysparse.trace.handle import TraceHandle as Trace
@@ -47,19 +47,25 @@ def _duckdb_stats(trace: Trace, con, table: str, keys: list[str], device_id: int
     for k in keys:
         src = KERNEL_COLS[k].source
         sel.append(f'COALESCE("{src}", -1) AS {k}' if src in cols else f"-1 AS {k}")
-    where = 'NOT ("start" = 0 AND "end" = 0)'
+    # one scan: rows without an interval are counted (for the note) and left out of every statistic
+    valid = valid_rows_sql(trace, "kernels")
+    use = f'{valid} AND NOT ("start" = 0 AND "end" = 0)'
     if device_id is not None:
-        where += f' AND "deviceId" = {int(device_id)}'
+        use += f' AND "deviceId" = {int(device_id)}'
+    f = f"FILTER (WHERE {use})"
     group = ", ".join(str(i + 1) for i in range(len(keys)))
     sql = (
-        f'SELECT {", ".join(sel)}, count(*) AS count, sum("end" - "start") AS total_ns, avg("end" - "start") AS mean_ns, '
-        f'median("end" - "start") AS median_ns, min("end" - "start") AS min_ns, max("end" - "start") AS max_ns, '
-        f'COALESCE(stddev_samp("end" - "start"), 0) AS stddev_ns FROM "{table}" WHERE {where} GROUP BY {group}'
+        f'SELECT {", ".join(sel)}, count(*) {f} AS count, sum("end" - "start") {f} AS total_ns, avg("end" - "start") {f} AS mean_ns, '
+        f'median("end" - "start") {f} AS median_ns, min("end" - "start") {f} AS min_ns, max("end" - "start") {f} AS max_ns, '
+        f'COALESCE(stddev_samp("end" - "start") {f}, 0) AS stddev_ns, count(*) FILTER (WHERE NOT {valid}) AS invalid_rows '
+        f'FROM "{table}" GROUP BY {group}'
     )
     try:
         df = con.execute(sql).df()
     except Exception:  # fall back to the pandas path on any engine trouble
         return None
+    note_invalid_rows(trace, "kernels", int(df["invalid_rows"].sum()))
+    df = df[df["count"] > 0].drop(columns="invalid_rows").reset_index(drop=True)
     df[keys[0]] = trace.strings.categorical(df[keys[0]].to_numpy(np.int64)).astype(object)
     for c in ("count", "total_ns", "min_ns", "max_ns"):
         df[c] = df[c].astype(np.int64)

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from nsysparse.errors import TraceError
+from nsysparse.errors import TraceError, redact
 
 log = logging.getLogger("nsysparse.trace")
 
@@ -54,6 +54,9 @@ class Engine:
         uri = f"file:{quote(str(path.resolve()))}?mode=ro"
         try:
             self._sqlite = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            # a value with an invalid UTF-8 byte (a captured environment variable, a path) must not make every
+            # query fail, nor end up quoted in an error message: decode with replacement characters
+            self._sqlite.text_factory = _decode_text
             self._sqlite.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.Error as err:
             raise self._error(err) from None
@@ -64,7 +67,7 @@ class Engine:
 
     # -- errors -------------------------------------------------------------------------------------
     def _error(self, err: Exception) -> TraceError:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = redact(str(err)) or type(err).__name__  # never the trace text the library quotes
         low = msg.lower()
         if "malformed" in low or "not a database" in low or "corrupt" in low or "disk i/o" in low:
             return TraceError(f"{self.path}: cannot be read ({msg}); the file looks truncated or damaged", "Copy or export it again")
@@ -153,6 +156,10 @@ class Engine:
             self._duck.close()
             self._duck = None
         self._sqlite.close()
+
+
+def _decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
 
 
 def _sql_str(text: str) -> str:

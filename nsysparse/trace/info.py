@@ -32,7 +32,7 @@ def gpus(trace: Trace) -> pd.DataFrame:
         if trace.is_loaded("kernels"):
             used = trace.kernels()["device_id"].value_counts()
         else:
-            agg = trace.engine.frame(f'SELECT "deviceId" AS d, count(*) AS n FROM "{kt}" GROUP BY 1')
+            agg = trace.engine.frame(f'SELECT "deviceId" AS d, count(*) AS n FROM "{kt}" WHERE {tables.valid_rows_sql(trace, "kernels")} GROUP BY 1')
             used = pd.Series(agg["n"].to_numpy(np.int64), index=agg["d"].fillna(-1).to_numpy(np.int64))
     for dev in used.index:  # devices that ran kernels but have no GPU-table row
         if not (df["device_id"] == dev).any():
@@ -119,7 +119,8 @@ def processes(trace: Trace) -> pd.DataFrame:
         table = S.TABLES["kernels"]
         gp = '"globalPid"' if trace.schema.has(table, "globalPid") else "0"
         dev = '"deviceId"' if trace.schema.has(table, "deviceId") else "0"
-        df = trace.engine.frame(f'SELECT {gp} AS g, {dev} AS d, count(*) AS n FROM "{table}" GROUP BY 1, 2')
+        valid = tables.valid_rows_sql(trace, "kernels")
+        df = trace.engine.frame(f'SELECT {gp} AS g, {dev} AS d, count(*) AS n FROM "{table}" WHERE {valid} GROUP BY 1, 2')
         pids = pid_of(df["g"].fillna(0).to_numpy(np.int64)) if len(df) else np.zeros(0, np.int64)
         for p, d, n in zip(pids.tolist(), df["d"].fillna(0).astype(np.int64).tolist(), df["n"].astype(np.int64).tolist()):
             entry = counts.setdefault(p, {"kernels": 0, "api_calls": 0, "nvtx_events": 0, "threads": set(), "devices": set()})
@@ -132,7 +133,8 @@ def processes(trace: Trace) -> pd.DataFrame:
         table = S.TABLES[kind]
         if not trace.schema.has(table, col):
             continue
-        df = trace.engine.frame(f'SELECT "{col}" AS g, count(*) AS n FROM "{table}" GROUP BY 1')
+        valid = tables.valid_rows_sql(trace, kind) if kind in tables.SPECS else "(1 = 1)"
+        df = trace.engine.frame(f'SELECT "{col}" AS g, count(*) AS n FROM "{table}" WHERE {valid} GROUP BY 1')
         g = df["g"].fillna(0).to_numpy(np.int64) if len(df) else np.zeros(0, np.int64)
         for p, t, n in zip(pid_of(g).tolist(), tid_of(g).tolist(), df["n"].astype(np.int64).tolist()):
             entry = counts.setdefault(p, {"kernels": 0, "api_calls": 0, "nvtx_events": 0, "threads": set(), "devices": set()})
@@ -142,8 +144,7 @@ def processes(trace: Trace) -> pd.DataFrame:
     if trace.schema.has(S.PROCESSES, "pid") and trace.schema.has(S.PROCESSES, "name"):
         for pid, name in trace.engine.rows(f'SELECT "pid", "name" FROM "{S.PROCESSES}"'):
             if pid is not None and pid in counts:
-                # Only the executable's base name: full paths can carry user and host names.
-                names[int(pid)] = str(name or "").replace("\\", "/").rsplit("/", 1)[-1]
+                names[int(pid)] = process_name(name)
     rows = [
         {
             "pid": p,
@@ -157,6 +158,19 @@ def processes(trace: Trace) -> pd.DataFrame:
         for p, v in sorted(counts.items())
     ]
     return pd.DataFrame(rows, columns=["pid", "name", "threads", "kernels", "api_calls", "nvtx_events", "devices"])
+
+
+def process_name(raw: object) -> str:
+    """Only the executable's base name: full paths carry user and host names. A name that is a home
+    folder itself (/home/<user>, /Users/<user>, C:\\Users\\<user>) or a bare folder shows as empty."""
+    parts = [p for p in str(raw or "").replace("\\", "/").split("/") if p]
+    if not parts:
+        return ""
+    if len(parts) >= 2 and parts[-2].lower() in ("home", "users"):
+        return ""
+    if str(raw).rstrip().endswith(("/", "\\")) or parts[-1] in ("root", "~") or parts[-1].startswith("~"):
+        return ""
+    return "".join(ch for ch in parts[-1] if ch.isprintable())
 
 
 def streams(trace: Trace) -> pd.DataFrame:
@@ -222,7 +236,8 @@ def time_span(trace: Trace) -> tuple[int | None, int | None]:
         table = S.TABLES[kind]
         if not (trace.schema.has(table, "start") and trace.schema.has(table, "end")):
             continue
-        row = trace.engine.frame(f'SELECT min("start") AS a, max("end") AS b FROM "{table}" WHERE NOT ("start" = 0 AND "end" = 0)')
+        valid = tables.valid_rows_sql(trace, kind) if kind in tables.SPECS else "(1 = 1)"
+        row = trace.engine.frame(f'SELECT min("start") AS a, max("end") AS b FROM "{table}" WHERE {valid} AND NOT ("start" = 0 AND "end" = 0)')
         a, b = (row["a"].iloc[0], row["b"].iloc[0]) if len(row) else (None, None)
         a = None if a is None or pd.isna(a) else int(a)
         b = None if b is None or pd.isna(b) else int(b)
@@ -256,7 +271,10 @@ def _kernels_without_launch(trace: Trace) -> tuple[int, int]:
         launches = trace.launches()
         return int((~launches["has_launch"].to_numpy()).sum()), len(launches)
     cond = 'r."correlationId" = k."correlationId"' + (' AND ((r."globalTid" >> 24) & 16777215) = ((k."globalPid" >> 24) & 16777215)' if pid_ok else "")
-    df = trace.engine.frame(f'SELECT count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM "{at}" r WHERE {cond})) AS missing, count(*) AS total FROM "{kt}" k')
+    valid = tables.valid_rows_sql(trace, "kernels", alias="k.")
+    df = trace.engine.frame(
+        f'SELECT count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM "{at}" r WHERE {cond})) AS missing, count(*) AS total FROM "{kt}" k WHERE {valid}'
+    )
     return int(df["missing"].iloc[0]), int(df["total"].iloc[0])
 
 

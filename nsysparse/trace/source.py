@@ -2,12 +2,14 @@
 
 Checks, in order: exists, is a file, not empty, is SQLite (not text, not a renamed report), not
 truncated (the header's page count against the file size). `.nsys-rep`/`.qdrep` reports are exported
-with `nsys export` when nsys is on PATH; an existing export is reused only when it is newer than the
-report, and never overwritten.
+with `nsys export` when nsys is on PATH: beside the report (an existing export is reused only when it is
+newer than the report, and never overwritten), or in the user cache, keyed on the report's resolved
+path, size and mtime, when the report's folder is read-only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -75,31 +77,70 @@ def check_sqlite_file(p: Path) -> None:
         )
 
 
+def cache_dir() -> Path:
+    """Where exports of reports in read-only folders go: $XDG_CACHE_HOME (or ~/.cache)/nsysparse/exports."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "nsysparse" / "exports"
+
+
+def cache_key(rep: Path) -> str:
+    """The report's identity: resolved path, size and mtime (ns). Another file, or this one changed, is another key."""
+    st = rep.stat()
+    text = f"{rep.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def export_report(rep: Path) -> Path:
-    """Export an .nsys-rep/.qdrep to SQLite beside it (or in the user cache if that folder is read-only)."""
-    target = rep.with_suffix(".sqlite")
-    if not os.access(rep.parent, os.W_OK):
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nsysparse"
-        cache.mkdir(parents=True, exist_ok=True)
-        target = cache / (rep.stem + ".sqlite")
-    if target.exists():
-        if target.stat().st_mtime >= rep.stat().st_mtime:
+    """Export an .nsys-rep/.qdrep to SQLite beside it, or, when that folder is read-only, to the user
+    cache under a key of the report's resolved path, size and mtime. The export is written under a
+    temporary name and renamed only once nsys succeeded and the file checks out, so a failed export
+    leaves nothing that a later run would reuse."""
+    if os.access(rep.parent, os.W_OK):
+        target = rep.with_suffix(".sqlite")
+        if target.exists():
+            if target.stat().st_mtime >= rep.stat().st_mtime:
+                check_sqlite_file(target)
+                return target
+            raise TraceError(
+                f"{target}: an older export of {rep.name} is already there and nsysparse will not overwrite it",
+                f"Delete it, or re-export: nsys export --type sqlite --force-overwrite true -o {target} {rep}",
+            )
+    else:
+        folder = cache_dir()
+        target = folder / f"{rep.stem}-{cache_key(rep)[:32]}.sqlite"
+        if target.exists():
             check_sqlite_file(target)
             return target
-        raise TraceError(
-            f"{target}: an older export of {rep.name} is already there and nsysparse will not overwrite it",
-            f"Delete it, or re-export: nsys export --type sqlite --force-overwrite true -o {target} {rep}",
-        )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TraceError(
+                f"{rep}: its folder is read-only and the export cache {folder} cannot be created ({err.strerror})",
+                _EXPORT_HINT.format(out="OUT.sqlite", rep=rep),
+            ) from None
     nsys = shutil.which("nsys")
     if nsys is None:
         raise TraceError(
             f"{rep}: is an Nsight Systems report; nsysparse reads its SQLite export and no nsys is on PATH",
             _EXPORT_HINT.format(out=target, rep=rep),
         )
-    cmd = [nsys, "export", "--type", "sqlite", "-o", str(target), str(rep)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not target.exists():
-        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise TraceError(f"{rep}: nsys export failed ({last[0]})", "Run the export by hand: " + " ".join(cmd[1:]))
-    check_sqlite_file(target)
+    partial = target.with_name(f".{target.stem}.{os.getpid()}.partial.sqlite")
+    partial.unlink(missing_ok=True)
+    cmd = [nsys, "export", "--type", "sqlite", "-o", str(partial), str(rep)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+        if proc.returncode != 0 or not partial.exists():
+            last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            shown = "".join(ch for ch in last[0] if ch.isprintable())[:200]
+            raise TraceError(
+                f"{rep}: nsys export failed (exit {proc.returncode}: {shown})",
+                "Run the export by hand: " + " ".join([*cmd[1:5], str(target), str(rep)]),
+            )
+        try:
+            check_sqlite_file(partial)
+        except TraceError as err:
+            raise TraceError(f"{rep}: nsys export wrote an unusable file ({err.message.split(': ', 1)[-1]})", "Run the export by hand") from None
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
     return target

@@ -14,7 +14,9 @@ memset   start_ns, end_ns, device_id, stream_id, correlation_id, global_pid, pid
 sync     start_ns, end_ns, device_id, stream_id, correlation_id, global_pid, pid, sync_type
 
 Columns missing from an older export are filled with a neutral value (0, or "" for names) and the
-gap is recorded in `Trace.notes` so commands can say what was degraded.
+gap is recorded in `Trace.notes` so commands can say what was degraded. Rows that carry no interval
+(a NULL start, end, device or stream, or end < start) are left out, with one note per table that
+counts them (`valid_rows_sql` is the one definition, used by every query over these tables).
 """
 
 from __future__ import annotations
@@ -102,6 +104,24 @@ SYNC_COLS = {
     "sync_type": Col("syncType", "id0"),
 }
 SPECS = {"kernels": KERNEL_COLS, "api": API_COLS, "memcpy": MEMCPY_COLS, "memset": MEMSET_COLS, "sync": SYNC_COLS}
+ROW_LABELS = {"kernels": "kernel", "api": "CUDA API", "memcpy": "memcpy", "memset": "memset", "sync": "synchronization"}
+# An event row is usable only with all of these (where the table has the column) and end >= start.
+REQUIRED_SOURCES = ("start", "end", "deviceId", "streamId")
+
+
+def valid_rows_sql(trace: Trace, kind: str, alias: str = "") -> str:
+    """SQL predicate (never NULL) for rows of `kind` with a start, an end, a device and a stream, and end >= start."""
+    present = trace.schema.columns.get(S.TABLES[kind], ())
+    parts = [f'{alias}"{c}" IS NOT NULL' for c in REQUIRED_SOURCES if c in present]
+    if "start" in present and "end" in present:
+        parts.append(f'{alias}"end" >= {alias}"start"')
+    return "(" + " AND ".join(parts) + ")" if parts else "(1 = 1)"
+
+
+def note_invalid_rows(trace: Trace, kind: str, count: int) -> None:
+    if count:
+        what = "start/end/device/stream" if kind != "api" else "start/end"
+        trace.note(f"{count} {ROW_LABELS[kind]} rows with a missing {what} or end < start were left out")
 
 
 def _select_sql(trace: Trace, kind: str, wanted: tuple[str, ...], where: str = "") -> tuple[str, list[str]]:
@@ -115,12 +135,13 @@ def _select_sql(trace: Trace, kind: str, wanted: tuple[str, ...], where: str = "
             expr = f'"{col.source}"'
             if kind == "sync" and col.source == "syncType" and "deprecatedSyncType" in present:
                 expr = 'COALESCE("syncType", "deprecatedSyncType")'
-            if col.kind in ("id0", "str_id"):
+            if col.kind in ("id0", "str_id", "int"):  # int: NULLs are caught by _valid, never cast
                 expr = f"COALESCE({expr}, {-1 if col.kind == 'str_id' else col.default})"
             parts.append(f"{expr} AS {name}")
         else:
             missing.append(name)
             parts.append(f"{-1 if col.kind == 'str_id' else col.default} AS {name}")
+    parts.append(f"CASE WHEN {valid_rows_sql(trace, kind)} THEN 1 ELSE 0 END AS _valid")
     sql = f'SELECT {", ".join(parts)} FROM "{table}"'
     if where:
         sql += f" WHERE {where}"
@@ -157,6 +178,11 @@ def load(trace: Trace, kind: str, columns: tuple[str, ...] | None = None) -> pd.
 
 
 def _finish(trace: Trace, df: pd.DataFrame, kind: str, spec: dict[str, Col], wanted: tuple[str, ...]) -> pd.DataFrame:
+    if len(df):
+        valid = df["_valid"].to_numpy().astype(bool)
+        if not valid.all():
+            note_invalid_rows(trace, kind, int((~valid).sum()))
+            df = df.loc[valid].reset_index(drop=True)
     out: dict[str, object] = {}
     for name in wanted:
         col = spec[name]

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from nsysparse.errors import MissingDataError, TraceError
+from nsysparse.outputs import note_input
 from nsysparse.trace import aggregates, graphs, info, tables
 from nsysparse.trace import schema as S
 from nsysparse.trace.engine import Engine
@@ -35,6 +36,8 @@ class Trace:
     def __init__(self, path: str | os.PathLike[str], engine: str | None = None) -> None:
         self.source_path = Path(path)
         self.path = resolve_input(path)
+        note_input(self.source_path)  # the report and its export: no output may overwrite either
+        note_input(self.path)
         self.engine = Engine(self.path, prefer=engine)
         try:
             self.schema = S.probe(self.engine.rows)
@@ -77,7 +80,9 @@ class Trace:
     def _key_values(self, table: str | None) -> dict[str, str]:
         if not table or not self.schema.has(table, "name") or not self.schema.has(table, "value"):
             return {}
-        rows = self.engine.rows(f'SELECT name, value FROM "{table}"')
+        # only allow-listed rows are read at all: EXPORT_USER, EXPORT_HOST and the like never leave the file
+        keys = ", ".join("?" for _ in S.SHOWN_EXPORT_KEYS)
+        rows = self.engine.rows(f'SELECT name, value FROM "{table}" WHERE name IN ({keys})', S.SHOWN_EXPORT_KEYS)
         return {str(k): str(v) for k, v in rows if k in S.SHOWN_EXPORT_KEYS}
 
     def _capture_values(self) -> dict[str, list[str]]:
@@ -85,7 +90,10 @@ class Trace:
         if not self.schema.has(table, "name"):
             return {}
         out: dict[str, list[str]] = {}
-        for k, v in self.engine.rows(f'SELECT name, value FROM "{table}"'):
+        # only allow-listed keys (also as PROCESS_n:KEY) are read: environment variables and command lines stay unread
+        keys = ", ".join("?" for _ in S.SHOWN_CAPTURE_KEYS)
+        sql = f"SELECT name, value FROM \"{table}\" WHERE name IN ({keys}) OR (name LIKE 'PROCESS%' AND substr(name, instr(name, ':') + 1) IN ({keys}))"
+        for k, v in self.engine.rows(sql, (*S.SHOWN_CAPTURE_KEYS, *S.SHOWN_CAPTURE_KEYS)):
             key = str(k)
             base = key.split(":", 1)[1] if key.startswith("PROCESS_") and ":" in key else key
             if base in S.SHOWN_CAPTURE_KEYS:
