@@ -68,7 +68,7 @@ def _mode_for(target: Path) -> int:
         return 0o666 & ~umask
 
 
-def write_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> None:
+def write_with(path: str | os.PathLike[str], writer: Callable[[Path], object]) -> None:
     """Check `path`, let `writer` fill a temporary file beside it, then move it into place."""
     target = Path(path)
     check_output(target)
