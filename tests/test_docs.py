@@ -75,3 +75,39 @@ def test_prediction_doc_lists_every_alias():
             for name in m.group(1).split(","):
                 listed[name.strip()] = m.group(2)
     assert listed == aliases
+
+
+@pytest.mark.parametrize(
+    ("doc", "module", "names"),
+    [
+        (
+            "docs/structure.md",
+            "nsysparse.structure.steps",
+            (
+                "MIN_STEP_GAP_NS",
+                "MIN_JUMP",
+                "MAX_GAPS_SCANNED",
+                "MIN_AGREEMENT",
+                "GAP_CONFIDENCE_FLOOR",
+                "PERIOD_MIN_REPEATS",
+                "PERIOD_MIN_MATCH",
+                "PERIOD_CONFIDENCE_SCALE",
+                "EDGE_FRAGMENT",
+            ),
+        ),
+        ("docs/gaps.md", "nsysparse.analyses.gaps", ("DEFAULT_MIN_BUBBLE_US", "LAUNCH_LATENCY_NS", "TRICKLE_FREE_NS", "COLLECTIVE_SLACK_NS", "PROFILER_SHARE")),
+    ],
+)
+def test_docs_state_every_threshold_with_its_value(doc, module, names):
+    """Each named threshold appears in its doc's defaults table with the value the code uses, and has a docstring."""
+    import importlib
+    import re
+
+    mod = importlib.import_module(module)
+    text = (ROOT / doc).read_text()
+    source = Path(mod.__file__).read_text()
+    for name in names:
+        row = next((line for line in text.splitlines() if line.startswith(f"| `{name}`")), None)
+        assert row is not None, f"{doc} has no row for {name}"
+        assert f"| {getattr(mod, name)!s} |" in row, f"{doc}: {name} is {getattr(mod, name)} in the code: {row}"
+        assert re.search(rf"^{name} = .*\n\"\"\"", source, re.M), f"{name} has no docstring in {module}"
