@@ -1,0 +1,250 @@
+"""Fixture corpus v2 (fixtures/v2): unpack a bare/twin pair and read the twin's NVTX truth per kernel.
+
+Each v2 fixture NAME is two captures of the same program: NAME_bare (no NVTX at all) and NAME_twin (NVTX
+ranges from module hooks; see nsysparse/workload/hf.py). Hooks add no kernels, so the twin's labels
+transfer to the bare trace by position: kernel i of stream s in start order is the same launch in both
+(checked by tests/test_corpus_v2.py, and recorded in the twin manifest's `twin_match`).
+
+Only the standard library and pandas: this reads the SQLite export directly, not through nsysparse, so it
+can be the independent truth that inferred structure is compared against.
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import re
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+V2 = Path(__file__).resolve().parent.parent / "fixtures" / "v2"
+CALL_RANGES = ("generate", "train_step")  # one per generate() call / training iteration
+PHASE_RANGES = ("forward", "backward", "optimizer_step")
+FORWARD_RANGE = "forward"  # the root module's range: one per top-level forward
+NON_MODULE_RANGES = frozenset(CALL_RANGES) | {"backward", "optimizer_step"}
+_LAYER = re.compile(r"^model\.layers\.(\d+)(?:\.|$)")
+
+
+@dataclass(frozen=True)
+class V2Fixture:
+    name: str
+    bare: Path  # unpacked trace.sqlite of NAME_bare
+    twin: Path  # unpacked trace.sqlite of NAME_twin
+    manifest: dict[str, Any]  # the twin's manifest (protocol, expected structure, truth, twin_match)
+    bare_manifest: dict[str, Any]
+
+
+def fixture_names() -> list[str]:
+    """Names that have both a bare and a twin capture in fixtures/v2."""
+    bare = {p.parent.name[: -len("_bare")] for p in V2.glob("*_bare/trace.sqlite.xz")}
+    twin = {p.parent.name[: -len("_twin")] for p in V2.glob("*_twin/trace.sqlite.xz")}
+    return sorted(bare & twin)
+
+
+def unpack(xz: Path, dest: Path) -> Path:
+    """Decompress `xz` to dest/<its folder>/trace.sqlite (never beside the committed file); reuse if there."""
+    out = dest / xz.parent.name / "trace.sqlite"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".part")
+        with lzma.open(xz) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        tmp.replace(out)
+    return out
+
+
+def load(name: str, dest: Path) -> V2Fixture:
+    """Unpack fixture NAME's bare and twin traces under `dest` (a temporary folder) and read the manifests."""
+    paths = {kind: V2 / f"{name}_{kind}" for kind in ("bare", "twin")}
+    for p in paths.values():
+        if not (p / "trace.sqlite.xz").exists():
+            raise FileNotFoundError(f"no v2 fixture {p.name}")
+    return V2Fixture(
+        name=name,
+        bare=unpack(paths["bare"] / "trace.sqlite.xz", dest),
+        twin=unpack(paths["twin"] / "trace.sqlite.xz", dest),
+        manifest=json.loads((paths["twin"] / "manifest.json").read_text()),
+        bare_manifest=json.loads((paths["bare"] / "manifest.json").read_text()),
+    )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def kernels(path: Path) -> pd.DataFrame:
+    """Every kernel with its launch API call: one row per kernel, in launch order (correlationId, then start).
+
+    Columns: start_ns, end_ns, stream, correlation_id, name (shortName), demangled, launch_ns (start of the
+    launching runtime call; for a kernel replayed from a CUDA graph, the cudaGraphLaunch), launch_tid.
+    """
+    sql = """
+        SELECT k.start AS start_ns, k."end" AS end_ns, k.streamId AS stream, k.correlationId AS correlation_id,
+               s.value AS name, d.value AS demangled, r.start AS launch_ns, r.globalTid AS launch_tid
+        FROM CUPTI_ACTIVITY_KIND_KERNEL k
+        JOIN StringIds s ON s.id = k.shortName
+        JOIN StringIds d ON d.id = k.demangledName
+        LEFT JOIN CUPTI_ACTIVITY_KIND_RUNTIME r
+          ON r.correlationId = k.correlationId AND (r.globalTid & 0xFFFFFFFFFF000000) = (k.globalPid & 0xFFFFFFFFFF000000)
+        ORDER BY k.correlationId, k.start, k.streamId
+    """
+    with _connect(path) as con:
+        df = pd.read_sql_query(sql, con)
+    return df.reset_index(drop=True)
+
+
+def kernel_sequences(path: Path) -> dict[int, list[str]]:
+    """stream -> kernel names (shortName) in start order: what must be identical between a bare and its twin."""
+    with _connect(path) as con:
+        rows = con.execute(
+            "SELECT k.streamId, s.value FROM CUPTI_ACTIVITY_KIND_KERNEL k JOIN StringIds s ON s.id = k.shortName ORDER BY k.streamId, k.start, k.correlationId"
+        ).fetchall()
+    out: dict[int, list[str]] = {}
+    for stream, name in rows:
+        out.setdefault(int(stream), []).append(name)
+    return out
+
+
+def nvtx_ranges(path: Path, all_domains: bool = False) -> pd.DataFrame:
+    """Push/pop ranges (eventType 59) of the default NVTX domain: start_ns, end_ns, tid, domain, text.
+
+    The twins' ranges are all in the default domain (torch.cuda.nvtx). Libraries add their own domains, e.g.
+    CCCL's `cub::DeviceScan::InclusiveScan` in the MoE twin: those are left out unless `all_domains`.
+    Empty when the trace has no NVTX.
+    """
+    with _connect(path) as con:
+        has = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'NVTX_EVENTS'").fetchone()
+        if not has:
+            return pd.DataFrame({"start_ns": [], "end_ns": [], "tid": [], "domain": [], "text": []})
+        df = pd.read_sql_query(
+            f"""SELECT n.start AS start_ns, n."end" AS end_ns, n.globalTid AS tid, COALESCE(n.domainId, 0) AS domain,
+                      COALESCE(n.text, s.value) AS text
+               FROM NVTX_EVENTS n LEFT JOIN StringIds s ON s.id = n.textId
+               WHERE n.eventType = 59 AND n."end" IS NOT NULL {"" if all_domains else "AND COALESCE(n.domainId, 0) = 0"}
+               ORDER BY n.start""",
+            con,
+        )
+    return df
+
+
+def twin_labels(twin_path: Path) -> pd.DataFrame:
+    """The twin's truth for every kernel, in launch order.
+
+    Columns: kernel_index (launch order: by correlationId of the launch, then start; identical between a bare
+    and its twin where their kernel sequences match), start_ns, end_ns, stream, name, demangled,
+    forward (index of the top-level `forward` range the launch is in, -1 outside), call (index of the
+    `generate` / `train_step` range, -1 outside), phase (`forward`, `backward`, `optimizer_step` or ''),
+    module (innermost module range: a named_modules() name, `forward` for the root module's own code,
+    '' outside any), layer (N of the innermost `model.layers.N...` range, -1 if none).
+
+    Only default-domain ranges count (library domains such as CCCL's are not the twin's truth). A kernel
+    belongs to the ranges open at the start of its launch API call. The ranges are matched by time
+    against every thread's ranges, not only the launching thread's: backward kernels launch from autograd's
+    device thread while the main thread sits in its `backward` range.
+    """
+    k = kernels(twin_path)
+    r = nvtx_ranges(twin_path)
+    n = len(k)
+    forward = [-1] * n
+    call = [-1] * n
+    phase = [""] * n
+    module = [""] * n
+    if len(r):
+        # index of each range among its kind, in start order
+        r = r.sort_values(["start_ns", "end_ns"], ascending=[True, False], kind="stable").reset_index(drop=True)
+        fwd_index = (r["text"] == FORWARD_RANGE).cumsum() - 1
+        call_index = r["text"].isin(CALL_RANGES).cumsum() - 1
+        starts, ends, texts = r["start_ns"].tolist(), r["end_ns"].tolist(), r["text"].tolist()
+        tids = r["tid"].tolist()
+        stacks: dict[int, list[int]] = {}
+        order = sorted(range(n), key=lambda i: (k.at[i, "launch_ns"], i))
+        j = 0
+        for i in order:
+            t = k.at[i, "launch_ns"]
+            if pd.isna(t):
+                continue
+            while j < len(starts) and starts[j] <= t:
+                st = stacks.setdefault(tids[j], [])
+                while st and ends[st[-1]] <= starts[j]:
+                    st.pop()
+                st.append(j)
+                j += 1
+            open_ranges: list[int] = []
+            for st in stacks.values():
+                while st and ends[st[-1]] <= t:
+                    st.pop()
+                open_ranges.extend(st)
+            open_ranges.sort(key=lambda x: (starts[x], -ends[x]))  # outermost first
+            for x in open_ranges:
+                text = texts[x]
+                if text == FORWARD_RANGE:
+                    forward[i] = int(fwd_index[x])
+                if text in CALL_RANGES:
+                    call[i] = int(call_index[x])
+                if text in PHASE_RANGES:
+                    phase[i] = text
+                if text not in NON_MODULE_RANGES:
+                    module[i] = text
+    out = pd.DataFrame(
+        {
+            "kernel_index": range(n),
+            "start_ns": k["start_ns"],
+            "end_ns": k["end_ns"],
+            "stream": k["stream"],
+            "name": k["name"],
+            "demangled": k["demangled"],
+            "forward": forward,
+            "call": call,
+            "phase": phase,
+            "module": module,
+        }
+    )
+    out["layer"] = [int(m.group(1)) if (m := _LAYER.match(text)) else -1 for text in out["module"]]
+    return out
+
+
+def bare_labels(bare_path: Path, twin_path: Path, strict: bool = True) -> pd.DataFrame:
+    """The bare trace's kernels labelled with the twin's truth, matched by (stream, position in start order).
+
+    With `strict`, raises ValueError when a stream's kernel-name sequence differs between bare and twin; else
+    the kernels of such streams keep forward/call/layer -1 and empty module/phase.
+    """
+    labels = twin_labels(twin_path)
+    labels = labels.sort_values(["stream", "start_ns", "kernel_index"], kind="stable")
+    labels["pos"] = labels.groupby("stream").cumcount()
+    bare = kernels(bare_path)
+    bare["kernel_index"] = range(len(bare))
+    bare = bare.sort_values(["stream", "start_ns", "kernel_index"], kind="stable")
+    bare["pos"] = bare.groupby("stream").cumcount()
+    twin_seq, bare_seq = kernel_sequences(twin_path), kernel_sequences(bare_path)
+    bad = sorted(s for s in set(twin_seq) | set(bare_seq) if twin_seq.get(s) != bare_seq.get(s))
+    if bad and strict:
+        raise ValueError(f"kernel sequences differ between bare and twin on streams {bad}")
+    cols = ["forward", "call", "phase", "module", "layer"]
+    merged = bare.merge(labels[["stream", "pos", *cols]], on=["stream", "pos"], how="left")
+    ok = ~merged["stream"].isin(bad)
+    for c in ("forward", "call", "layer"):
+        merged[c] = merged[c].where(ok, -1).fillna(-1).astype(int)
+    for c in ("phase", "module"):
+        merged[c] = merged[c].where(ok, "").fillna("")
+    merged = merged.sort_values("kernel_index").reset_index(drop=True)
+    return merged[["kernel_index", "start_ns", "end_ns", "stream", "name", *cols]]
+
+
+def compare(bare_path: Path, twin_path: Path) -> dict[str, Any]:
+    """How the bare and twin kernel sequences relate (the twin manifest's `twin_match` block)."""
+    b, t = kernel_sequences(bare_path), kernel_sequences(twin_path)
+    streams = sorted(set(b) | set(t))
+    kb, kt = kernels(bare_path), kernels(twin_path)
+    return {
+        "per_stream_start_order_equal": {str(s): b.get(s) == t.get(s) for s in streams},
+        "kernels_per_stream": {str(s): [len(b.get(s, [])), len(t.get(s, []))] for s in streams},
+        "launch_order_equal": kb["name"].tolist() == kt["name"].tolist(),
+        "demangled_launch_order_equal": kb["demangled"].tolist() == kt["demangled"].tolist(),
+        "correlation_ids_equal": kb["correlation_id"].tolist() == kt["correlation_id"].tolist(),
+    }
