@@ -10,12 +10,11 @@ import json
 import re
 import sqlite3
 
+import corpus  # tests/ is on sys.path through conftest.py
 import pytest
+from nsysbuilder import TraceBuilder
 
 lzma = pytest.importorskip("lzma")
-
-import corpus  # tests/ is on sys.path through conftest.py
-from nsysbuilder import TraceBuilder
 
 NAMES = corpus.fixture_names()
 SENTINEL = "nsysparse-scrubbed"

@@ -43,8 +43,17 @@ FAMILIES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         (
             "Qwen3MoeConfig",
             "Qwen3MoeForCausalLM",
-            {**_ATTN, "intermediate_size": 1408, "moe_intermediate_size": 256, "num_experts": 8, "num_experts_per_tok": 2, "decoder_sparse_step": 1,
-             "mlp_only_layers": [0], "norm_topk_prob": True, **_TOKENS},
+            {
+                **_ATTN,
+                "intermediate_size": 1408,
+                "moe_intermediate_size": 256,
+                "num_experts": 8,
+                "num_experts_per_tok": 2,
+                "decoder_sparse_step": 1,
+                "mlp_only_layers": [0],
+                "norm_topk_prob": True,
+                **_TOKENS,
+            },
         ),
         ("MixtralConfig", "MixtralForCausalLM", {**_ATTN, "intermediate_size": 256, "num_local_experts": 8, "num_experts_per_tok": 2, **_TOKENS}),
     ],
@@ -169,7 +178,12 @@ def environment(on_gpu: bool) -> dict[str, Any]:
     import torch
     import transformers
 
-    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.version.cuda}
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.version.cuda,
+    }
     try:
         import triton
 
@@ -204,8 +218,16 @@ def expected_structure(spec: dict[str, Any], num_layers: int, dense_layers: list
             "layers": layers,
         }
     iters = spec["warmup_iters"] + spec["measured_iters"]
-    return {"calls": iters, "warmup_calls": spec["warmup_iters"], "call_range": "train_step", "forwards_per_call": 1, "forwards": iters,
-            "backwards": iters, "optimizer_steps": iters, "layers": layers}
+    return {
+        "calls": iters,
+        "warmup_calls": spec["warmup_iters"],
+        "call_range": "train_step",
+        "forwards_per_call": 1,
+        "forwards": iters,
+        "backwards": iters,
+        "optimizer_steps": iters,
+        "layers": layers,
+    }
 
 
 def truth_description(spec: dict[str, Any], nvtx_mode: str) -> dict[str, Any]:
@@ -221,11 +243,18 @@ def truth_description(spec: dict[str, Any], nvtx_mode: str) -> dict[str, Any]:
         ranges["optimizer_step"] = "optimizer.step() inside train_step"
     text = "module-level NVTX from forward pre/post hooks on every module"
     if spec.get("compile"):
-        ranges["forward"] = ("prefill: the root module's hooks (eager); decode: a range around the compiled call transformers builds "
-                             "(get_compiled_call), pushed from outside the compiled region")
+        ranges["forward"] = (
+            "prefill: the root module's hooks (eager); decode: a range around the compiled call transformers builds "
+            "(get_compiled_call), pushed from outside the compiled region"
+        )
         ranges["module"] = "eager forwards (the prefills) only: hooks are no-ops inside compiled code, so the compiled decode forwards carry no module ranges"
         text += "; compiled decode forwards carry only their `forward` range"
-    return {"nvtx": nvtx_mode, "text": text, "ranges": ranges, "kernel_attribution": "a kernel belongs to the ranges open at its launch API call (correlationId)"}
+    return {
+        "nvtx": nvtx_mode,
+        "text": text,
+        "ranges": ranges,
+        "kernel_attribution": "a kernel belongs to the ranges open at its launch API call (correlationId)",
+    }
 
 
 def build_model(spec: dict[str, Any], device: Any, dtype: Any) -> tuple[Any, dict[str, Any]]:
@@ -241,9 +270,15 @@ def build_model(spec: dict[str, Any], device: Any, dtype: Any) -> tuple[Any, dic
     model.to(device)  # set-up: host-to-device copies
     n_params = sum(p.numel() for p in model.parameters())
     experts = model.get_experts_implementation() if hasattr(model, "get_experts_implementation") else None
-    info = {"config_class": cfg_name, "model_class": model_name, "config_overrides": overrides, "parameters": n_params,
-            "attn_implementation": getattr(model.config, "_attn_implementation", None), "experts_implementation": experts or None,
-            "config": json.loads(config.to_json_string(use_diff=True))}
+    info = {
+        "config_class": cfg_name,
+        "model_class": model_name,
+        "config_overrides": overrides,
+        "parameters": n_params,
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "experts_implementation": experts or None,
+        "config": json.loads(config.to_json_string(use_diff=True)),
+    }
     return model, info
 
 
@@ -255,7 +290,13 @@ def run_generate(model: Any, spec: dict[str, Any], nvtx: Nvtx, device: Any) -> d
     g = torch.Generator().manual_seed(spec["seed"] + 1)
     input_ids = torch.randint(3, vocab, (spec["batch"], spec["prompt_len"]), generator=g).to(device)
     attention_mask = torch.ones_like(input_ids)
-    kwargs: dict[str, Any] = {"do_sample": False, "max_new_tokens": spec["new_tokens"], "min_new_tokens": spec["new_tokens"], "pad_token_id": 0, "eos_token_id": 2}
+    kwargs: dict[str, Any] = {
+        "do_sample": False,
+        "max_new_tokens": spec["new_tokens"],
+        "min_new_tokens": spec["new_tokens"],
+        "pad_token_id": 0,
+        "eos_token_id": 2,
+    }
     if spec.get("cache_implementation"):
         kwargs["cache_implementation"] = spec["cache_implementation"]
     calls = spec["warmup_calls"] + spec["measured_calls"]
@@ -338,8 +379,10 @@ def run(spec: dict[str, Any], nvtx_mode: str, device_name: str = "cuda") -> dict
         "software": environment(on_gpu),
     }
     if spec.get("compile"):
-        manifest["compile"] = {"how": "generate(cache_implementation='static') -> transformers auto-compile of the decode forward (prefill eager)",
-                               "compile_config": _compile_config(model)}
+        manifest["compile"] = {
+            "how": "generate(cache_implementation='static') -> transformers auto-compile of the decode forward (prefill eager)",
+            "compile_config": _compile_config(model),
+        }
     if not on_gpu:
         manifest["nvtx_record"] = nvtx.record
     return manifest
