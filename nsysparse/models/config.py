@@ -18,6 +18,9 @@ from nsysparse.errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """The shape of a model (HF config.json names): what the FLOP model counts, the predictions cost,
+    and the workload generator builds. Run-time settings (dtype, norm epsilon, device) are not shape."""
+
     name: str
     hidden_size: int
     num_hidden_layers: int
