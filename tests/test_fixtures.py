@@ -9,9 +9,12 @@ from collections import Counter
 import pytest
 from conftest import FIXTURE_NAMES, FIXTURES
 
+from nsysparse.models.config import load_model
 from nsysparse.rules import load_rules
 from nsysparse.trace import info as trace_info
 from nsysparse.trace import open_trace
+from nsysparse.workload.config import run_from
+from nsysparse.workload.run import build_manifest
 
 
 def manifest(name):
@@ -46,6 +49,24 @@ def test_fixture_matches_its_manifest(name):
             assert ops == expected
         if m["injected"]["gaps"]:
             assert int((texts == "host_gap").sum()) == m["injected"]["gaps"]
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_fixture_manifest_is_what_the_generator_plans_now(name):
+    """The generator takes a ModelSpec now; planned from the fixture's own (older-format) manifest, a run
+    must expect exactly the structure the fixture was captured with and checked against above, with the
+    same run settings (dtype and RMSNorm epsilon moved from the model block to the run)."""
+    m = manifest(name)
+    spec, run = run_from(m)
+    assert spec == load_model(m["preset"]).spec
+    new = build_manifest(spec, run, m["environment"], m["grouped_gemm"])
+    assert new["structure"] == m["structure"]
+    assert new["run"] == {**m["run"], "dtype": m["model"]["dtype"], "rms_eps": m["model"]["rms_eps"]}
+    for key in ("injected", "tokens_per_step", "environment", "grouped_gemm"):
+        assert new[key] == m[key], key
+    # the config.json beside it (what `python -m nsysparse.workload.run` re-runs) gives the same run
+    config = json.loads((FIXTURES / name / "config.json").read_text())
+    assert run_from(config) == (spec, run)
 
 
 def test_fixture_budget():

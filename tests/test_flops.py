@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from nsysparse.models.config import PRESETS, ModelSpec, from_hf, load_model
+from nsysparse.models.config import PRESETS, ModelSpec, from_hf, from_workload, load_model
 from nsysparse.models.flops import Workload, megatron_flops, op_table, step_flops
 
 
@@ -119,7 +121,7 @@ def megatron_args(spec: ModelSpec, seq: int) -> SimpleNamespace:
     )
 
 
-@pytest.mark.parametrize("name", [*PRESETS, "llama-mini", "ds-mini"])
+@pytest.mark.parametrize("name", list(PRESETS))
 @pytest.mark.parametrize("seq", [512, 4096])
 def test_totals_equal_megatron(name, seq):
     spec = load_model(name).spec
@@ -153,15 +155,87 @@ def test_deepseek_v3_flops_per_token():
     assert 255e9 < per_token < 265e9
 
 
-def test_op_table_matches_the_generator_manifest(tmp_path):
-    """The workload plan counts the same matmuls (plus the router, which totals leave out)."""
-    import json
-    from pathlib import Path
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+MANIFESTS = sorted(p.parent.name for p in FIXTURES.glob("*/manifest.json"))
 
-    man = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "dense_train_step" / "manifest.json").read_text())
-    lm = load_model(str(Path(__file__).resolve().parents[1] / "fixtures" / "dense_train_step" / "manifest.json"))
-    r = man["run"]
-    assert step_flops(lm.spec, Workload("train", batch=r["batch"], seq=r["seq"])) == pytest.approx(man["flops"]["per_step"], rel=1e-9)
+
+def manifest_workload(run: dict) -> Workload:
+    return Workload(run["phase"], batch=run["batch"], seq=run["seq"], kv_len=run["kv_len"])
+
+
+def stored_minus_megatron(model: dict, run: dict) -> float:
+    """What the committed manifests' FLOPs (written by the generator's own formula, before it used
+    models.flops) counted beyond Megatron's convention, from the manifest's raw model block: the MoE
+    router GEMM (2·t·h·experts per MoE layer, MTP's included), which Megatron leaves out, minus the
+    norm terms Megatron counts (its MLA "+1" terms, 2·t·q_lora_rank and 2·t·kv_lora_rank per layer,
+    and the MTP module's 3h: two input norms and a final norm), which that formula left out."""
+    if model["kind"] != "moe":
+        return 0.0
+    t = run["batch"] if run["phase"] == "decode" else run["batch"] * run["seq"]
+    h, mtp = model["hidden"], model["mtp_layers"] if run["phase"] != "train" else 0
+    moe_layers = model["layers"] - model["first_dense"] + mtp  # the MTP block is an MoE block here
+    layers = model["layers"] + mtp
+    router = moe_layers * 2 * t * h * model["experts"]
+    norms = layers * 2 * t * (model["q_lora_rank"] + model["kv_lora_rank"]) + mtp * 2 * t * 3 * h
+    return float(router - norms)
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_fixture_manifest_flops_against_the_flop_model(name):
+    """Every committed manifest's flops.per_step against models.flops for its model and run. The dense
+    fixtures agree exactly. The MoE fixtures' stored numbers come from the generator's former formula,
+    which counted the router GEMM and not the MLA/MTP norms; they differ from models.flops by exactly
+    that, and models.flops is the one that follows Megatron (test_moe_fixture_follows_megatron)."""
+    path = FIXTURES / name / "manifest.json"
+    man = json.loads(path.read_text())
+    lm = load_model(str(path))
+    w = manifest_workload(man["run"])
+    ours = step_flops(lm.spec, w)
+    stored = man["flops"]["per_step"]
+    mult = 3 if w.phase == "train" else 1
+    assert stored == lm.flops_per_step
+    assert stored - ours == pytest.approx(mult * stored_minus_megatron(man["model"], man["run"]), rel=1e-12, abs=0)
+    if man["model"]["kind"] == "dense":
+        assert ours == stored
+    # op by op: every matmul the manifest lists has the FLOPs models.flops gives it
+    table = op_table(lm.spec, w)
+    by_op = {(k, o): n * f for k, o, n, f in zip(table["layer_kind"], table["op"], table["count_per_forward"], table["flops"])}
+    for row in man["flops"]["forward_by_op"]:
+        assert by_op[(row["layer_kind"], row["op"])] == pytest.approx(row["flops"], rel=1e-12), row
+
+
+def test_moe_fixture_follows_megatron():
+    """Megatron's formula is for training (every token through the LM head, × 3). A prefill forward of
+    the same model and sequence differs from a third of it only in the LM heads (main and MTP), which
+    project the last token of each sequence: models.flops matches that on moe_prefill_layer, and the
+    manifest's stored number (router in, norms out) does not."""
+    path = FIXTURES / "moe_prefill_layer" / "manifest.json"
+    man = json.loads(path.read_text())
+    spec, r = load_model(str(path)).spec, man["run"]
+    b, s, h, v = r["batch"], r["seq"], spec.hidden_size, spec.vocab_size
+    heads = (spec.mtp_layers + 1) * 2 * h * v * (b * s - b)
+    expected = megatron_reference(megatron_args(spec, s), b) / 3 - heads
+    assert step_flops(spec, manifest_workload(r)) == pytest.approx(expected, rel=1e-12)
+    assert man["flops"]["per_step"] != pytest.approx(expected, rel=1e-6)
+
+
+def test_new_manifest_flops_are_the_flop_model():
+    """A manifest the generator writes now (no torch needed for it) for each fixture's model and run
+    stores models.flops's numbers, and its model block reads back as the same ModelSpec."""
+    from nsysparse.workload.config import run_from
+    from nsysparse.workload.run import build_manifest
+
+    for name in MANIFESTS:
+        old = json.loads((FIXTURES / name / "manifest.json").read_text())
+        spec, run = run_from(old)
+        new = json.loads(json.dumps(build_manifest(spec, run, old["environment"], old["grouped_gemm"])))
+        new["preset"] = old["preset"]
+        back = from_workload(new["model"], new["preset"])
+        assert back == spec == load_model(old["preset"]).spec
+        w = manifest_workload(new["run"])
+        assert new["flops"]["per_step"] == step_flops(spec, w)
+        assert new["flops"]["per_step_full_attention"] == step_flops(spec, Workload(w.phase, batch=w.batch, seq=w.seq, kv_len=w.kv_len, causal="full"))
+        assert new["flops"]["forward_per_step"] * (3 if w.phase == "train" else 1) == new["flops"]["per_step"]
 
 
 def test_hf_config_parsing():

@@ -8,10 +8,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from nsysparse.models.config import PRESETS, load_model, with_overrides  # noqa: E402
+from nsysparse.models.flops import Workload, step_flops  # noqa: E402
 from nsysparse.rules import load_rules  # noqa: E402
-from nsysparse.workload.config import PRESETS, ModelConfig, RunConfig  # noqa: E402
-from nsysparse.workload.plan import flops_summary, forward_flops_by_op, structure  # noqa: E402
+from nsysparse.workload.config import SHAPE_OPTIONS, RunConfig  # noqa: E402
+from nsysparse.workload.plan import flops_summary, structure  # noqa: E402
 from nsysparse.workload.run import execute  # noqa: E402
+
+# GQA attention with MoE layers (and an MTP module): neither preset's shape, built from ModelSpec alone
+GQA_MOE = with_overrides(
+    PRESETS["tiny-dense"], name="gqa-moe", num_hidden_layers=3, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, first_k_dense=1, mtp_layers=1
+)
 
 
 def rebuild(record):
@@ -31,10 +38,20 @@ def rebuild(record):
 
 
 @pytest.mark.parametrize(
-    "preset,phase", [("tiny-moe", "decode"), ("tiny-moe", "prefill"), ("tiny-dense", "decode"), ("tiny-dense", "train"), ("tiny-dense", "prefill")]
+    "preset,phase",
+    [
+        ("tiny-moe", "decode"),
+        ("tiny-moe", "prefill"),
+        ("tiny-moe", "train"),
+        ("tiny-dense", "decode"),
+        ("tiny-dense", "train"),
+        ("tiny-dense", "prefill"),
+        ("gqa-moe", "decode"),
+        ("gqa-moe", "prefill"),
+    ],
 )
 def test_cpu_run_emits_the_planned_structure(preset, phase):
-    model = PRESETS[preset]
+    model = GQA_MOE if preset == "gqa-moe" else PRESETS[preset]
     run = RunConfig(phase=phase, batch=2, seq=16, kv_len=24, steps=3, warmup=1, nvtx="op", device="cpu").validate(model)
     man = execute(model, run)
     st = man["structure"]
@@ -50,6 +67,11 @@ def test_cpu_run_emits_the_planned_structure(preset, phase):
         assert set(s["outside"]) <= set(st["other_ops"]) | {"sample"}
     assert man["flops"]["per_step"] > 0
     assert man["tokens_per_step"] == (2 if phase == "decode" else 32)
+    assert man["run"]["dtype"] == "float32"  # auto on cpu
+    if phase == "train":  # MTP modules run in inference only
+        assert "mtp" not in st["layer_kinds_per_step"]
+    elif model.mtp_layers:
+        assert st["layer_kinds_per_step"]["mtp"] == model.mtp_layers
 
 
 def test_warmup_is_not_recorded_and_gaps_are():
@@ -68,8 +90,24 @@ def test_training_flops_are_three_times_forward():
     assert f["per_step"] == pytest.approx(3 * f["forward_per_step"])
     # the dense closed form: 24·L·B·s·h²·(terms for GQA and SwiGLU) is checked in test_flops; here the
     # matmul enumeration must equal the hand count for one q_proj
-    by = forward_flops_by_op(model, run)
+    by = {(r["layer_kind"], r["op"]): r["flops"] for r in f["forward_by_op"]}
     assert by[("dense", "q_proj")] == 8 * 2 * (4 * 1024) * 2048 * (16 * 128)
+    assert sum(r["flops"] for r in f["forward_by_op"] if r["in_totals"]) == pytest.approx(f["forward_per_step"], rel=1e-12)
+
+
+def test_moe_training_flops_leave_out_the_mtp_module_it_does_not_run():
+    """ds-mini has one MTP layer; in training the generator builds none, and its FLOPs count none."""
+    model = PRESETS["ds-mini"]
+    run = RunConfig(phase="train", batch=2, seq=256).validate(model)
+    f = flops_summary(model, run)
+    assert not any(r["layer_kind"] == "mtp" for r in f["forward_by_op"])
+    without = with_overrides(model, mtp_layers=0)
+    assert f["per_step"] == step_flops(without, Workload("train", batch=2, seq=256))
+    assert f["per_step"] < step_flops(model, Workload("train", batch=2, seq=256))
+    by = {(r["layer_kind"], r["op"]): r for r in f["forward_by_op"]}
+    # the router GEMM is listed (t·h·experts multiply-adds per MoE layer) but not in the totals
+    assert by[("moe", "gate_topk")]["flops"] == 5 * 2 * (2 * 256) * 2048 * 64
+    assert not by[("moe", "gate_topk")]["in_totals"]
 
 
 def test_structure_of_the_moe_preset():
@@ -85,22 +123,26 @@ def test_structure_of_the_moe_preset():
         (dict(phase="train", cuda_graph=True), "--cuda-graph"),
         (dict(nvtx="verbose"), "--nvtx"),
         (dict(cuda_graph=True, device="cpu"), "--device cuda"),
+        (dict(dtype="int8"), "--dtype"),
+        (dict(rms_eps=0.0), "--rms-eps"),
     ],
 )
 def test_run_config_validation(bad, message):
     from nsysparse.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
-        RunConfig(**bad).validate(ModelConfig())
+        RunConfig(**bad).validate(PRESETS["llama-mini"])
 
 
 def test_generate_help_documents_every_option(run):
-    from dataclasses import fields
-
     res = run("generate", "--help")
-    for f in fields(ModelConfig):
-        assert "--" + f.name.replace("_", "-") in res.output
+    for name, (alias, _) in SHAPE_OPTIONS.items():
+        assert "--" + name.replace("_", "-") in res.output
+        if alias:
+            assert f"--{alias} " in res.output
     for opt in (
+        "--dtype",
+        "--rms-eps",
         "--phase",
         "--batch",
         "--seq",
@@ -128,9 +170,49 @@ def test_generate_cpu_smoke_writes_a_manifest(run, tmp_path):
     assert "nsys profile --trace=cuda,nvtx" in res.output
     man = json.loads((tmp_path / "g" / "manifest.json").read_text())
     assert man["structure"]["layer_kinds_per_step"] == {"dense": 1, "moe": 2, "mtp": 1}
+    # the manifest's model block is the ModelSpec itself, and nsysparse's model commands read it back
+    lm = load_model(str(tmp_path / "g" / "manifest.json"))
+    assert lm.spec == PRESETS["tiny-moe"]
+    assert lm.flops_per_step == step_flops(lm.spec, Workload("decode", batch=2, kv_len=16))
+    assert man["run"]["dtype"] == "float32" and man["run"]["rms_eps"] == 1e-6
     assert man["environment"]["torch"] == torch.__version__
     assert "hostname" not in json.dumps(man).lower()
     run("generate", "--preset", "tiny-moe", "--device", "cpu", "-o", tmp_path / "g", expect=0)  # no trace yet: fine
+
+
+def test_generate_shape_options_override_the_preset(run, tmp_path):
+    res = run(
+        "generate",
+        "--preset",
+        "tiny-dense",
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--batch",
+        "1",
+        "--kv-len",
+        "8",
+        "--layers",
+        "3",
+        "--num-experts",
+        "4",
+        "--top-k",
+        "2",
+        "--moe-intermediate-size",
+        "16",
+        "--first-k-dense",
+        "2",
+        "-o",
+        tmp_path / "g",
+    )
+    assert "ran 1 decode steps" in res.output
+    man = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    assert man["model"]["num_hidden_layers"] == 3 and man["model"]["num_experts"] == 4 and man["model"]["hidden_size"] == 64
+    assert man["structure"]["layer_kinds_per_step"] == {"dense": 2, "moe": 1}
+    assert "q_proj" in man["structure"]["op_sequence"]["moe"]  # GQA attention, MoE MLP
+    bad = run("generate", "--preset", "tiny-dense", "--device", "cpu", "--num-key-value-heads", "3", "-o", tmp_path / "b", expect=1)
+    assert "multiple of --num-key-value-heads" in bad.output
 
 
 def test_generate_refuses_an_existing_trace(run, tmp_path):

@@ -10,47 +10,36 @@ import click
 
 from nsysparse.cli.app import cli
 from nsysparse.errors import ConfigError, UsageError
-from nsysparse.workload.config import NVTX_LEVELS, PHASES, PRESETS, ModelConfig, RunConfig, model_from, to_dict
-
-MODEL_HELP = {
-    "kind": "dense (Llama-like) or moe (DeepSeek-V3-like)",
-    "hidden": "hidden size",
-    "layers": "regular layers (MTP layers not included)",
-    "heads": "attention heads",
-    "kv_heads": "KV heads of dense attention (GQA)",
-    "head_dim": "head dimension of dense attention",
-    "ffn": "intermediate size of dense MLPs",
-    "vocab": "vocabulary size",
-    "first_dense": "moe: leading dense layers",
-    "experts": "moe: routed experts",
-    "top_k": "moe: experts per token",
-    "moe_ffn": "moe: intermediate size of one expert",
-    "shared_experts": "moe: shared experts",
-    "q_lora_rank": "MLA: query latent rank",
-    "kv_lora_rank": "MLA: key/value latent rank",
-    "qk_nope_dim": "MLA: non-rotary query/key head dim",
-    "qk_rope_dim": "MLA: rotary query/key head dim",
-    "v_head_dim": "MLA: value head dim",
-    "mtp_layers": "moe: multi-token-prediction layers",
-    "rms_eps": "RMSNorm epsilon",
-    "dtype": "bfloat16, float16 or float32",
-}
+from nsysparse.models.config import PRESETS, SMALL_PRESETS, ModelSpec, spec_dict
+from nsysparse.models.flops import PHASES
+from nsysparse.workload.config import DTYPES, NVTX_LEVELS, SHAPE_OPTIONS, RunConfig, model_from, to_dict
 
 
 def model_options(f):  # type: ignore[no-untyped-def]
-    for fld in reversed(fields(ModelConfig)):
-        opt = "--" + fld.name.replace("_", "-")
-        typ = {int: int, float: float, str: str}.get(type(fld.default), str)
-        if fld.name == "kind":
-            f = click.option(opt, "kind", type=click.Choice(["dense", "moe"]), default=None, help=MODEL_HELP[fld.name])(f)
-        else:
-            f = click.option(opt, fld.name, type=typ, default=None, help=f"{MODEL_HELP[fld.name]} (preset value if omitted)")(f)
+    """One option per ModelSpec field the generator builds (--hidden-size, ...; old short names as aliases)."""
+    for name, (alias, text) in reversed(SHAPE_OPTIONS.items()):
+        opts = ["--" + name.replace("_", "-")] + (["--" + alias] if alias else [])
+        f = click.option(*opts, name, type=int, default=None, help=f"{text} (preset value if omitted)")(f)
     return f
 
 
-@cli.command(epilog="Presets: " + "; ".join(f"{k} ({v.kind}, hidden {v.hidden}, {v.layers} layers)" for k, v in PRESETS.items()))
-@click.option("--preset", type=click.Choice(list(PRESETS)), default="llama-mini", show_default=True, help="Model preset; any shape option below overrides it.")
+def _describe(spec: ModelSpec) -> str:
+    attn = "MLA" if spec.is_mla else "GQA"
+    mlp = f"{spec.layer_kinds().count('moe')} MoE of {spec.num_hidden_layers} layers" if spec.is_moe else f"{spec.num_hidden_layers} dense layers"
+    return f"{spec.name} ({attn}, hidden {spec.hidden_size}, {mlp})"
+
+
+@cli.command(epilog="Presets: " + "; ".join(_describe(PRESETS[k]) for k in SMALL_PRESETS))
+@click.option("--preset", type=click.Choice(SMALL_PRESETS), default="llama-mini", show_default=True, help="Model preset; any shape option below overrides it.")
 @model_options
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", *DTYPES]),
+    default="auto",
+    show_default=True,
+    help="Parameter and activation dtype; auto: bfloat16 on cuda, float32 on cpu.",
+)
+@click.option("--rms-eps", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True, help="RMSNorm epsilon.")
 @click.option(
     "--phase",
     type=click.Choice(PHASES),
@@ -88,6 +77,10 @@ def model_options(f):  # type: ignore[no-untyped-def]
 def generate(preset: str, do_profile: bool, nsys_path: str | None, out_dir: str, force: bool, **kw: object) -> None:
     """Run a Llama-like or DeepSeek-V3-like torch workload of known structure and write its manifest.
 
+    The model is a model preset (llama-mini, ds-mini, tiny-dense, tiny-moe: names `mfu --model` takes
+    too), any shape option overriding it; the manifest's FLOPs are those of nsysparse's FLOP model (the
+    one mfu and predict use) for that model and run.
+
     With --profile the run happens under Nsight Systems and the folder gets trace.sqlite, whose NVTX
     names (forward_<i>, layer_<i>_<kind>, op names from rules/vocabulary.toml) carry their own truth.
     Without it the workload runs in-process and the command prints how to profile it by hand.
@@ -96,7 +89,7 @@ def generate(preset: str, do_profile: bool, nsys_path: str | None, out_dir: str,
         import torch  # noqa: F401
     except ImportError:
         raise ConfigError("generate needs torch", "Install it: pip install 'nsysparse[torch]'") from None
-    model_kw = {k: v for k, v in kw.items() if k in {f.name for f in fields(ModelConfig)}}
+    model_kw = {k: v for k, v in kw.items() if k in SHAPE_OPTIONS}
     run_kw = {k: v for k, v in kw.items() if k in {f.name for f in fields(RunConfig)}}
     model = model_from(preset, model_kw)
     run = RunConfig(**run_kw).validate(model)  # type: ignore[arg-type]
@@ -106,7 +99,7 @@ def generate(preset: str, do_profile: bool, nsys_path: str | None, out_dir: str,
     if do_profile and run.device != "cuda":
         raise UsageError("--profile needs --device cuda")
     out.mkdir(parents=True, exist_ok=True)
-    config = {"preset": preset, "model": to_dict(model), "run": to_dict(run)}
+    config = {"preset": preset, "model": spec_dict(model), "run": to_dict(run)}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if do_profile:
         from nsysparse.workload.profile import run_profiled

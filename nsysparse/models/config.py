@@ -1,14 +1,15 @@
-"""Model shapes for FLOP models: HF-style config.json, nsysparse workload manifests, and presets.
+"""Model shapes: ModelSpec, the one model-shape type, its presets, HF-style config.json and workload manifests.
 
 `--model` takes a preset name (deepseek-v3, qwen3-235b-a22b, qwen3-next-80b-a3b, llama-3-8b,
-llama-3-70b, llama-mini, ds-mini), a HuggingFace config.json, or a manifest.json written by
-`nsysparse generate` (which also supplies phase, batch, sequence and KV length).
+llama-3-70b, and the small models the workload generator runs: llama-mini, ds-mini, tiny-dense,
+tiny-moe), a HuggingFace config.json, or a manifest.json written by `nsysparse generate` (which also
+supplies phase, batch, sequence and KV length).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from nsysparse.outputs import note_input
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """The shape of a model (HF config.json names): what the FLOP model counts, the predictions cost,
+    and the workload generator builds. Run-time settings (dtype, norm epsilon, device) are not shape."""
+
     name: str
     hidden_size: int
     num_hidden_layers: int
@@ -139,7 +143,58 @@ PRESETS: dict[str, ModelSpec] = {
     ),
     "llama-3-8b": ModelSpec("llama-3-8b", 4096, 32, 32, 8, 128, 14336, 128256),
     "llama-3-70b": ModelSpec("llama-3-70b", 8192, 80, 64, 8, 128, 28672, 128256),
+    # Llama-like, small enough for one 80 GB GPU in decode, prefill and training.
+    "llama-mini": ModelSpec("llama-mini", 2048, 8, 16, 4, 128, 5632, 32000),
+    # DeepSeek-V3-like: 3 dense + 5 MoE layers, MLA, one shared expert, one MTP layer.
+    "ds-mini": ModelSpec(
+        "ds-mini",
+        hidden_size=2048,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        head_dim=128,
+        intermediate_size=5632,
+        vocab_size=32000,
+        num_experts=64,
+        num_experts_per_tok=6,
+        moe_intermediate_size=512,
+        shared_expert_intermediate_size=512,
+        first_k_dense=3,
+        q_lora_rank=768,
+        kv_lora_rank=192,
+        qk_nope_head_dim=64,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        mtp_layers=1,
+    ),
+    # CPU smoke-test sizes.
+    "tiny-dense": ModelSpec("tiny-dense", 64, 2, 4, 2, 16, 128, 256),
+    "tiny-moe": ModelSpec(
+        "tiny-moe",
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=32,
+        intermediate_size=128,
+        vocab_size=256,
+        num_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=32,
+        first_k_dense=1,
+        q_lora_rank=32,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=16,
+        v_head_dim=32,
+        mtp_layers=1,
+    ),
 }
+
+# The small models above: what one GPU (or, for the tiny ones, a CPU) runs. `nsysparse generate --preset`
+# offers these.
+SMALL_PRESETS = ("llama-mini", "ds-mini", "tiny-dense", "tiny-moe")
 
 
 def from_hf(cfg: dict[str, Any], name: str = "config") -> ModelSpec:
@@ -198,8 +253,33 @@ def from_hf(cfg: dict[str, Any], name: str = "config") -> ModelSpec:
     return spec.validate()
 
 
-def from_workload(model: dict[str, Any], name: str) -> ModelSpec:
-    """The `model` block of a workload manifest/config (nsysparse.workload.config.ModelConfig)."""
+def spec_dict(spec: ModelSpec) -> dict[str, Any]:
+    """A ModelSpec as a JSON-ready dict (the `model` block of a workload config and manifest)."""
+    d = asdict(spec)
+    d["notes"] = list(spec.notes)
+    return d
+
+
+def from_workload(model: dict[str, Any], name: str | None = None) -> ModelSpec:
+    """The `model` block of a workload manifest/config: ModelSpec's own fields (`spec_dict`), or the
+    short names manifests written before ModelSpec was the generator's shape type used (kind, hidden,
+    layers, heads, ...; their rms_eps and dtype are run-time settings, not shape, and are ignored)."""
+    if "hidden_size" in model:
+        known = {f.name for f in fields(ModelSpec)}
+        unknown = sorted(set(model) - known)
+        if unknown:
+            raise ConfigError(f"model {name or model.get('name')!r}: unknown model field(s) {', '.join(unknown)}")
+        kw = dict(model)
+        kw["notes"] = tuple(kw.get("notes") or ())
+        kw["name"] = name or kw.get("name") or "workload"
+        try:
+            return ModelSpec(**kw).validate()
+        except TypeError as err:  # a required field missing
+            raise ConfigError(f"model {kw['name']!r}: {err}") from None
+    return _from_old_workload(model, name or "workload")
+
+
+def _from_old_workload(model: dict[str, Any], name: str) -> ModelSpec:
     moe = model.get("kind") == "moe"
     return ModelSpec(
         name=name,
@@ -240,14 +320,9 @@ def load_model(arg: str) -> LoadedModel:
     key = arg.strip().lower()
     if key in PRESETS:
         return LoadedModel(PRESETS[key], {}, None)
-    from nsysparse.workload.config import PRESETS as WORKLOAD_PRESETS
-    from nsysparse.workload.config import to_dict
-
-    if key in WORKLOAD_PRESETS:
-        return LoadedModel(from_workload(to_dict(WORKLOAD_PRESETS[key]), key), {}, None)
     p = Path(arg)
     if not p.exists():
-        choices = ", ".join([*PRESETS, *WORKLOAD_PRESETS])
+        choices = ", ".join(PRESETS)
         raise ConfigError(f"{arg}: no such model preset or file", f"Use a preset ({choices}), a HuggingFace config.json or a workload manifest.json")
     note_input(p)
     try:

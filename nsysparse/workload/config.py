@@ -1,7 +1,10 @@
-"""Workload configuration: model shapes, the run (phase, batch, steps, NVTX level, host gap), presets.
+"""Workload configuration: the run (phase, batch, steps, NVTX level, host gap, dtype), and which model
+shapes the generator builds.
 
-No torch here: configs, presets, expected structure and analytic FLOPs are plain Python so the CLI can
-document and validate them without importing torch.
+The model is a `nsysparse.models.config.ModelSpec` (presets there: llama-mini, ds-mini, tiny-dense,
+tiny-moe). What is not shape (dtype, RMSNorm epsilon, device) is run-time and lives in RunConfig.
+No torch here: configs, expected structure and analytic FLOPs are plain Python so the CLI can document
+and validate them without importing torch.
 """
 
 from __future__ import annotations
@@ -10,72 +13,69 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from nsysparse.errors import ConfigError
+from nsysparse.models.config import PRESETS, ModelSpec, from_workload
+from nsysparse.models.flops import PHASES
 
-PHASES = ("decode", "prefill", "train")
 NVTX_LEVELS = ("none", "step", "layer", "op")
+DTYPES = ("bfloat16", "float16", "float32")
+
+# The ModelSpec fields the generator builds, each a `nsysparse generate` option (--hidden-size, ...),
+# with the short name it had before ModelSpec was the generator's shape type as an alias.
+SHAPE_OPTIONS: dict[str, tuple[str | None, str]] = {
+    "hidden_size": ("hidden", "hidden size"),
+    "num_hidden_layers": ("layers", "regular layers (MTP layers not included)"),
+    "num_attention_heads": ("heads", "attention heads"),
+    "num_key_value_heads": ("kv-heads", "KV heads of GQA attention"),
+    "head_dim": (None, "head dimension of GQA attention"),
+    "intermediate_size": ("ffn", "intermediate size of dense MLPs"),
+    "vocab_size": ("vocab", "vocabulary size"),
+    "num_experts": ("experts", "MoE: routed experts (0: no MoE layers)"),
+    "num_experts_per_tok": ("top-k", "MoE: experts per token"),
+    "moe_intermediate_size": ("moe-ffn", "MoE: intermediate size of one expert"),
+    "shared_expert_intermediate_size": (None, "MoE: intermediate size of the shared expert (0: none)"),
+    "first_k_dense": ("first-dense", "MoE: leading dense layers"),
+    "moe_layer_freq": (None, "MoE: every n-th layer after the leading dense ones is MoE"),
+    "q_lora_rank": (None, "MLA: query latent rank"),
+    "kv_lora_rank": (None, "MLA: key/value latent rank (0: GQA attention, not MLA)"),
+    "qk_nope_head_dim": ("qk-nope-dim", "MLA: non-rotary query/key head dim"),
+    "qk_rope_head_dim": ("qk-rope-dim", "MLA: rotary query/key head dim"),
+    "v_head_dim": (None, "MLA: value head dim"),
+    "mtp_layers": (None, "multi-token-prediction layers (run in decode and prefill)"),
+}
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Shapes of a Llama-like dense model or a DeepSeek-V3-like MoE model (MLA attention)."""
-
-    kind: str = "dense"  # dense | moe
-    hidden: int = 1024
-    layers: int = 4
-    heads: int = 8
-    kv_heads: int = 8  # dense attention (GQA groups)
-    head_dim: int = 128  # dense attention
-    ffn: int = 2816  # dense MLP intermediate size (also the first dense layers of an MoE model)
-    vocab: int = 32000
-    # MoE (kind == "moe")
-    first_dense: int = 0
-    experts: int = 0
-    top_k: int = 0
-    moe_ffn: int = 0
-    shared_experts: int = 0
-    # MLA attention (kind == "moe")
-    q_lora_rank: int = 0
-    kv_lora_rank: int = 0
-    qk_nope_dim: int = 0
-    qk_rope_dim: int = 0
-    v_head_dim: int = 0
-    mtp_layers: int = 0
-    rms_eps: float = 1e-6
-    dtype: str = "bfloat16"
-
-    def validate(self) -> ModelConfig:
-        if self.kind not in ("dense", "moe"):
-            raise ConfigError(f"model kind must be dense or moe, not {self.kind!r}")
-        for f in ("hidden", "layers", "heads", "vocab"):
-            if getattr(self, f) <= 0:
-                raise ConfigError(f"--{f.replace('_', '-')} must be positive")
-        if self.kind == "dense":
-            if self.heads % max(self.kv_heads, 1) or self.kv_heads <= 0:
-                raise ConfigError("--heads must be a multiple of --kv-heads")
-            if self.mtp_layers:
-                raise ConfigError("MTP is only built for the moe model")
-        else:
-            need = ("experts", "top_k", "moe_ffn", "q_lora_rank", "kv_lora_rank", "qk_nope_dim", "qk_rope_dim", "v_head_dim")
-            for f in need:
-                if getattr(self, f) <= 0:
-                    raise ConfigError(f"a moe model needs --{f.replace('_', '-')} > 0")
-            if self.top_k > self.experts:
-                raise ConfigError("--top-k cannot exceed --experts")
-            if not 0 <= self.first_dense <= self.layers:
-                raise ConfigError("--first-dense must be between 0 and --layers")
-            if self.qk_rope_dim % 2:
-                raise ConfigError("--qk-rope-dim must be even")
-        if self.kind == "dense" and self.head_dim % 2:
-            raise ConfigError("--head-dim must be even (rotary embedding)")
-        if self.dtype not in ("bfloat16", "float16", "float32"):
-            raise ConfigError("--dtype must be bfloat16, float16 or float32")
-        return self
-
-    def layer_kinds(self) -> list[str]:
-        """Kind of each regular layer, in order (MTP layers are not regular layers)."""
-        if self.kind == "dense":
-            return ["dense"] * self.layers
-        return ["dense"] * self.first_dense + ["moe"] * (self.layers - self.first_dense)
+def check_buildable(spec: ModelSpec) -> ModelSpec:
+    """The generator builds GQA or MLA (with a query latent) attention, SwiGLU dense or MoE MLPs (sigmoid
+    top-k gate, optional shared expert), and MTP modules; refuse what it does not build."""
+    spec.validate()
+    if not spec.swiglu:
+        raise ConfigError(f"model {spec.name!r}: the generator builds SwiGLU MLPs only")
+    if spec.full_attention_interval:
+        raise ConfigError(f"model {spec.name!r}: the generator does not build linear-attention layers")
+    if spec.is_mla:
+        need = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        for f in need:
+            if not getattr(spec, f) or getattr(spec, f) <= 0:
+                raise ConfigError(f"MLA attention needs --{f.replace('_', '-')} > 0")
+        if spec.qk_rope_head_dim % 2:
+            raise ConfigError("--qk-rope-head-dim must be even (rotary embedding)")
+    else:
+        if spec.num_key_value_heads <= 0 or spec.num_attention_heads % spec.num_key_value_heads:
+            raise ConfigError("--num-attention-heads must be a multiple of --num-key-value-heads")
+        if spec.head_dim <= 0 or spec.head_dim % 2:
+            raise ConfigError("--head-dim must be positive and even (rotary embedding)")
+    if spec.intermediate_size <= 0 and "dense" in spec.layer_kinds():
+        raise ConfigError("--intermediate-size must be positive (the model has dense layers)")
+    if spec.is_moe:
+        if spec.num_experts_per_tok > spec.num_experts:
+            raise ConfigError("--num-experts-per-tok cannot exceed --num-experts")
+        if not 0 <= spec.first_k_dense <= spec.num_hidden_layers:
+            raise ConfigError("--first-k-dense must be between 0 and --num-hidden-layers")
+        if spec.moe_layer_freq < 1:
+            raise ConfigError("--moe-layer-freq must be at least 1")
+    if spec.mtp_layers < 0:
+        raise ConfigError("--mtp-layers cannot be negative")
+    return spec
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,11 @@ class RunConfig:
     cuda_graph: bool = False
     device: str = "cuda"
     seed: int = 0
+    dtype: str = "auto"  # parameters and activations; auto: bfloat16 on cuda, float32 on cpu
+    rms_eps: float = 1e-6
 
-    def validate(self, model: ModelConfig) -> RunConfig:
+    def validate(self, model: ModelSpec) -> RunConfig:
+        """Checks the run against the model; returns it with dtype resolved (auto -> bfloat16 or float32)."""
         if self.phase not in PHASES:
             raise ConfigError(f"--phase must be one of {', '.join(PHASES)}")
         if self.nvtx not in NVTX_LEVELS:
@@ -109,9 +112,12 @@ class RunConfig:
             raise ConfigError("--cuda-graph needs --device cuda")
         if self.host_gap_ms < 0:
             raise ConfigError("--host-gap-ms cannot be negative")
-        if self.phase == "train" and model.kind == "moe":
-            # Supported, but grouped GEMM backward needs a recent PyTorch; say so in the manifest.
-            pass
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be auto or one of {', '.join(DTYPES)}")
+        if self.rms_eps <= 0:
+            raise ConfigError("--rms-eps must be positive")
+        if self.dtype == "auto":
+            return replace(self, dtype="bfloat16" if self.device == "cuda" else "float32")
         return self
 
     @property
@@ -119,61 +125,32 @@ class RunConfig:
         return self.batch if self.phase == "decode" else self.batch * self.seq
 
 
-PRESETS: dict[str, ModelConfig] = {
-    # Llama-like, small enough for one 80 GB GPU in decode, prefill and training.
-    "llama-mini": ModelConfig(kind="dense", hidden=2048, layers=8, heads=16, kv_heads=4, head_dim=128, ffn=5632, vocab=32000),
-    # DeepSeek-V3-like: 3 dense + 5 MoE layers, MLA, shared expert, sigmoid top-k gate, one MTP layer.
-    "ds-mini": ModelConfig(
-        kind="moe",
-        hidden=2048,
-        layers=8,
-        heads=16,
-        ffn=5632,
-        vocab=32000,
-        first_dense=3,
-        experts=64,
-        top_k=6,
-        moe_ffn=512,
-        shared_experts=1,
-        q_lora_rank=768,
-        kv_lora_rank=192,
-        qk_nope_dim=64,
-        qk_rope_dim=64,
-        v_head_dim=128,
-        mtp_layers=1,
-    ),
-    # CPU smoke-test sizes.
-    "tiny-dense": ModelConfig(kind="dense", hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, ffn=128, vocab=256, dtype="float32"),
-    "tiny-moe": ModelConfig(
-        kind="moe",
-        hidden=64,
-        layers=3,
-        heads=4,
-        ffn=128,
-        vocab=256,
-        first_dense=1,
-        experts=8,
-        top_k=2,
-        moe_ffn=32,
-        shared_experts=1,
-        q_lora_rank=32,
-        kv_lora_rank=32,
-        qk_nope_dim=16,
-        qk_rope_dim=16,
-        v_head_dim=32,
-        mtp_layers=1,
-        dtype="float32",
-    ),
-}
-
-
-def model_from(preset: str | None, overrides: dict[str, Any]) -> ModelConfig:
-    if preset is not None and preset not in PRESETS:
+def model_from(preset: str, overrides: dict[str, Any]) -> ModelSpec:
+    """A preset with shape overrides (ModelSpec field names; None: keep the preset's)."""
+    if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}", f"Choose one of {', '.join(PRESETS)}")
-    base = PRESETS[preset] if preset else ModelConfig()
-    names = {f.name for f in fields(ModelConfig)}
+    names = set(SHAPE_OPTIONS)
     clean = {k: v for k, v in overrides.items() if v is not None and k in names}
-    return replace(base, **clean).validate()
+    if clean.get("q_lora_rank") == 0:
+        clean["q_lora_rank"] = None
+    return check_buildable(replace(PRESETS[preset], **clean))
+
+
+def run_from(config: dict[str, Any]) -> tuple[ModelSpec, RunConfig]:
+    """Model and run of a workload config.json. Configs written before ModelSpec was the generator's shape
+    type kept dtype and rms_eps in the model block; they are taken from there when the run lacks them."""
+    model = config["model"]
+    run = dict(config["run"])
+    if "hidden_size" not in model:
+        for k in ("dtype", "rms_eps"):
+            if k in model and k not in run:
+                run[k] = model[k]
+    known = {f.name for f in fields(RunConfig)}
+    unknown = sorted(set(run) - known)
+    if unknown:
+        raise ConfigError(f"unknown run setting(s) {', '.join(unknown)}")
+    spec = check_buildable(from_workload(model, config.get("preset") or model.get("name")))
+    return spec, RunConfig(**run).validate(spec)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Torch models for the workload generator (imported only when a workload runs).
 
-`dense`: Llama-like (RMSNorm, q/k/v projections, RoPE, SDPA, o_proj, SwiGLU MLP, LM head).
-`moe`:   DeepSeek-V3-like: MLA attention (absorbed in decode), first K layers dense, then MoE layers
-         with a sigmoid top-k gate, a shared expert, grouped-GEMM routed experts with explicit dispatch
-         (permute) and combine (weighted un-permute); one MTP module; LM head and greedy sampling.
+The shape is a `nsysparse.models.config.ModelSpec`; dtype and RMSNorm epsilon come from the RunConfig.
+Attention: GQA (Llama-like: q/k/v projections, RoPE, SDPA, o_proj) or, when the spec has a KV latent
+(kv_lora_rank), DeepSeek-V3-like MLA (absorbed in decode). MLP per layer kind (ModelSpec.layer_kinds):
+SwiGLU dense, or MoE with a sigmoid top-k gate, an optional shared expert, grouped-GEMM routed experts
+with explicit dispatch (permute) and combine (weighted un-permute). MTP modules (inference only), LM head
+and greedy sampling. (llama-mini: GQA, dense layers; ds-mini: MLA, 3 dense + 5 MoE layers, one MTP.)
 
 Every logical op runs inside `ctx.ann.op(<vocabulary name>)`, and its residual add (if any) runs inside
 the op that produces it (o_proj, mlp_down, combine), so an op's kernels are contiguous in the stream.
@@ -18,8 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nsysparse.models.config import ModelSpec
 from nsysparse.workload.annotate import Annotator
-from nsysparse.workload.config import ModelConfig, RunConfig
+from nsysparse.workload.config import RunConfig
+from nsysparse.workload.plan import mtp_layers_run
 
 
 @dataclass
@@ -66,29 +70,31 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 
 
 class DenseAttention(nn.Module):
-    def __init__(self, m: ModelConfig, run: RunConfig, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, m: ModelSpec, run: RunConfig, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         self.m = m
-        self.q_proj = nn.Linear(m.hidden, m.heads * m.head_dim, bias=False)
-        self.k_proj = nn.Linear(m.hidden, m.kv_heads * m.head_dim, bias=False)
-        self.v_proj = nn.Linear(m.hidden, m.kv_heads * m.head_dim, bias=False)
-        self.o_proj = nn.Linear(m.heads * m.head_dim, m.hidden, bias=False)
+        nh, g, d, h = m.num_attention_heads, m.num_key_value_heads, m.head_dim, m.hidden_size
+        self.q_proj = nn.Linear(h, nh * d, bias=False)
+        self.k_proj = nn.Linear(h, g * d, bias=False)
+        self.v_proj = nn.Linear(h, g * d, bias=False)
+        self.o_proj = nn.Linear(nh * d, h, bias=False)
         self.k_cache = self.v_cache = None
         if run.phase != "train":
             t = run.kv_len if run.phase == "decode" else run.seq
-            shape = (run.batch, m.kv_heads, t, m.head_dim)
+            shape = (run.batch, g, t, d)
             self.k_cache = torch.randn(shape, device=device, dtype=dtype)
             self.v_cache = torch.randn(shape, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, ctx: Ctx, residual: torch.Tensor) -> torch.Tensor:
         m, a = self.m, ctx.ann
         b, s, _ = x.shape
+        nh, g, d = m.num_attention_heads, m.num_key_value_heads, m.head_dim
         with a.op("q_proj"):
-            q = self.q_proj(x).view(b, s, m.heads, m.head_dim).transpose(1, 2)
+            q = self.q_proj(x).view(b, s, nh, d).transpose(1, 2)
         with a.op("k_proj"):
-            k = self.k_proj(x).view(b, s, m.kv_heads, m.head_dim).transpose(1, 2)
+            k = self.k_proj(x).view(b, s, g, d).transpose(1, 2)
         with a.op("v_proj"):
-            v = self.v_proj(x).view(b, s, m.kv_heads, m.head_dim).transpose(1, 2)
+            v = self.v_proj(x).view(b, s, g, d).transpose(1, 2)
         with a.op("rope"):
             q = apply_rope(q, ctx.cos, ctx.sin)
             k = apply_rope(k, ctx.cos, ctx.sin)
@@ -101,29 +107,31 @@ class DenseAttention(nn.Module):
             if ctx.phase == "decode":
                 o = decode_attention(q, self.k_cache[:, :, : ctx.kv_len], self.v_cache[:, :, : ctx.kv_len])
             else:
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=m.kv_heads != m.heads)
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=g != nh)
         with a.op("o_proj"):
-            return residual + self.o_proj(o.transpose(1, 2).reshape(b, s, m.heads * m.head_dim))
+            return residual + self.o_proj(o.transpose(1, 2).reshape(b, s, nh * d))
 
 
 class MLA(nn.Module):
     """Multi-head latent attention. Decode uses the absorbed form (attention over the latent cache)."""
 
-    def __init__(self, m: ModelConfig, run: RunConfig, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, m: ModelSpec, run: RunConfig, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         self.m = m
-        nh, nope, rope, lora = m.heads, m.qk_nope_dim, m.qk_rope_dim, m.kv_lora_rank
-        self.wa = nn.Linear(m.hidden, m.q_lora_rank + lora + rope, bias=False)
-        self.q_a_norm = RMSNorm(m.q_lora_rank, m.rms_eps)
-        self.kv_a_norm = RMSNorm(lora, m.rms_eps)
-        self.wq_b = nn.Linear(m.q_lora_rank, nh * (nope + rope), bias=False)
-        self.wo = nn.Linear(nh * m.v_head_dim, m.hidden, bias=False)
+        nh, nope, rope, lora, vd = m.num_attention_heads, m.qk_nope_head_dim, m.qk_rope_head_dim, m.kv_lora_rank, m.v_head_dim
+        assert m.q_lora_rank, "the generator's MLA has a query latent (check_buildable)"
+        self.q_lora = m.q_lora_rank
+        self.wa = nn.Linear(m.hidden_size, self.q_lora + lora + rope, bias=False)
+        self.q_a_norm = RMSNorm(self.q_lora, run.rms_eps)
+        self.kv_a_norm = RMSNorm(lora, run.rms_eps)
+        self.wq_b = nn.Linear(self.q_lora, nh * (nope + rope), bias=False)
+        self.wo = nn.Linear(nh * vd, m.hidden_size, bias=False)
         self.scale = (nope + rope) ** -0.5
         if run.phase == "decode":
             self.w_uk = nn.Parameter(torch.randn(nh, nope, lora) / nope**0.5)
-            self.w_uv = nn.Parameter(torch.randn(nh, lora, m.v_head_dim) / lora**0.5)
+            self.w_uv = nn.Parameter(torch.randn(nh, lora, vd) / lora**0.5)
         else:
-            self.wkv_b = nn.Linear(lora, nh * (nope + m.v_head_dim), bias=False)
+            self.wkv_b = nn.Linear(lora, nh * (nope + vd), bias=False)
         self.latent = None
         if run.phase != "train":
             t = run.kv_len if run.phase == "decode" else run.seq
@@ -132,9 +140,9 @@ class MLA(nn.Module):
     def forward(self, x: torch.Tensor, ctx: Ctx, residual: torch.Tensor) -> torch.Tensor:
         m, a = self.m, ctx.ann
         b, s, _ = x.shape
-        nh, nope, rope, lora = m.heads, m.qk_nope_dim, m.qk_rope_dim, m.kv_lora_rank
+        nh, nope, rope, lora, vd = m.num_attention_heads, m.qk_nope_head_dim, m.qk_rope_head_dim, m.kv_lora_rank, m.v_head_dim
         with a.op("q_a_kv_a"):
-            q_a, kv_a, k_pe = self.wa(x).split([m.q_lora_rank, lora, rope], dim=-1)
+            q_a, kv_a, k_pe = self.wa(x).split([self.q_lora, lora, rope], dim=-1)
         with a.op("q_a_norm"):
             q_a = self.q_a_norm(q_a)
         with a.op("kv_a_norm"):
@@ -156,10 +164,10 @@ class MLA(nn.Module):
                 o_lat = decode_attention(q_full, kv, kv, scale=self.scale)[..., :lora]  # [b, nh, s, lora]
             with a.op("bmm_uv"):
                 o = torch.bmm(o_lat.transpose(1, 2).reshape(b * s, nh, lora).transpose(0, 1), self.w_uv)  # [nh, b*s, v]
-                o = o.transpose(0, 1).reshape(b, s, nh * m.v_head_dim)
+                o = o.transpose(0, 1).reshape(b, s, nh * vd)
         else:
             with a.op("kv_proj_b"):
-                k_nope, v = self.wkv_b(c).view(b, s, nh, nope + m.v_head_dim).split([nope, m.v_head_dim], dim=-1)
+                k_nope, v = self.wkv_b(c).view(b, s, nh, nope + vd).split([nope, vd], dim=-1)
             with a.op("rope"):
                 q_pe = apply_rope(q_pe.transpose(1, 2), ctx.cos, ctx.sin)
                 k_pe = apply_rope(k_pe.unsqueeze(1), ctx.cos, ctx.sin)
@@ -171,7 +179,7 @@ class MLA(nn.Module):
                 q = torch.cat((q_nope.transpose(1, 2), q_pe), dim=-1)
                 k = torch.cat((k_nope.transpose(1, 2), k_pe.expand(b, nh, s, rope)), dim=-1)
                 o = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True, scale=self.scale)
-                o = o.transpose(1, 2).reshape(b, s, nh * m.v_head_dim)
+                o = o.transpose(1, 2).reshape(b, s, nh * vd)
         with a.op("o_proj"):
             return residual + self.wo(o)
 
@@ -213,23 +221,24 @@ def pick_grouped_mm(device: torch.device, dtype: torch.dtype) -> str:
 
 
 class MoE(nn.Module):
-    def __init__(self, m: ModelConfig, impl: str) -> None:
+    def __init__(self, m: ModelSpec, impl: str) -> None:
         super().__init__()
         self.m = m
         self.impl = impl
-        self.gate = nn.Linear(m.hidden, m.experts, bias=False)
-        self.register_buffer("e_bias", torch.zeros(m.experts))
-        fs = m.moe_ffn * m.shared_experts
+        e, h, f = m.num_experts, m.hidden_size, m.moe_intermediate_size
+        self.gate = nn.Linear(h, e, bias=False)
+        self.register_buffer("e_bias", torch.zeros(e))
+        fs = m.shared_expert_intermediate_size
         if fs:
-            self.shared_up = nn.Linear(m.hidden, 2 * fs, bias=False)
-            self.shared_down = nn.Linear(fs, m.hidden, bias=False)
+            self.shared_up = nn.Linear(h, 2 * fs, bias=False)
+            self.shared_down = nn.Linear(fs, h, bias=False)
         # Expert weights as [E, K, N]; column-major layouts are stored [E, N, K] and viewed transposed.
         self.col = impl.endswith("/col")
-        shape13, shape2 = (m.experts, m.hidden, 2 * m.moe_ffn), (m.experts, m.moe_ffn, m.hidden)
+        shape13, shape2 = (e, h, 2 * f), (e, f, h)
         if self.col:
-            shape13, shape2 = (m.experts, 2 * m.moe_ffn, m.hidden), (m.experts, m.hidden, m.moe_ffn)
-        self.w13 = nn.Parameter(torch.randn(shape13) / m.hidden**0.5)
-        self.w2 = nn.Parameter(torch.randn(shape2) / m.moe_ffn**0.5)
+            shape13, shape2 = (e, 2 * f, h), (e, h, f)
+        self.w13 = nn.Parameter(torch.randn(shape13) / h**0.5)
+        self.w2 = nn.Parameter(torch.randn(shape2) / f**0.5)
 
     def _grouped(self, x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
         if self.col:
@@ -249,11 +258,11 @@ class MoE(nn.Module):
         flat_x = x.reshape(b * s, h)
         with a.op("gate_topk"):
             scores = self.gate(flat_x).float().sigmoid()
-            idx = (scores + self.e_bias).topk(m.top_k, dim=-1).indices
+            idx = (scores + self.e_bias).topk(m.num_experts_per_tok, dim=-1).indices
             weights = scores.gather(1, idx)
             weights = weights / weights.sum(dim=-1, keepdim=True)
         shared = None
-        if m.shared_experts:
+        if m.shared_expert_intermediate_size:
             with a.op("shared_up"):
                 su = self.shared_up(flat_x)
             with a.op("shared_act"):
@@ -264,9 +273,9 @@ class MoE(nn.Module):
         with a.op("dispatch"):
             flat_idx = idx.flatten()
             order = torch.argsort(flat_idx, stable=True)
-            token_of = order // m.top_k
+            token_of = order // m.num_experts_per_tok
             xs = flat_x.index_select(0, token_of)
-            counts = torch.zeros(m.experts, device=x.device, dtype=torch.int32).scatter_add_(0, flat_idx, torch.ones_like(flat_idx, dtype=torch.int32))
+            counts = torch.zeros(m.num_experts, device=x.device, dtype=torch.int32).scatter_add_(0, flat_idx, torch.ones_like(flat_idx, dtype=torch.int32))
             offs = counts.cumsum(0, dtype=torch.int32)
         with a.op("moe_up"):
             hu = self._grouped(xs, self.w13, offs)
@@ -284,13 +293,13 @@ class MoE(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, name: str, kind: str, m: ModelConfig, run: RunConfig, device: torch.device, dtype: torch.dtype, impl: str) -> None:
+    def __init__(self, name: str, kind: str, m: ModelSpec, run: RunConfig, device: torch.device, dtype: torch.dtype, impl: str) -> None:
         super().__init__()
         self.name = name
-        self.attn_norm = RMSNorm(m.hidden, m.rms_eps)
-        self.attn = DenseAttention(m, run, device, dtype) if m.kind == "dense" else MLA(m, run, device, dtype)
-        self.ffn_norm = RMSNorm(m.hidden, m.rms_eps)
-        self.mlp = DenseMLP(m.hidden, m.ffn) if kind == "dense" else MoE(m, impl)
+        self.attn_norm = RMSNorm(m.hidden_size, run.rms_eps)
+        self.attn = MLA(m, run, device, dtype) if m.is_mla else DenseAttention(m, run, device, dtype)
+        self.ffn_norm = RMSNorm(m.hidden_size, run.rms_eps)
+        self.mlp = DenseMLP(m.hidden_size, m.intermediate_size) if kind == "dense" else MoE(m, impl)
 
     def body(self, x: torch.Tensor, ctx: Ctx) -> torch.Tensor:
         a = ctx.ann
@@ -309,12 +318,12 @@ class Block(nn.Module):
 class MTP(nn.Module):
     """DeepSeek-V3 multi-token prediction module: predicts the token after the next one."""
 
-    def __init__(self, name: str, m: ModelConfig, run: RunConfig, device: torch.device, dtype: torch.dtype, impl: str) -> None:
+    def __init__(self, name: str, m: ModelSpec, run: RunConfig, device: torch.device, dtype: torch.dtype, impl: str) -> None:
         super().__init__()
         self.name = name
-        self.enorm = RMSNorm(m.hidden, m.rms_eps)
-        self.hnorm = RMSNorm(m.hidden, m.rms_eps)
-        self.eh_proj = nn.Linear(2 * m.hidden, m.hidden, bias=False)
+        self.enorm = RMSNorm(m.hidden_size, run.rms_eps)
+        self.hnorm = RMSNorm(m.hidden_size, run.rms_eps)
+        self.eh_proj = nn.Linear(2 * m.hidden_size, m.hidden_size, bias=False)
         self.block = Block(name, m.layer_kinds()[-1], m, run, device, dtype, impl)
 
     def forward(self, hidden: torch.Tensor, tokens: torch.Tensor, tok: torch.Tensor, ctx: Ctx, model: LM) -> torch.Tensor:
@@ -332,16 +341,16 @@ class MTP(nn.Module):
 
 
 class LM(nn.Module):
-    def __init__(self, m: ModelConfig, run: RunConfig, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, m: ModelSpec, run: RunConfig, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         self.m = m
-        self.impl = pick_grouped_mm(device, dtype) if m.kind == "moe" else "none"
-        self.embed = nn.Embedding(m.vocab, m.hidden)
+        self.impl = pick_grouped_mm(device, dtype) if m.is_moe else "none"
+        self.embed = nn.Embedding(m.vocab_size, m.hidden_size)
         kinds = m.layer_kinds()
         self.blocks = nn.ModuleList(Block(f"layer_{i}_{k}", k, m, run, device, dtype, self.impl) for i, k in enumerate(kinds))
-        self.final_norm = RMSNorm(m.hidden, m.rms_eps)
-        self.lm_head = nn.Linear(m.hidden, m.vocab, bias=False)
-        n_mtp = m.mtp_layers if run.phase != "train" else 0
+        self.final_norm = RMSNorm(m.hidden_size, run.rms_eps)
+        self.lm_head = nn.Linear(m.hidden_size, m.vocab_size, bias=False)
+        n_mtp = mtp_layers_run(m, run)
         self.mtps = nn.ModuleList(MTP(f"layer_{len(kinds) + j}_mtp", m, run, device, dtype, self.impl) for j in range(n_mtp))
 
     def head(self, x: torch.Tensor, ctx: Ctx) -> torch.Tensor:
@@ -375,10 +384,10 @@ class LM(nn.Module):
         with a.op("lm_head"):
             logits = self.lm_head(h)
         with a.op("loss"):
-            return F.cross_entropy(logits.view(-1, self.m.vocab).float(), targets.view(-1))
+            return F.cross_entropy(logits.view(-1, self.m.vocab_size).float(), targets.view(-1))
 
 
-def build(m: ModelConfig, run: RunConfig, device: torch.device, dtype: torch.dtype) -> LM:
+def build(m: ModelSpec, run: RunConfig, device: torch.device, dtype: torch.dtype) -> LM:
     model = LM(m, run, device, dtype)
     return model.to(device=device, dtype=dtype)
 

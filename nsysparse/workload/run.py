@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nsysparse.workload.config import ModelConfig, RunConfig, to_dict
+from nsysparse.models.config import ModelSpec, spec_dict
+from nsysparse.workload.config import RunConfig, run_from, to_dict
 from nsysparse.workload.plan import flops_summary, structure
 
 
@@ -36,7 +37,7 @@ def environment(device: Any) -> dict[str, Any]:
     return env
 
 
-def execute(model_cfg: ModelConfig, run_cfg: RunConfig) -> dict[str, Any]:
+def execute(spec: ModelSpec, run_cfg: RunConfig) -> dict[str, Any]:
     """Run the workload in this process. Returns the manifest (plus `nvtx_record` for tests)."""
     import torch
 
@@ -49,22 +50,22 @@ def execute(model_cfg: ModelConfig, run_cfg: RunConfig) -> dict[str, Any]:
 
         raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU", "Use --device cpu for a smoke run")
     torch.manual_seed(run_cfg.seed)
-    dtype = getattr(torch, model_cfg.dtype)
+    dtype = getattr(torch, run_cfg.dtype)
     on_gpu = device.type == "cuda"
     ann = Annotator(run_cfg.nvtx, emit=on_gpu)
-    model = models.build(model_cfg, run_cfg, device, dtype)
-    rot = model_cfg.head_dim if model_cfg.kind == "dense" else model_cfg.qk_rope_dim
+    model = models.build(spec, run_cfg, device, dtype)
+    rot = spec.qk_rope_head_dim if spec.is_mla else spec.head_dim
     max_pos = run_cfg.kv_len if run_cfg.phase == "decode" else run_cfg.seq
     cos, sin = models.rope_tables(max_pos, rot, device, dtype)
     b = run_cfg.batch
     if run_cfg.phase == "decode":
         pos = run_cfg.kv_len - 1  # every step overwrites the last slot: same work each step, graph-capturable
         ctx = models.Ctx(ann, "decode", cos[pos : pos + 1], sin[pos : pos + 1], pos, run_cfg.kv_len)
-        tokens = torch.randint(0, model_cfg.vocab, (b, 1), device=device)
+        tokens = torch.randint(0, spec.vocab_size, (b, 1), device=device)
     else:
         ctx = models.Ctx(ann, run_cfg.phase, cos, sin, 0, run_cfg.seq)
-        tokens = torch.randint(0, model_cfg.vocab, (b, run_cfg.seq), device=device)
-    targets = torch.randint(0, model_cfg.vocab, tokens.shape, device=device)
+        tokens = torch.randint(0, spec.vocab_size, (b, run_cfg.seq), device=device)
+    targets = torch.randint(0, spec.vocab_size, tokens.shape, device=device)
     optimizer = None
     if run_cfg.phase == "train":
         model.train()
@@ -89,7 +90,7 @@ def execute(model_cfg: ModelConfig, run_cfg: RunConfig) -> dict[str, Any]:
 
     step_fn = train_once if run_cfg.phase == "train" else infer_once
     grad = torch.enable_grad() if run_cfg.phase == "train" else torch.inference_mode()
-    step_name = structure(model_cfg, run_cfg).step_name
+    step_name = structure(spec, run_cfg).step_name
     gap_s = run_cfg.host_gap_ms / 1000.0
     timings: list[float] = []
     with grad:
@@ -122,22 +123,22 @@ def execute(model_cfg: ModelConfig, run_cfg: RunConfig) -> dict[str, Any]:
         if on_gpu:
             torch.cuda.synchronize()
             torch.cuda.profiler.stop()
-    manifest = build_manifest(model_cfg, run_cfg, environment(device), model.impl)
+    manifest = build_manifest(spec, run_cfg, environment(device), model.impl)
     manifest["host_step_seconds"] = [round(t, 6) for t in timings]
     manifest["nvtx_record"] = ann.record
     return manifest
 
 
-def build_manifest(model_cfg: ModelConfig, run_cfg: RunConfig, env: dict[str, Any], grouped_gemm: str) -> dict[str, Any]:
+def build_manifest(spec: ModelSpec, run_cfg: RunConfig, env: dict[str, Any], grouped_gemm: str) -> dict[str, Any]:
     from nsysparse import __version__
 
-    st = structure(model_cfg, run_cfg)
+    st = structure(spec, run_cfg)
     layer_ranges = "none"
     if run_cfg.nvtx in ("layer", "op"):
         layer_ranges = "once, at CUDA-graph capture time" if run_cfg.cuda_graph else "every step"
     return {
         "generator": f"nsysparse {__version__}",
-        "model": to_dict(model_cfg),
+        "model": spec_dict(spec),
         "run": to_dict(run_cfg),
         "environment": env,
         "grouped_gemm": grouped_gemm,
@@ -158,7 +159,7 @@ def build_manifest(model_cfg: ModelConfig, run_cfg: RunConfig, env: dict[str, An
             "cause": "host work (time.sleep between steps, no CUDA calls)" if run_cfg.host_gap_ms else None,
         },
         "tokens_per_step": run_cfg.tokens_per_step,
-        "flops": flops_summary(model_cfg, run_cfg),
+        "flops": flops_summary(spec, run_cfg),
     }
 
 
@@ -171,9 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg_path = Path(args[0])
     cfg = json.loads(cfg_path.read_text())
-    model = ModelConfig(**cfg["model"]).validate()
     try:
-        manifest = execute(model, RunConfig(**cfg["run"]).validate(model))
+        manifest = execute(*run_from(cfg))
     except NsysparseError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 1
