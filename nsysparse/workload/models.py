@@ -105,6 +105,7 @@ class DenseAttention(nn.Module):
                 self.v_cache[:, :, ctx.pos : ctx.pos + s] = v
         with a.op("fmha"):
             if ctx.phase == "decode":
+                assert self.k_cache is not None and self.v_cache is not None
                 o = decode_attention(q, self.k_cache[:, :, : ctx.kv_len], self.v_cache[:, :, : ctx.kv_len])
             else:
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=g != nh)
