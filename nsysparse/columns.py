@@ -126,9 +126,15 @@ VERDICT = Categories(
     ("regression", "improvement", "neutral", "info", "unjudged"),
     "compare's judgement of one key: regression | improvement | neutral (within noise) | info (not judged) | unjudged (not comparable)",
 )
+STEP_PHASE = Categories(
+    "phase",
+    ("prefill", "decode", "train", "other"),
+    "what the step is: a prefill forward (the first of a generate call), a decode forward, a training iteration, "
+    "or other (a forward whose kind the trace does not tell)",
+)
 STEP_SOURCE = Categories(
     "step_source",
-    ("nvtx", "inferred-gaps", "inferred-period", "none"),
+    ("nvtx", "inferred-repeat", "inferred-gaps", "inferred-period", "inferred-mixed", "none"),
     "where step boundaries came from: NVTX ranges, idle gaps in the GPU timeline, the period of the kernel sequence, or nowhere",
 )
 
@@ -171,6 +177,8 @@ MAPPED_STEP_COLUMNS = (
     Column("busy_ns", "int", "union of the step's GPU work intervals"),
     Column("kernel_ns", "int", "summed kernel durations"),
     Column("kernels", "int", "kernels launched in the step"),
+    Column("phase", "str", STEP_PHASE.doc),
+    Column("warmup", "bool", "a leading step much slower than its phase's median (left out of statistics by default)"),
 )
 MAPPED_LAYER_COLUMNS = (
     Column("layer_id", "int", "layer instance"),

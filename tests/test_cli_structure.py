@@ -49,7 +49,7 @@ def test_ops_by_kind_and_nvtx_modes(run):
 
 def test_steps_table(run):
     df = pd.read_csv(io.StringIO(run("steps", fixture_trace("moe_decode_nonvtx"), "-f", "csv").stdout))
-    assert len(df) == 12 and set(df["source"]) == {"inferred-gaps"}
+    assert len(df) == 12 and set(df["source"]) == {"inferred-repeat"}
     assert df["gap_before_us"].iloc[1:].between(1000, 1500).all()
     assert (df["wall_us"] >= df["busy_us"]).all()
 

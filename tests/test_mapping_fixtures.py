@@ -48,7 +48,7 @@ def check_ops_close(ref, test, tolerance):
 def test_moe_decode_without_nvtx_matches_its_op_nvtx_twin():
     ref = mapped("moe_decode_op")
     m = mapped("moe_decode_nonvtx")
-    assert m.mapping.step_source == "inferred-gaps" and m.mapping.step_confidence >= 0.9
+    assert m.mapping.step_source == "inferred-repeat" and m.mapping.step_confidence >= 0.9
     assert m.mapping.layer_source == "template"
     check_counts(m, "moe_decode_nonvtx")
     check_ops_close(ref, m, 0.03)

@@ -19,7 +19,9 @@ COLUMNS = (
     Column("kernel_us", "float", "summed kernel durations (counts concurrent kernels twice)"),
     Column("kernels", "int", "kernels launched in the step"),
     Column("gap_before_us", "float", "idle from the previous step's last GPU end (same device) to this step's first start"),
-    Column("source", "str", "nvtx | inferred-gaps | inferred-period"),
+    Column("source", "str", "nvtx | inferred-repeat | inferred-gaps | inferred-period"),
+    Column("phase", "str", "prefill | decode | train | other"),
+    Column("warmup", "bool", "a leading step much slower than its phase's median: left out of statistics unless --include-warmup"),
 )
 
 
@@ -44,6 +46,8 @@ def step_table(ctx: AnalysisContext) -> pd.DataFrame:
             "kernels": s["kernels"].to_numpy(),
             "gap_before_us": ((s["start_ns"] - prev_end) / 1e3).to_numpy(dtype=float),
             "source": s["source"].astype(str).to_numpy(),
+            "phase": s["phase"].astype(str).to_numpy(),
+            "warmup": s["warmup"].to_numpy(dtype=bool),
         }
     )
     return out.sort_values(["step"]).reset_index(drop=True)

@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 
 from nsysparse import intervals
-from nsysparse.columns import LAYER_KIND, MAPPED_KERNEL_COLUMNS, NAMING_SOURCE
+from nsysparse.columns import LAYER_KIND, MAPPED_KERNEL_COLUMNS, MAPPED_STEP_COLUMNS, NAMING_SOURCE
 from nsysparse.distinct import dense_codes, map_distinct
 from nsysparse.errors import UsageError
 from nsysparse.rules import RuleSet, classify_names, load_rules
 from nsysparse.structure.instances import op_instances
+from nsysparse.structure.loops import warmup_flags
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.parse import Parser, Segment
 from nsysparse.structure.steps import DEFAULT_STEP_PATTERN, StepWindows, assign_windows, infer_step_windows, nvtx_step_windows
@@ -133,7 +134,7 @@ class _NvtxAttribution:
     def __init__(self, trace: Trace, k: pd.DataFrame, step_pattern: str, layer_pattern: str, ignore: tuple[str, ...]) -> None:
         n = trace.nvtx()
         is_layer_text = _match(n["text"], layer_pattern)
-        self.windows = nvtx_step_windows(n[~is_layer_text], step_pattern)
+        self.windows = nvtx_step_windows(n[~is_layer_text], step_pattern, ignore)
         closed = (n["kind"] == "push_pop").to_numpy() & (n["end_ns"].to_numpy() >= n["start_ns"].to_numpy())
         closed &= n["end_global_tid"].to_numpy() == n["global_tid"].to_numpy()
         closed &= ~n["domain"].astype(str).isin(ignore).to_numpy()
@@ -287,7 +288,7 @@ def _find_steps(trace: Trace, k: pd.DataFrame, att: _NvtxAttribution | None, nvt
     """Step windows from NVTX ranges when any match the step pattern, else inferred; each kernel's step."""
     notes: list[str] = []
     if att is not None and len(att.windows):
-        windows = StepWindows(att.windows.assign(device_id=-1, gpu_only=False), "nvtx", 1.0)
+        windows = StepWindows(att.windows.drop(columns=["container"]).assign(device_id=-1, gpu_only=False), "nvtx", 1.0)
         k_step = assign_windows(k["pid"].to_numpy(), k["api_start_ns"].to_numpy(), k["has_launch"].to_numpy(), windows.frame, "pid")
         graph_launch = (k["graph_node_id"].to_numpy() > 0) & ~k["has_launch"].to_numpy()
         if graph_launch.any():
@@ -511,7 +512,7 @@ def _gpu_ops_with_steps(trace: Trace, k: pd.DataFrame, windows: StepWindows) -> 
 
 
 def _step_table(k: pd.DataFrame, ops: pd.DataFrame, windows: StepWindows) -> pd.DataFrame:
-    cols = ["step", "pid", "device_id", "name", "source", "cpu_start_ns", "cpu_end_ns", "start_ns", "end_ns", "wall_ns", "busy_ns", "kernel_ns", "kernels"]
+    cols = [c.name for c in MAPPED_STEP_COLUMNS]
     w = windows.frame
     in_step = ops[ops["step"] >= 0]
     if len(w) == 0 or len(in_step) == 0:
@@ -534,7 +535,10 @@ def _step_table(k: pd.DataFrame, ops: pd.DataFrame, windows: StepWindows) -> pd.
     out = out.reset_index()
     for c in ("start_ns", "end_ns", "wall_ns", "busy_ns", "kernel_ns", "kernels"):
         out[c] = out[c].fillna(0).astype(np.int64)
-    return out[cols].sort_values(["device_id", "start_ns"]).reset_index(drop=True)
+    out["phase"] = out["phase"].astype(object) if "phase" in out else "other"
+    out = out.sort_values(["device_id", "start_ns"]).reset_index(drop=True)
+    out["warmup"] = warmup_flags(out["phase"].to_numpy(), out["wall_ns"].to_numpy(), out["device_id"].to_numpy())
+    return out[cols]
 
 
 def _layer_table(k: pd.DataFrame, source: str) -> pd.DataFrame:

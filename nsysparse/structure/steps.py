@@ -21,6 +21,7 @@ import pandas as pd
 
 from nsysparse import intervals
 from nsysparse.distinct import map_distinct
+from nsysparse.structure.loops import find_loop_steps
 
 # A step-like word (forward, step, decode, ...) in a range that is not a framework op annotation:
 # names with "::" (aten::, flash_attn::_flash_attn_forward, FSDP::pre_forward, autograd::engine::...)
@@ -60,45 +61,113 @@ class StepWindows:
     kernel_step: np.ndarray | None = None  # inferred steps: step of each kernel (by position), -1 before the first
 
 
-def nvtx_step_windows(nvtx: pd.DataFrame, pattern: str) -> pd.DataFrame:
-    """Outermost ranges matching `pattern` per process: step, pid, name, cpu_start_ns, cpu_end_ns."""
-    cols = ["step", "pid", "name", "cpu_start_ns", "cpu_end_ns"]
+CONTAINER_WORDS = re.compile(r"(?i)generate|sample|serve|epoch|benchmark|run|loop")
+"""A container whose name says it generates (its first step is the prefill, the rest decode)."""
+
+
+def _outermost(pid: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """For ranges sorted by (pid, start, -end): True where a range is not inside an earlier one of its process."""
+    keep = np.ones(len(pid), dtype=bool)
+    for p in np.unique(pid):  # one pass per process (few), vectorised inside
+        m = np.nonzero(pid == p)[0]
+        run_max = np.maximum.accumulate(end[m])
+        keep[m] = end[m] > np.concatenate(([np.iinfo(np.int64).min], run_max[:-1]))
+    return keep
+
+
+def _containers(cand: pd.DataFrame, outer: np.ndarray) -> np.ndarray:
+    """Outermost ranges that hold two or more ranges of one text (a generate call holding its forwards, an
+    epoch holding its iterations): those are containers, not steps. Vectorised per distinct inner text."""
+    pid = cand["pid"].to_numpy()
+    start = cand["start_ns"].to_numpy()
+    end = cand["end_ns"].to_numpy()
+    codes, _ = pd.factorize(cand["text"].astype(str))
+    o = np.nonzero(outer)[0]
+    most = np.zeros(len(o), dtype=np.int64)
+    inner = ~outer
+    for p in np.unique(pid[o]):  # processes (few) × distinct texts of nested candidates (few)
+        op = o[pid[o] == p]
+        at = np.nonzero(np.isin(o, op))[0]
+        for c in np.unique(codes[inner & (pid == p)]):
+            st = np.sort(start[inner & (pid == p) & (codes == c)])
+            count = np.searchsorted(st, end[op], side="right") - np.searchsorted(st, start[op], side="left")
+            most[at] = np.maximum(most[at], count)
+    flag = np.zeros(len(cand), dtype=bool)
+    flag[o[most >= 2]] = True
+    return flag
+
+
+def _nvtx_phase(names: np.ndarray, container: np.ndarray, first_in_container: np.ndarray) -> np.ndarray:
+    """A step's phase from its own name, else from its container: the first step of a generate-like call is its
+    prefill and the others decode; otherwise other."""
+    low = np.char.lower(names.astype(str))
+    phase = np.full(len(names), "other", dtype=object)
+    gen = np.array([bool(CONTAINER_WORDS.search(t)) for t in container.tolist()]) if len(container) else np.zeros(0, dtype=bool)
+    phase[gen & first_in_container] = "prefill"
+    phase[gen & ~first_in_container] = "decode"
+    for word in ("train", "decode", "prefill"):
+        phase[np.char.find(low, word) >= 0] = word
+    return phase
+
+
+def nvtx_step_windows(nvtx: pd.DataFrame, pattern: str, ignore_domains: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Step ranges per process: step, pid, name, cpu_start_ns, cpu_end_ns, phase, container.
+
+    Candidates are ranges matching `pattern` outside library domains. The outermost are steps, unless they hold
+    repeated candidates (a `generate` call holding its `forward`s): then those inner ranges are the steps."""
+    cols = ["step", "pid", "name", "cpu_start_ns", "cpu_end_ns", "phase", "container"]
     if nvtx is None or len(nvtx) == 0:
         return pd.DataFrame(columns=cols)
     rx = re.compile(pattern)
-    rng = nvtx[(nvtx["kind"] != "mark") & (nvtx["end_ns"] >= nvtx["start_ns"])]
+    ok = (nvtx["kind"] != "mark") & (nvtx["end_ns"] >= nvtx["start_ns"])
+    if ignore_domains and "domain" in nvtx:
+        ok &= ~nvtx["domain"].astype(str).isin(ignore_domains)
+    rng = nvtx[ok]
     texts = rng["text"].astype(object).fillna("").astype(str)
     hit = texts.map(lambda s: bool(rx.search(s))) if len(texts) < 50 else _match_by_category(rng["text"], rx)
     cand = rng[hit.to_numpy()]
     if len(cand) == 0:
         return pd.DataFrame(columns=cols)
-    cand = cand.sort_values(["pid", "start_ns", "end_ns"], ascending=[True, True, False])
+    cand = cand.sort_values(["pid", "start_ns", "end_ns"], ascending=[True, True, False]).reset_index(drop=True)
     pid = cand["pid"].to_numpy()
-    e = cand["end_ns"].to_numpy()
-    # outermost only: drop a range contained in an earlier range of the same process
-    reach = np.zeros(len(cand), dtype=np.int64)
-    out_keep = np.ones(len(cand), dtype=bool)
-    for p in np.unique(pid):  # one pass per process (few), vectorised inside
-        m = np.nonzero(pid == p)[0]
-        run_max = np.maximum.accumulate(e[m])
-        prev = np.concatenate(([np.iinfo(np.int64).min], run_max[:-1]))
-        out_keep[m] = e[m] > prev
-        reach[m] = run_max
-    cand = cand[out_keep]
-    out = (
-        pd.DataFrame(
-            {
-                "pid": cand["pid"].to_numpy(),
-                "name": cand["text"].astype(str).to_numpy(),
-                "cpu_start_ns": cand["start_ns"].to_numpy(),
-                "cpu_end_ns": cand["end_ns"].to_numpy(),
-            }
-        )
-        .sort_values(["cpu_start_ns", "pid"])
-        .reset_index(drop=True)
+    container_text = np.full(len(cand), "", dtype=object)
+    container_id = np.full(len(cand), -1, dtype=np.int64)
+    alive = np.ones(len(cand), dtype=bool)
+    for _ in range(4):  # nesting levels of containers (a benchmark loop of generate calls, ...)
+        idx = np.nonzero(alive)[0]
+        outer = np.zeros(len(cand), dtype=bool)
+        outer[idx[_outermost(pid[idx], cand["end_ns"].to_numpy()[idx])]] = True
+        sub = cand[alive]
+        cont = np.zeros(len(cand), dtype=bool)
+        cont[idx] = _containers(sub, outer[idx])
+        if not cont.any():
+            break
+        # the container's text goes to every candidate inside it
+        for c in np.nonzero(cont)[0].tolist():  # one per container (generate calls, epochs: few)
+            inside = alive & (pid == pid[c]) & (cand["start_ns"].to_numpy() >= cand.at[c, "start_ns"]) & (cand["end_ns"].to_numpy() <= cand.at[c, "end_ns"])
+            container_text[inside] = str(cand.at[c, "text"])
+            container_id[inside] = c
+        alive &= ~cont
+    steps = cand[outer & alive]
+    cont_of = container_text[(outer & alive)]
+    cont_id = container_id[(outer & alive)]
+    out = pd.DataFrame(
+        {
+            "pid": steps["pid"].to_numpy(),
+            "name": steps["text"].astype(str).to_numpy(),
+            "cpu_start_ns": steps["start_ns"].to_numpy(),
+            "cpu_end_ns": steps["end_ns"].to_numpy(),
+            "container": cont_of,
+            "cid": cont_id,
+        }
     )
+    out = out.sort_values(["cpu_start_ns", "pid"]).reset_index(drop=True)
+    cid = out["cid"].to_numpy()
+    first = np.ones(len(out), dtype=bool)
+    first[1:] = cid[1:] != cid[:-1]  # the first step of each container instance (each generate call)
+    out["phase"] = _nvtx_phase(out["name"].to_numpy(), out["container"].to_numpy(), first)
     out.insert(0, "step", np.arange(len(out)))
-    return out
+    return out[cols]
 
 
 def _match_by_category(text: pd.Series, rx: re.Pattern[str]) -> pd.Series:
@@ -226,34 +295,78 @@ def _trim_edges(cuts: np.ndarray, n: int, codes: np.ndarray) -> tuple[np.ndarray
     return cuts[keep], ends[keep], int(lengths[~keep].sum())
 
 
-def infer_step_windows(k: pd.DataFrame, codes: np.ndarray) -> StepWindows:
-    """Infer steps per device from kernels `k` (sorted by start; needs has_launch, api_start_ns, pid).
+MATMUL_CLASSES = ("gemm", "grouped_gemm", "splitk", "fmha", "fmha_bwd")
+"""Kernel classes that make a unit a compute unit and end a forward (its last matrix multiply is the LM head)."""
+EMBED_CLASSES = ("gather", "embedding")
+"""Kernel classes of an embedding lookup: where a forward starts."""
+TRAIN_CLASSES = ("loss", "optimizer", "norm_bwd", "fmha_bwd")
+"""Kernel classes that make a loop a training loop (also any kernel named like a backward)."""
+_BACKWARD = re.compile(r"(?i)backward|_bwd|bwd_|grad")
 
-    Each step's launch window runs from its first launch to the next step's first launch; kernels
-    without a launch record (time-sliced exports) fall back to GPU-time windows (gpu_only)."""
-    cols = ["step", "pid", "device_id", "name", "cpu_start_ns", "cpu_end_ns", "gpu_only"]
+
+def _loop_flags(grp: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per kernel: matrix multiply, CUDA-graph node, embedding lookup, training kernel (classes from the rules)."""
+    cls = grp["kernel_class"].astype(str).to_numpy() if "kernel_class" in grp else np.full(len(grp), "", dtype=object)
+    gemm = np.isin(cls, MATMUL_CLASSES)
+    graph = grp["graph_node_id"].to_numpy() > 0 if "graph_node_id" in grp else np.zeros(len(grp), dtype=bool)
+    embed = np.isin(cls, EMBED_CLASSES)
+    train = np.isin(cls, TRAIN_CLASSES) | map_distinct(grp["name"], lambda t: bool(_BACKWARD.search(t)), bool, False)
+    return gemm, graph, embed, train
+
+
+def _device_steps(grp: pd.DataFrame, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str, float, str]:
+    """first, last (kernel positions in `grp`), phase, warmup, method, confidence and an explanation for one device:
+    the loop finder (structure.loops) first, else the idle-gap / period cuts."""
+    start = grp["start_ns"].to_numpy()
+    end = grp["end_ns"].to_numpy()
+    gaps = _idle_gaps(start, end)
+    loop = find_loop_steps(codes, start, end, gaps, *_loop_flags(grp))
+    if loop is not None:
+        return loop.first, loop.last, loop.phase, loop.warmup, "inferred-repeat", loop.confidence, loop.why
+    cuts, method, conf, why = infer_cuts(start, end, codes)
+    if len(cuts) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=object), np.zeros(0, dtype=bool), "none", 0.0, why
+    cuts, ends, dropped = _trim_edges(cuts, len(grp), codes)
+    if dropped:
+        why += f"; {dropped} kernels before the first or after the last full step are not in any step"
+    return cuts, ends - 1, np.full(len(cuts), "other", dtype=object), np.zeros(len(cuts), dtype=bool), method, conf, why
+
+
+def infer_step_windows(k: pd.DataFrame, codes: np.ndarray) -> StepWindows:
+    """Infer steps per device from kernels `k` (sorted by start; needs has_launch, api_start_ns, pid, and the
+    kernel_class of the rules). A step covers kernel positions [first, last]; its launch window runs from its
+    first to its last launch, so copies launched meanwhile belong to it and the sampling after a forward does
+    not. Kernels without a launch record (time-sliced exports) fall back to GPU-time windows (gpu_only)."""
+    cols = ["step", "pid", "device_id", "name", "cpu_start_ns", "cpu_end_ns", "gpu_only", "phase"]
     parts, notes, methods = [], [], []
     big = np.iinfo(np.int64).max
     kernel_seg = np.full(len(k), -1, dtype=np.int64)
     seg_base = 0
     for dev, grp in k.groupby("device_id", sort=True):  # one pass per device
         idx = grp.index.to_numpy()
-        cuts, method, conf, why = infer_cuts(grp["start_ns"].to_numpy(), grp["end_ns"].to_numpy(), codes[idx])
+        first, last, phase, warm, method, conf, why = _device_steps(grp, codes[idx])
         notes.append(f"device {dev}: {why}")
-        if len(cuts) == 0:
+        if len(first) == 0:
             continue
-        cuts, ends, dropped = _trim_edges(cuts, len(grp), codes[idx])
-        if dropped:
-            notes.append(f"device {dev}: {dropped} kernels before the first or after the last full step are not in any step")
         methods.append((method, conf))
         has = grp["has_launch"].to_numpy()
-        launch = np.where(has, grp["api_start_ns"].to_numpy(), big)
-        first_launch = np.minimum.reduceat(launch, cuts)
-        gpu_only = first_launch == big
-        gstart = grp["start_ns"].to_numpy()[cuts]
-        cpu_s = np.where(gpu_only, gstart, first_launch)
-        last = int(max(launch[has].max() if has.any() else 0, grp["end_ns"].max()))
-        cpu_e = np.append(cpu_s[1:] - 1, last)
+        launch = grp["api_start_ns"].to_numpy()
+        lo = np.where(has, launch, big)
+        hi = np.where(has, launch, -big)
+        # per step [first, last]: its first and last launch (steps never overlap)
+        seg_lo = -_max_in(-lo, first, last)
+        seg_hi = _max_in(hi, first, last)
+        gpu_only = seg_lo == big
+        gstart = grp["start_ns"].to_numpy()
+        gend = grp["end_ns"].to_numpy()
+        cpu_s = np.where(gpu_only, gstart[first], seg_lo)
+        cpu_e = np.where(gpu_only | (seg_hi == -big), gend[last], seg_hi)
+        # an iteration's window runs to the next one's first launch (copies launched after its kernels belong to
+        # it); an inference forward's ends with its last launch (the sampling after it is not part of it)
+        whole = ~np.isin(phase, ("decode", "prefill"))
+        until_next = np.append(cpu_s[1:] - 1, max(int(hi.max()), int(gend.max())))
+        cpu_e = np.where(whole, np.maximum(cpu_e, until_next), cpu_e)
         parts.append(
             pd.DataFrame(
                 {
@@ -263,15 +376,17 @@ def infer_step_windows(k: pd.DataFrame, codes: np.ndarray) -> StepWindows:
                     "cpu_start_ns": cpu_s,
                     "cpu_end_ns": cpu_e,
                     "gpu_only": gpu_only,
-                    "seg": seg_base + np.arange(len(cuts)),
+                    "phase": phase,
+                    "warmup": warm,
+                    "seg": seg_base + np.arange(len(first)),
                 }
             )
         )
         pos = np.arange(len(grp))
-        local = np.searchsorted(cuts, pos, side="right") - 1
-        local = np.where((local >= 0) & (pos < ends[np.clip(local, 0, None)]), local, -1)
+        local = np.searchsorted(first, pos, side="right") - 1
+        local = np.where((local >= 0) & (pos <= last[np.clip(local, 0, None)]), local, -1)
         kernel_seg[k.index.get_indexer(idx)] = np.where(local >= 0, seg_base + local, -1)
-        seg_base += len(cuts)
+        seg_base += len(first)
     if not parts:
         return StepWindows(pd.DataFrame(columns=cols), "none", 0.0, notes)
     frame = pd.concat(parts, ignore_index=True).sort_values(["cpu_start_ns", "device_id"]).reset_index(drop=True)
@@ -281,3 +396,17 @@ def infer_step_windows(k: pd.DataFrame, codes: np.ndarray) -> StepWindows:
     kernel_step = np.where(kernel_seg >= 0, step_of_seg[np.clip(kernel_seg, 0, None)] if seg_base else -1, -1)
     method = methods[0][0] if len({m for m, _ in methods}) == 1 else "inferred-mixed"
     return StepWindows(frame[cols], method, min(c for _, c in methods), notes, kernel_step)
+
+
+def _max_in(values: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """max(values[first_i : last_i + 1]) per non-overlapping, sorted range (one reduceat over the range starts
+    and the gaps between ranges)."""
+    edges = np.empty(2 * len(first), dtype=np.int64)
+    edges[0::2] = first
+    edges[1::2] = np.minimum(last + 1, len(values) - 1)
+    red = np.maximum.reduceat(values, edges)
+    out = red[0::2]
+    tail = last + 1 >= len(values)  # only the last range can run to the end; its clipped edge left out the last element
+    if tail.any():
+        out[tail] = np.maximum(out[tail], values[-1])
+    return out
