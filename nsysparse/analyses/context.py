@@ -11,9 +11,13 @@ then neither loads rules nor filters by device again:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+
+import numpy as np
+import pandas as pd
 
 from nsysparse.errors import UsageError
 from nsysparse.rules import RuleSet, load_rules
@@ -47,9 +51,13 @@ class AnalysisContext:
         options: StructureOptions | None = None,
         rule_paths: tuple[str, ...] = (),
         on_map: Callable[[Callable[[], Mapping]], Mapping] | None = None,
+        include_warmup: bool = False,
+        window: str | None = None,
     ) -> None:
         self.trace = trace
         self.device_id = device_id
+        self.include_warmup = include_warmup
+        self.window = window
         self.options = options or StructureOptions()
         self._rules = rules
         self._rule_paths = rule_paths
@@ -86,14 +94,25 @@ class AnalysisContext:
 
     @cached_property
     def mapping(self) -> Mapping:
-        """The mapping narrowed to the selected device (the whole trace when none is selected)."""
+        """What statistics are taken over: the selected device's steps in the window, without warm-up steps unless
+        they are included."""
+        return self.structure if self.include_warmup else self.structure.steady()
+
+    @cached_property
+    def structure(self) -> Mapping:
+        """The mapping narrowed to the selected device, every step included (what `steps` lists)."""
         full = self.full_mapping
         if self.device_id is not None:
             present = sorted({int(d) for d in full.kernels["device_id"].unique()})
             if self.device_id not in present:
                 listed = ", ".join(str(d) for d in present) or "none"
                 raise UsageError(f"{self.trace.path}: --device {self.device_id} ran no kernels in this trace", f"GPUs present: {listed}")
-        return full.on_device(self.device_id)
+        narrowed = full.on_device(self.device_id)
+        if self.window:
+            narrowed = narrowed.keep_steps(select_window(self.window, narrowed.steps, self.trace))
+            if len(narrowed.steps) == 0:
+                raise UsageError(f"{self.trace.path}: --window {self.window} holds no step", "Check `nsysparse steps` for the steps and their times")
+        return narrowed
 
     def note(self, message: str) -> None:
         """Add a note for the user (shown once, whatever else repeats it)."""
@@ -105,3 +124,52 @@ class AnalysisContext:
         """The trace's notes, the mapping's (once it was computed) and the context's own, each once, in that order."""
         parts = [*self.trace.notes, *(self.__dict__["full_mapping"].notes if "full_mapping" in self.__dict__ else ()), *self._notes]
         return list(dict.fromkeys(parts))
+
+
+def select_window(spec: str, steps: pd.DataFrame, trace: Trace) -> np.ndarray:
+    """Which steps lie in the window `spec` (per row of `steps`):
+
+    - `A:B` a time range in ms from the first step's start (`A:` or `:B` open), e.g. `100:250`;
+    - `steps=I:J` steps I to J inclusive, by index;
+    - `NAME` or `NAME#K` inside the NVTX ranges named NAME (the K-th of them, from 1), by launch time."""
+    spec = spec.strip()
+    if len(steps) == 0:
+        return np.zeros(0, dtype=bool)
+    if spec.startswith("steps="):
+        lo, _, hi = spec[len("steps=") :].partition(":")
+        try:
+            a = int(lo) if lo else int(steps["step"].min())
+            b = int(hi) if hi else int(steps["step"].max())
+        except ValueError:
+            raise UsageError(f"--window {spec}: steps=I:J needs step indices", "For example --window steps=3:10") from None
+        return (steps["step"].to_numpy() >= a) & (steps["step"].to_numpy() <= b)
+    m = re.fullmatch(r"(-?[\d.]*)\s*:\s*(-?[\d.]*)", spec)
+    if m:
+        try:
+            t_a = float(m.group(1)) if m.group(1) else -np.inf
+            t_b = float(m.group(2)) if m.group(2) else np.inf
+        except ValueError:
+            raise UsageError(f"--window {spec}: A:B is a time range in ms", "For example --window 100:250") from None
+        t0 = float(steps["start_ns"].min())
+        rel_s = (steps["start_ns"].to_numpy() - t0) / 1e6
+        rel_e = (steps["end_ns"].to_numpy() - t0) / 1e6
+        return (rel_s >= t_a) & (rel_e <= t_b)
+    name, _, nth = spec.partition("#")
+    if not trace.has("nvtx"):
+        raise UsageError(f"{trace.path}: --window {spec} names an NVTX range, and the trace has no NVTX")
+    n = trace.nvtx()
+    ranges = n[(n["text"].astype(str) == name) & (n["end_ns"] >= n["start_ns"])].sort_values("start_ns")
+    if nth:
+        if not nth.isdigit() or not 1 <= int(nth) <= len(ranges):
+            raise UsageError(f"--window {spec}: there are {len(ranges)} NVTX ranges named {name!r}", f"Use {name}#1 to {name}#{len(ranges)}")
+        ranges = ranges.iloc[[int(nth) - 1]]
+    if len(ranges) == 0:
+        raise UsageError(f"{trace.path}: no NVTX range is named {name!r}", "Name a range that `nsysparse steps` or nsys shows")
+    a = ranges["start_ns"].to_numpy()
+    b = ranges["end_ns"].to_numpy()
+    cs = steps["cpu_start_ns"].to_numpy()
+    ce = steps["cpu_end_ns"].to_numpy()
+    i = np.searchsorted(a, cs, side="right") - 1  # the last range starting at or before each step's first launch
+    ok = i >= 0
+    j = np.clip(i, 0, None)
+    return ok & (cs >= a[j]) & (ce <= np.maximum.accumulate(b)[j])

@@ -27,7 +27,7 @@ COLUMNS = (
 
 def step_table(ctx: AnalysisContext) -> pd.DataFrame:
     """One row per step of the selected device(s): COLUMNS."""
-    s = ctx.mapping.steps
+    s = ctx.structure.steps
     if len(s) == 0:
         return empty_frame(COLUMNS)
     s = s.sort_values(["device_id", "start_ns"])

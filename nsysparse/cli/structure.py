@@ -24,6 +24,14 @@ from nsysparse.trace import Trace
 F = Callable[..., Any]
 
 
+SELECTION = "nsysparse.selection"
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: object) -> None:
+    """Keep a selection option (window, warm-up) for analysis_context, without widening every command's signature."""
+    ctx.meta.setdefault(SELECTION, {})[str(param.name)] = value
+
+
 def mapping_options(f: F) -> F:
     opts = [
         click.option(
@@ -50,6 +58,20 @@ def mapping_options(f: F) -> F:
             help="Use NVTX for steps, layers and ops (auto), for steps only (steps), or not at all (off).",
         ),
         click.option("--device", type=int, default=None, help="Only this GPU (default: all, averaged per step)."),
+        click.option(
+            "--window",
+            default=None,
+            expose_value=False,
+            callback=_remember,
+            help="Only steps in this window: A:B (ms from the first step), steps=I:J, or an NVTX range name (generate#3 = in the third).",
+        ),
+        click.option(
+            "--include-warmup",
+            is_flag=True,
+            expose_value=False,
+            callback=_remember,
+            help="Count warm-up steps in the statistics (by default they are listed by `steps` but left out).",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -72,7 +94,18 @@ def analysis_context(
             with p.stage("mapping kernels to steps, layers and ops"):
                 return run()
 
-    return AnalysisContext(t, rule_set, device_id=device, options=options, rule_paths=rules, on_map=with_progress)
+    click_ctx = click.get_current_context(silent=True)
+    selection = click_ctx.meta.get(SELECTION, {}) if click_ctx is not None else {}
+    return AnalysisContext(
+        t,
+        rule_set,
+        device_id=device,
+        options=options,
+        rule_paths=rules,
+        on_map=with_progress,
+        include_warmup=bool(selection.get("include_warmup")),
+        window=selection.get("window"),
+    )
 
 
 LABELS = {"kernels": "kernels", "api": "API calls", "nvtx": "NVTX events"}
@@ -80,8 +113,13 @@ LABELS = {"kernels": "kernels", "api": "API calls", "nvtx": "NVTX events"}
 
 def structure_meta(ac: AnalysisContext) -> dict[str, Any]:
     m = ac.mapping
+    every = ac.structure.steps
+    phases = ", ".join(f"{n} {p}" for p, n in every["phase"].value_counts(sort=False).items()) if len(every) else "none"
+    left_out = len(every) - len(m.steps)
+    counted = f"; {len(m.steps)} counted, {left_out} warm-up left out (--include-warmup counts them)" if left_out else ""
+    window = f" in --window {ac.window}" if ac.window else ""
     return {
-        "steps": f"{len(m.steps)} ({m.step_source}, confidence {m.step_confidence:.2f})",
+        "steps": f"{len(every)}{window} ({m.step_source}, confidence {m.step_confidence:.2f}): {phases}{counted}",
         "layers": f"{len(m.layers)} instances ({m.layer_source})",
         "rules": f"{', '.join(m.rules.packs)} ({m.rules.digest})",
     }

@@ -100,6 +100,27 @@ class Mapping:
             device_id=device_id,
         )
 
+    def steady(self) -> Mapping:
+        """The same mapping without its warm-up steps (their kernels and copies count as outside steps)."""
+        warm = self.steps["warmup"].to_numpy(dtype=bool) if len(self.steps) else np.zeros(0, dtype=bool)
+        return self.keep_steps(~warm)
+
+    def keep_steps(self, keep: np.ndarray) -> Mapping:
+        """The same mapping with only the steps where `keep` (per row of `steps`) holds; the others' kernels and
+        copies count as outside steps."""
+        if keep.all():
+            return self
+        drop = self.steps["step"].to_numpy()[~keep]
+        warm = ~keep
+        k = self.kernels.copy(deep=False)
+        out = np.isin(k["step"].to_numpy(), drop)
+        k["step"] = np.where(out, -1, k["step"].to_numpy())
+        k["layer_id"] = np.where(out, -1, k["layer_id"].to_numpy())
+        g = self.gpu_ops.copy(deep=False)
+        g["step"] = np.where(np.isin(g["step"].to_numpy(), drop), -1, g["step"].to_numpy())
+        layers = self.layers[~np.isin(self.layers["step"].to_numpy(), drop)].reset_index(drop=True)
+        return replace(self, kernels=k, gpu_ops=g, steps=self.steps[~warm].reset_index(drop=True), layers=layers)
+
     @cached_property
     def op_instances(self) -> pd.DataFrame:
         """One row per (step, layer instance, op): MAPPED_OP_INSTANCE_COLUMNS (ops, layers, compare and the report start here)."""
