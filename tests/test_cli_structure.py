@@ -65,3 +65,21 @@ def test_custom_step_pattern_and_parquet(run, tmp_path):
 def test_bad_pattern_is_a_clean_error(run):
     res = run("ops", fixture_trace("dense_decode_op"), "--step-pattern", "(", expect=2)
     assert res.output.startswith("Error: --step-pattern '(' is not a valid regular expression")
+
+
+def test_ops_without_steps_reports_totals_over_the_trace(run, builder, tmp_path):
+    """When no steps are found, ops still accounts for every kernel: totals over the trace, said in a note."""
+    import sqlite3
+
+    b = builder()
+    b.gpu()
+    for i in range(3):
+        b.kernel(1_000_000 + i * 10_000, 1_000_000 + i * 10_000 + 2_000 + i * 100, f"k{i}", api_start=999_000 + i * 10_000, api_end=999_100 + i * 10_000)
+    path = b.write(tmp_path / "flat.sqlite")
+    res = run("ops", path, "-f", "csv")
+    df = pd.read_csv(io.StringIO(res.stdout))
+    con = sqlite3.connect(path)
+    total_us = con.execute('SELECT sum("end" - "start") FROM CUPTI_ACTIVITY_KIND_KERNEL').fetchone()[0] / 1e3
+    con.close()
+    assert df["total_us_per_step"].sum() == pytest.approx(total_us)
+    assert "no steps were found" in res.output

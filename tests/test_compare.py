@@ -152,7 +152,14 @@ def test_structure_or_gpu_mismatch_is_not_comparable(run, builder, tmp_path):
     h = decode_trace(builder, tmp_path / "h.sqlite", gpu="NVIDIA H200")
     assert "different GPUs" in run("compare", a, h, expect=1).output
     two = decode_trace(builder, tmp_path / "two.sqlite", steps=2)
-    assert "too few steps in new (2 < 3)" in run("compare", a, two, expect=1).output
+    assert "only 2 steps in new, fewer than --min-steps 3" in run("compare", a, two, expect=1).output
+    # a trace where no steps are found: the comparison says the structure was not found
+    b = builder()
+    b.gpu()
+    for i in range(3):
+        b.kernel(1_000_000 + i * 10_000, 1_000_000 + i * 10_000 + 2_000, f"k{i}", api_start=999_000 + i * 10_000, api_end=999_100 + i * 10_000)
+    flat = b.write(tmp_path / "flat.sqlite")
+    assert "no step structure was found in new" in run("compare", a, flat, expect=1).output
 
 
 def test_renamed_kernel_inside_an_op_is_not_a_change(run, builder, tmp_path):

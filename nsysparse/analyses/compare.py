@@ -184,8 +184,10 @@ def comparable(base: Profile, new: Profile, min_steps: int) -> tuple[list[str], 
         else:
             by_op = True
     for name, p in (("base", base), ("new", new)):
-        if p.steps < min_steps:
-            reasons.append(f"too few steps in {name} ({p.steps} < {min_steps})")
+        if p.steps == 0:
+            reasons.append(f"no step structure was found in {name} (the step inference abstained; `nsysparse steps` says why)")
+        elif p.steps < min_steps:
+            reasons.append(f"only {p.steps} steps in {name}, fewer than --min-steps {min_steps}: the per-step noise cannot be estimated")
     return reasons, by_op
 
 

@@ -7,6 +7,7 @@ import pandas as pd
 from nsysparse.analyses.context import AnalysisContext
 from nsysparse.analyses.instances import dominant
 from nsysparse.columns import Column, empty_frame
+from nsysparse.structure.instances import op_instances
 
 COLUMNS = (
     Column("op", "str", "logical op (vocabulary name, NVTX name, or kernel class when nothing better is known)"),
@@ -26,6 +27,11 @@ def op_summary(ctx: AnalysisContext, by_kind: bool = False) -> pd.DataFrame:
     m = ctx.mapping
     inst = m.op_instances
     nsteps = len(m.steps)
+    if nsteps == 0 and len(m.kernels):
+        # no steps: the whole (windowed) trace counts as one, so every kernel is still accounted for
+        inst = op_instances(m.kernels.assign(step=0))
+        nsteps = 1
+        ctx.note("no steps were found: per-step columns are totals over the whole trace")
     if len(inst) == 0 or nsteps == 0:
         return empty_frame(COLUMNS)
     keys = ["layer_kind", "op"] if by_kind else ["op"]
