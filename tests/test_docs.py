@@ -95,6 +95,22 @@ def test_prediction_doc_lists_every_alias():
                 "EDGE_FRAGMENT",
             ),
         ),
+        (
+            "docs/structure.md",
+            "nsysparse.structure.loops",
+            (
+                "MIN_UNIT_KERNELS",
+                "MAX_CANDIDATES",
+                "MIN_STEP_COPIES",
+                "MIN_BOUNDARY_RATIO",
+                "MIN_BODY_SHARE",
+                "NON_PRIMITIVE_OVERLAP",
+                "PREFIX_KERNELS",
+                "MIN_TEMPLATE_MATCH",
+                "EMBED_SNAP_KERNELS",
+                "WARMUP_FACTOR",
+            ),
+        ),
         ("docs/gaps.md", "nsysparse.analyses.gaps", ("DEFAULT_MIN_BUBBLE_US", "LAUNCH_LATENCY_NS", "TRICKLE_FREE_NS", "COLLECTIVE_SLACK_NS", "PROFILER_SHARE")),
     ],
 )
