@@ -255,15 +255,19 @@ def find_loop_steps(
     is_graph: np.ndarray,
     is_embed: np.ndarray,
     is_train: np.ndarray,
-) -> LoopSteps | None:
-    """Steps of one device's kernels (all arrays in start order), or None when no loop is found."""
+) -> LoopSteps | str:
+    """Steps of one device's kernels (all arrays in start order), or why no loop was found."""
     found = periods(codes, is_gemm)
     step = choose_step_period(found, codes, gaps)
     if step is None:
-        return None
+        often = sum(q.copies >= MIN_STEP_COPIES for q in found)
+        return (
+            f"no loop found ({len(found)} repeating units with a matrix multiply, {often} of them repeating {MIN_STEP_COPIES}+ times, "
+            f"none with a boundary gap {MIN_BOUNDARY_RATIO:g}× its median)"
+        )
     _, ratio, starts = boundary(step, codes, gaps)
     if len(starts) == 0:
-        return None
+        return f"no loop found (the {step.length}-kernel unit has no whole copy to align on)"
     p = step.length
     starts = _snap_to_embedding(starts, is_embed, p)
     s0 = int(starts[0])

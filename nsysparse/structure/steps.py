@@ -321,9 +321,10 @@ def _device_steps(grp: pd.DataFrame, codes: np.ndarray) -> tuple[np.ndarray, np.
     end = grp["end_ns"].to_numpy()
     gaps = _idle_gaps(start, end)
     loop = find_loop_steps(codes, start, end, gaps, *_loop_flags(grp))
-    if loop is not None:
+    if not isinstance(loop, str):
         return loop.first, loop.last, loop.phase, loop.warmup, "inferred-repeat", loop.confidence, loop.why
     cuts, method, conf, why = infer_cuts(start, end, codes)
+    why = f"{loop}; {why}"
     if len(cuts) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0, dtype=object), np.zeros(0, dtype=bool), "none", 0.0, why
