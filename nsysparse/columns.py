@@ -98,9 +98,10 @@ NAMING_SOURCE = Categories(
 )
 LAYER_KIND = Categories(
     "layer_kind",
-    ("", "dense", "moe", "mtp", "unknown"),
+    ("", "dense", "moe", "mtp", "dense_bwd", "moe_bwd", "unknown"),
     "the layer a kernel is in: dense (attention + MLP), moe (router + experts), mtp (multi-token-prediction block), "
-    "unknown (a layer whose kind could not be told), empty outside layers",
+    "dense_bwd / moe_bwd (the backward of such a layer in training), unknown (a layer whose kind could not be told), "
+    "empty outside layers",
 )
 GAP_CAUSE = Categories(
     "cause",

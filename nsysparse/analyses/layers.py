@@ -113,6 +113,9 @@ def layer_report(ctx: AnalysisContext, top_unmapped: int = 10) -> LayerReport:
     in_layer = inst[inst["layer_id"] >= 0]
     if len(in_layer):
         ops, kind_df = _layer_tables(in_layer, steps, nsteps)
+        note = layer_count_note(in_layer, steps)
+        if note:
+            ctx.note(note)
     else:
         ops, kind_df = empty_frame(OP_COLUMNS), empty_frame(KIND_COLUMNS)  # no layers: ops outside layers only
 
@@ -143,6 +146,27 @@ def layer_report(ctx: AnalysisContext, top_unmapped: int = 10) -> LayerReport:
     )
 
 
+def layers_per_step(in_layer: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:
+    """Layers of each kind in one step: the most common count over the steps that hold that kind (an integer,
+    never an average: steps whose layers were not all found must not make 3.76 layers)."""
+    inst = in_layer.drop_duplicates("layer_id")
+    counts = inst.groupby(["step", "layer_kind"]).size().unstack(fill_value=0)
+    return counts.apply(lambda col: int(col[col > 0].mode().min()) if (col > 0).any() else 0).astype(int)
+
+
+def layer_count_note(in_layer: pd.DataFrame, steps: pd.DataFrame) -> str | None:
+    """A note when steps disagree on their layer counts (per phase, so a user sees which steps lack layers)."""
+    inst = in_layer.drop_duplicates("layer_id")
+    counts = inst.groupby(["step", "layer_kind"]).size().unstack(fill_value=0).reindex(steps["step"].to_numpy(), fill_value=0)
+    if len(counts.drop_duplicates()) <= 1:
+        return None
+    phase = steps.set_index("step")["phase"].reindex(counts.index).astype(str)
+    label = counts.apply(lambda r: ", ".join(f"{k} {v}" for k, v in r.items() if v) or "no layers", axis=1)
+    groups = pd.DataFrame({"phase": phase.to_numpy(), "layers": label.to_numpy()}).value_counts().sort_index()
+    parts = [f"{n} {ph} steps: {lay}" for (ph, lay), n in groups.items()]
+    return "layers per step differ between steps (" + "; ".join(parts) + "); the table counts the most common number"
+
+
 def _layer_tables(in_layer: pd.DataFrame, steps: pd.DataFrame, nsteps: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The layer kind × op table and the one-layer-per-kind table from op instances inside layers."""
     layers = (
@@ -153,10 +177,11 @@ def _layer_tables(in_layer: pd.DataFrame, steps: pd.DataFrame, nsteps: int) -> t
     kinds = layers.groupby("layer_kind").agg(n=("layer_id", "size"), kernel_ns=("kernel_ns", "mean"), wall_ns=("end", "mean"), kernels=("kernels", "mean"))
     kinds["wall_ns"] = layers.assign(w=layers["end"] - layers["start"]).groupby("layer_kind")["w"].mean()
     step_wall = float(steps["wall_ns"].mean())
+    per_step = layers_per_step(in_layer, steps)
     kind_df = pd.DataFrame(
         {
             "layer_kind": kinds.index.astype(str),
-            "count_per_step": kinds["n"].to_numpy() / nsteps,
+            "count_per_step": per_step.reindex(kinds.index.astype(str)).fillna(0).to_numpy(dtype=float),
             "kernel_us": kinds["kernel_ns"].to_numpy() / 1e3,
             "wall_us": kinds["wall_ns"].to_numpy() / 1e3,
             "kernels": kinds["kernels"].to_numpy(dtype=float),

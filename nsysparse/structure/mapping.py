@@ -25,10 +25,11 @@ from nsysparse.distinct import dense_codes, map_distinct
 from nsysparse.errors import UsageError
 from nsysparse.rules import RuleSet, classify_names, load_rules
 from nsysparse.structure.instances import op_instances
+from nsysparse.structure.layer_repeats import ATTENTION_CLASSES, BACKWARD_CLASSES, MOE_LAYER_CLASSES, content_kind, repeated_layers
 from nsysparse.structure.loops import warmup_flags
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.parse import Parser, Segment
-from nsysparse.structure.steps import DEFAULT_STEP_PATTERN, StepWindows, assign_windows, infer_step_windows, nvtx_step_windows
+from nsysparse.structure.steps import DEFAULT_STEP_PATTERN, MATMUL_CLASSES, StepWindows, assign_windows, infer_step_windows, nvtx_step_windows
 from nsysparse.trace import NO_TIME, Trace
 
 DEFAULT_LAYER_PATTERN = r"(?i)^(?!.*::)(?:.*?[^a-z0-9])?(?:layers?|blocks?|decoder_?layer|transformer_?(?:layer|block))[_.\[\s#:-]*\d+"
@@ -342,9 +343,21 @@ def _find_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, att: _NvtxAtt
     _template_ops_in_layers(parser, k, enc, codes, names)
     # kernels of a step outside its NVTX layers (embedding, LM head, sampling): prelude/head templates
     outside = _LayerCodes.empty(n)
-    _parse_steps(parser, k, enc, outside, _Names(names.ops, Vocab(*LAYER_KIND.values), Vocab("")), [])
+    other = _Names(names.ops, Vocab(*LAYER_KIND.values), Vocab(""))
+    _parse_steps(parser, k, enc, outside, other, [])
     fill = (codes.layer_id < 0) & (outside.op >= 0)
     codes.op[fill] = outside.op[fill]
+    # steps with no NVTX layer range at all (CUDA-graph replays of a forward whose module hooks ran only while it
+    # was captured, or eagerly) get the layers found without NVTX, so every step has its layers
+    with_ranges = np.unique(step[has])
+    bare = (step >= 0) & ~np.isin(step, with_ranges) & (outside.layer_id >= 0)
+    if bare.any():
+        codes.layer_id[bare] = outside.layer_id[bare] + int(codes.layer_id.max()) + 1
+        kind_map = np.array([names.kinds(v) for v in other.kinds.values], dtype=np.int32)
+        name_map = np.array([names.layers(v) for v in other.layers.values], dtype=np.int32)
+        codes.kind[bare] = kind_map[outside.kind[bare]]
+        codes.name[bare] = name_map[outside.name[bare]]
+        notes.append(f"{len(np.unique(step[bare]))} steps have no NVTX layer ranges: their layers were found without NVTX")
     return codes, "nvtx", notes
 
 
@@ -410,6 +423,26 @@ def _broadcast(order: np.ndarray, starts: np.ndarray, members: list[int], values
     target[order[idx]] = vals
 
 
+TEMPLATE_MISS_SHARE = 0.1
+"""A step whose kernels the layer templates leave unparsed beyond this share gets its layers from repetition."""
+
+
+class _ClassFlags:
+    """Which parser class codes are matrix multiplies, MoE kernels and attention (for content-based layer kinds)."""
+
+    def __init__(self, parser: Parser) -> None:
+        def codes_of(classes: tuple[str, ...]) -> np.ndarray:
+            return np.array([ord(parser.codes[c]) for c in classes if c in parser.codes], dtype=np.uint8)
+
+        self.gemm = codes_of(MATMUL_CLASSES)
+        self.moe = codes_of(MOE_LAYER_CLASSES)
+        self.attn = codes_of(ATTENTION_CLASSES)
+        self.bwd = codes_of(BACKWARD_CLASSES)
+
+    def of(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return np.isin(c, self.gemm), np.isin(c, self.moe), np.isin(c, self.attn), np.isin(c, self.bwd)
+
+
 def _template_ops_in_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _LayerCodes, names: _Names) -> None:
     """NVTX delimits the layers; templates name the ops inside them (kind from the name or template).
     Layers with the same kernel sequence and name hint are parsed once and written in one step."""
@@ -423,11 +456,15 @@ def _template_ops_in_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, co
     ends = np.concatenate((bounds, [len(order)]))
     hint_of = {c: (_kind_from_name(v) or "") for c, v in enumerate(names.layers.values)}
     hints = [hint_of[int(c)] for c in codes.name[order[starts]]]
+    flags = _ClassFlags(parser)
     full = Parser.text(enc[order])
     for (seq, hint), members in _group_slices(full, starts, ends, hints).items():
         seg = parser.fullmatch_layer(seq) if hint != "mtp" else None
         segs = [seg] if seg is not None else parser.parse(seq, "mtp" if hint == "mtp" else "")
-        kind = hint or next((x.kind for x in segs if x.role == "layer"), None) or "unknown"
+        if seg is None and not hint:  # no template is this layer: its kind comes from its content
+            kind = content_kind(*flags.of(np.frombuffer(seq.encode("ascii"), dtype=np.uint8))[1:])
+        else:
+            kind = hint or next((x.kind for x in segs if x.role == "layer"), None) or "unknown"
         op, _, _, _ = _segment_arrays(parser, segs, len(seq), names.ops, names.kinds)
         _broadcast(order, starts, members, op, codes.op, keep=op >= 0)
         _broadcast(order, starts, members, np.full(len(seq), names.kinds(kind), dtype=np.int32), codes.kind)
@@ -461,9 +498,23 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
     n_layers = np.zeros(len(starts), dtype=np.int64)
     parsed = []
     unparsed = 0
+    flags = _ClassFlags(parser)
+    name_codes = k["name"].cat.codes.to_numpy()[order]
+    repeated = 0
     for (seq, _), members in _group_slices(full, starts, ends).items():
         segs = parser.parse(seq)
         op, ordinal, kind, miss = _segment_arrays(parser, segs, len(seq), names.ops, names.kinds)
+        only_mtp = bool((ordinal >= 0).any()) and {names.kinds.values[c] for c in np.unique(kind[ordinal >= 0])} <= {"mtp"}
+        if miss > TEMPLATE_MISS_SHARE * len(seq) or only_mtp:
+            # the templates do not describe this step (framework code we have no template for): its layers are the
+            # blocks that repeat inside it, their kinds told by content
+            c = np.frombuffer(seq.encode("ascii"), dtype=np.uint8)
+            a = int(starts[members[0]])
+            names_seq = name_codes[a : a + len(seq)].astype(np.int64)  # kernel names repeat where classes may not line up
+            ordinal, kinds = repeated_layers(names_seq, *flags.of(c))
+            kind = np.where(ordinal >= 0, np.array([names.kinds(x) for x in kinds] or [0], dtype=np.int32)[np.clip(ordinal, 0, None)], -1).astype(np.int32)
+            miss = 0
+            repeated += len(members)
         n_layers[members] = int(ordinal.max()) + 1 if len(ordinal) else 0
         unparsed += miss * len(members)
         parsed.append((members, op, ordinal, kind))
@@ -480,6 +531,8 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
             codes.name[rows] = np.tile(label, len(members))
     if unparsed:
         notes.append(f"{unparsed} kernels inside steps matched no template; they are named by class")
+    if repeated:
+        notes.append(f"layers of {repeated} steps are their repeated blocks (no template matched): kinds from content, ops named by class")
     if len(other):
         rows = other
         lid = np.nonzero(codes.layer_id >= 0)[0]

@@ -1,0 +1,102 @@
+"""Layers without NVTX or matching templates: the repeated blocks inside one step, kinds told by content.
+
+Inside one step (its kernel classes in launch order), the decoder layers are the unit that repeats back to back
+(structure.loops' periods, on classes so that dense and MoE layers share their attention half). Each layer period
+covering the most kernels is taken, then others whose copies lie elsewhere (a training step has forward and
+backward layers). Layer starts are the places where a period's unit begins (its first kernels: the attention
+block), so a layer that is no exact copy (the dense first layer of a MoE model) is found too. A layer's kind comes
+from its content: a router (top-k) or expert kernels make it `moe`, attention makes it `dense`, else `unknown`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nsysparse.structure.loops import _drop_close, _prefix_matches, periods
+
+LAYER_PREFIX_KERNELS = 10
+"""A layer starts where the first kernels (up to this many) of a repeating layer unit recur."""
+MAX_LAYER_PERIODS = 4
+"""At most this many distinct layer units per step (forward and backward layers, dense and MoE ones...)."""
+MOE_LAYER_CLASSES = ("grouped_gemm", "ep_dispatch", "ep_combine", "moe_permute", "moe_unpermute", "moe_route", "topk")
+"""Kernel classes that make a layer a MoE layer (a router's top-k, grouped expert GEMMs, expert dispatch/combine)."""
+ATTENTION_CLASSES = ("fmha", "fmha_bwd")
+"""Kernel classes of attention: a layer with attention and no MoE kernel is dense."""
+BACKWARD_CLASSES = ("fmha_bwd", "norm_bwd")
+"""Kernel classes of a backward pass: a layer holding them is the backward of its kind (dense_bwd, moe_bwd)."""
+
+
+def repeated_layers(codes: np.ndarray, is_gemm: np.ndarray, is_moe: np.ndarray, is_attn: np.ndarray, is_bwd: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Per position of one step's sequence: its layer ordinal (-1 outside layers), and each layer's kind.
+    A repeated block with neither attention nor MoE kernels is no layer (a piece of one, or an optimizer loop)."""
+    n = len(codes)
+    ordinal = np.full(n, -1, dtype=np.int32)
+    found = [q for q in periods(codes, is_gemm) if q.copies >= 2]
+    if not found:
+        return ordinal, []
+    taken = np.zeros(n, dtype=bool)
+    starts_all: list[np.ndarray] = []
+    ends_all: list[np.ndarray] = []
+    for q in sorted(found, key=lambda q: -q.coverage)[: MAX_LAYER_PERIODS * 2]:
+        if len(starts_all) >= MAX_LAYER_PERIODS:
+            break
+        inside = taken[q.lo[0] : q.hi[-1]].mean() if q.hi[-1] > q.lo[0] else 1.0
+        if inside > 0.5:
+            continue  # a repeat inside layers already found (a sub-layer pair such as q/k norms)
+        k = min(LAYER_PREFIX_KERNELS, q.length // 2)
+        a = _layer_start(codes, q.widest, q.length, k)
+        starts = _drop_close(_prefix_matches(codes, codes[a : a + k]), q.length // 2)
+        starts = starts[~taken[starts]]
+        if len(starts) < 2:
+            continue
+        nxt = np.append(starts[1:], n)
+        ends = np.minimum(nxt, starts + q.length)
+        edge = np.zeros(n + 1, dtype=np.int64)
+        np.add.at(edge, starts, 1)
+        np.add.at(edge, ends, -1)
+        taken |= np.cumsum(edge)[:n] > 0
+        starts_all.append(starts)
+        ends_all.append(ends)
+    if not starts_all:
+        return ordinal, []
+    first = np.concatenate(starts_all)
+    last = np.concatenate(ends_all)
+    order = np.argsort(first, kind="stable")
+    first, last = first[order], last[order]
+    last = np.minimum(last, np.append(first[1:], n))  # layers never overlap
+    pos = np.arange(n)
+
+    def per_layer(flag: np.ndarray, f: np.ndarray, e: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(f, pos, side="right") - 1
+        ok = (i >= 0) & (pos < e[np.clip(i, 0, None)])
+        return np.bincount(i[ok], weights=flag[ok].astype(float), minlength=len(f)) > 0
+
+    moe, attn = per_layer(is_moe, first, last), per_layer(is_attn, first, last)
+    keep = moe | attn
+    first, last, moe, bwd = first[keep], last[keep], moe[keep], per_layer(is_bwd, first, last)[keep]
+    i = np.searchsorted(first, pos, side="right") - 1
+    ok = (i >= 0) & (pos < last[np.clip(i, 0, None)]) if len(first) else np.zeros(n, dtype=bool)
+    ordinal[ok] = i[ok]
+    kinds = [("moe" if m else "dense") + ("_bwd" if b else "") for m, b in zip(moe.tolist(), bwd.tolist())]
+    return ordinal, kinds
+
+
+def _layer_start(codes: np.ndarray, a: int, p: int, k: int) -> int:
+    """Where in the unit [a, a + p) a layer starts: the rotation whose first k kernels recur most often in the
+    step (the attention block, shared by dense and MoE layers), the earliest of those."""
+    best, best_n = a, -1
+    for o in range(p):  # one unit's positions (a layer's kernels), not the trace's
+        at = a + o
+        if at + k > len(codes):
+            break
+        n = len(_drop_close(_prefix_matches(codes, codes[at : at + k]), p // 2))  # at most one start per layer
+        if n > best_n:
+            best, best_n = at, n
+    return best
+
+
+def content_kind(is_moe: np.ndarray, is_attn: np.ndarray, is_bwd: np.ndarray) -> str:
+    """The kind of one layer from its kernels: moe (router or expert kernels), dense (attention), else unknown;
+    `_bwd` when it holds backward kernels."""
+    kind = "moe" if bool(is_moe.any()) else ("dense" if bool(is_attn.any()) else "unknown")
+    return kind + ("_bwd" if kind != "unknown" and bool(is_bwd.any()) else "")
