@@ -129,3 +129,49 @@ def test_cold_compile_finds_every_forward_but_the_one_that_compiles(unpacked):
     assert len(steps) == exp["forwards"] - 1
     assert (steps["phase"] == "prefill").sum() == exp["prefill_forwards"]
     assert any("loop of" in n for n in notes)
+
+
+LAYER_FIXTURES = ["hf_llama_generate", "hf_qwen3moe_generate", "hf_llama_train", "hf_llama_cudagraph_generate"]
+
+
+def expected_layers(manifest: dict) -> dict[str, float]:
+    """Layers per step by kind from the manifest's model (dense and MoE layer indices); training steps also run
+    each layer backward."""
+    lay = manifest["expected"]["layers"]
+    out = {kind: float(len(lay[kind])) for kind in ("dense", "moe") if lay.get(kind)}
+    if manifest["protocol"]["protocol"] == "train":
+        out.update({f"{kind}_bwd": n for kind, n in list(out.items())})
+    return out
+
+
+@pytest.mark.parametrize("name", LAYER_FIXTURES)
+def test_layers_per_step_match_the_model(name, unpacked, run):
+    import json
+
+    fx = corpus.load(name, unpacked)
+    data = json.loads(run("layers", fx.bare, "-f", "json").stdout)
+    assert data["layer_kinds"] == expected_layers(fx.manifest)
+    assert "mtp" not in data["layer_kinds"]
+
+
+@pytest.mark.parametrize("name", ["hf_llama_generate", "hf_qwen3moe_generate", "hf_llama_cudagraph_generate"])
+def test_layer_kind_time_matches_the_twin(name, unpacked):
+    """Each layer kind's median GPU time (summed kernel time of one layer instance) within 3 % of the twin's, where
+    a twin layer is the kernels of one `model.layers.N` range in one forward."""
+    fx = corpus.load(name, unpacked)
+    truth = corpus.bare_labels(fx.bare, fx.twin, strict=False)
+    truth = truth[(truth["layer"] >= 0) & (truth["forward"] >= 0)]
+    lay = fx.manifest["expected"]["layers"]
+    kind_of = {i: kind for kind in ("dense", "moe") for i in lay.get(kind, [])}
+    truth = truth.assign(kind=truth["layer"].map(kind_of), dur=truth["end_ns"] - truth["start_ns"])
+    truth_med = truth.groupby(["forward", "layer", "kind"])["dur"].sum().groupby(level="kind").median()
+    with AnalysisContext.open(fx.bare, include_warmup=True) as ctx:
+        k = ctx.mapping.kernels
+    # compare like with like: only the forwards whose layers the twin labels (module hooks do not run inside a
+    # CUDA-graph replay, so there the twin's truth covers the eager prefills only)
+    k = k.rename(columns={"stream_id": "stream"}).merge(truth[["stream", "start_ns", "forward"]], on=["stream", "start_ns"], how="left")
+    labelled = k.groupby("step")["forward"].transform(lambda f: f.notna().any())
+    k = k[(k["layer_id"] >= 0) & labelled]
+    got = k.groupby(["layer_id", k["layer_kind"].astype(str)])["dur_ns"].sum().groupby(level=1).median()
+    for kind, med in truth_med.items():
+        assert got[kind] == pytest.approx(med, rel=0.03), (kind, got[kind], med)
