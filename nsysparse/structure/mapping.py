@@ -500,7 +500,7 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
     unparsed = 0
     flags = _ClassFlags(parser)
     name_codes = k["name"].cat.codes.to_numpy()[order]
-    repeated = 0
+    repeated = no_layers = 0
     for (seq, _), members in _group_slices(full, starts, ends).items():
         segs = parser.parse(seq)
         op, ordinal, kind, miss = _segment_arrays(parser, segs, len(seq), names.ops, names.kinds)
@@ -512,6 +512,8 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
             a = int(starts[members[0]])
             names_seq = name_codes[a : a + len(seq)].astype(np.int64)  # kernel names repeat where classes may not line up
             ordinal, kinds = repeated_layers(names_seq, *flags.of(c))
+            if not kinds:
+                no_layers += len(members)
             kind = np.where(ordinal >= 0, np.array([names.kinds(x) for x in kinds] or [0], dtype=np.int32)[np.clip(ordinal, 0, None)], -1).astype(np.int32)
             miss = 0
             repeated += len(members)
@@ -531,8 +533,10 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
             codes.name[rows] = np.tile(label, len(members))
     if unparsed:
         notes.append(f"{unparsed} kernels inside steps matched no template; they are named by class")
-    if repeated:
-        notes.append(f"layers of {repeated} steps are their repeated blocks (no template matched): kinds from content, ops named by class")
+    if repeated - no_layers:
+        notes.append(f"layers of {repeated - no_layers} steps are their repeated blocks (no template matched): kinds from content, ops named by class")
+    if no_layers:
+        notes.append(f"no layers in {no_layers} steps: no template matched and no repeated block holds attention or MoE kernels")
     if len(other):
         rows = other
         lid = np.nonzero(codes.layer_id >= 0)[0]
