@@ -69,7 +69,17 @@ class RuleSet:
         key = normalise(text)
         if key in self.ops:
             return key
-        return self.aliases.get(key, key)
+        if key in self.aliases:
+            return self.aliases[key]
+        # a framework module path ("self_attn.q_proj", "mlp.experts"): its last parts name the op
+        parts = [p for p in re.split(r"[./]", text.strip()) if p]
+        for i in range(1, len(parts)):
+            tail = normalise(".".join(parts[i:]))
+            if tail in self.ops:
+                return tail
+            if tail in self.aliases:
+                return self.aliases[tail]
+        return key
 
 
 def normalise(text: str) -> str:

@@ -180,6 +180,12 @@ class _NvtxAttribution:
             container[cur[ok]] = True
             cur = np.where(ok, par[np.clip(cur, 0, None)], -1)
         is_op = ~is_step & ~is_layer & ~container
+        # a range holding op ranges is a block (`self_attn` around q/k/v/o_proj, `mlp` around its projections): the
+        # kernels directly in it (the attention core, an activation product) are named by templates or their class
+        block = np.zeros(len(tree), dtype=bool)
+        child = is_op & (par >= 0)
+        block[par[child]] = True
+        is_op &= ~block
         self.is_layer = is_layer
         near_layer = tree.nearest_flagged(is_layer)
         near_op = tree.nearest_flagged(is_op, stop=is_layer | is_step)
