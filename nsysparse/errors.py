@@ -27,7 +27,8 @@ class NsysparseError(Exception):
     def one_line(self) -> str:
         text = self.message
         if self.hint:
-            text = f"{text}. {self.hint.rstrip('.')}"
+            hint = self.hint.rstrip(".")
+            text = f"{text}. {hint[:1].upper()}{hint[1:]}"  # a new sentence starts with a capital
         return " ".join(text.split()) + ("" if text.endswith((".", "?", "!")) else ".")
 
 

@@ -161,7 +161,18 @@ def mfu(
         ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, device)
         # the manifest's own FLOP count is the model's by construction: it is checked by its measured step time instead
         ref_step = manifest_step_ns(lm.expected, basis)
-        r = mfu_report(ac.mapping.steps, lm.spec, w, hw, gpus=gpus, basis=basis, recompute=recompute, reference_flops=ref_flops, reference_step_ns=ref_step)
+        r = mfu_report(
+            ac.mapping.steps,
+            lm.spec,
+            w,
+            hw,
+            gpus=gpus,
+            basis=basis,
+            recompute=recompute,
+            reference_flops=ref_flops,
+            reference_step_ns=ref_step,
+            source=str(t.path),
+        )
         fit = fit_notes(lm.spec, layer_report(ac).layer_kinds, t.gpu_name(device), hw, lm.expected) + run_notes(lm.run, w)
         r.notes += fit
         check_plausible(r, lm.spec, trace, fit)

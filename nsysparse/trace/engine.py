@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from nsysparse.errors import TraceError, redact
+from nsysparse.trace import validate
 
 log = logging.getLogger("nsysparse.trace")
 
@@ -120,6 +121,7 @@ class Engine:
             con.execute(f"ATTACH '{_sql_str(str(self.path.resolve()))}' AS nsys (TYPE sqlite, READ_ONLY)")
             con.execute("USE nsys")
         except Exception as err:  # duckdb.Error and friends: fall back to sqlite3
+            reraise_interrupt(err)
             log.debug("duckdb unavailable (%s); using sqlite3", err)
             self._duck_failed = True
             return None
@@ -135,8 +137,17 @@ class Engine:
                 try:
                     return con.execute(sql).df()
                 except Exception as err:
+                    reraise_interrupt(err)
+                    # a value of the wrong type: the file is damaged, say where (never retried with sqlite3)
+                    bad = validate.diagnose(self.path, self.rows, sql, str(err)) if "Mismatch Type" in str(err) else None
+                    if bad is not None:
+                        raise bad from None
                     log.debug("duckdb query failed (%s); retrying with sqlite3", err)
         return self._sqlite_frame(sql)
+
+    def uses_duckdb(self) -> bool:
+        """Whether large queries go to DuckDB (preferred and available)."""
+        return self.prefers_duckdb() and self.duckdb() is not None
 
     def _thread_cursor(self) -> Any:
         """The DuckDB connection on the main thread; a cursor of it (same attached file) elsewhere."""
@@ -156,6 +167,12 @@ class Engine:
             self._duck.close()
             self._duck = None
         self._sqlite.close()
+
+
+def reraise_interrupt(err: Exception) -> None:
+    """DuckDB turns Ctrl-C into its own InterruptException: a Ctrl-C, never a reason to retry with sqlite3."""
+    if type(err).__name__ == "InterruptException":
+        raise KeyboardInterrupt from None
 
 
 def _decode_text(raw: bytes) -> str:

@@ -16,6 +16,7 @@ from nsysparse import intervals
 from nsysparse.trace import schema as S
 from nsysparse.trace import tables
 from nsysparse.trace.ids import pid_of, tid_of
+from nsysparse.trace.validate import check_times
 
 if TYPE_CHECKING:
     from nsysparse.trace.handle import TraceHandle as Trace
@@ -73,15 +74,32 @@ def _picker(have: tuple[str, ...]):  # type: ignore[no-untyped-def]
 
 
 def _gpu_row(did: Any, name: Any, sm: Any, mem: Any, bw: Any, cmaj: Any, cmin: Any, source: str) -> dict[str, Any]:
+    did, sm, cmaj, cmin = (_int(v) for v in (did, sm, cmaj, cmin))
+    mem, bw = (_number(v) for v in (mem, bw))
     return {
-        "device_id": int(did) if did is not None else -1,
-        "name": str(name) if name else "unknown",
-        "sm_count": int(sm) if sm else None,
-        "memory_gib": round(float(mem) / 2**30, 1) if mem else None,
-        "memory_bandwidth_gbps": round(float(bw) / 1e9, 1) if bw else None,
+        "device_id": did if did is not None else -1,
+        "name": _text(name) or "unknown",
+        "sm_count": sm or None,
+        "memory_gib": round(mem / 2**30, 1) if mem else None,
+        "memory_bandwidth_gbps": round(bw / 1e9, 1) if bw else None,
         "compute_capability": f"{cmaj}.{cmin}" if cmaj is not None and cmin is not None else None,
         "source": source,
     }
+
+
+def _int(v: Any) -> int | None:
+    """An integer cell of a descriptive table, or None (a damaged value describes nothing)."""
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) else None
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    return "".join(ch for ch in v if ch.isprintable()) if isinstance(v, str) else ""
 
 
 def graph_launches(trace: Trace) -> int:
@@ -133,7 +151,7 @@ def processes(trace: Trace) -> pd.DataFrame:
         table = S.TABLES[kind]
         if not trace.schema.has(table, col):
             continue
-        valid = tables.valid_rows_sql(trace, kind) if kind in tables.SPECS else "(1 = 1)"
+        valid = tables.valid_rows_sql(trace, kind) if kind in tables.SPECS else tables.nvtx_valid_sql(trace)
         df = trace.engine.frame(f'SELECT "{col}" AS g, count(*) AS n FROM "{table}" WHERE {valid} GROUP BY 1')
         g = df["g"].fillna(0).to_numpy(np.int64) if len(df) else np.zeros(0, np.int64)
         for p, t, n in zip(pid_of(g).tolist(), tid_of(g).tolist(), df["n"].astype(np.int64).tolist()):
@@ -143,8 +161,8 @@ def processes(trace: Trace) -> pd.DataFrame:
     names: dict[int, str] = {}
     if trace.schema.has(S.PROCESSES, "pid") and trace.schema.has(S.PROCESSES, "name"):
         for pid, name in trace.engine.rows(f'SELECT "pid", "name" FROM "{S.PROCESSES}"'):
-            if pid is not None and pid in counts:
-                names[int(pid)] = process_name(name)
+            if _int(pid) is not None and pid in counts:
+                names[int(pid)] = process_name(_text(name))
     rows = [
         {
             "pid": p,
@@ -212,6 +230,7 @@ def nvtx_domains(trace: Trace) -> pd.DataFrame:
     dom = '"domainId"' if "domainId" in have else "0"
     gt = '"globalTid"' if "globalTid" in have else "0"
     ranges = ", ".join(str(t) for t in S.NVTX_RANGE_TYPES)
+    trace.validate("nvtx")
     df = trace.engine.frame(
         f'SELECT COALESCE({dom}, 0) AS d, COALESCE({gt}, 0) AS g, sum(CASE WHEN "eventType" IN ({ranges}) THEN 1 ELSE 0 END) AS ranges, '
         f'sum(CASE WHEN "eventType" = {S.NVTX_MARK} THEN 1 ELSE 0 END) AS marks FROM "{table}" GROUP BY 1, 2'
@@ -236,11 +255,12 @@ def time_span(trace: Trace) -> tuple[int | None, int | None]:
         table = S.TABLES[kind]
         if not (trace.schema.has(table, "start") and trace.schema.has(table, "end")):
             continue
-        valid = tables.valid_rows_sql(trace, kind) if kind in tables.SPECS else "(1 = 1)"
+        valid = tables.valid_rows_sql(trace, kind) if kind in tables.SPECS else tables.nvtx_valid_sql(trace)
         row = trace.engine.frame(f'SELECT min("start") AS a, max("end") AS b FROM "{table}" WHERE {valid} AND NOT ("start" = 0 AND "end" = 0)')
         a, b = (row["a"].iloc[0], row["b"].iloc[0]) if len(row) else (None, None)
         a = None if a is None or pd.isna(a) else int(a)
         b = None if b is None or pd.isna(b) else int(b)
+        check_times(trace.path, table, {"start": np.array([a or 0], np.int64), "end": np.array([b or 0], np.int64)})
         if a is not None:
             lo = a if lo is None else min(lo, a)
         if b is not None:
