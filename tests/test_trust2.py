@@ -122,3 +122,249 @@ def test_a_huge_string_id_costs_no_memory(run, builder, tmp_path, big_id):
     assert "nvjet_sm90_tst_64x8_TNT" in run("kernels", p, "-f", "csv").stdout
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mib < 200, grown_mib  # 2^29 ids used to cost 4.3 GB
+
+
+# -- 7. file-system conditions ---------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli_process(*args, stdout=None, env_extra: dict | None = None, timeout: float = 120):
+    """The real command in a fresh interpreter (what a shell runs), from this checkout."""
+    import os
+    import subprocess
+    import sys
+
+    extra = dict(env_extra or {})
+    first = extra.pop("PYTHONPATH_FIRST", None)  # a folder of stand-in modules, ahead of this checkout
+    env = {**os.environ, **extra, "PYTHONPATH": os.pathsep.join(p for p in (first, str(ROOT)) if p)}
+    return subprocess.run(
+        [sys.executable, "-m", "nsysparse", *map(str, args)], stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=timeout
+    )
+
+
+def test_outputs_into_missing_read_only_or_special_paths(run, builder, tmp_path, monkeypatch):
+    import errno
+    import stat
+    import tempfile
+
+    t = decode_trace(builder, tmp_path / "trace.sqlite")
+    line = one_error_line(run("kernels", t, "-f", "csv", "-o", tmp_path / "no" / "such" / "k.csv", expect=1))
+    assert f"the folder {tmp_path / 'no' / 'such'} does not exist" in line, line
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*a, dir=None, **kw):  # root writes into a mode-0555 folder anyway: refuse as the kernel would
+        if dir is not None and Path(dir).resolve() == ro.resolve():
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_mkstemp(*a, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    line = one_error_line(run("kernels", t, "-f", "csv", "-o", ro / "k.csv", expect=1))
+    assert f"{ro / 'k.csv'}: cannot be written: the folder {ro} accepts no new file (Permission denied)" in line, line
+    line = one_error_line(run("kernels", t, "-f", "csv", "-o", "/dev/full", expect=1))
+    assert line.startswith("Error: /dev/full: cannot be written (No space left on device)"), line
+    assert stat.S_ISCHR(os_stat("/dev/full").st_mode)  # still the device, never replaced by a file
+    line = one_error_line(run("export", t, "-f", "parquet", "-o", "/proc/version", expect=1))
+    assert line.startswith("Error: /proc/version: cannot be written"), line
+    assert run("kernels", t, "-f", "csv", "-o", "/dev/null").output == ""
+    assert stat.S_ISCHR(os_stat("/dev/null").st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ro", "trace.sqlite"]
+
+
+def os_stat(p):
+    import os
+
+    return os.stat(p)
+
+
+@pytest.mark.parametrize("cmd", [["info"], ["kernels", "-f", "json"], ["steps"]])
+def test_a_closed_or_full_stdout_is_one_line_and_exit_1(builder, tmp_path, cmd):
+    t = decode_trace(builder, tmp_path / "trace.sqlite")
+    with open("/dev/full", "w") as full:
+        res = cli_process(cmd[0], t, *cmd[1:], stdout=full)
+    err = res.stderr.decode()
+    assert res.returncode == 1, (res.returncode, err)  # was 120, with 3 lines of "Exception ignored"
+    assert err == "Error: standard output cannot be written (No space left on device).\n", err
+
+
+def test_non_utf8_and_too_long_file_names(run, builder, tmp_path):
+    import os
+
+    t = decode_trace(builder, tmp_path / "trace.sqlite")
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/run\xff\xfe.sqlite"))
+    t.rename(odd)
+    assert "flash_fwd_kernel" in run("kernels", odd, "-f", "csv").stdout
+    res = run("kernels", odd, "-f", "csv", "-o", Path(os.fsdecode(bytes(tmp_path) + b"/out\xff.csv")))
+    assert res.output == "" and (tmp_path / os.fsdecode(b"out\xff.csv")).exists()
+    line = one_error_line(run("info", Path(os.fsdecode(bytes(tmp_path) + b"/gone\xff.sqlite")), expect=1))
+    assert "gone\ufffd.sqlite: no such file" in line, line
+    long = tmp_path / ("x" * 300 + ".sqlite")
+    assert "(File name too long)" in one_error_line(run("info", long, expect=1))
+    assert "(File name too long)" in one_error_line(run("kernels", odd, "-f", "csv", "-o", tmp_path / ("y" * 300 + ".csv"), expect=1))
+
+
+def test_a_report_when_home_is_not_writable(run, builder, tmp_path, monkeypatch):
+    import os
+
+    from test_trust import fake_nsys, kernel_report
+
+    bin_dir = fake_nsys(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", "/proc/nsysparse-home")  # no folder can be made under /proc, not even by root
+    rep = kernel_report(builder, tmp_path / "rep" / "trace.nsys-rep", "kernel_x", 3)
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, m, *a, **kw: False if m & os.W_OK and Path(p).resolve() == rep.parent.resolve() else real_access(p, m, *a, **kw)
+    )
+    line = one_error_line(run("kernels", rep, expect=1))
+    assert line.startswith(f"Error: {rep}: its folder is read-only and the export cache /proc/nsysparse-home/.cache/nsysparse/exports cannot be created"), line
+    assert "nsys export --type sqlite -o" in line
+    assert sorted(p.name for p in rep.parent.iterdir()) == ["trace.nsys-rep"]
+    # no HOME at all (and no passwd entry): Path.home() raises; the cache goes to the temporary folder
+    import tempfile
+
+    monkeypatch.delenv("HOME")
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("Could not determine home directory."))))
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    assert "kernel_x" in run("kernels", rep, "-f", "csv").stdout
+    assert len(list((tmp_path / "tmp").rglob("trace-*.sqlite"))) == 1
+
+
+def test_an_unreadable_input_is_our_error_not_clicks_usage(run, builder, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import nsysparse.trace.source as source
+
+    t = decode_trace(builder, tmp_path / "trace.sqlite")
+    real_access, real_open = os.access, open
+    monkeypatch.setattr(os, "access", lambda p, m, *a, **kw: False if m & os.R_OK and str(p) == str(t) else real_access(p, m, *a, **kw))
+
+    def deny(p, *a, **kw):
+        if str(p) == str(t):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(p, *a, **kw)
+
+    monkeypatch.setattr(source, "open", deny, raising=False)
+    res = run("kernels", t, expect=1)
+    line = one_error_line(res)
+    assert "Usage:" not in res.output and line == f"Error: {t}: cannot read (Permission denied). Check the file permissions.", line
+
+
+# -- 9. no hangs -------------------------------------------------------------------------------------------
+
+
+def test_a_fifo_or_device_as_the_trace_is_refused_at_once(tmp_path):
+    import os
+    import time
+
+    fifo = tmp_path / "trace.sqlite"
+    os.mkfifo(fifo)
+    for path, what in ((fifo, "a FIFO (named pipe)"), (Path("/dev/zero"), "a character device")):
+        t0 = time.monotonic()
+        res = cli_process("info", path, timeout=60)  # used to block forever on open()
+        assert time.monotonic() - t0 < 30
+        err = res.stderr.decode()
+        assert (
+            res.returncode == 1
+            and err == f"Error: {path}: is {what}, not a regular file. Pass the .sqlite export (or .nsys-rep report) itself, not a pipe or device.\n"
+        ), err
+
+
+def test_a_hung_nsys_export_times_out(run, builder, tmp_path, monkeypatch):
+    import os
+    import time
+
+    from test_trust import fake_nsys, kernel_report
+
+    rep = kernel_report(builder, tmp_path / "rep" / "trace.nsys-rep", "kernel_x", 3)
+    hung = fake_nsys(tmp_path / "hung", 'head -c 3000 "$rep" > "$out"; sleep 60 & wait')
+    monkeypatch.setenv("PATH", f"{hung}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("NSYSPARSE_EXPORT_TIMEOUT", "1")
+    t0 = time.monotonic()
+    line = one_error_line(run("kernels", rep, expect=1))
+    assert time.monotonic() - t0 < 20
+    assert line.startswith(f"Error: {rep}: nsys export did not finish within 1 s and was stopped"), line
+    assert "NSYSPARSE_EXPORT_TIMEOUT" in line
+    assert sorted(p.name for p in rep.parent.iterdir()) == ["trace.nsys-rep"]  # no partial export left
+
+
+# -- 10. interrupts: exit 130, one line, no partial output -----------------------------------------------------
+
+
+def test_ctrl_c_while_duckdb_opens_is_an_interrupt_not_a_fallback(run, builder, tmp_path, monkeypatch):
+    import duckdb
+
+    monkeypatch.setenv("NSYSPARSE_ENGINE", "duckdb")
+    t = decode_trace(builder, tmp_path / "trace.sqlite")
+
+    def interrupted(*a, **kw):
+        raise duckdb.InterruptException("INTERRUPT Error: Interrupted!")
+
+    monkeypatch.setattr(duckdb, "connect", interrupted)
+    for cmd in (["kernels"], ["steps"], ["info"]):
+        res = run(cmd[0], t, expect=130)  # used to fall back to sqlite3, run on and exit 0
+        assert res.output == "Interrupted.\n", res.output
+
+
+def test_ctrl_c_during_start_up_is_one_line(builder, tmp_path):
+    t = decode_trace(builder, tmp_path / "trace.sqlite")
+    fake = tmp_path / "fakes" / "pandas"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise KeyboardInterrupt\n")  # Ctrl-C while the heavy imports run
+    res = cli_process("info", t, env_extra={"PYTHONPATH_FIRST": str(fake.parent)})
+    assert res.returncode == 130 and res.stderr.decode() == "Interrupted.\n", res.stderr.decode()[-2000:]
+    assert res.stdout == b""
+
+
+def test_ctrl_c_during_a_parquet_export_leaves_nothing(run, builder, tmp_path, monkeypatch):
+    import duckdb
+
+    monkeypatch.setenv("NSYSPARSE_ENGINE", "sqlite")
+    t = decode_trace(builder, tmp_path / "trace.sqlite")
+    real_connect = duckdb.connect
+
+    class Copying:
+        def __init__(self):
+            self.con = real_connect(":memory:")
+
+        def register(self, *a):
+            return self.con.register(*a)
+
+        def execute(self, sql):
+            target = sql.split("'")[1]
+            Path(target).write_bytes(b"PAR1 half a file")
+            raise duckdb.InterruptException("INTERRUPT Error: Interrupted!")
+
+        def close(self):
+            self.con.close()
+
+    monkeypatch.setattr(duckdb, "connect", lambda *a, **kw: Copying())
+    out = tmp_path / "k.parquet"
+    res = run("export", t, "-f", "parquet", "-o", out, expect=130)
+    assert res.output == "Interrupted.\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trace.sqlite"]
+
+
+# -- 11. nothing created beside the input ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "duckdb"])
+def test_a_wal_mode_trace_gets_no_files_beside_it(run, builder, tmp_path, monkeypatch, engine):
+    monkeypatch.setenv("NSYSPARSE_ENGINE", engine)
+    t = decode_trace(builder, tmp_path / "trace.sqlite")
+    con = sqlite3.connect(t)
+    assert con.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    con.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trace.sqlite"]
+    before = fingerprint(t)
+    clean = json.loads(run("steps", decode_trace(builder, tmp_path.parent / f"{tmp_path.name}-clean.sqlite"), "-f", "json").stdout)["steps"]
+    for cmd in (["info"], ["kernels"], ["steps", "-f", "json"], ["gaps"]):
+        res = run(cmd[0], t, *cmd[1:])
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["trace.sqlite"], cmd  # no trace.sqlite-wal / -shm
+        if cmd[0] == "steps":
+            assert json.loads(res.stdout)["steps"] == clean
+    assert fingerprint(t) == before

@@ -23,8 +23,8 @@ class NotComparable(NsysparseError):
 
 
 @cli.command(epilog="Exit codes: 0 neutral or improvement, 3 regression, 1 not comparable or an error.")
-@click.argument("base", metavar="BASE", type=click.Path(dir_okay=True, path_type=str))
-@click.argument("new", metavar="NEW", type=click.Path(dir_okay=True, path_type=str))
+@click.argument("base", metavar="BASE", type=click.Path(dir_okay=True, readable=False, path_type=str))
+@click.argument("new", metavar="NEW", type=click.Path(dir_okay=True, readable=False, path_type=str))
 @click.option("--threshold", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Smallest change that counts, % of base.")
 @click.option("--min-us", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Smallest change that counts, µs.")
 @click.option("--min-steps", type=click.IntRange(min=1), default=3, show_default=True, help="Fewer steps than this in either trace: not comparable.")

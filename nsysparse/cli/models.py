@@ -215,7 +215,7 @@ def mfu(
     "-o",
     "--output",
     "out",
-    type=click.Path(dir_okay=False, path_type=str),
+    type=click.Path(dir_okay=False, readable=False, path_type=str),
     help="Write a prediction file; the format follows the extension (.csv, .json, .yaml).",
 )
 @click.pass_context
@@ -269,8 +269,8 @@ def predict(
 
 
 @cli.command("simdiff")
-@click.argument("measured", metavar="MEASURED", type=click.Path(dir_okay=True, path_type=str))
-@click.argument("predictions", metavar="PRED", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("measured", metavar="MEASURED", type=click.Path(dir_okay=True, readable=False, path_type=str))
+@click.argument("predictions", metavar="PRED", type=click.Path(dir_okay=False, readable=False, path_type=str))
 @click.option("--layers", "layer_counts", default=None, help="Instances per forward for a measured table without a count column, e.g. dense=3,moe=58,mtp=1.")
 @click.option("--by-kind", is_flag=True, help="One row per (layer kind, op) instead of per op.")
 @click.option(

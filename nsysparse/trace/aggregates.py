@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from nsysparse.errors import reraise_interrupt
 from nsysparse.trace import schema as S
-from nsysparse.trace.engine import reraise_interrupt
 from nsysparse.trace.tables import KERNEL_COLS, note_invalid_rows, valid_rows_sql
 from nsysparse.trace.validate import check_times
 

@@ -1,6 +1,8 @@
 """Read-only query engines over one SQLite export: stdlib sqlite3 and DuckDB's sqlite scanner.
 
-Both open the file read-only (sqlite3 URI `mode=ro`; DuckDB `ATTACH ... (TYPE sqlite, READ_ONLY)`), and
+Both open the file read-only (sqlite3 URI `mode=ro&immutable=1`, which creates no -wal, -shm or journal
+file beside the input; DuckDB `ATTACH ... (TYPE sqlite, READ_ONLY)`, never used for a WAL-mode file, for
+which it would create them), and
 both run the same plain SQL (the loaders use a dialect common to both). DuckDB scans large tables with
 all cores and hands back numpy columns; sqlite3 serves small files, metadata, and is the fallback when
 the DuckDB extension is missing or refuses a table. The extension comes from the PyPI package
@@ -21,7 +23,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from nsysparse.errors import TraceError, redact
+from nsysparse.errors import TraceError, redact, reraise_interrupt
 from nsysparse.trace import validate
 
 log = logging.getLogger("nsysparse.trace")
@@ -52,7 +54,10 @@ class Engine:
     def __init__(self, path: Path, prefer: str | None = None) -> None:
         self.path = path
         self._prefer = (prefer or os.environ.get("NSYSPARSE_ENGINE") or "auto").lower()
-        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+        # immutable: no lock, no journal, no -wal/-shm file is ever created beside the input (a trace in WAL
+        # mode otherwise gets both, and cannot be read at all in a read-only folder)
+        uri = f"file:{quote(os.fsencode(path.resolve()))}?mode=ro&immutable=1"
+        self._wal = _is_wal(path)
         try:
             self._sqlite = sqlite3.connect(uri, uri=True, check_same_thread=False)
             # a value with an invalid UTF-8 byte (a captured environment variable, a path) must not make every
@@ -96,7 +101,7 @@ class Engine:
 
     # -- duckdb -------------------------------------------------------------------------------------
     def prefers_duckdb(self) -> bool:
-        if self._duck_failed or self._prefer == "sqlite":
+        if self._duck_failed or self._prefer == "sqlite" or self._wal:  # DuckDB's scanner would create -wal/-shm files
             return False
         if self._prefer == "duckdb":
             return True
@@ -169,10 +174,14 @@ class Engine:
         self._sqlite.close()
 
 
-def reraise_interrupt(err: Exception) -> None:
-    """DuckDB turns Ctrl-C into its own InterruptException: a Ctrl-C, never a reason to retry with sqlite3."""
-    if type(err).__name__ == "InterruptException":
-        raise KeyboardInterrupt from None
+def _is_wal(path: Path) -> bool:
+    """Whether the database is in WAL mode (header bytes 18 and 19, the file format versions, are 2)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(20)
+    except OSError:
+        return False
+    return len(head) == 20 and 2 in (head[18], head[19])
 
 
 def _decode_text(raw: bytes) -> str:
