@@ -368,3 +368,54 @@ def test_a_wal_mode_trace_gets_no_files_beside_it(run, builder, tmp_path, monkey
         if cmd[0] == "steps":
             assert json.loads(res.stdout)["steps"] == clean
     assert fingerprint(t) == before
+
+
+# -- 12. compare: the verdict follows the step time --------------------------------------------------------
+
+
+def nvtx_period_us(path: Path) -> float:
+    """Median start-to-start period of the forward_i NVTX ranges, in plain SQL."""
+    import itertools
+    import statistics
+
+    con = sqlite3.connect(path)
+    starts = sorted(r[0] for r in con.execute("SELECT start FROM NVTX_EVENTS WHERE text LIKE 'forward_%'"))
+    con.close()
+    return statistics.median(b - a for a, b in itertools.pairwise(starts)) / 1e3
+
+
+def test_a_faster_run_with_a_longer_gap_passes_ci(run, builder, tmp_path):
+    from test_compare import decode_trace as cmp_trace
+
+    base = cmp_trace(builder, tmp_path / "base.sqlite", fmha_us=(400.0,), gap_us=200.0)
+    new = cmp_trace(builder, tmp_path / "new.sqlite", fmha_us=(200.0,), gap_us=350.0)
+    want_pct = (nvtx_period_us(new) - nvtx_period_us(base)) / nvtx_period_us(base) * 100
+    assert want_pct < -20  # the run got faster by a fifth
+    res = run("compare", base, new, "-f", "json", expect=0)  # was REGRESSION, exit 3
+    data = json.loads(res.stdout)
+    assert data["verdict"] == "improvement"
+    assert data["step_time"]["key"] == "period" and data["step_time"]["delta_pct"] == pytest.approx(want_pct, abs=0.2)
+    causes = {(c["section"], c["key"]): c for c in data["causes"]}
+    assert causes[("gaps", "inter-step gap")]["verdict"] == "regression"
+    assert causes[("gaps", "inter-step gap")]["delta_us"] == pytest.approx(150.0, abs=1.0)  # 200 -> 350 µs, by construction
+    assert causes[("op", "dense/fmha")]["verdict"] == "improvement"
+    assert any("got slower without costing step time" in n for n in data["notes"])
+    # the other way round the step time regresses: exit 3, the causes named
+    res = run("compare", new, base, expect=3)
+    assert "Regression: step period +" in res.stderr and "causes: op dense/fmha +" in res.stderr, res.stderr
+
+
+def test_compare_force_with_nothing_judged_exits_1(run, builder, tmp_path):
+    paths = []
+    for name, gpu in (("a", "NVIDIA H100 80GB HBM3"), ("b", "NVIDIA H200")):
+        b = builder("2024.5")
+        b.gpu(0, gpu)
+        b.kernel(10_000, 11_000, "void k<int>()")  # one kernel: no step
+        paths.append(b.write(tmp_path / f"{name}.sqlite"))
+    res = run("compare", *paths, "--force", "-f", "json", expect=1)  # was NEUTRAL, exit 0
+    data = json.loads(res.stdout)
+    assert data["verdict"] == "not comparable" and data["step_time"] is None
+    assert {r["verdict"] for r in data["rows"]} <= {"unjudged", "info"}
+    line = res.stderr.strip().splitlines()[-1]
+    assert not any("judged although" in n for n in data["notes"]), data["notes"]
+    assert line.startswith(f"Error: {paths[0]} vs {paths[1]}: not comparable: different GPUs") and "nothing was judged" in line, line
