@@ -419,3 +419,77 @@ def test_compare_force_with_nothing_judged_exits_1(run, builder, tmp_path):
     line = res.stderr.strip().splitlines()[-1]
     assert not any("judged although" in n for n in data["notes"]), data["notes"]
     assert line.startswith(f"Error: {paths[0]} vs {paths[1]}: not comparable: different GPUs") and "nothing was judged" in line, line
+
+
+# -- 13. the gap breakdown adds up, and a graph launch is graph time ----------------------------------------
+
+COMPONENTS = ("sync_us", "api_us", "graph_us", "host_us", "launch_us", "queue_us")
+
+
+def graph_trace(builder, path: Path, *, steps: int = 5, host_us: int = 500, launch_us: int = 1000, queue_us: int = 50) -> Path:
+    """Each step one cudaGraphLaunch replaying 4 graph-node kernels (90 µs, 10 µs apart): between steps
+    host_us of host work, the launch call, then queue_us until the first node runs (negative: the node
+    starts before the call returns)."""
+    b = builder("2024.5", graph_mode="graph")
+    b.gpu()
+    t = 1_000_000
+    for i in range(steps):
+        l0 = t + host_us * 1000
+        l1 = l0 + launch_us * 1000
+        k0 = l1 + queue_us * 1000
+        corr = b.api(l0, l1, "cudaGraphLaunch_v10000")
+        b.push(t, k0 + 400_000, f"forward_{i}")
+        for j in range(4):
+            b.kernel(k0 + j * 100_000, k0 + j * 100_000 + 90_000, f"void graph_kernel_{j}<T>()", corr=corr, graph_node=j + 1)
+        t = k0 + 400_000
+    return b.write(path)
+
+
+@pytest.mark.parametrize("queue_us", [50, -200], ids=["queued", "node-starts-inside-the-launch-call"])
+def test_a_graph_gap_shows_its_launch_as_graph_time_and_adds_up(run, builder, tmp_path, queue_us):
+    p = graph_trace(builder, tmp_path / "g.sqlite", queue_us=queue_us)
+    gaps = json.loads(run("gaps", p, "-f", "json").stdout)["gaps"]
+    assert len(gaps) == 4
+    # by construction: 10 µs after the last node, 500 µs host, 1000 µs cudaGraphLaunch, then the queue
+    gap = 10 + 500 + 1000 + queue_us
+    launch_in_gap = 1000 if queue_us >= 0 else 1000 + queue_us
+    for g in gaps:
+        assert g["gap_us"] == pytest.approx(gap)
+        assert g["graph_us"] == pytest.approx(launch_in_gap)  # was 0.0
+        assert g["host_us"] == pytest.approx(510) and g["queue_us"] == pytest.approx(max(queue_us, 0))  # was -200
+        assert g["cause"] == "graph"  # was host work
+        assert sum(g[c] for c in COMPONENTS) == pytest.approx(g["gap_us"], abs=1e-9)
+
+
+def test_gap_components_add_up_with_overlapping_runtime_and_driver_calls(run, builder, tmp_path):
+    b = builder("2024.5")
+    b.gpu()
+    t = 1_000_000
+    for i in range(4):
+        b.push(t, t + 300_000, f"forward_{i}")
+        b.api(t + 10_000, t + 60_000, "cudaStreamSynchronize_v3020")
+        b.api(t + 20_000, t + 40_000, "cuStreamSynchronize", event_class=1)  # inside the runtime call
+        b.api(t + 70_000, t + 90_000, "cudaMemsetAsync_v3020")
+        b.api(t + 80_000, t + 100_000, "cudaGraphLaunch_v10000")  # overlaps the call before
+        b.kernel(t + 200_000, t + 250_000, "void k<T>()", api_start=t + 150_000, api_end=t + 180_000)
+        t += 400_000
+    p = b.write(tmp_path / "o.sqlite")
+    gaps = json.loads(run("gaps", p, "-f", "json").stdout)["gaps"]
+    assert len(gaps) == 3
+    for g in gaps:  # last kernel ends at 250 µs, the next step's kernel starts at 400 + 200 µs: 350 µs
+        assert g["gap_us"] == pytest.approx(350)
+        # the thread from 250 µs (the GPU going idle) to the launch at 400 + 150 µs: the calls of the next step
+        assert g["sync_us"] == pytest.approx(50) and g["api_us"] == pytest.approx(10) and g["graph_us"] == pytest.approx(20)
+        assert g["launch_us"] == pytest.approx(30) and g["queue_us"] == pytest.approx(20)
+        assert sum(g[c] for c in COMPONENTS) == pytest.approx(g["gap_us"], abs=1e-9)
+
+
+@pytest.mark.parametrize("name", __import__("conftest").FIXTURE_NAMES)
+def test_gap_components_add_up_on_every_fixture(run, name):
+    from conftest import fixture_trace
+
+    data = json.loads(run("gaps", fixture_trace(name), "-f", "json").stdout)
+    assert data["gaps"], name
+    for g in data["gaps"]:
+        assert all(g[c] >= 0 for c in COMPONENTS), g
+        assert sum(g[c] for c in COMPONENTS) == pytest.approx(g["gap_us"], abs=1e-6), g
