@@ -493,3 +493,76 @@ def test_gap_components_add_up_on_every_fixture(run, name):
     for g in data["gaps"]:
         assert all(g[c] >= 0 for c in COMPONENTS), g
         assert sum(g[c] for c in COMPONENTS) == pytest.approx(g["gap_us"], abs=1e-6), g
+
+
+# -- 14. info's span, an absent --device, no nan -------------------------------------------------------------
+
+
+def test_info_reports_the_activity_span_and_names_an_outlier(run, builder, tmp_path):
+    b = builder("2024.5")
+    b.gpu()
+    b.domain(7, "CCCL")  # a domain-create event, stamped below at -273 ms as in the captures
+    for i in range(4):
+        b.push(1_000_000 + i * 1_000_000, 1_400_000 + i * 1_000_000, f"forward_{i}")
+        b.kernel(1_100_000 + i * 1_000_000, 1_300_000 + i * 1_000_000, "void k<int>()")
+    p = b.write(tmp_path / "t.sqlite")
+    con = sqlite3.connect(p)
+    con.execute("UPDATE NVTX_EVENTS SET start = -273000000 WHERE eventType = 75")
+    lo, hi = con.execute(
+        'SELECT min(s), max(e) FROM (SELECT start s, "end" e FROM CUPTI_ACTIVITY_KIND_KERNEL UNION ALL SELECT start, "end" FROM CUPTI_ACTIVITY_KIND_RUNTIME '
+        'UNION ALL SELECT start, "end" FROM NVTX_EVENTS WHERE eventType != 75)'
+    ).fetchone()
+    con.commit()
+    con.close()
+    data = json.loads(run("info", p, "-f", "json").stdout)
+    assert (data["start_ns"], data["end_ns"]) == (lo, hi)  # was -273 ms .. 4.4 ms
+    assert data["duration_ms"] == pytest.approx((hi - lo) / 1e6)
+    assert data["nvtx_outliers"] == 1
+    note = "1 NVTX event(s) lie far outside the CUDA activity and are left out of the time span (a domain-create event of NVTX domain 'CCCL' at -273.000 ms"
+    assert any(n.startswith(note) for n in data["notes"]), data["notes"]
+    assert note in run("info", p).stdout
+
+
+def test_an_absent_device_is_a_usage_error_listing_the_gpus(run, builder, tmp_path):
+    b = builder("2024.5")
+    for d in (3, 1):  # the GPU table in file order 3, 1
+        b.gpu(d, f"NVIDIA H100 #{d}")
+        for i in range(4):
+            b.push(1_000_000 + i * 1_000_000, 1_400_000 + i * 1_000_000, f"forward_{i}", tid=100 + d)
+            b.kernel(1_100_000 + i * 1_000_000, 1_300_000 + i * 1_000_000, "void k<int>()", device=d, tid=100 + d)
+    p = b.write(tmp_path / "two.sqlite")
+    for cmd in (["kernels"], ["kernels", "-f", "json"], ["steps"], ["gaps"], ["ops"]):
+        res = run(cmd[0], p, "--device", "5", *cmd[1:], expect=2)  # kernels gave an empty table, exit 0
+        line = one_error_line(res)
+        assert line == f"Error: {p}: --device 5 ran no kernels in this trace. GPUs present: 1, 3.", line
+    assert [g["device_id"] for g in json.loads(run("info", p, "-f", "json").stdout)["gpus"]] == [1, 3]  # 16: sorted (was 3, 1)
+
+
+# -- 16. smaller -----------------------------------------------------------------------------------------------
+
+
+def test_an_error_hint_starts_a_sentence():
+    from nsysparse.errors import TraceError
+
+    assert str(TraceError("x.sqlite: has no kernels", "the capture recorded none")) == "x.sqlite: has no kernels. The capture recorded none."
+
+
+@pytest.mark.parametrize(
+    ("short", "kernel_class"),
+    [
+        (
+            "sm80_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize256x64x32_stage3_warpsize4x1x1_g1_tensor16x8x16_execute_kernel__5x_cudnn",
+            "conv",
+        ),
+        ("nvfuser_none_f0_c0_r0_g0", "fused"),
+    ],
+)
+def test_tensorrt_convolutions_and_nvfuser_kernels_match_a_rule(run, builder, tmp_path, short, kernel_class):
+    b = builder("2024.5")
+    b.gpu()
+    for i in range(3):
+        b.kernel(10_000 + i * 2_000, 11_000 + i * 2_000, short, short=short)
+    p = b.write(tmp_path / "k.sqlite")
+    data = json.loads(run("rules", "check", p, "-f", "json").stdout)
+    assert data["unclassified kernels"] == []  # was the 3 kernels, 100 % of kernel time
+    assert [(r["kernel_class"], r["count"]) for r in data["kernel time per class"]] == [(kernel_class, 3)]

@@ -102,7 +102,7 @@ def compare(
     emit(ctx, Result(frames=frames, meta=meta, payload=c.payload() if fmt == "json" else None, notes=all_notes, title="nsysparse compare"), fmt, out)
     if not c.judged:
         raise NotComparable(f"{base} vs {new}: not comparable: {'; '.join(c.reasons)}", "Use --force to judge anyway" if c.step_key is not None else None)
-    if c.verdict == "regression":
+    if c.verdict == "regression" and row is not None:
         slower = causes[causes["verdict"] == "regression"]
         why = ", ".join(f"{r.section} {r.key} {r.delta_us:+.1f} µs" for r in slower.head(3).itertuples()) or "no single key beyond its noise"
         raise RegressionFound(f"step {row['key']} {row['delta_us']:+.1f} µs ({row['delta_pct']:+.1f} %) beyond threshold and noise; causes: {why}")
