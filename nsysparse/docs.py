@@ -41,8 +41,10 @@ source}]), `layer_totals`, `reconciliation`, `unmapped_share` (0..1), `top_unmap
 `bubbles_per_step`, `serving` (when asked for), `worst_device`, `min_bubble_us`, `notes`. `mfu`: the
 summary columns plus `per_step` and `notes`. `predict`: `meta` (the prediction file's meta block) and `ops`.
 `simdiff`: `measured_total_ms`, `predicted_total_ms`, `matched_total_diff_ms`, `ops`, `reconciliation`,
-`notes`. `compare`: `verdict`, `comparable`, `reasons`, `regressions`, `improvements`, `base`/`new`
-(gpu, steps, layers_per_step, step_source), `rows`, `notes`. Other commands:
+`notes`. `compare`: `verdict` (the step time's), `comparable`, `reasons`, `step_time` (the step period
+or wall row the verdict follows: key, base_us, new_us, delta_us, delta_pct, noise_us, verdict), `causes`
+(the other keys that changed significantly), `regressions`, `improvements`, `base`/`new` (gpu, steps,
+layers_per_step, step_source), `rows`, `notes`. Other commands:
 `meta`, one list per table (named as in the table view), `notes`.
 """
 

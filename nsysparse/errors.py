@@ -1,7 +1,7 @@
 """The one error family of nsysparse.
 
 The library raises these; the CLI turns them into a one-line message and an exit code in one place
-(`nsysparse.cli.app.NsysparseGroup`). Exit codes: 0 ok, 1 error, 2 usage, 3 regression found.
+(`nsysparse.cli.app.NsysparseGroup`). Exit codes: 0 ok, 1 error, 2 usage, 3 regression found, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ class NsysparseError(Exception):
     def one_line(self) -> str:
         text = self.message
         if self.hint:
-            text = f"{text}. {self.hint.rstrip('.')}"
+            hint = self.hint.rstrip(".")
+            text = f"{text}. {hint[:1].upper()}{hint[1:]}"  # a new sentence starts with a capital
         return " ".join(text.split()) + ("" if text.endswith((".", "?", "!")) else ".")
 
 
@@ -71,3 +72,10 @@ def redact(message: str) -> str:
         if text.count(q) % 2:
             text = text[: text.rfind(q)] + "…"
     return text[:200]
+
+
+def reraise_interrupt(err: BaseException) -> None:
+    """DuckDB turns Ctrl-C into its own InterruptException (an Exception): re-raise it as the
+    KeyboardInterrupt it is, so that no caller mistakes it for a reason to retry another way."""
+    if type(err).__name__ == "InterruptException":
+        raise KeyboardInterrupt from None

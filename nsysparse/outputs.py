@@ -72,11 +72,20 @@ def write_with(path: str | os.PathLike[str], writer: Callable[[Path], object]) -
     """Check `path`, let `writer` fill a temporary file beside it, then move it into place."""
     target = Path(path)
     check_output(target)
+    try:
+        special = target.exists() and not target.is_file() and not target.is_dir()
+    except OSError as err:  # a name too long, a loop of links
+        raise OutputError(f"{target}: cannot be written ({err.strerror})", "Choose another -o/--output path") from None
+    if special:  # /dev/null, /dev/full, a FIFO, /proc/...: written in place, never replaced by a file
+        _write_special(target, writer)
+        return
     folder = target.parent if str(target.parent) else Path(".")
     try:
         fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".partial")
     except OSError as err:
-        raise OutputError(f"{target}: cannot be written ({err.strerror})", "Check that the folder exists and is writable") from None
+        if not folder.is_dir():
+            raise OutputError(f"{target}: cannot be written: the folder {folder} does not exist", "Create it, or choose another -o/--output path") from None
+        raise OutputError(f"{target}: cannot be written: the folder {folder} accepts no new file ({err.strerror})", "Choose a writable folder") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -89,6 +98,21 @@ def write_with(path: str | os.PathLike[str], writer: Callable[[Path], object]) -
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_special(target: Path, writer: Callable[[Path], object]) -> None:
+    """A device or pipe named as the output: the writer fills a private temporary file, which is then
+    copied into the target (so a failure, such as ENOSPC from /dev/full, is one error and no partial
+    regular file is ever left behind)."""
+    with tempfile.TemporaryDirectory(prefix="nsysparse-") as tmpdir:
+        tmp = Path(tmpdir) / "out"
+        writer(tmp)
+        try:
+            with open(tmp, "rb") as src, open(target, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+        except OSError as err:
+            raise OutputError(f"{target}: cannot be written ({err.strerror or err})", "Choose another -o/--output path") from None
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -104,5 +128,13 @@ _LAYOUT = re.compile("[\t\n]")
 def terminal_text(text: str, keep_layout: bool = True) -> str:
     """`text` without control characters; `keep_layout=False` also turns tabs and newlines into spaces
     (for one table cell or one line)."""
-    text = _CONTROL.sub("", text)
+    text = _CONTROL.sub("", _valid_unicode(text))
     return text if keep_layout else _LAYOUT.sub(" ", text)
+
+
+def _valid_unicode(text: str) -> str:
+    """A non-UTF-8 file name reaches us with surrogate escapes, which no terminal can print: U+FFFD instead."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")

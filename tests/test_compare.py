@@ -53,22 +53,32 @@ def test_fixture_against_itself_is_neutral(run):
     assert {"moe/fmha", "moe/dispatch", "dense/mlp_up", "mtp/moe_up"} <= set(rows.loc[rows["section"] == "op", "key"])
 
 
-def test_larger_host_gap_is_a_regression_in_gaps(run):
+def test_a_faster_run_with_a_longer_gap_is_an_improvement(run):
+    """gap3ms sleeps 3 ms between forwards instead of 1 ms, but its steps run 8 ms faster (the base capture
+    of this launch-bound eager decode launched slower): the step period is 24 % shorter. The verdict follows
+    the step period; the longer gap is a cause that did not cost step time (issue 14, item 12: this was
+    REGRESSION, exit 3)."""
     base, new = fixture_trace("moe_decode_op"), fixture_trace("moe_decode_op_gap3ms")
-    res = run("compare", base, new, "-f", "markdown", expect=3)
-    assert "**verdict**: REGRESSION" in res.stdout
-    assert "Regression: 1 key(s) slower, first gaps inter-step gap" in res.output
-    data = json.loads(run("compare", base, new, "-f", "json", expect=3).stdout)
+    res = run("compare", base, new, "-f", "markdown", expect=0)
+    assert "**verdict**: IMPROVEMENT" in res.stdout
+    assert "**causes**:" in res.stdout and "gaps inter-step gap +1938.2 µs (regression)" in res.stdout
+    data = json.loads(run("compare", base, new, "-f", "json", expect=0).stdout)
+    assert data["verdict"] == "improvement" and data["step_time"]["key"] == "period"
+    assert data["step_time"]["delta_pct"] == pytest.approx(-24.4, abs=0.1)
     rows = pd.DataFrame(data["rows"]).set_index(["section", "key"])
     gap = rows.loc[("gaps", "inter-step gap")]
     assert gap["verdict"] == "regression" and 1500 < gap["delta_us"] < 2500  # 1 ms -> 3 ms host sleep
+    assert any("got slower without costing step time" in n and "gaps inter-step gap +1938.2 µs" in n for n in data["notes"]), data["notes"]
     # the GPU work per step is the same program: no op regresses
     ops = rows.loc["op"]
     assert not (ops["verdict"] == "regression").any(), ops[ops["verdict"] != "neutral"]
-    # reversed, the gap is an improvement (the two captures also differ in idle time inside steps:
-    # this op-annotated eager decode is launch-bound, and the base capture launched slower)
-    rev = pd.DataFrame(json.loads(run("compare", new, base, "-f", "json", expect=3).stdout)["rows"]).set_index(["section", "key"])
-    assert rev.loc[("gaps", "inter-step gap"), "verdict"] == "improvement"
+    # reversed, the step period is 32 % longer: a regression (exit 3), its causes named
+    res = run("compare", new, base, "-f", "json", expect=3)
+    rev = json.loads(res.stdout)
+    assert rev["verdict"] == "regression" and rev["step_time"]["delta_pct"] == pytest.approx(32.2, abs=0.2)
+    assert "Regression: step period +5898.8 µs (+32.2 %) beyond threshold and noise; causes: " in res.stderr, res.stderr
+    assert "gaps idle inside step +7952.8 µs" in res.stderr
+    assert pd.DataFrame(rev["rows"]).set_index(["section", "key"]).loc[("gaps", "inter-step gap"), "verdict"] == "improvement"
 
 
 def test_public_before_after_pair(run):
@@ -175,11 +185,12 @@ def test_renamed_kernel_inside_an_op_is_not_a_change(run, builder, tmp_path):
 
 def test_slower_op_is_found_and_named(run, builder, tmp_path):
     a = decode_trace(builder, tmp_path / "a.sqlite", fmha_us=(100.0,))
-    b = decode_trace(builder, tmp_path / "b.sqlite", fmha_us=(120.0,))
+    b = decode_trace(builder, tmp_path / "b.sqlite", fmha_us=(130.0,))  # +60 µs on an 800 µs step: +7.5 %
     res = run("compare", a, b, "-f", "json", expect=3)
+    assert "causes: op dense/fmha +" in res.stderr, res.stderr
     rows = pd.DataFrame(json.loads(res.stdout)["rows"]).set_index(["section", "key"])
     assert rows.loc[("op", "dense/fmha"), "verdict"] == "regression"
-    assert rows.loc[("op", "dense/fmha"), "delta_us"] == pytest.approx(2 * 20.0, abs=1.0)  # two layers per step
+    assert rows.loc[("op", "dense/fmha"), "delta_us"] == pytest.approx(2 * 30.0, abs=1.0)  # two layers per step
     assert rows.loc[("op", "dense/o_proj"), "verdict"] == "neutral"
     # a looser threshold and floor hide it
     assert run("compare", a, b, "--threshold", "50", "-f", "json").exit_code == 0

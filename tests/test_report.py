@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 import shutil
@@ -212,6 +214,99 @@ def test_report_options_and_errors(run, tmp_path):
     assert "<title>dense train &lt;v2&gt;</title>" in text and 'id="mfu"' in text and "wrote" in res.output
     assert 'id="simdiff"' not in text and 'id="baseline"' not in text
     run("report", tmp_path / "missing.sqlite", "-o", tmp_path / "x.html", expect=1)
+
+
+# Injected into a copy of a report: once plotly has drawn every figure, read back the drawn segments of
+# one figure's bars (in data units, through its axes) and leave them in an attribute for --dump-dom.
+BAR_PROBE = """<script>
+(function () {
+  function probe() {
+    if (!document.documentElement.getAttribute("data-figures-rendered")) { return setTimeout(probe, 50); }
+    var gd = document.getElementById("%s"), fl = gd._fullLayout, xa = fl.xaxis, ya = fl.yaxis, out = [];
+    gd.querySelectorAll(".barlayer .trace").forEach(function (tr, i) {
+      tr.querySelectorAll(".point path").forEach(function (path) {
+        var b = path.getBBox();
+        if (b.height <= 0) { return; }
+        var cat = xa._categories[Math.round(xa.p2l(b.x + b.width / 2))];
+        out.push({trace: i, x: cat, bottom: ya.p2l(b.y + b.height), top: ya.p2l(b.y)});
+      });
+    });
+    document.documentElement.setAttribute("data-bar-segments", JSON.stringify(out));
+  }
+  probe();
+})();
+</script>"""
+
+
+def drawn_bar_stacks(report: Path, fig_id: str, tmp: Path) -> dict[str, list[tuple[float, float]]]:
+    """Per x category of `fig_id`'s bar chart, the (bottom, top) of each drawn segment, as Chromium drew them."""
+    import html as html_mod
+    import json
+
+    page = tmp / f"probe-{report.name}"
+    page.write_text(report.read_text(encoding="utf-8").replace("</body>", BAR_PROBE % fig_id + "</body>"), encoding="utf-8")
+    dom, stderr = render_in_chromium(page, f"probe-{report.stem}")
+    assert console_errors(stderr) == []
+    m = re.search(r'data-bar-segments="([^"]*)"', dom)
+    assert m, "the probe did not run"
+    stacks: dict[str, list[tuple[float, float]]] = {}
+    for seg in json.loads(html_mod.unescape(m.group(1))):
+        stacks.setdefault(seg["x"], []).append((seg["bottom"], seg["top"]))
+    return {k: sorted(v) for k, v in stacks.items()}
+
+
+def assert_stacks_match(stacks: dict[str, list[tuple[float, float]]], totals: dict[str, float]) -> None:
+    """Each bar: segments laid end to end from 0 (no restart, no overlap), its top the table's total."""
+    assert set(stacks) == set(totals), (stacks.keys(), totals)
+    for kind, segs in stacks.items():
+        tol = max(totals.values()) * 0.004  # a pixel of a ~500 px tall plot
+        assert segs[0][0] == pytest.approx(0, abs=tol), (kind, segs[:3])
+        for (_, top), (bottom, _) in itertools.pairwise(segs):
+            assert bottom == pytest.approx(top, abs=tol), (kind, "a segment restarts or overlaps", segs)
+        assert segs[-1][1] == pytest.approx(totals[kind], abs=tol), (kind, segs[-1][1], totals[kind])
+        assert sum(t - b for b, t in segs) == pytest.approx(totals[kind], abs=tol)
+
+
+def test_layer_bars_reach_the_kinds_table_totals(full_report, tmp_path):
+    """moe_decode_op: 158.2, 393.8 and 481.8 µs per dense, moe and mtp layer in the kinds table; the bars
+    reached about 52, 308 and 385 µs (every op a kind lacks was NaN and restarted the stack)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from nsysparse.cli import cli
+
+    kinds = json.loads(CliRunner().invoke(cli, ["layers", str(fixture_trace("moe_decode_op")), "-f", "json"]).stdout)["layer_totals"]
+    totals = {k["layer_kind"]: k["kernel_us"] for k in kinds}
+    assert totals == pytest.approx({"dense": 158.19625, "moe": 393.83905, "mtp": 481.832667}, abs=1e-3)
+    assert_stacks_match(drawn_bar_stacks(full_report, "fig-layers", tmp_path), totals)
+    # the shipped example (reports/moe_decode_op.html, the same fixture) too
+    assert_stacks_match(drawn_bar_stacks(ROOT / "reports" / "moe_decode_op.html", "fig-layers", tmp_path), totals)
+
+
+def test_layer_bars_of_kinds_with_different_ops(run, builder, tmp_path):
+    """Built: a dense layer of fmha 100 µs + o_proj 20 µs, a moe layer of fmha 100 µs + experts 50 µs
+    (no o_proj), three steps: the bars reach 120 and 150 µs."""
+    b = builder("2024.5")
+    b.gpu()
+    t = 1_000_000
+    for i in range(3):
+        t0 = t
+        for j, (kind, second, us) in enumerate((("dense", "o_proj", 20), ("moe", "experts", 50))):
+            b.push(t + 10, t + 70, f"layer_{j}_{kind}")
+            b.push(t + 20, t + 40, "fmha")
+            b.kernel(t + 30_000, t + 130_000, "void flash::flash_fwd_kernel<T>()", short="flash_fwd_kernel", api_start=t + 25, api_end=t + 35)
+            b.push(t + 50, t + 70, second)
+            b.kernel(t + 132_000, t + 132_000 + us * 1000, f"void {second}_kernel<T>()", api_start=t + 55, api_end=t + 65)
+            t += 132_000 + us * 1000
+        b.push(t0, t + 10, f"forward_{i}")
+        t += 500_000
+    p = b.write(tmp_path / "kinds.sqlite")
+    kinds = {k["layer_kind"]: k["kernel_us"] for k in json.loads(run("layers", p, "-f", "json").stdout)["layer_totals"]}
+    assert kinds == pytest.approx({"dense": 120.0, "moe": 150.0})  # by construction
+    out = tmp_path / "kinds.html"
+    run("report", p, "-o", out)
+    assert_stacks_match(drawn_bar_stacks(out, "fig-layers", tmp_path), {"dense": 120.0, "moe": 150.0})
 
 
 def test_example_report_in_reports_is_current():

@@ -11,9 +11,14 @@ Keys (each a per-step sample, so the spread between steps is the noise):
 
 Verdict per judged key: significant when |Δ| > max(threshold % of base, min_us, noise_us) with
 noise_us = 3 × √(s_base²/n_base + s_new²/n_new) (three standard errors of the difference of means).
-Significant and slower = regression, faster = improvement, else neutral. Two traces are not
+Significant and slower = regression, faster = improvement, else neutral.
+
+The overall verdict is the verdict of the step time, which is what the user pays: the step period
+(`nsysparse.structure.period`, start to next start), or the step wall when a trace has a single step.
+Every other key that changed significantly is reported as a cause (a longer inter-step gap in a run
+whose steps got faster is a cause that did not cost step time, not a regression). Two traces are not
 comparable (no verdict) when their GPUs differ, their layer structure differs, or either has fewer
-than `min_steps` steps.
+than `min_steps` steps; and nothing is judged, whatever `force` says, without a step time in both.
 """
 
 from __future__ import annotations
@@ -59,22 +64,49 @@ class Profile:
     notes: list[str] = field(default_factory=list)
 
 
+# The keys whose verdict is the overall verdict, in order of preference (the first present in both traces).
+STEP_TIME_KEYS = (("step", "period"), ("step", "wall"))
+CAUSE_ORDER = {"gaps": 0, "op": 1, "layer": 2, "mfu": 3}
+
+
 @dataclass
 class Comparison:
     table: pd.DataFrame
-    verdict: str  # regression | improvement | neutral | not comparable
+    verdict: str  # regression | improvement | neutral | not comparable (the step time's verdict)
     comparable: bool
     reasons: list[str]
     base: Profile
     new: Profile
     notes: list[str] = field(default_factory=list)
+    step_key: str | None = None  # "period" or "wall": the row the verdict follows
+    judged: bool = False  # whether the step time was judged at all
+
+    @property
+    def step_row(self) -> pd.Series | None:
+        if self.step_key is None:
+            return None
+        rows = self.table[(self.table["section"] == "step") & (self.table["key"] == self.step_key)]
+        return rows.iloc[0] if len(rows) else None
+
+    @property
+    def causes(self) -> pd.DataFrame:
+        """The judged keys outside the step time that changed significantly: gaps, then ops, then layers
+        (what the step time is made of), largest |Δ| first within each."""
+        t = self.table
+        keep = t[t["verdict"].isin(["regression", "improvement"]) & (t["section"] != "step")]
+        order = keep["section"].map(CAUSE_ORDER).fillna(9)
+        return keep.assign(_o=order, _a=-keep["delta_us"].abs()).sort_values(["_o", "_a"], kind="stable").drop(columns=["_o", "_a"]).reset_index(drop=True)
 
     def payload(self) -> dict[str, Any]:
         counts = self.table["verdict"].value_counts().to_dict()
+        row = self.step_row
+        step = None if row is None else {k: row[k] for k in ("key", "base_us", "new_us", "delta_us", "delta_pct", "noise_us", "verdict")}
         return {
             "verdict": self.verdict,
             "comparable": self.comparable,
             "reasons": self.reasons,
+            "step_time": step,
+            "causes": self.causes[["section", "key", "delta_us", "delta_pct", "verdict"]],
             "regressions": int(counts.get("regression", 0)),
             "improvements": int(counts.get("improvement", 0)),
             "base": {"gpu": self.base.gpu, "steps": self.base.steps, "layers_per_step": self.base.layers_per_step, "step_source": self.base.step_source},
@@ -257,12 +289,24 @@ def compare_profiles(base: Profile, new: Profile, threshold_pct: float = 5.0, mi
         notes.append(f"steps come from {base.step_source} in base and {new.step_source} in new")
     if force and reasons:
         notes.append("judged although not comparable (--force): " + "; ".join(reasons))
-    if not judge:
-        overall = "not comparable"
-    elif (table["verdict"] == "regression").any():
-        overall = "regression"
-    elif (table["verdict"] == "improvement").any():
-        overall = "improvement"
-    else:
-        overall = "neutral"
-    return Comparison(table, overall, not reasons, reasons, base, new, notes + base.notes + new.notes)
+    step_key = next(
+        (k for sec, k in STEP_TIME_KEYS if ((table["section"] == sec) & (table["key"] == k) & (table["base_n"] > 0) & (table["new_n"] > 0)).any()), None
+    )
+    comparable_ = not reasons
+    if step_key is None:  # nothing the verdict could follow: not judged, --force or not
+        reasons = [*reasons, "no step time in both traces (each needs at least one step), so nothing was judged"]
+        comparable_, judge = False, False
+        table["verdict"] = np.where(table["verdict"] == "info", "info", "unjudged")
+        notes = [n for n in notes if not n.startswith("judged although not comparable")]
+    overall = "not comparable"
+    c = Comparison(table, overall, comparable_, reasons, base, new, notes + base.notes + new.notes, step_key=step_key, judged=judge)
+    if judge:
+        row = c.step_row
+        assert row is not None
+        c.verdict = str(row["verdict"]) if row["verdict"] in ("regression", "improvement") else "neutral"
+        slower = c.causes[c.causes["verdict"] == "regression"]
+        if c.verdict != "regression" and len(slower):
+            listed = ", ".join(f"{r.section} {r.key} {r.delta_us:+.1f} µs" for r in slower.head(3).itertuples())
+            more = f" and {len(slower) - 3} more" if len(slower) > 3 else ""
+            c.notes.insert(0, f"{len(slower)} key(s) got slower without costing step time (step {step_key} {row['delta_pct']:+.1f} %): {listed}{more}")
+    return c

@@ -87,6 +87,7 @@ class AnalysisContext:
         """Every kernel of the trace mapped to step, layer and op (all devices)."""
 
         def run() -> Mapping:
+            self.trace.require_rows("kernels", "op mapping")
             o = self.options
             return map_trace(self.trace, self.rules, step_pattern=o.step_pattern, layer_pattern=o.layer_pattern, nvtx=o.nvtx)
 
@@ -103,16 +104,24 @@ class AnalysisContext:
         """The mapping narrowed to the selected device, every step included (what `steps` lists)."""
         full = self.full_mapping
         if self.device_id is not None:
-            present = sorted({int(d) for d in full.kernels["device_id"].unique()})
-            if self.device_id not in present:
-                listed = ", ".join(str(d) for d in present) or "none"
-                raise UsageError(f"{self.trace.path}: --device {self.device_id} ran no kernels in this trace", f"GPUs present: {listed}")
+            self._check_device(sorted({int(d) for d in full.kernels["device_id"].unique()}))
         narrowed = full.on_device(self.device_id)
         if self.window:
             narrowed = narrowed.keep_steps(select_window(self.window, narrowed.steps, self.trace))
             if len(narrowed.steps) == 0:
                 raise UsageError(f"{self.trace.path}: --window {self.window} holds no step", "Check `nsysparse steps` for the steps and their times")
         return narrowed
+
+    def require_device(self) -> None:
+        """A UsageError listing the GPUs present when the selected device ran no kernel (for analyses that
+        do not go through the mapping)."""
+        if self.device_id is not None:
+            self._check_device(self.trace.kernel_devices())
+
+    def _check_device(self, present: list[int]) -> None:
+        if self.device_id not in present:
+            listed = ", ".join(str(d) for d in present) or "none"
+            raise UsageError(f"{self.trace.path}: --device {self.device_id} ran no kernels in this trace", f"GPUs present: {listed}")
 
     def note(self, message: str) -> None:
         """Add a note for the user (shown once, whatever else repeats it)."""

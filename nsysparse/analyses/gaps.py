@@ -59,9 +59,10 @@ GAP_COLUMNS = (
     Column("cause", "str", "see `nsysparse gaps --help`"),
     Column("sync_us", "float", "launching thread in synchronize / memcpy calls during the gap"),
     Column("api_us", "float", "launching thread in other CUDA calls"),
-    Column("graph_us", "float", "launching thread in cudaGraphLaunch"),
+    Column("graph_us", "float", "launching thread in cudaGraphLaunch, including the launch of the next work when it is a graph"),
     Column("host_us", "float", "launching thread with no CUDA call (until it launched the next work)"),
-    Column("queue_us", "float", "from the end of the launch call to the work starting on the GPU"),
+    Column("launch_us", "float", "the call that launched the next work (a cudaGraphLaunch counts as graph_us)"),
+    Column("queue_us", "float", "from the end of that launch call to the work starting on the GPU; the components add up to gap_us"),
     Column("host_nvtx", "str", "NVTX range the launching thread was in, mid-gap (e.g. the scheduler)"),
     Column("next_op", "str", "first op of step_after"),
 )
@@ -121,36 +122,44 @@ class GapReport:
 
 
 def _api_coverage(api: pd.DataFrame) -> dict[str, Coverage]:
+    """Coverages of nested classes (sync ⊂ sync+graph ⊂ all): differences of their unions partition a
+    thread's time, so overlapping calls (a runtime call and the driver call inside it) count once."""
     # classify each distinct API name once (0 api, 1 sync, 2 graph), then broadcast through the codes
     cats = map_distinct(api["name"], lambda n: 1 if SYNC_API.match(n) else (2 if GRAPH_API.match(n) else 0), np.int8, 0)
     gtid, start, end = api["global_tid"].to_numpy(), api["start_ns"].to_numpy(), api["end_ns"].to_numpy()
     out = {}
-    for label, code in (("api", 0), ("sync", 1), ("graph", 2)):
-        m = cats == code
+    for label, m in (("sync", cats == 1), ("sync+graph", cats >= 1)):
         out[label] = Coverage(gtid[m], start[m], end[m], count_starts=False)
     out["all"] = Coverage(gtid, start, end)
     return out
 
 
 def classify_windows(win: pd.DataFrame, cov: dict[str, Coverage], comm: Coverage | None, overhead: Coverage | None) -> pd.DataFrame:
-    """`win`: a, b, device_id, next_tid, next_launch_ns (NO_TIME if unknown), next_graph.
-    Returns cause, sync_us, api_us, graph_us, host_us per window."""
+    """`win`: a, b, device_id, next_tid, next_launch_ns and next_launch_end_ns (NO_TIME if unknown), next_graph.
+    Returns cause, sync_us, api_us, graph_us, host_us, launch_us, queue_us per window. The components
+    partition the window exactly: [a, launch) is the thread's own time (sync, graph, other API calls by
+    precedence, the rest host), [launch, launch end) the launch call (graph_us for a graph), the rest queue."""
     a = win["a"].to_numpy(np.int64)
     b = win["b"].to_numpy(np.int64)
     tid = win["next_tid"].to_numpy(np.int64)
     launch = win["next_launch_ns"].to_numpy(np.int64)
+    launch_end = win["next_launch_end_ns"].to_numpy(np.int64) if "next_launch_end_ns" in win else np.full(len(a), NO_TIME, dtype=np.int64)
     known = launch != NO_TIME
     end = np.where(known, np.clip(launch, a, b), b)  # the thread's time that counts: until it launched
+    call_end = np.where(known & (launch_end != NO_TIME), np.clip(launch_end, end, b), end)
     s_sync = cov["sync"].covered(tid, a, end)
-    s_graph = cov["graph"].covered(tid, a, end)
-    s_api = cov["api"].covered(tid, a, end)
-    busy = np.minimum(s_sync + s_graph + s_api, end - a)
-    host = np.maximum((end - a) - busy, 0)
+    s_graph = cov["sync+graph"].covered(tid, a, end) - s_sync
+    s_api = cov["all"].covered(tid, a, end) - s_sync - s_graph
+    host = (end - a) - s_sync - s_graph - s_api
+    graph_node = win["next_graph"].to_numpy(bool)
+    s_launch = call_end - end
+    s_queue = b - call_end
+    launch_graph = np.where(graph_node, s_launch, 0)  # the cudaGraphLaunch that replays the next work
     calls = cov["all"].count_starts(tid, a, end)
     trickle = (calls >= 1) & (host / (calls + 1) < TRICKLE_FREE_NS)
     prof = overhead.covered(tid, a, b) if overhead is not None else np.zeros(len(a), dtype=np.int64)
-    graph_node = win["next_graph"].to_numpy(bool)
     dep = known & (launch < a)
+    g_all = s_graph + launch_graph
     # a collective that starts at the end of the window also counts: it waited for its peers
     coll = comm.covered(win["device_id"].to_numpy(np.int64), a, b + COLLECTIVE_SLACK_NS) > 0 if comm is not None else np.zeros(len(a), dtype=bool)
     # The precedence, written once: the first rule that holds names the cause (GAP_CAUSE lists them in this order).
@@ -161,12 +170,22 @@ def classify_windows(win: pd.DataFrame, cov: dict[str, Coverage], comm: Coverage
         ("gpu dependency", dep),
         ("profiler", prof >= PROFILER_SHARE * (b - a)),
         ("launch latency", known & (end - a < LAUNCH_LATENCY_NS)),
-        ("graph", (s_graph >= np.maximum(host, s_api)) & (s_graph > 0)),  # the thread was in cudaGraphLaunch
+        ("graph", (g_all >= np.maximum(host, s_api)) & (g_all > 0)),  # the thread was in cudaGraphLaunch (the next work's included)
         ("sync", (s_sync >= np.maximum(host, s_api)) & (s_sync > 0)),
         ("launch-bound", (s_api >= host) | trickle),
     )
     cause = np.select([cond for _, cond in rules], [np.array(name, dtype=object) for name, _ in rules], default="host work").astype(object)
-    return pd.DataFrame({"cause": cause, "sync_us": s_sync / 1e3, "api_us": s_api / 1e3, "graph_us": s_graph / 1e3, "host_us": host / 1e3})
+    return pd.DataFrame(
+        {
+            "cause": cause,
+            "sync_us": s_sync / 1e3,
+            "api_us": s_api / 1e3,
+            "graph_us": g_all / 1e3,
+            "host_us": host / 1e3,
+            "launch_us": (s_launch - launch_graph) / 1e3,
+            "queue_us": s_queue / 1e3,
+        }
+    )
 
 
 def _host_nvtx(trace: Trace, tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -222,7 +241,7 @@ def gap_report(ctx: AnalysisContext, min_bubble_us: float = DEFAULT_MIN_BUBBLE_U
                 frame[c] = cls[c].to_numpy()
         elif len(frame):
             frame["cause"] = "unknown (no API table)"
-            for c in ("sync_us", "api_us", "graph_us", "host_us"):
+            for c in ("sync_us", "api_us", "graph_us", "host_us", "launch_us", "queue_us"):
                 frame[c] = np.nan
     if len(gaps):
         mid = (
@@ -296,8 +315,8 @@ def _inter_step_gaps(in_step: pd.DataFrame, steps: pd.DataFrame, t0: int) -> pd.
                     "gap_us": (b - a) / 1e3,
                     "next_tid": f["global_tid"].to_numpy(),
                     "next_launch_ns": np.where(f["has_launch"].to_numpy(), f["api_start_ns"].to_numpy(), NO_TIME),
+                    "next_launch_end_ns": np.where(f["has_launch"].to_numpy(), f["api_end_ns"].to_numpy(), NO_TIME),
                     "next_graph": f["graph"].to_numpy(bool),
-                    "queue_us": np.where(f["has_launch"].to_numpy(), (b - f["api_end_ns"].to_numpy()) / 1e3, np.nan),
                     "next_op": f["op"].astype(str).to_numpy(),
                 }
             )
@@ -345,6 +364,7 @@ def _bubbles(in_step: pd.DataFrame, t0: int, min_bubble_us: float) -> tuple[pd.D
                     "before": label(hit),
                     "next_tid": g["global_tid"].to_numpy()[hit],
                     "next_launch_ns": np.where(g["has_launch"].to_numpy()[hit], g["api_start_ns"].to_numpy()[hit], NO_TIME),
+                    "next_launch_end_ns": np.where(g["has_launch"].to_numpy()[hit], g["api_end_ns"].to_numpy()[hit], NO_TIME),
                     "next_graph": g["graph"].to_numpy(bool)[hit],
                 }
             )

@@ -32,6 +32,9 @@ LAUNCH_DOC = (
 def kernel_summary(ctx: AnalysisContext, name: str = "demangled", by_launch_config: bool = False) -> pd.DataFrame:
     """One row per kernel name (and grid/block when `by_launch_config`) on the selected device(s). Columns: see COLUMNS."""
     stats = ctx.trace.kernel_stats(name=name, by_launch_config=by_launch_config, device_id=ctx.device_id)
+    if len(stats) == 0:
+        ctx.trace.require_rows("kernels", "kernel statistics")
+        ctx.require_device()
     key = NAME_COLUMNS[name] if NAME_COLUMNS[name] in stats else "name"
     out = pd.DataFrame({"name": stats[key].astype(object).fillna("").astype(str)})
     if by_launch_config:

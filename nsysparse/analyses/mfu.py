@@ -102,10 +102,12 @@ def mfu_report(
     reference_flops: float | None = None,
     include_router: bool = False,
     reference_step_ns: float | None = None,
+    source: str = "the trace",
 ) -> MfuReport:
+    """`source` names the trace in errors."""
     times = step_times(steps, basis)
     if len(times) == 0:
-        raise ConfigError("no steps found in the trace", "Check `nsysparse steps` (NVTX step ranges or inferred steps) before computing MFU")
+        raise ConfigError(f"{source}: no steps found", "Check `nsysparse steps` (NVTX step ranges or inferred steps) before computing MFU")
     notes: list[str] = list(spec.notes)
     devices = int(times["device_id"].nunique())
     n_gpus = gpus or devices

@@ -1,11 +1,65 @@
-"""Command-line adapters: options -> library call -> rendering. No analysis logic lives here."""
+"""Command-line adapters: options -> library call -> rendering. No analysis logic lives here.
 
-from nsysparse.cli import compare, gaps, generate, inspect, models, report, rules, structure  # noqa: F401  (registers commands)
-from nsysparse.cli.app import cli
+`main` is the entry point. It imports the commands (and with them pandas and DuckDB) itself, so that a
+Ctrl-C at any moment, start-up included, ends in one line and exit code 130, and it checks that
+standard output could be written (`info T > /dev/full` is one error line and exit code 1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nsysparse.cli.app import cli
+
+EXIT_INTERRUPTED = 130
+
+
+def _commands() -> Any:
+    from nsysparse.cli import compare, gaps, generate, inspect, models, report, rules, structure  # noqa: F401  (registers commands)
+    from nsysparse.cli.app import cli
+
+    return cli
+
+
+def __getattr__(name: str) -> Any:
+    if name == "cli":
+        return _commands()
+    raise AttributeError(f"module 'nsysparse.cli' has no attribute {name!r}")
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's own final flush cannot fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def main() -> None:
-    cli(prog_name="nsysparse")
+    code: Any = 0
+    try:
+        group = _commands()
+        group(prog_name="nsysparse")
+    except SystemExit as done:
+        code = done.code
+    except KeyboardInterrupt:  # during start-up (the commands handle their own)
+        _quiet_stdout()
+        sys.stderr.write("Interrupted.\n")
+        code = EXIT_INTERRUPTED
+    try:
+        sys.stdout.flush()
+    except OSError as err:
+        _quiet_stdout()
+        sys.stderr.write(f"Error: standard output cannot be written ({err.strerror or err}).\n")
+        code = code or 1
+    except KeyboardInterrupt:
+        _quiet_stdout()
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
 
 
 __all__ = ["cli", "main"]

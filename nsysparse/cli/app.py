@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -33,21 +34,43 @@ class NsysparseGroup(click.Group):
             raise
         except BrokenPipeError:
             # Output piped into `head` and the like: stop quietly.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+            _stdout_to_devnull()
             ctx.exit(0)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # outputs are written to a temporary file and renamed at the end: nothing partial is left
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+        except OSError as err:
+            if err.errno not in _OUTPUT_ERRNOS:
+                _internal_error(ctx, err)
+            # standard output refused the text (a full disk, /dev/full, a closed terminal)
+            _stdout_to_devnull()
+            click.echo(f"Error: standard output cannot be written ({err.strerror}).", err=True)
+            ctx.exit(EXIT_ERROR)
         except MemoryError:
             click.echo("Error: out of memory while analysing the trace. Try a shorter capture or a time window.", err=True)
             ctx.exit(EXIT_ERROR)
         except Exception as err:  # a bug: say so in one line; --debug shows the traceback
-            if ctx.find_root().params.get("debug") or os.environ.get("NSYSPARSE_DEBUG"):
-                raise
-            msg = terminal_text(redact(str(err)), keep_layout=False)  # no trace text a library error may quote
-            click.echo(f"Error: internal error ({type(err).__name__}: {msg}). Rerun with --debug for the traceback and please report it.", err=True)
-            ctx.exit(EXIT_ERROR)
+            _internal_error(ctx, err)
+
+
+# errno values of a write that failed for want of room or of a reader: an output problem, not a bug
+_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT, errno.EBADF)
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _internal_error(ctx: click.Context, err: Exception) -> None:
+    if ctx.find_root().params.get("debug") or os.environ.get("NSYSPARSE_DEBUG"):
+        raise err
+    msg = terminal_text(redact(str(err)), keep_layout=False)  # no trace text a library error may quote
+    click.echo(f"Error: internal error ({type(err).__name__}: {msg}). Rerun with --debug for the traceback and please report it.", err=True)
+    ctx.exit(EXIT_ERROR)
 
 
 @click.group(cls=NsysparseGroup, context_settings=CONTEXT_SETTINGS)
@@ -60,7 +83,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     MFU and diff answers.
 
     TRACE arguments take a `.sqlite` export (or an `.nsys-rep` report when nsys is on PATH).
-    Exit codes: 0 ok, 1 error, 2 usage, 3 regression found by `compare`.
+    Exit codes: 0 ok, 1 error, 2 usage, 3 regression found by `compare`, 130 interrupted.
     """
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet

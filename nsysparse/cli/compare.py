@@ -22,9 +22,9 @@ class NotComparable(NsysparseError):
     """The two traces cannot be judged against each other (exit code 1)."""
 
 
-@cli.command(epilog="Exit codes: 0 neutral or improvement, 3 regression, 1 not comparable or an error.")
-@click.argument("base", metavar="BASE", type=click.Path(dir_okay=True, path_type=str))
-@click.argument("new", metavar="NEW", type=click.Path(dir_okay=True, path_type=str))
+@cli.command(epilog="Exit codes: 0 neutral or improvement, 3 the step time regressed, 1 not comparable, nothing judged, or an error.")
+@click.argument("base", metavar="BASE", type=click.Path(dir_okay=True, readable=False, path_type=str))
+@click.argument("new", metavar="NEW", type=click.Path(dir_okay=True, readable=False, path_type=str))
 @click.option("--threshold", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Smallest change that counts, % of base.")
 @click.option("--min-us", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Smallest change that counts, µs.")
 @click.option("--min-steps", type=click.IntRange(min=1), default=3, show_default=True, help="Fewer steps than this in either trace: not comparable.")
@@ -78,8 +78,19 @@ def compare(
             notes += [f"{Path(path).name}: {n}" for n in ac.notes]
     c = compare_profiles(profiles[0], profiles[1], threshold_pct=threshold, min_us=min_us, min_steps=min_steps, force=force)
     counts = c.table["verdict"].value_counts()
+    row = c.step_row
+    step_text = (
+        "-"
+        if row is None
+        else f"{row['key']} {row['base_us']:.1f} → {row['new_us']:.1f} µs ({row['delta_us']:+.1f} µs, {row['delta_pct']:+.1f} %, noise {row['noise_us']:.1f} µs)"
+    )
+    causes = c.causes
     meta = {
         "verdict": c.verdict.upper() + (f" ({'; '.join(c.reasons)})" if c.reasons else ""),
+        "step time": step_text + ("" if c.judged else " (not judged)"),
+        "causes": ", ".join(f"{r.section} {r.key} {r.delta_us:+.1f} µs ({r.verdict})" for r in causes.head(5).itertuples())
+        + (f" and {len(causes) - 5} more" if len(causes) > 5 else "")
+        or "none",
         "judged keys": f"{int(counts.get('regression', 0))} regression(s), {int(counts.get('improvement', 0))} improvement(s), {int(counts.get('neutral', 0))} neutral",
         "base": f"{Path(base).name}: {c.base.gpu}, {c.base.steps} steps ({c.base.step_source})",
         "new": f"{Path(new).name}: {c.new.gpu}, {c.new.steps} steps ({c.new.step_source})",
@@ -89,10 +100,9 @@ def compare(
     frames = {"all keys": c.table} if fmt == "csv" else {"changes": changed, "all keys": c.table}
     all_notes = list(dict.fromkeys(c.notes + notes))
     emit(ctx, Result(frames=frames, meta=meta, payload=c.payload() if fmt == "json" else None, notes=all_notes, title="nsysparse compare"), fmt, out)
-    if not c.comparable and not force:
-        raise NotComparable(f"not comparable: {'; '.join(c.reasons)}", "Use --force to judge anyway")
-    if c.verdict == "regression":
-        worst = changed[changed["verdict"] == "regression"].iloc[0]
-        raise RegressionFound(
-            f"{int(counts.get('regression', 0))} key(s) slower, first {worst['section']} {worst['key']}: {worst['delta_us']:+.1f} µs ({worst['delta_pct']:+.1f} %)"
-        )
+    if not c.judged:
+        raise NotComparable(f"{base} vs {new}: not comparable: {'; '.join(c.reasons)}", "Use --force to judge anyway" if c.step_key is not None else None)
+    if c.verdict == "regression" and row is not None:
+        slower = causes[causes["verdict"] == "regression"]
+        why = ", ".join(f"{r.section} {r.key} {r.delta_us:+.1f} µs" for r in slower.head(3).itertuples()) or "no single key beyond its noise"
+        raise RegressionFound(f"step {row['key']} {row['delta_us']:+.1f} µs ({row['delta_pct']:+.1f} %) beyond threshold and noise; causes: {why}")

@@ -50,9 +50,12 @@ def info(ctx: click.Context, trace: str, fmt: str, out: str | None) -> None:
         for section in ("gpus", "processes", "streams", "nvtx_domains"):
             for i, rec in enumerate(s[section]):
                 rows += [(section, f"{i}.{k}", v) for k, v in rec.items()]
-        result = Result(frames={"info": pd.DataFrame(rows, columns=["section", "key", "value"])})
+        result = Result(frames={"info": pd.DataFrame(rows, columns=["section", "key", "value"])}, notes=list(s["notes"]))
     else:
-        result = Result(frames={k: v for k, v in frames.items() if len(v)}, meta=meta, payload=s if fmt == "json" else None, title="nsysparse info")
+        notes = [] if fmt == "json" else list(s["notes"])  # JSON carries them in the payload
+        result = Result(
+            frames={k: v for k, v in frames.items() if len(v)}, meta=meta, payload=s if fmt == "json" else None, title="nsysparse info", notes=notes
+        )
     emit(ctx, result, fmt, out)
 
 

@@ -161,7 +161,18 @@ def mfu(
         ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, device)
         # the manifest's own FLOP count is the model's by construction: it is checked by its measured step time instead
         ref_step = manifest_step_ns(lm.expected, basis)
-        r = mfu_report(ac.mapping.steps, lm.spec, w, hw, gpus=gpus, basis=basis, recompute=recompute, reference_flops=ref_flops, reference_step_ns=ref_step)
+        r = mfu_report(
+            ac.mapping.steps,
+            lm.spec,
+            w,
+            hw,
+            gpus=gpus,
+            basis=basis,
+            recompute=recompute,
+            reference_flops=ref_flops,
+            reference_step_ns=ref_step,
+            source=str(t.path),
+        )
         fit = fit_notes(lm.spec, layer_report(ac).layer_kinds, t.gpu_name(device), hw, lm.expected) + run_notes(lm.run, w)
         r.notes += fit
         check_plausible(r, lm.spec, trace, fit)
@@ -204,7 +215,7 @@ def mfu(
     "-o",
     "--output",
     "out",
-    type=click.Path(dir_okay=False, path_type=str),
+    type=click.Path(dir_okay=False, readable=False, path_type=str),
     help="Write a prediction file; the format follows the extension (.csv, .json, .yaml).",
 )
 @click.pass_context
@@ -258,8 +269,8 @@ def predict(
 
 
 @cli.command("simdiff")
-@click.argument("measured", metavar="MEASURED", type=click.Path(dir_okay=True, path_type=str))
-@click.argument("predictions", metavar="PRED", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("measured", metavar="MEASURED", type=click.Path(dir_okay=True, readable=False, path_type=str))
+@click.argument("predictions", metavar="PRED", type=click.Path(dir_okay=False, readable=False, path_type=str))
 @click.option("--layers", "layer_counts", default=None, help="Instances per forward for a measured table without a count column, e.g. dense=3,moe=58,mtp=1.")
 @click.option("--by-kind", is_flag=True, help="One row per (layer kind, op) instead of per op.")
 @click.option(

@@ -23,7 +23,8 @@ F = Callable[..., Any]
 
 
 def trace_argument(name: str = "trace") -> Callable[[F], F]:
-    return click.argument(name, metavar=name.upper(), type=click.Path(dir_okay=True, path_type=str))
+    # readable=False: an unreadable input is nsysparse's one-line error (exit 1), not Click's usage text (exit 2)
+    return click.argument(name, metavar=name.upper(), type=click.Path(dir_okay=True, readable=False, path_type=str))
 
 
 def format_option(choices: tuple[str, ...] = ("table", "csv", "json", "parquet"), default: str = "table") -> Callable[[F], F]:
@@ -31,7 +32,9 @@ def format_option(choices: tuple[str, ...] = ("table", "csv", "json", "parquet")
 
 
 def output_option(f: F) -> F:
-    return click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=str), help="Write to this file instead of stdout.")(f)
+    return click.option("-o", "--output", "out", type=click.Path(dir_okay=False, readable=False, path_type=str), help="Write to this file instead of stdout.")(
+        f
+    )
 
 
 def output_options(choices: tuple[str, ...] = ("table", "csv", "json", "parquet")) -> Callable[[F], F]:

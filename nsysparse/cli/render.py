@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from nsysparse.errors import UsageError
+from nsysparse.errors import UsageError, reraise_interrupt
 from nsysparse.formatting import fmt_value, jsonable
 from nsysparse.outputs import terminal_text, write_text, write_with
 
@@ -77,6 +77,9 @@ def write_parquet(df: pd.DataFrame, path: Path) -> None:
         try:
             con.register("frame", df)
             con.execute(f"COPY frame TO '{str(tmp).replace(chr(39), chr(39) * 2)}' (FORMAT parquet)")
+        except Exception as err:  # Ctrl-C inside DuckDB: an interrupt, and the partial file is removed
+            reraise_interrupt(err)
+            raise
         finally:
             con.close()
 

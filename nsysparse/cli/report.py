@@ -21,14 +21,14 @@ from nsysparse.rules import load_rules
 
 @cli.command()
 @trace_argument()
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=str), help="The HTML file to write.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, readable=False, path_type=str), help="The HTML file to write.")
 @click.option(
     "--predictions",
-    type=click.Path(dir_okay=False, path_type=str),
+    type=click.Path(dir_okay=False, readable=False, path_type=str),
     default=None,
     help="A prediction file: adds the measured-vs-predicted section and waterfall.",
 )
-@click.option("--baseline", type=click.Path(dir_okay=True, path_type=str), default=None, help="A baseline trace: adds the comparison section.")
+@click.option("--baseline", type=click.Path(dir_okay=True, readable=False, path_type=str), default=None, help="A baseline trace: adds the comparison section.")
 @click.option("--model", "model_arg", default=None, help="Adds MFU (and TPOT for decode). " + MODEL_HELP)
 @workload_options
 @click.option("--gpus", type=click.IntRange(min=1), default=None, help="GPUs a step is spread over (MFU).")

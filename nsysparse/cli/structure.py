@@ -180,9 +180,9 @@ def layers(
         r = layer_report(ac, top_unmapped=top_unmapped)
         meta = {
             **structure_meta(ac),
-            "step time": f"{r.step_time_us:.1f} µs median wall, {r.step_busy_us:.1f} µs busy",
+            "step time": f"{r.step_time_us:.1f} µs median wall, {r.step_busy_us:.1f} µs busy" if r.step_time_us == r.step_time_us else "no steps found",
             "layers per step": ", ".join(f"{k} {v:g}" for k, v in r.layer_kinds.items()) or "none",
-            "unmapped": f"{r.unmapped_share * 100:.2f} % of kernel time",
+            "unmapped": f"{r.unmapped_share * 100:.2f} % of kernel time" if r.unmapped_share == r.unmapped_share else "- (no steps)",
         }
         frames = {"layer kind × op (per instance)": r.ops, "one layer of each kind": r.kinds, "reconciliation (mean step)": r.reconciliation}
         if len(r.unmapped):

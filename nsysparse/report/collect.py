@@ -106,7 +106,9 @@ def collect(ctx: AnalysisContext, x: ReportInputs, title: str | None = None) -> 
             )
         )
     if x.model is not None and x.workload is not None and x.hardware is not None and len(steps):
-        data.mfu = mfu_report(steps, x.model.spec, x.workload, x.hardware, gpus=x.gpus, reference_step_ns=manifest_step_ns(x.model.expected))
+        data.mfu = mfu_report(
+            steps, x.model.spec, x.workload, x.hardware, gpus=x.gpus, reference_step_ns=manifest_step_ns(x.model.expected), source=str(trace.path)
+        )
         fit = fit_notes(x.model.spec, lr.layer_kinds, trace.gpu_name(), x.hardware, x.model.expected) + run_notes(x.model.run, x.workload)
         data.mfu.notes += fit
         check_plausible(data.mfu, x.model.spec, str(trace.source_path), fit)

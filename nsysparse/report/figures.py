@@ -41,21 +41,25 @@ def layer_breakdown(d: ReportData, colors: Colors) -> go.Figure | None:
         return None
     per_kind = d.layers.layer_kinds
     df = ops.assign(us_per_layer=ops["total_us_per_step"] / ops["layer_kind"].map(per_kind).astype(float))
+    df = df.assign(layer_kind=df["layer_kind"].astype(str), op=df["op"].astype(str))
     kinds = [k for k in ("dense", "moe", "mtp", "unknown") if k in set(df["layer_kind"])] + sorted(set(df["layer_kind"]) - {"dense", "moe", "mtp", "unknown"})
+    # one value for every (op, kind): an op a kind lacks is 0, never NaN (plotly restarts a stack at zero
+    # after a missing value, so the bars stopped short of the kinds table's totals)
+    grid = df.pivot_table(index="op", columns="layer_kind", values="us_per_layer", aggfunc="sum", fill_value=0.0).reindex(columns=kinds, fill_value=0.0)
+    grid = grid.loc[grid.sum(axis=1).sort_values(ascending=False, kind="stable").index]
     fig = go.Figure()
-    order = df.groupby("op", sort=False)["us_per_layer"].sum().sort_values(ascending=False).index
-    for op in order:
-        sub = df[df["op"] == op].set_index("layer_kind").reindex(kinds)
+    for op, row in grid.iterrows():
         fig.add_bar(
             name=esc(op),
             x=[esc(k) for k in kinds],
-            y=sub["us_per_layer"].to_numpy(),
-            marker_color=colors(op),
+            y=row.to_numpy(dtype=float),
+            marker_color=colors(str(op)),
             hovertemplate=esc(op) + " in one %{x} layer: %{y:.1f} µs<extra></extra>",
         )
     fig.update_layout(
         barmode="stack", title="One layer of each kind: op breakdown (µs per layer instance)", yaxis_title="µs", xaxis_title="layer kind", **LAYOUT
     )
+    fig.update_xaxes(categoryorder="array", categoryarray=[esc(k) for k in kinds])
     return fig
 
 

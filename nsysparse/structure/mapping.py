@@ -180,21 +180,31 @@ class _NvtxAttribution:
             container[cur[ok]] = True
             cur = np.where(ok, par[np.clip(cur, 0, None)], -1)
         is_op = ~is_step & ~is_layer & ~container
-        # a range holding op ranges is a block (`self_attn` around q/k/v/o_proj, `mlp` around its projections): the
-        # kernels directly in it (the attention core, an activation product) are named by templates or their class
-        block = np.zeros(len(tree), dtype=bool)
-        child = is_op & (par >= 0)
-        block[par[child]] = True
-        is_op &= ~block
-        self.is_layer = is_layer
-        near_layer = tree.nearest_flagged(is_layer)
-        near_op = tree.nearest_flagged(is_op, stop=is_layer | is_step)
         graph = (k["graph_node_id"].to_numpy() > 0) & (k["capture_ns"].to_numpy() != NO_TIME)
         gtid = np.where(graph, k["capture_global_tid"].to_numpy(), k["global_tid"].to_numpy())
         ts = np.where(graph, k["capture_ns"].to_numpy(), k["api_start_ns"].to_numpy())
         valid = graph | k["has_launch"].to_numpy()
         inner = tree.innermost(gtid, ts, valid)
         ok = inner >= 0
+        # a range holding op ranges that launch kernels is a block (`self_attn` around q/k/v/o_proj, `mlp` around its
+        # projections): the kernels directly in it (the attention core) are named by templates or their class. An
+        # op whose child ranges launch nothing (an allocation inside flash_attn::_flash_attn_forward) stays an op.
+        launches = np.zeros(len(tree), dtype=bool)
+        launches[inner[ok]] = True
+        cur = np.where(launches, par, -1)
+        for _ in range(int(tree.depth.max()) + 1 if len(tree) else 0):  # nesting depth, not kernels
+            up = cur >= 0
+            if not up.any():
+                break
+            launches[cur[up]] = True
+            cur = np.where(up, par[np.clip(cur, 0, None)], -1)
+        block = np.zeros(len(tree), dtype=bool)
+        child = is_op & launches & (par >= 0)
+        block[par[child]] = True
+        is_op &= ~block
+        self.is_layer = is_layer
+        near_layer = tree.nearest_flagged(is_layer)
+        near_op = tree.nearest_flagged(is_op, stop=is_layer | is_step)
         self.layer_pos = np.where(ok, near_layer[np.clip(inner, 0, None)] if len(tree) else -1, -1)
         self.op_pos = np.where(ok, near_op[np.clip(inner, 0, None)] if len(tree) else -1, -1)
         self.text_codes, self.text_values = dense_codes(texts)

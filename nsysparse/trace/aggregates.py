@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from nsysparse.errors import reraise_interrupt
 from nsysparse.trace import schema as S
 from nsysparse.trace.tables import KERNEL_COLS, note_invalid_rows, valid_rows_sql
+from nsysparse.trace.validate import check_times
 
 if TYPE_CHECKING:
     from nsysparse.trace.handle import TraceHandle as Trace
@@ -57,15 +59,20 @@ def _duckdb_stats(trace: Trace, con, table: str, keys: list[str], device_id: int
     sql = (
         f'SELECT {", ".join(sel)}, count(*) {f} AS count, sum("end" - "start") {f} AS total_ns, avg("end" - "start") {f} AS mean_ns, '
         f'median("end" - "start") {f} AS median_ns, min("end" - "start") {f} AS min_ns, max("end" - "start") {f} AS max_ns, '
-        f'COALESCE(stddev_samp("end" - "start") {f}, 0) AS stddev_ns, count(*) FILTER (WHERE NOT {valid}) AS invalid_rows '
+        f'COALESCE(stddev_samp("end" - "start") {f}, 0) AS stddev_ns, count(*) FILTER (WHERE NOT {valid}) AS invalid_rows, '
+        f'min(LEAST("start", "end")) FILTER (WHERE {valid}) AS lo_ns, max(GREATEST("start", "end")) FILTER (WHERE {valid}) AS hi_ns '
         f'FROM "{table}" GROUP BY {group}'
     )
     try:
         df = con.execute(sql).df()
-    except Exception:  # fall back to the pandas path on any engine trouble
+    except Exception as err:  # fall back to the pandas path on any engine trouble (a damaged value is named there)
+        reraise_interrupt(err)
         return None
+    if len(df):  # the range check the loaders make, on the rows the statistics read
+        lo, hi = df["lo_ns"].dropna(), df["hi_ns"].dropna()
+        check_times(trace.path, table, {"start": lo.to_numpy(np.int64), "end": hi.to_numpy(np.int64)})
     note_invalid_rows(trace, "kernels", int(df["invalid_rows"].sum()))
-    df = df[df["count"] > 0].drop(columns="invalid_rows").reset_index(drop=True)
+    df = df[df["count"] > 0].drop(columns=["invalid_rows", "lo_ns", "hi_ns"]).reset_index(drop=True)
     df[keys[0]] = trace.strings.categorical(df[keys[0]].to_numpy(np.int64)).astype(object)
     for c in ("count", "total_ns", "min_ns", "max_ns"):
         df[c] = df[c].astype(np.int64)

@@ -1,6 +1,8 @@
 """Read-only query engines over one SQLite export: stdlib sqlite3 and DuckDB's sqlite scanner.
 
-Both open the file read-only (sqlite3 URI `mode=ro`; DuckDB `ATTACH ... (TYPE sqlite, READ_ONLY)`), and
+Both open the file read-only (sqlite3 URI `mode=ro&immutable=1`, which creates no -wal, -shm or journal
+file beside the input; DuckDB `ATTACH ... (TYPE sqlite, READ_ONLY)`, never used for a WAL-mode file, for
+which it would create them), and
 both run the same plain SQL (the loaders use a dialect common to both). DuckDB scans large tables with
 all cores and hands back numpy columns; sqlite3 serves small files, metadata, and is the fallback when
 the DuckDB extension is missing or refuses a table. The extension comes from the PyPI package
@@ -21,7 +23,8 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from nsysparse.errors import TraceError, redact
+from nsysparse.errors import TraceError, redact, reraise_interrupt
+from nsysparse.trace import validate
 
 log = logging.getLogger("nsysparse.trace")
 
@@ -51,7 +54,10 @@ class Engine:
     def __init__(self, path: Path, prefer: str | None = None) -> None:
         self.path = path
         self._prefer = (prefer or os.environ.get("NSYSPARSE_ENGINE") or "auto").lower()
-        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+        # immutable: no lock, no journal, no -wal/-shm file is ever created beside the input (a trace in WAL
+        # mode otherwise gets both, and cannot be read at all in a read-only folder)
+        uri = f"file:{quote(os.fsencode(path.resolve()))}?mode=ro&immutable=1"
+        self._wal = _is_wal(path)
         try:
             self._sqlite = sqlite3.connect(uri, uri=True, check_same_thread=False)
             # a value with an invalid UTF-8 byte (a captured environment variable, a path) must not make every
@@ -95,7 +101,7 @@ class Engine:
 
     # -- duckdb -------------------------------------------------------------------------------------
     def prefers_duckdb(self) -> bool:
-        if self._duck_failed or self._prefer == "sqlite":
+        if self._duck_failed or self._prefer == "sqlite" or self._wal:  # DuckDB's scanner would create -wal/-shm files
             return False
         if self._prefer == "duckdb":
             return True
@@ -120,6 +126,7 @@ class Engine:
             con.execute(f"ATTACH '{_sql_str(str(self.path.resolve()))}' AS nsys (TYPE sqlite, READ_ONLY)")
             con.execute("USE nsys")
         except Exception as err:  # duckdb.Error and friends: fall back to sqlite3
+            reraise_interrupt(err)
             log.debug("duckdb unavailable (%s); using sqlite3", err)
             self._duck_failed = True
             return None
@@ -135,8 +142,17 @@ class Engine:
                 try:
                     return con.execute(sql).df()
                 except Exception as err:
+                    reraise_interrupt(err)
+                    # a value of the wrong type: the file is damaged, say where (never retried with sqlite3)
+                    bad = validate.diagnose(self.path, self.rows, sql, str(err)) if "Mismatch Type" in str(err) else None
+                    if bad is not None:
+                        raise bad from None
                     log.debug("duckdb query failed (%s); retrying with sqlite3", err)
         return self._sqlite_frame(sql)
+
+    def uses_duckdb(self) -> bool:
+        """Whether large queries go to DuckDB (preferred and available)."""
+        return self.prefers_duckdb() and self.duckdb() is not None
 
     def _thread_cursor(self) -> Any:
         """The DuckDB connection on the main thread; a cursor of it (same attached file) elsewhere."""
@@ -156,6 +172,16 @@ class Engine:
             self._duck.close()
             self._duck = None
         self._sqlite.close()
+
+
+def _is_wal(path: Path) -> bool:
+    """Whether the database is in WAL mode (header bytes 18 and 19, the file format versions, are 2)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(20)
+    except OSError:
+        return False
+    return len(head) == 20 and 2 in (head[18], head[19])
 
 
 def _decode_text(raw: bytes) -> str:

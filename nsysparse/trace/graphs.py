@@ -26,7 +26,11 @@ def node_origins(trace: Trace) -> pd.DataFrame:
     if not trace.schema.has(TABLE, "graphNodeId") or not trace.schema.has(TABLE, "globalTid"):
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in cols})
     orig = "originalGraphNodeId" if trace.schema.has(TABLE, "originalGraphNodeId") else "NULL"
-    df = trace.engine.frame(f'SELECT "graphNodeId" AS node, COALESCE({orig}, 0) AS orig, "start" AS ts, "globalTid" AS tid FROM "{TABLE}"')
+    trace.validate(TABLE)
+    df = trace.engine.frame(
+        f'SELECT "graphNodeId" AS node, COALESCE({orig}, 0) AS orig, "start" AS ts, COALESCE("globalTid", 0) AS tid FROM "{TABLE}" '
+        'WHERE "graphNodeId" IS NOT NULL AND "start" IS NOT NULL'
+    )
     if len(df) == 0:
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in cols})
     # a node may have several creation rows; the one that names its original node carries the link

@@ -16,6 +16,7 @@ from nsysparse import intervals
 from nsysparse.trace import schema as S
 from nsysparse.trace import tables
 from nsysparse.trace.ids import pid_of, tid_of
+from nsysparse.trace.validate import check_times
 
 if TYPE_CHECKING:
     from nsysparse.trace.handle import TraceHandle as Trace
@@ -38,7 +39,7 @@ def gpus(trace: Trace) -> pd.DataFrame:
         if not (df["device_id"] == dev).any():
             df.loc[len(df)] = {"device_id": int(dev), "name": "unknown", "source": "kernels only"}
     df["kernels"] = df["device_id"].map(used).fillna(0).astype("int64")
-    return df
+    return df.sort_values("device_id", kind="stable").reset_index(drop=True)  # by device id, not file order
 
 
 def _gpu_table(trace: Trace) -> pd.DataFrame:
@@ -73,15 +74,32 @@ def _picker(have: tuple[str, ...]):  # type: ignore[no-untyped-def]
 
 
 def _gpu_row(did: Any, name: Any, sm: Any, mem: Any, bw: Any, cmaj: Any, cmin: Any, source: str) -> dict[str, Any]:
+    did, sm, cmaj, cmin = (_int(v) for v in (did, sm, cmaj, cmin))
+    mem, bw = (_number(v) for v in (mem, bw))
     return {
-        "device_id": int(did) if did is not None else -1,
-        "name": str(name) if name else "unknown",
-        "sm_count": int(sm) if sm else None,
-        "memory_gib": round(float(mem) / 2**30, 1) if mem else None,
-        "memory_bandwidth_gbps": round(float(bw) / 1e9, 1) if bw else None,
+        "device_id": did if did is not None else -1,
+        "name": _text(name) or "unknown",
+        "sm_count": sm or None,
+        "memory_gib": round(mem / 2**30, 1) if mem else None,
+        "memory_bandwidth_gbps": round(bw / 1e9, 1) if bw else None,
         "compute_capability": f"{cmaj}.{cmin}" if cmaj is not None and cmin is not None else None,
         "source": source,
     }
+
+
+def _int(v: Any) -> int | None:
+    """An integer cell of a descriptive table, or None (a damaged value describes nothing)."""
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) else None
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    return "".join(ch for ch in v if ch.isprintable()) if isinstance(v, str) else ""
 
 
 def graph_launches(trace: Trace) -> int:
@@ -133,7 +151,7 @@ def processes(trace: Trace) -> pd.DataFrame:
         table = S.TABLES[kind]
         if not trace.schema.has(table, col):
             continue
-        valid = tables.valid_rows_sql(trace, kind) if kind in tables.SPECS else "(1 = 1)"
+        valid = tables.valid_rows_sql(trace, kind) if kind in tables.SPECS else tables.nvtx_valid_sql(trace)
         df = trace.engine.frame(f'SELECT "{col}" AS g, count(*) AS n FROM "{table}" WHERE {valid} GROUP BY 1')
         g = df["g"].fillna(0).to_numpy(np.int64) if len(df) else np.zeros(0, np.int64)
         for p, t, n in zip(pid_of(g).tolist(), tid_of(g).tolist(), df["n"].astype(np.int64).tolist()):
@@ -143,8 +161,8 @@ def processes(trace: Trace) -> pd.DataFrame:
     names: dict[int, str] = {}
     if trace.schema.has(S.PROCESSES, "pid") and trace.schema.has(S.PROCESSES, "name"):
         for pid, name in trace.engine.rows(f'SELECT "pid", "name" FROM "{S.PROCESSES}"'):
-            if pid is not None and pid in counts:
-                names[int(pid)] = process_name(name)
+            if _int(pid) is not None and pid in counts:
+                names[int(pid)] = process_name(_text(name))
     rows = [
         {
             "pid": p,
@@ -212,6 +230,7 @@ def nvtx_domains(trace: Trace) -> pd.DataFrame:
     dom = '"domainId"' if "domainId" in have else "0"
     gt = '"globalTid"' if "globalTid" in have else "0"
     ranges = ", ".join(str(t) for t in S.NVTX_RANGE_TYPES)
+    trace.validate("nvtx")
     df = trace.engine.frame(
         f'SELECT COALESCE({dom}, 0) AS d, COALESCE({gt}, 0) AS g, sum(CASE WHEN "eventType" IN ({ranges}) THEN 1 ELSE 0 END) AS ranges, '
         f'sum(CASE WHEN "eventType" = {S.NVTX_MARK} THEN 1 ELSE 0 END) AS marks FROM "{table}" GROUP BY 1, 2'
@@ -228,24 +247,91 @@ def nvtx_domains(trace: Trace) -> pd.DataFrame:
     return out[cols].astype({"ranges": "int64", "marks": "int64", "pid": "int64"}).reset_index(drop=True)
 
 
+ACTIVITY_KINDS = ("kernels", "api", "memcpy", "memset")
+OUTLIER_MARGIN_NS = 1_000_000
+"""An NVTX event further than this (or than 10 % of the activity span, if more) outside the CUDA activity is an outlier."""
+
+
+def _span(trace: Trace, kind: str) -> tuple[int | None, int | None]:
+    table = S.TABLES[kind]
+    if not trace.has(kind) or not (trace.schema.has(table, "start") and trace.schema.has(table, "end")):
+        return None, None
+    valid = tables.valid_rows_sql(trace, kind) if kind in tables.SPECS else tables.nvtx_valid_sql(trace)
+    row = trace.engine.frame(
+        f'SELECT min("start") AS a, max(COALESCE("end", "start")) AS b FROM "{table}" WHERE {valid} AND NOT ("start" = 0 AND COALESCE("end", 0) = 0)'
+    )
+    a, b = (row["a"].iloc[0], row["b"].iloc[0]) if len(row) else (None, None)
+    a = None if a is None or pd.isna(a) else int(a)
+    b = None if b is None or pd.isna(b) else int(b)
+    check_times(trace.path, table, {"start": np.array([a or 0], np.int64), "end": np.array([b or 0], np.int64)})
+    return a, b
+
+
 def time_span(trace: Trace) -> tuple[int | None, int | None]:
-    lo, hi = None, None
-    for kind in ("kernels", "api", "nvtx", "memcpy", "memset"):
-        if not trace.has(kind):
-            continue
-        table = S.TABLES[kind]
-        if not (trace.schema.has(table, "start") and trace.schema.has(table, "end")):
-            continue
-        valid = tables.valid_rows_sql(trace, kind) if kind in tables.SPECS else "(1 = 1)"
-        row = trace.engine.frame(f'SELECT min("start") AS a, max("end") AS b FROM "{table}" WHERE {valid} AND NOT ("start" = 0 AND "end" = 0)')
-        a, b = (row["a"].iloc[0], row["b"].iloc[0]) if len(row) else (None, None)
-        a = None if a is None or pd.isna(a) else int(a)
-        b = None if b is None or pd.isna(b) else int(b)
-        if a is not None:
-            lo = a if lo is None else min(lo, a)
-        if b is not None:
-            hi = b if hi is None else max(hi, b)
-    return lo, hi
+    """The span of the trace's activity: CUDA work and calls, widened by the NVTX events near them. An
+    NVTX event far outside (`nvtx_outliers`) is left out: one stray timestamp must not double the span."""
+    return _time_span(trace)[:2]
+
+
+def _time_span(trace: Trace) -> tuple[int | None, int | None, list[dict[str, Any]], int]:
+    spans = [_span(trace, k) for k in ACTIVITY_KINDS]
+    los = [a for a, _ in spans if a is not None]
+    his = [b for _, b in spans if b is not None]
+    lo, hi = (min(los) if los else None), (max(his) if his else None)
+    if not trace.has("nvtx") or not trace.schema.has(S.TABLES["nvtx"], "start"):
+        return lo, hi, [], 0
+    if lo is None or hi is None:  # NVTX only: its own span, no outliers
+        a, b = _span(trace, "nvtx")
+        return a, b, [], 0
+    margin = max(OUTLIER_MARGIN_NS, (hi - lo) // 10)
+    table = S.TABLES["nvtx"]
+    cols = trace.schema.columns[table]
+    end = 'COALESCE("end", "start")' if "end" in cols else '"start"'
+    valid = tables.nvtx_valid_sql(trace)
+    outside = f'("start" < {lo - margin} OR {end} > {hi + margin})'
+    row = trace.engine.frame(
+        f'SELECT min(CASE WHEN NOT {outside} THEN "start" END) AS a, max(CASE WHEN NOT {outside} THEN {end} END) AS b, '
+        f'sum(CASE WHEN {outside} THEN 1 ELSE 0 END) AS n FROM "{table}" WHERE {valid} AND NOT ("start" = 0 AND {end} = 0)'
+    )
+    a, b, n = row["a"].iloc[0], row["b"].iloc[0], row["n"].iloc[0]
+    if a is not None and not pd.isna(a):
+        lo = min(lo, int(a))
+    if b is not None and not pd.isna(b):
+        hi = max(hi, int(b))
+    count = 0 if n is None or pd.isna(n) else int(n)
+    listed: list[dict[str, Any]] = []
+    if count:
+        et = '"eventType"' if "eventType" in cols else "NULL"
+        dom = '"domainId"' if "domainId" in cols else "0"
+        gt = '"globalTid"' if "globalTid" in cols else "0"
+        rows = trace.engine.rows(
+            f'SELECT "start", {end}, {et}, {dom}, {gt} FROM "{table}" WHERE {valid} AND NOT ("start" = 0 AND {end} = 0) AND {outside} ORDER BY "start" LIMIT 5'
+        )
+        names = tables.nvtx_domains(trace)
+        lookup = {(int(p), int(d)): str(x) for p, d, x in zip(names["pid"], names["domain_id"], names["domain"])}
+        for start, stop, etype, did, g in rows:
+            d = int(did or 0)
+            pid = int(pid_of(np.array([int(g or 0)], np.int64))[0])
+            listed.append(
+                {
+                    "start_ns": int(start),
+                    "end_ns": int(stop),
+                    "kind": _NVTX_EVENT_NAMES.get(int(etype) if etype is not None else -1, "event"),
+                    "domain": lookup.get((pid, d), "default" if d == 0 else f"domain {d}"),
+                    "ms_outside": round(((lo - int(stop)) if int(stop) < lo else (int(start) - hi)) / 1e6, 3) if int(stop) < lo or int(start) > hi else 0.0,
+                }
+            )
+    return lo, hi, listed, count
+
+
+_NVTX_EVENT_NAMES = {S.NVTX_MARK: "mark", S.NVTX_DOMAIN_CREATE: "domain-create event", **dict.fromkeys(S.NVTX_RANGE_TYPES, "range")}
+
+
+def outlier_note(listed: list[dict[str, Any]], count: int, lo: int | None, hi: int | None) -> str:
+    first = listed[0]
+    where = "before" if first["end_ns"] < (lo or 0) else "after"
+    what = f"a {first['kind']} of NVTX domain {first['domain']!r} at {first['start_ns'] / 1e6:.3f} ms, {abs(first['ms_outside']):.3f} ms {where} it"
+    return f"{count} NVTX event(s) lie far outside the CUDA activity and are left out of the time span ({what})"
 
 
 def slice_status(trace: Trace) -> tuple[bool, str]:
@@ -280,7 +366,9 @@ def _kernels_without_launch(trace: Trace) -> tuple[int, int]:
 
 def summary(trace: Trace) -> dict[str, Any]:
     """The whole `info` answer as plain data (JSON-ready)."""
-    lo, hi = time_span(trace)
+    lo, hi, outliers, n_outliers = _time_span(trace)
+    if n_outliers:
+        trace.note(outlier_note(outliers, n_outliers, lo, hi))
     sliced, why = slice_status(trace)
     nvtx_text = "none"
     if trace.has("nvtx"):
@@ -310,6 +398,8 @@ def summary(trace: Trace) -> dict[str, Any]:
         "start_ns": lo,
         "end_ns": hi,
         "duration_ms": (hi - lo) / 1e6 if lo is not None and hi is not None else None,
+        "nvtx_outliers": n_outliers,
+        "nvtx_outliers_first": outliers,
         "nvtx_strings": nvtx_text,
         "tables": {k: trace.count(k) for k in COUNTED_KINDS if trace.has(k)},
         "missing_tables": [k for k in ("kernels", "api", "nvtx", "memcpy", "memset", "sync") if not trace.has(k)],

@@ -9,30 +9,77 @@ path, size and mtime, when the report's folder is read-only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
+import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 from nsysparse.errors import TraceError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 REPORT_SUFFIXES = (".nsys-rep", ".qdrep")
+EXPORT_TIMEOUT_S = 1800.0  # a hung nsys must not hang us (NSYSPARSE_EXPORT_TIMEOUT overrides)
 _EXPORT_HINT = "export it first: nsys export --type sqlite -o {out} {rep}"
 
 
 def resolve_input(path: str | os.PathLike[str]) -> Path:
     """Return the SQLite file to read for `path` (exporting a report if needed)."""
     p = Path(path)
-    if not p.exists():
-        raise TraceError(f"{p}: no such file", "Check the path")
-    if p.is_dir():
+    try:
+        st = os.stat(p)  # never open() first: opening a FIFO blocks until someone writes to it
+    except FileNotFoundError:
+        raise TraceError(f"{p}: no such file", "Check the path") from None
+    except OSError as err:
+        raise TraceError(f"{p}: cannot be opened ({err.strerror})", "Check the path") from None
+    if stat.S_ISDIR(st.st_mode):
         raise TraceError(f"{p}: is a directory, not a trace file", "Pass the .sqlite export (or .nsys-rep report) itself")
+    if not stat.S_ISREG(st.st_mode):
+        raise TraceError(f"{p}: is {_kind_of(st.st_mode)}, not a regular file", "Pass the .sqlite export (or .nsys-rep report) itself, not a pipe or device")
     if p.suffix.lower() in REPORT_SUFFIXES:
         return export_report(p)
     check_sqlite_file(p)
     return p
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _run(cmd: list[str], limit: float) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` in its own process group; on a timeout or an interrupt the whole group is killed (nsys
+    starts helpers that would otherwise keep running, and keep our pipes open)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=limit)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def export_timeout_s() -> float:
+    """How long `nsys export` may run: $NSYSPARSE_EXPORT_TIMEOUT seconds, 1800 by default."""
+    raw = os.environ.get("NSYSPARSE_EXPORT_TIMEOUT", "")
+    try:
+        value = float(raw) if raw else EXPORT_TIMEOUT_S
+    except ValueError:
+        value = EXPORT_TIMEOUT_S
+    return value if value > 0 else EXPORT_TIMEOUT_S
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -79,7 +126,12 @@ def check_sqlite_file(p: Path) -> None:
 
 def cache_dir() -> Path:
     """Where exports of reports in read-only folders go: $XDG_CACHE_HOME (or ~/.cache)/nsysparse/exports."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError):  # no HOME and no passwd entry
+            base = os.path.join(tempfile.gettempdir(), f"nsysparse-{os.getuid()}")
     return Path(base) / "nsysparse" / "exports"
 
 
@@ -127,8 +179,15 @@ def export_report(rep: Path) -> Path:
     partial = target.with_name(f".{target.stem}.{os.getpid()}.partial.sqlite")
     partial.unlink(missing_ok=True)
     cmd = [nsys, "export", "--type", "sqlite", "-o", str(partial), str(rep)]
+    limit = export_timeout_s()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+        try:
+            proc = _run(cmd, limit)
+        except subprocess.TimeoutExpired:
+            raise TraceError(
+                f"{rep}: nsys export did not finish within {limit:g} s and was stopped",
+                "Run the export by hand (" + " ".join([*cmd[1:5], str(target), str(rep)]) + "), or raise NSYSPARSE_EXPORT_TIMEOUT",
+            ) from None
         if proc.returncode != 0 or not partial.exists():
             last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             shown = "".join(ch for ch in last[0] if ch.isprintable())[:200]

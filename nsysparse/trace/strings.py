@@ -11,9 +11,11 @@ class Strings:
 
     def __init__(self, ids: np.ndarray, values: np.ndarray) -> None:
         codes, uniques = pd.factorize(pd.Series(values, dtype="object"), sort=False)
-        size = int(ids.max()) + 1 if len(ids) else 0
-        self._code_of_id = np.full(size, -1, dtype=np.int64)
-        self._code_of_id[ids.astype(np.int64)] = codes
+        ids = ids.astype(np.int64, copy=False)
+        # never size an array by the ids themselves (an id of 2^40 in a 2 MB file): sorted ids, binary search
+        order = np.argsort(ids, kind="stable")
+        self._sorted_ids = ids[order]
+        self._sorted_codes = np.asarray(codes, dtype=np.int64)[order]
         self.categories = pd.Index(uniques, dtype="object")
         self._value_of_id = {int(i): v for i, v in zip(ids, values)} if len(ids) < 200_000 else None
         self._ids = ids
@@ -34,11 +36,11 @@ class Strings:
     def codes(self, ids: np.ndarray) -> np.ndarray:
         """Category codes (into `self.categories`) for an array of string ids; -1 where unknown."""
         ids = np.asarray(ids, dtype=np.int64)
-        n = len(self._code_of_id)
+        n = len(self._sorted_ids)
         if n == 0:
             return np.full(len(ids), -1, dtype=np.int64)
-        valid = (ids >= 0) & (ids < n)
-        return np.where(valid, self._code_of_id[np.clip(ids, 0, n - 1)], -1)
+        pos = np.clip(np.searchsorted(self._sorted_ids, ids), 0, n - 1)
+        return np.where(self._sorted_ids[pos] == ids, self._sorted_codes[pos], -1)
 
     def categorical(self, ids: np.ndarray) -> pd.Categorical:
         return compact_categorical(self.codes(ids), self.categories)

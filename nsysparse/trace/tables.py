@@ -31,6 +31,7 @@ from nsysparse.errors import MissingDataError
 from nsysparse.trace import schema as S
 from nsysparse.trace.ids import pid_of, tid_of
 from nsysparse.trace.strings import compact_categorical, strip_version_suffix
+from nsysparse.trace.validate import check, check_times, damaged
 
 if TYPE_CHECKING:
     from nsysparse.trace.handle import TraceHandle as Trace
@@ -104,6 +105,14 @@ SYNC_COLS = {
     "sync_type": Col("syncType", "id0"),
 }
 SPECS = {"kernels": KERNEL_COLS, "api": API_COLS, "memcpy": MEMCPY_COLS, "memset": MEMSET_COLS, "sync": SYNC_COLS}
+# What the gateway reads as integers, per table (checked once per table: `Trace.validate`).
+NVTX_INTEGER_SOURCES = ("start", "end", "eventType", "globalTid", "endGlobalTid", "domainId", "rangeId", "textId")
+INTEGER_SOURCES = {
+    **{S.TABLES[k]: (*dict.fromkeys(c.source for c in spec.values()), *(("deprecatedSyncType",) if k == "sync" else ())) for k, spec in SPECS.items()},
+    S.TABLES["nvtx"]: NVTX_INTEGER_SOURCES,
+    S.STRINGS: ("id",),
+    "CUDA_GRAPH_NODE_EVENTS": ("graphNodeId", "originalGraphNodeId", "start", "globalTid"),
+}
 ROW_LABELS = {"kernels": "kernel", "api": "CUDA API", "memcpy": "memcpy", "memset": "memset", "sync": "synchronization"}
 # An event row is usable only with all of these (where the table has the column) and end >= start.
 REQUIRED_SOURCES = ("start", "end", "deviceId", "streamId")
@@ -111,11 +120,30 @@ REQUIRED_SOURCES = ("start", "end", "deviceId", "streamId")
 
 def valid_rows_sql(trace: Trace, kind: str, alias: str = "") -> str:
     """SQL predicate (never NULL) for rows of `kind` with a start, an end, a device and a stream, and end >= start."""
+    trace.validate(kind)  # every query over an event table builds this predicate: the values are checked first
     present = trace.schema.columns.get(S.TABLES[kind], ())
     parts = [f'{alias}"{c}" IS NOT NULL' for c in REQUIRED_SOURCES if c in present]
     if "start" in present and "end" in present:
         parts.append(f'{alias}"end" >= {alias}"start"')
     return "(" + " AND ".join(parts) + ")" if parts else "(1 = 1)"
+
+
+def nvtx_valid_sql(trace: Trace, alias: str = "") -> str:
+    """SQL predicate for NVTX rows with a start, and an end (when they have one) not before it."""
+    trace.validate("nvtx")
+    present = trace.schema.columns.get(S.TABLES["nvtx"], ())
+    if "start" not in present:
+        return "(1 = 1)"
+    end = f' AND ({alias}"end" IS NULL OR {alias}"end" >= {alias}"start")' if "end" in present else ""
+    return f'({alias}"start" IS NOT NULL{end})'
+
+
+def require_times(trace: Trace, kind: str) -> None:
+    """An event table without its start or end column carries no interval at all (never filled with 0)."""
+    table = S.TABLES[kind]
+    for c in ("start", "end"):
+        if not trace.schema.has(table, c):
+            raise MissingDataError(f"{trace.path}: {table} has no {c} column", "The file was modified, or is not an nsys export; re-export it")
 
 
 def note_invalid_rows(trace: Trace, kind: str, count: int) -> None:
@@ -156,6 +184,7 @@ def default_columns(kind: str) -> tuple[str, ...]:
 def load(trace: Trace, kind: str, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Generic loader for kernels/api/memcpy/memset/sync. Adds `pid` (and `tid`) decoded from global ids."""
     trace.require(kind)
+    require_times(trace, kind)
     spec = SPECS[kind]
     wanted = tuple(c for c in (columns or default_columns(kind)) if c in spec)
     for need in ("start_ns", "end_ns"):
@@ -184,9 +213,10 @@ def _finish(trace: Trace, df: pd.DataFrame, kind: str, spec: dict[str, Col], wan
             note_invalid_rows(trace, kind, int((~valid).sum()))
             df = df.loc[valid].reset_index(drop=True)
     out: dict[str, object] = {}
+    table = S.TABLES[kind]
     for name in wanted:
         col = spec[name]
-        values = df[name].to_numpy() if len(df) else np.zeros(0, dtype=np.int64)
+        values = integer_column(trace, table, col.source, df[name]) if len(df) else np.zeros(0, dtype=np.int64)
         if col.kind == "str_id":
             cat = trace.strings.categorical(values.astype(np.int64, copy=False))
             if kind == "api" and name == "name":
@@ -195,6 +225,7 @@ def _finish(trace: Trace, df: pd.DataFrame, kind: str, spec: dict[str, Col], wan
         else:
             out[name] = values.astype(np.int64, copy=False)
     frame = pd.DataFrame(out)
+    check_times(trace.path, table, {"start": frame["start_ns"].to_numpy(), "end": frame["end_ns"].to_numpy()})
     # CUPTI's "timestamp unknown" rows (start = end = 0) carry no interval: drop them.
     bad = (frame["start_ns"].to_numpy() == 0) & (frame["end_ns"].to_numpy() == 0)
     if bad.any():
@@ -209,41 +240,55 @@ def _finish(trace: Trace, df: pd.DataFrame, kind: str, spec: dict[str, Col], wan
     return frame
 
 
+def integer_column(trace: Trace, table: str, source: str, series: pd.Series) -> np.ndarray:
+    """A loaded column as int64; any other content (the engines hand back what the file holds) is named."""
+    values = series.to_numpy()
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64, copy=False)
+    if trace.schema.has(table, source):
+        check(trace.path, trace.engine.rows, table, [source])  # names the class of the offending values
+    raise damaged(trace.path, table, source, "values that are not integers")
+
+
 def nvtx(trace: Trace) -> pd.DataFrame:
-    """NVTX ranges and marks with resolved text and domain names (see module docstring)."""
+    """NVTX ranges and marks with resolved text and domain names (see module docstring). Rows without a
+    start, or ending before they start, are left out with a note."""
     trace.require("nvtx")
     table = S.TABLES["nvtx"]
     cols = trace.schema.columns[table]
+    if "start" not in cols:
+        raise MissingDataError(f"{trace.path}: {table} has no start column", "The file was modified, or is not an nsys export; re-export it")
+    valid = nvtx_valid_sql(trace, alias="n.")
 
     def c(name: str, default: str = "0") -> str:
         return f'n."{name}"' if name in cols else default
 
-    text = 'n."text"' if "text" in cols else "NULL"
+    text = 'CAST(n."text" AS TEXT)' if "text" in cols else "NULL"
     if "textId" in cols and trace.schema.has(S.STRINGS):
-        text_expr = f"COALESCE({text}, s.value)"
+        trace.validate(S.STRINGS)
+        text_expr = f"COALESCE({text}, CAST(s.value AS TEXT))"
         join = f'LEFT JOIN "{S.STRINGS}" s ON s.id = n."textId"'
     else:
         text_expr, join = text, ""
     types = ", ".join(str(t) for t in (*S.NVTX_RANGE_TYPES, S.NVTX_MARK))
     sql = (
-        f'SELECT n."start" AS start_ns, COALESCE(n."end", -1) AS end_ns, {c("eventType")} AS event_type, '
+        f'SELECT COALESCE(n."start", 0) AS start_ns, COALESCE({c("end", "NULL")}, -1) AS end_ns, {c("eventType")} AS event_type, '
         f"COALESCE({c('globalTid')}, 0) AS global_tid, COALESCE({c('endGlobalTid', 'NULL')}, {c('globalTid')}, 0) AS end_global_tid, "
-        f"COALESCE({c('domainId')}, 0) AS domain_id, COALESCE({c('rangeId')}, 0) AS range_id, {text_expr} AS text "
+        f"COALESCE({c('domainId')}, 0) AS domain_id, COALESCE({c('rangeId')}, 0) AS range_id, {text_expr} AS text, "
+        f"CASE WHEN {valid} THEN 1 ELSE 0 END AS _valid "
         f'FROM "{table}" n {join} WHERE {c("eventType")} IN ({types})'
     )
     df = trace.engine.frame(sql)
+    if len(df):
+        keep = df["_valid"].to_numpy().astype(bool)
+        if not keep.all():
+            trace.note(f"{int((~keep).sum())} NVTX rows with a missing start or end < start were left out")
+            df = df.loc[keep].reset_index(drop=True)
     n = len(df)
-    out = pd.DataFrame(
-        {
-            "start_ns": df["start_ns"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
-            "end_ns": df["end_ns"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
-            "event_type": df["event_type"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
-            "global_tid": df["global_tid"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
-            "end_global_tid": df["end_global_tid"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
-            "domain_id": df["domain_id"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
-            "range_id": df["range_id"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
-        }
-    )
+    source = {"start_ns": "start", "end_ns": "end", "event_type": "eventType", "global_tid": "globalTid", "end_global_tid": "endGlobalTid"}
+    source |= {"domain_id": "domainId", "range_id": "rangeId"}
+    out = pd.DataFrame({k: integer_column(trace, table, src, df[k]) if n else np.zeros(0, np.int64) for k, src in source.items()})
+    check_times(trace.path, table, {"start": out["start_ns"].to_numpy(), "end": out["end_ns"].to_numpy()})
     texts = df["text"] if n else pd.Series([], dtype="object")
     codes, uniques = pd.factorize(pd.Series(texts, dtype="object"), sort=False)
     out["text"] = compact_categorical(np.asarray(codes, dtype=np.int64), pd.Index(uniques, dtype="object"))
@@ -270,12 +315,15 @@ def nvtx_domains(trace: Trace) -> pd.DataFrame:
     cols = trace.schema.columns.get(table, ())
     if "domainId" not in cols or "eventType" not in cols:
         return pd.DataFrame({"pid": [], "domain_id": [], "domain": []})
-    text = 'n."text"' if "text" in cols else "NULL"
+    trace.validate("nvtx")
+    text = 'CAST(n."text" AS TEXT)' if "text" in cols else "NULL"
     join = ""
     if "textId" in cols and trace.schema.has(S.STRINGS):
-        text = f"COALESCE({text}, s.value)"
+        trace.validate(S.STRINGS)
+        text = f"COALESCE({text}, CAST(s.value AS TEXT))"
         join = f'LEFT JOIN "{S.STRINGS}" s ON s.id = n."textId"'
-    rows = trace.engine.rows(f'SELECT n."globalTid", n."domainId", {text} FROM "{table}" n {join} WHERE n."eventType" = {S.NVTX_DOMAIN_CREATE}')
+    gt = 'n."globalTid"' if "globalTid" in cols else "0"
+    rows = trace.engine.rows(f'SELECT {gt}, n."domainId", {text} FROM "{table}" n {join} WHERE n."eventType" = {S.NVTX_DOMAIN_CREATE}')
     if not rows:
         return pd.DataFrame({"pid": [], "domain_id": [], "domain": []})
     g = np.array([r[0] or 0 for r in rows], dtype=np.int64)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from nsysparse.errors import MissingDataError, TraceError
 from nsysparse.outputs import note_input
-from nsysparse.trace import aggregates, graphs, info, tables
+from nsysparse.trace import aggregates, graphs, info, tables, validate
 from nsysparse.trace import schema as S
 from nsysparse.trace.engine import Engine
 from nsysparse.trace.source import resolve_input
@@ -57,6 +57,7 @@ class Trace:
         self._frames: dict[str, pd.DataFrame] = {}
         self._frame_cols: dict[str, tuple[str, ...]] = {}
         self._counts: dict[str, int] = {}
+        self._validated: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def __enter__(self) -> Trace:
@@ -71,6 +72,19 @@ class Trace:
     def note(self, message: str) -> None:
         if message not in self.notes:
             self.notes.append(message)
+
+    def validate(self, table: str) -> None:
+        """Check the integer columns the gateway reads of `table` (a kind or a table name), once: with
+        sqlite3 by one typeof scan; with DuckDB its scanner refuses a mistyped value at query time and the
+        engine names it (see `validate`). Raises TraceError naming the file, table and column."""
+        table = S.TABLES.get(table, table)
+        if table in self._validated or not self.schema.has(table):
+            return
+        self._validated.add(table)
+        if self.engine.uses_duckdb():
+            return
+        present = self.schema.columns[table]
+        validate.check(self.path, self.engine.rows, table, [c for c in tables.INTEGER_SOURCES.get(table, ()) if c in present])
 
     def is_loaded(self, kind: str) -> bool:
         """Whether the frame of `kind` is already in memory (readers then use it instead of SQL)."""
@@ -105,9 +119,11 @@ class Trace:
     @property
     def strings(self) -> Strings:
         if self._strings is None:
-            if self.schema.has(S.STRINGS):
-                df = self.engine.frame(f'SELECT id, value FROM "{S.STRINGS}"')
-                self._strings = Strings(df["id"].to_numpy(np.int64), df["value"].to_numpy(object))
+            if self.schema.has(S.STRINGS, "id") and self.schema.has(S.STRINGS, "value"):
+                self.validate(S.STRINGS)
+                df = self.engine.frame(f'SELECT id, CAST(value AS TEXT) AS value FROM "{S.STRINGS}" WHERE id IS NOT NULL')
+                ids = tables.integer_column(self, S.STRINGS, "id", df["id"]) if len(df) else np.zeros(0, np.int64)
+                self._strings = Strings(ids, df["value"].to_numpy(object))
             else:
                 self._strings = Strings.empty()
         return self._strings
@@ -119,6 +135,44 @@ class Trace:
         if not self.has(kind):
             what = f" ({purpose} needs it)" if purpose else ""
             raise MissingDataError(f"{self.path}: has no {S.TABLES[kind]} table{what}", _WHY_MISSING.get(kind, "the capture did not record it"))
+
+    def require_rows(self, kind: str, purpose: str | None = None) -> None:
+        """Like `require`, and the table must hold at least one usable row (an interval with real timestamps)."""
+        self.require(kind, purpose)
+        if self.is_loaded(kind) and len(self._frames[kind]):
+            return
+        table = S.TABLES[kind]
+        tables.require_times(self, kind)
+        valid = tables.valid_rows_sql(self, kind)
+        zero = '("start" = 0 AND "end" = 0)'
+        df = self.engine.frame(
+            f"SELECT count(*) AS n, sum(CASE WHEN {valid} THEN 0 ELSE 1 END) AS bad, sum(CASE WHEN {valid} AND {zero} THEN 1 ELSE 0 END) AS zero, "
+            f'sum(CASE WHEN {valid} AND NOT {zero} THEN 1 ELSE 0 END) AS good FROM "{table}"'
+        )
+        n, bad, zero_n, good = (0 if pd.isna(v) else int(v) for v in df.iloc[0][["n", "bad", "zero", "good"]])
+        if good:
+            return
+        if n == 0:
+            why = "it is empty"
+        else:
+            parts = [
+                f"{bad} without a start, end, device or stream, or ending before they start" if bad else "",
+                f"{zero_n} with unknown timestamps (start = end = 0)" if zero_n else "",
+            ]
+            why = f"of its {n} rows, " + " and ".join(p for p in parts if p)
+        what = f" ({purpose} needs them)" if purpose else ""
+        hint = _WHY_MISSING.get(kind, "the capture did not record it") if n == 0 else "The file was modified or damaged; re-export it from the report"
+        raise MissingDataError(f"{self.path}: {table} has no usable rows{what}: {why}", hint)
+
+    def kernel_devices(self) -> list[int]:
+        """Device ids that ran at least one usable kernel, sorted."""
+        if not self.has("kernels") or not self.schema.has(S.TABLES["kernels"], "deviceId"):
+            return []
+        if self.is_loaded("kernels"):
+            return sorted(int(d) for d in np.unique(self._frames["kernels"]["device_id"].to_numpy()))
+        valid = tables.valid_rows_sql(self, "kernels")
+        df = self.engine.frame(f'SELECT DISTINCT "deviceId" AS d FROM "{S.TABLES["kernels"]}" WHERE {valid} AND NOT ("start" = 0 AND "end" = 0)')
+        return sorted(int(d) for d in df["d"].dropna())
 
     def count(self, kind: str) -> int:
         if kind not in self._counts:
