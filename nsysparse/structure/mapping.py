@@ -477,8 +477,10 @@ def _template_ops_in_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, co
     for (seq, hint), members in _group_slices(full, starts, ends, hints).items():
         seg = parser.fullmatch_layer(seq) if hint != "mtp" else None
         segs = [seg] if seg is not None else parser.parse(seq, "mtp" if hint == "mtp" else "")
-        if seg is None and not hint:  # no template is this layer: its kind comes from its content
+        if seg is None and not hint:  # no template is this layer: its kind comes from its content, and only layer
+            # templates may name kernels inside it (a prelude's `embed` or a head's `sample` slot would misfire)
             kind = content_kind(*flags.of(np.frombuffer(seq.encode("ascii"), dtype=np.uint8))[1:])
+            segs = [x for x in segs if x.role == "layer"]
         else:
             kind = hint or next((x.kind for x in segs if x.role == "layer"), None) or "unknown"
         op, _, _, _ = _segment_arrays(parser, segs, len(seq), names.ops, names.kinds)
