@@ -109,6 +109,7 @@ def test_prediction_doc_lists_every_alias():
                 "MIN_TEMPLATE_MATCH",
                 "EMBED_SNAP_KERNELS",
                 "WARMUP_FACTOR",
+                "STEADY_RUN",
             ),
         ),
         ("docs/gaps.md", "nsysparse.analyses.gaps", ("DEFAULT_MIN_BUBBLE_US", "LAUNCH_LATENCY_NS", "TRICKLE_FREE_NS", "COLLECTIVE_SLACK_NS", "PROFILER_SHARE")),

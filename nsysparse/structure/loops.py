@@ -49,7 +49,9 @@ EMBED_SNAP_KERNELS = 16
 """An iteration starts at its embedding lookup when one lies this close after the largest idle gap (the tail of
 an optimizer update or of the sampling comes before it)."""
 WARMUP_FACTOR = 2.0
-"""Leading steps whose wall time exceeds this multiple of their phase's median are warm-up."""
+"""Leading steps whose wall time exceeds this multiple of their phase's median are warm-up..."""
+STEADY_RUN = 3
+"""...until this many consecutive steps of the phase are not."""
 NON_PRIMITIVE_OVERLAP = 0.9
 """A period that is a multiple of a smaller one repeating over this share of its span adds nothing."""
 
@@ -393,15 +395,18 @@ def _other_forwards(
 
 
 def warmup_flags(phase: np.ndarray, wall: np.ndarray, device: np.ndarray | None = None) -> np.ndarray:
-    """Per step (in time order per device): warm-up = the leading steps of its phase up to the last one slower than
-    WARMUP_FACTOR × the phase's median wall time, among the first half of that phase's steps."""
+    """Per step (in time order per device): warm-up = the steps of a phase before it settles, i.e. before its first
+    STEADY_RUN consecutive steps none slower than WARMUP_FACTOR × the phase's median wall time; only when one of
+    those leading steps is slow (a capture that starts in steady state has no warm-up)."""
     warm = np.zeros(len(phase), dtype=bool)
     dev = np.zeros(len(phase), dtype=np.int64) if device is None else device
-    keys = [(d, ph) for d, ph in dict.fromkeys(zip(dev.tolist(), phase.tolist()))]  # devices × phases (few)
-    for d, ph in keys:
+    for d, ph in dict.fromkeys(zip(dev.tolist(), phase.tolist())):  # devices × phases (few)
         idx = np.nonzero((phase == ph) & (dev == d))[0]
-        slow = np.nonzero(wall[idx] > WARMUP_FACTOR * np.median(wall[idx]))[0]
-        slow = slow[slow < max(1, len(idx) // 2)]
-        if len(slow):
-            warm[idx[: int(slow.max()) + 1]] = True
+        slow = wall[idx] > WARMUP_FACTOR * np.median(wall[idx])
+        if len(idx) < 2 or not slow[0]:
+            continue
+        run = min(STEADY_RUN, len(idx) - 1)  # a phase of few steps (the prefills of three calls) settles sooner
+        calm = np.convolve(~slow, np.ones(run, dtype=int), mode="valid") == run  # runs of calm steps
+        settle = int(np.argmax(calm)) if calm.any() else len(idx)
+        warm[idx[:settle]] = True
     return warm
