@@ -175,3 +175,20 @@ def test_layer_kind_time_matches_the_twin(name, unpacked):
     got = k.groupby(["layer_id", k["layer_kind"].astype(str)])["dur_ns"].sum().groupby(level=1).median()
     for kind, med in truth_med.items():
         assert got[kind] == pytest.approx(med, rel=0.03), (kind, got[kind], med)
+
+
+def test_the_note_counts_every_kernel_outside_steps(unpacked):
+    """Kernels outside steps (set-up before the first forward, sampling between forwards, the end of the last call),
+    counted in the twin: the note gives the same three numbers."""
+    fx = corpus.load("hf_llama_generate", unpacked)
+    truth = corpus.bare_labels(fx.bare, fx.twin).sort_values("start_ns").reset_index(drop=True)
+    fwd = truth["forward"].to_numpy()
+    inside = np.nonzero(fwd >= 0)[0]
+    before, after = int(inside.min()), int(len(fwd) - 1 - inside.max())
+    between = int((fwd < 0).sum()) - before - after
+    with AnalysisContext.open(fx.bare) as ctx:
+        notes = ctx.full_mapping.notes
+    expected = (
+        f"{int((fwd < 0).sum())} of {len(fwd)} kernels are outside steps: {before} before the first step, {between} between steps, {after} after the last"
+    )
+    assert expected in notes

@@ -395,3 +395,21 @@ def test_rule_set_canonical_names():
     assert rs.canonical_op("gate+TopK") == "gate_topk"
     assert rs.canonical_op("Custom Thing") == "custom_thing"
     assert isinstance(rs, RuleSet)
+
+
+def test_a_one_kernel_last_segment_is_no_step(builder, tmp_path):
+    """Idle-gap steps of two kernels and, after the last gap, one lone kernel: exactly half the median step and
+    not its sequence, so it is a fragment, not a step (no matrix multiply: the loop finder abstains)."""
+    b = builder()
+    b.gpu()
+    t = 1_000_000
+    for s in range(5):
+        for j, name in enumerate(("ka", "kb")):
+            a = t + s * 1_000_000 + j * 10_000
+            b.kernel(a, a + 5_000, name, api_start=a - 2_000, api_end=a - 1_000)
+    a = t + 5 * 1_000_000
+    b.kernel(a, a + 5_000, "kc", api_start=a - 2_000, api_end=a - 1_000)
+    with open_trace(b.write(tmp_path / "tail.sqlite")) as tr:
+        m = map_trace(tr)
+    assert len(m.steps) == 5
+    assert (m.kernels.sort_values("start_ns")["step"].to_numpy()[-1]) == -1

@@ -336,7 +336,28 @@ def _find_steps(trace: Trace, k: pd.DataFrame, att: _NvtxAttribution | None, nvt
     k_step = windows.kernel_step if windows.kernel_step is not None else np.full(len(k), -1)
     why = "no NVTX" if not trace.has("nvtx") else ("NVTX ignored (--nvtx off)" if nvtx == "off" else "no NVTX range matches the step pattern")
     notes.append(f"steps inferred ({why}): " + "; ".join(windows.notes))
+    outside = _outside_steps(k, k_step)
+    if outside:
+        notes.append(outside)
     return windows, k_step, notes
+
+
+def _outside_steps(k: pd.DataFrame, step: np.ndarray) -> str | None:
+    """A note counting every kernel outside steps: before the first step of its device (set-up, warm-up outside the
+    loop), between steps (sampling, stopping checks) and after the last."""
+    out = step < 0
+    if not out.any() or out.all():
+        return None
+    dev = k["device_id"].to_numpy()
+    start = k["start_ns"].to_numpy()
+    frame = pd.DataFrame({"dev": dev, "start": start, "in": ~out})
+    span = frame[frame["in"]].groupby("dev")["start"].agg(["min", "max"])
+    lo = span["min"].reindex(dev).to_numpy()
+    hi = span["max"].reindex(dev).to_numpy()
+    before = int((out & ((start < lo) | np.isnan(lo))).sum())
+    after = int((out & (start > hi)).sum())
+    between = int(out.sum()) - before - after
+    return f"{int(out.sum())} of {len(k)} kernels are outside steps: {before} before the first step, {between} between steps, {after} after the last"
 
 
 def _find_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, att: _NvtxAttribution | None, names: _Names) -> tuple[_LayerCodes, str, list[str]]:

@@ -290,7 +290,7 @@ def _trim_edges(cuts: np.ndarray, n: int, codes: np.ndarray) -> tuple[np.ndarray
     med = float(np.median(lengths))
     keep = np.ones(len(cuts), dtype=bool)
     for i in (0, len(cuts) - 1):
-        if lengths[i] < EDGE_FRAGMENT * med and sigs[i] != modal:
+        if lengths[i] <= EDGE_FRAGMENT * med and sigs[i] != modal:
             keep[i] = False
     return cuts[keep], ends[keep], int(lengths[~keep].sum())
 
@@ -328,9 +328,7 @@ def _device_steps(grp: pd.DataFrame, codes: np.ndarray) -> tuple[np.ndarray, np.
     if len(cuts) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0, dtype=object), np.zeros(0, dtype=bool), "none", 0.0, why
-    cuts, ends, dropped = _trim_edges(cuts, len(grp), codes)
-    if dropped:
-        why += f"; {dropped} kernels before the first or after the last full step are not in any step"
+    cuts, ends, _ = _trim_edges(cuts, len(grp), codes)
     return cuts, ends - 1, np.full(len(cuts), "other", dtype=object), np.zeros(len(cuts), dtype=bool), method, conf, why
 
 
