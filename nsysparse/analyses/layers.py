@@ -71,6 +71,7 @@ class LayerReport:
     layer_kinds: dict[str, float]
     unmapped_share: float
     meta: dict[str, Any] = field(default_factory=dict)
+    named_share: float = float("nan")  # in-step kernel time named by NVTX or a template (class-only time is not named)
 
     def payload(self) -> dict[str, Any]:
         """The documented JSON (see docs/columns.md#layers)."""
@@ -84,6 +85,7 @@ class LayerReport:
             "layer_totals": self.kinds.to_dict("records"),
             "reconciliation": self.reconciliation.to_dict("records"),
             "unmapped_share": self.unmapped_share,
+            "named_share": self.named_share,
             "top_unmapped": self.unmapped.to_dict("records"),
         }
 
@@ -142,8 +144,19 @@ def layer_report(ctx: AnalysisContext, top_unmapped: int = 10) -> LayerReport:
         step_busy_us=float(steps["busy_ns"].median() / 1e3),
         layer_kinds={str(r.layer_kind): float(r.count_per_step) for r in kind_df.itertuples()},
         unmapped_share=unmapped_share,
+        named_share=named_share(k),
         meta=meta,
     )
+
+
+def named_share(k: pd.DataFrame) -> float:
+    """Share of the kernel time of `k` whose op came from NVTX or a template; a kernel named by its class alone
+    (gemm, elementwise) is counted as not named, so a trace cannot look mapped when it is only classified."""
+    total = float(k["dur_ns"].sum())
+    if not total:
+        return float("nan")
+    named = k["source"].astype(str).isin(("nvtx", "template")).to_numpy()
+    return float(k["dur_ns"].to_numpy()[named].sum()) / total
 
 
 def layers_per_step(in_layer: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:

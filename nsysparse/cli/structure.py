@@ -183,6 +183,9 @@ def layers(
             "step time": f"{r.step_time_us:.1f} µs median wall, {r.step_busy_us:.1f} µs busy" if r.step_time_us == r.step_time_us else "no steps found",
             "layers per step": ", ".join(f"{k} {v:g}" for k, v in r.layer_kinds.items()) or "none",
             "unmapped": f"{r.unmapped_share * 100:.2f} % of kernel time" if r.unmapped_share == r.unmapped_share else "- (no steps)",
+            "named": f"{r.named_share * 100:.2f} % of in-step kernel time by NVTX or a template (the rest by kernel class only)"
+            if r.named_share == r.named_share
+            else "-",
         }
         frames = {"layer kind × op (per instance)": r.ops, "one layer of each kind": r.kinds, "reconciliation (mean step)": r.reconciliation}
         if len(r.unmapped):

@@ -26,6 +26,7 @@ from nsysparse.errors import UsageError
 from nsysparse.rules import RuleSet, classify_names, load_rules
 from nsysparse.structure.instances import op_instances
 from nsysparse.structure.layer_repeats import ATTENTION_CLASSES, BACKWARD_CLASSES, MOE_LAYER_CLASSES, content_kind, repeated_layers
+from nsysparse.structure.layer_roles import layer_roles, step_roles
 from nsysparse.structure.loops import warmup_flags
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.parse import Parser, Segment
@@ -460,6 +461,24 @@ def _broadcast(order: np.ndarray, starts: np.ndarray, members: list[int], values
     target[order[idx]] = vals
 
 
+def _role_ops(parser: Parser, c: np.ndarray, ordinal: np.ndarray, ops: Vocab, op: np.ndarray) -> np.ndarray:
+    """Op codes from the roles kernels play inside each repeated layer (structure.layer_roles); other positions keep `op`."""
+    out = op.copy()
+    names_of = {ord(code): cls for cls, code in parser.codes.items()}
+    classes = [names_of.get(int(x), "") for x in c.tolist()]  # one step signature's kernels, parsed once
+    for lid in np.unique(ordinal[ordinal >= 0]).tolist():  # layers of one step signature
+        pos = np.nonzero(ordinal == lid)[0]
+        roles = layer_roles([classes[i] for i in pos.tolist()])
+        for i, name in zip(pos.tolist(), roles):
+            if name:
+                out[i] = ops(name)
+    if not any(c == "fmha_bwd" for c in classes):  # a forward: its prelude and head around the layers
+        for i, name in enumerate(step_roles(classes, (ordinal >= 0).tolist())):
+            if name and out[i] < 0:
+                out[i] = ops(name)
+    return out
+
+
 TEMPLATE_MISS_SHARE = 0.1
 """A step whose kernels the layer templates leave unparsed beyond this share gets its layers from repetition."""
 
@@ -553,6 +572,7 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
             ordinal, kinds = repeated_layers(names_seq, *flags.of(c))
             if not kinds:
                 no_layers += len(members)
+            op = _role_ops(parser, c, ordinal, names.ops, op)
             kind = np.where(ordinal >= 0, np.array([names.kinds(x) for x in kinds] or [0], dtype=np.int32)[np.clip(ordinal, 0, None)], -1).astype(np.int32)
             miss = 0
             repeated += len(members)
