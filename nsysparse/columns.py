@@ -180,6 +180,7 @@ MAPPED_STEP_COLUMNS = (
     Column("kernels", "int", "kernels launched in the step"),
     Column("phase", "str", STEP_PHASE.doc),
     Column("warmup", "bool", "a leading step much slower than its phase's median (left out of statistics by default)"),
+    Column("ordinal", "int", "position among its device's steps in time order, before any selection (neighbours differ by 1)"),
 )
 MAPPED_LAYER_COLUMNS = (
     Column("layer_id", "int", "layer instance"),

@@ -413,3 +413,32 @@ def test_a_one_kernel_last_segment_is_no_step(builder, tmp_path):
         m = map_trace(tr)
     assert len(m.steps) == 5
     assert (m.kernels.sort_values("start_ns")["step"].to_numpy()[-1]) == -1
+
+
+def test_drop_close_is_greedy():
+    from nsysparse.structure.loops import _drop_close
+
+    assert _drop_close(np.array([0, 4, 8, 12, 16, 20]), 10).tolist() == [0, 12]
+    assert _drop_close(np.array([0, 9, 11, 20, 30]), 10).tolist() == [0, 11, 30]
+
+
+@pytest.mark.parametrize(
+    ("container", "expected"), [("generate", ["prefill", "decode", "decode"]), ("train_epoch", ["train", "train", "train"]), ("upsample_loop", ["other"] * 3)]
+)
+def test_nvtx_container_phases_per_process(builder, tmp_path, container, expected):
+    """Two processes, each a container holding three `step` ranges: phases come from the container's name, and the
+    first step of each process's container is its own (not only the first of the trace)."""
+    b = builder()
+    b.gpu(0)
+    b.gpu(1)
+    for pid, dev in ((100, 0), (200, 1)):
+        t0 = 1_000_000 + pid * 10
+        b.push(t0, t0 + 1_000_000, container, pid=pid, tid=pid)
+        for s in range(3):
+            t = t0 + 1_000 + s * 300_000
+            b.push(t, t + 200_000, "step", pid=pid, tid=pid)
+            b.kernel(t + 20_000, t + 30_000, "nvjet_sm90_tst_128x16_NNT", device=dev, pid=pid, tid=pid, api_start=t + 100, api_end=t + 200)
+    with open_trace(b.write(tmp_path / "c.sqlite")) as tr:
+        m = map_trace(tr)
+    for pid in (100, 200):
+        assert m.steps[m.steps["pid"] == pid].sort_values("start_ns")["phase"].tolist() == expected

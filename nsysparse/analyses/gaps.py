@@ -299,7 +299,11 @@ def _inter_step_gaps(in_step: pd.DataFrame, steps: pd.DataFrame, t0: int) -> pd.
         ids = grp["step"].to_numpy()
         if len(ids) < 2:
             continue
-        prev, nxt = ids[:-1], ids[1:]
+        # only neighbours in the full sequence: a gap never spans a step left out (warm-up, outside --window)
+        adjacent = np.diff(grp["ordinal"].to_numpy()) == 1
+        prev, nxt = ids[:-1][adjacent], ids[1:][adjacent]
+        if len(prev) == 0:
+            continue
         a = last.loc[prev, "end_ns"].to_numpy()
         b = first.loc[nxt, "start_ns"].to_numpy()
         f = first.loc[nxt]

@@ -10,7 +10,7 @@ from nsysparse.columns import Column, empty_frame
 COLUMNS = (
     Column("step", "int", "step index (time order)"),
     Column("pid", "int", "process"),
-    Column("device_id", "int", "GPU that ran most of the step's kernels"),
+    Column("device_id", "int", "GPU of the step's first kernel"),
     Column("name", "str", "NVTX range text (empty when inferred)"),
     Column("start_ms", "float", "first GPU start, relative to the first step"),
     Column("wall_us", "float", "first GPU start to last GPU end (kernels, memcpy, memset)"),

@@ -339,11 +339,13 @@ def _drop_close(starts: np.ndarray, min_gap: int) -> np.ndarray:
         return starts
     keep = np.ones(len(starts), dtype=bool)
     while True:
-        kept = starts[keep]
-        close = np.nonzero(np.diff(kept) < min_gap)[0]
+        live = np.nonzero(keep)[0]
+        close = np.nonzero(np.diff(starts[live]) < min_gap)[0]
         if len(close) == 0:
-            return kept
-        keep[np.nonzero(keep)[0][close + 1]] = False
+            return starts[keep]
+        # drop the later of each close pair, but not one whose own predecessor is dropped in this round (greedy)
+        drop = close[~np.isin(close, close + 1)] + 1
+        keep[live[drop]] = False
 
 
 def _last_of_forward(first: np.ndarray, stop: np.ndarray, is_gemm: np.ndarray, is_graph: np.ndarray) -> np.ndarray:

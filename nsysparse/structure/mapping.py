@@ -93,10 +93,13 @@ class Mapping:
             return self
         steps = self.steps[self.steps["device_id"] == device_id].reset_index(drop=True)
         keep = steps["step"].to_numpy()
+        # a process that drives two GPUs: its steps belong to the GPU of their first kernel; this GPU's work in those
+        # steps counts as outside steps here
+        kernels = _steps_only(self.kernels[self.kernels["device_id"].to_numpy() == device_id].reset_index(drop=True), keep)
         return replace(
             self,
-            kernels=self.kernels[self.kernels["device_id"].to_numpy() == device_id].reset_index(drop=True),
-            gpu_ops=self.gpu_ops[self.gpu_ops["device_id"].to_numpy() == device_id].reset_index(drop=True),
+            kernels=kernels,
+            gpu_ops=_steps_only(self.gpu_ops[self.gpu_ops["device_id"].to_numpy() == device_id].reset_index(drop=True), keep),
             steps=steps,
             layers=self.layers[np.isin(self.layers["step"].to_numpy(), keep)].reset_index(drop=True),
             device_id=device_id,
@@ -229,6 +232,19 @@ def _kernel_frame(trace: Trace) -> pd.DataFrame:
         k["capture_ns"] = NO_TIME
         k["capture_global_tid"] = -1
     return k
+
+
+def _steps_only(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """`frame` with the step of rows outside the steps `keep` set to -1 (and their layer, where it has one)."""
+    inside = np.isin(frame["step"].to_numpy(), keep)
+    if inside.all() or (frame["step"].to_numpy() < 0).all():
+        return frame
+    out = frame.copy(deep=False)
+    gone = ~inside & (frame["step"].to_numpy() >= 0)
+    out["step"] = np.where(gone, -1, frame["step"].to_numpy())
+    if "layer_id" in out:
+        out["layer_id"] = np.where(gone, -1, frame["layer_id"].to_numpy())
+    return out
 
 
 def check_options(nvtx: str, step_pattern: str, layer_pattern: str) -> None:
@@ -675,6 +691,7 @@ def _step_table(k: pd.DataFrame, ops: pd.DataFrame, windows: StepWindows) -> pd.
     out["phase"] = out["phase"].astype(object) if "phase" in out else "other"
     out = out.sort_values(["device_id", "start_ns"]).reset_index(drop=True)
     out["warmup"] = warmup_flags(out["phase"].to_numpy(), out["wall_ns"].to_numpy(), out["device_id"].to_numpy())
+    out["ordinal"] = out.groupby("device_id").cumcount().to_numpy(dtype=np.int64)
     return out[cols]
 
 

@@ -19,10 +19,12 @@ def step_periods_ns(steps: pd.DataFrame) -> np.ndarray:
         return np.zeros(0, dtype=float)
     order = np.lexsort((steps["start_ns"].to_numpy(), steps["device_id"].to_numpy()))
     dev = steps["device_id"].to_numpy()[order]
-    start = steps["start_ns"].to_numpy()[order].astype(float)
+    start = steps["start_ns"].to_numpy()[order]
+    # neighbours in the full sequence only: a period never spans a step left out (warm-up, outside --window)
+    ordinal = steps["ordinal"].to_numpy()[order] if "ordinal" in steps else np.arange(len(order))
     period = np.full(len(order), np.nan)
-    same = dev[1:] == dev[:-1]
-    period[:-1] = np.where(same, start[1:] - start[:-1], np.nan)
+    same = (dev[1:] == dev[:-1]) & (np.diff(ordinal) == 1)
+    period[:-1] = np.where(same, (start[1:] - start[:-1]).astype(float), np.nan)
     out = np.empty(len(order))
     out[order] = period
     return out

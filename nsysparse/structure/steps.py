@@ -61,8 +61,9 @@ class StepWindows:
     kernel_step: np.ndarray | None = None  # inferred steps: step of each kernel (by position), -1 before the first
 
 
-CONTAINER_WORDS = re.compile(r"(?i)generate|sample|serve|epoch|benchmark|run|loop")
-"""A container whose name says it generates (its first step is the prefill, the rest decode)."""
+CONTAINER_WORDS = re.compile(r"(?i)(?<![a-z])(?:generate|generation|sample|sampling|serve)(?![a-z])")
+"""A container whose name says it generates (its first step is the prefill, the rest decode); a container whose
+name says train (an epoch of training steps) makes its steps train steps."""
 
 
 def _outermost(pid: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -101,10 +102,13 @@ def _nvtx_phase(names: np.ndarray, container: np.ndarray, first_in_container: np
     """A step's phase from its own name, else from its container: the first step of a generate-like call is its
     prefill and the others decode; otherwise other."""
     low = np.char.lower(names.astype(str))
+    cont = pd.Series(container.astype(str))
+    gen = map_distinct(cont, lambda t: bool(CONTAINER_WORDS.search(t)), bool, False) if len(cont) else np.zeros(0, dtype=bool)
+    train = np.char.find(np.char.lower(container.astype(str)), "train") >= 0
     phase = np.full(len(names), "other", dtype=object)
-    gen = np.array([bool(CONTAINER_WORDS.search(t)) for t in container.tolist()]) if len(container) else np.zeros(0, dtype=bool)
     phase[gen & first_in_container] = "prefill"
     phase[gen & ~first_in_container] = "decode"
+    phase[train] = "train"
     for word in ("train", "decode", "prefill"):
         phase[np.char.find(low, word) >= 0] = word
     return phase
@@ -162,9 +166,7 @@ def nvtx_step_windows(nvtx: pd.DataFrame, pattern: str, ignore_domains: tuple[st
         }
     )
     out = out.sort_values(["cpu_start_ns", "pid"]).reset_index(drop=True)
-    cid = out["cid"].to_numpy()
-    first = np.ones(len(out), dtype=bool)
-    first[1:] = cid[1:] != cid[:-1]  # the first step of each container instance (each generate call)
+    first = ~out["cid"].duplicated().to_numpy()  # the first step of each container instance (each generate call), per process: ids are unique
     out["phase"] = _nvtx_phase(out["name"].to_numpy(), out["container"].to_numpy(), first)
     out.insert(0, "step", np.arange(len(out)))
     return out[cols]
@@ -295,7 +297,7 @@ def _trim_edges(cuts: np.ndarray, n: int, codes: np.ndarray) -> tuple[np.ndarray
     return cuts[keep], ends[keep], int(lengths[~keep].sum())
 
 
-MATMUL_CLASSES = ("gemm", "grouped_gemm", "splitk", "fmha", "fmha_bwd")
+MATMUL_CLASSES = ("gemm", "grouped_gemm", "splitk", "conv", "fmha", "fmha_bwd")
 """Kernel classes that make a unit a compute unit and end a forward (its last matrix multiply is the LM head)."""
 EMBED_CLASSES = ("gather", "embedding")
 """Kernel classes of an embedding lookup: where a forward starts."""
