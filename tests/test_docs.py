@@ -112,6 +112,8 @@ def test_prediction_doc_lists_every_alias():
                 "STEADY_RUN",
             ),
         ),
+        ("docs/structure.md", "nsysparse.structure.layer_repeats", ("LAYER_PREFIX_KERNELS", "MAX_LAYER_PERIODS")),
+        ("docs/structure.md", "nsysparse.structure.mapping", ("TEMPLATE_MISS_SHARE",)),
         ("docs/gaps.md", "nsysparse.analyses.gaps", ("DEFAULT_MIN_BUBBLE_US", "LAUNCH_LATENCY_NS", "TRICKLE_FREE_NS", "COLLECTIVE_SLACK_NS", "PROFILER_SHARE")),
     ],
 )
