@@ -1,11 +1,12 @@
 """Layers without NVTX or matching templates: the repeated blocks inside one step, kinds told by content.
 
-Inside one step (its kernel classes in launch order), the decoder layers are the unit that repeats back to back
-(structure.loops' periods, on classes so that dense and MoE layers share their attention half). Each layer period
+Inside one step (its kernel names in launch order), the decoder layers are the unit that repeats back to back
+(structure.loops' periods; dense and MoE layers share their attention half). Each layer period
 covering the most kernels is taken, then others whose copies lie elsewhere (a training step has forward and
 backward layers). Layer starts are the places where a period's unit begins (its first kernels: the attention
 block), so a layer that is no exact copy (the dense first layer of a MoE model) is found too. A layer's kind comes
-from its content: a router (top-k) or expert kernels make it `moe`, attention makes it `dense`, else `unknown`.
+from its content: a router (top-k) or expert kernels make it `moe`, attention makes it `dense` (`_bwd` when it holds
+backward kernels); a repeated block with neither is no layer.
 """
 
 from __future__ import annotations

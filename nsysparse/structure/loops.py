@@ -15,10 +15,12 @@ iterations (forward, backward, optimizer). On one device's kernel sequence (star
 3. **Steps.** Every copy of the unit is a step, and so is every place where the unit's first kernels recur
    (iterations that differ later, e.g. the first decode step after a prefill). Repeated layer bodies outside
    those steps are forwards of another kind: a prefill (inference) that starts at its embedding lookup.
-4. **Extent.** A training iteration runs to the next one. An inference forward ends at its last matrix multiply
-   (the LM head) or its last CUDA-graph kernel: the sampling and stopping checks after it are between steps.
+4. **Extent.** A training iteration, or a forward of unknown kind, runs to the next one. A decode or prefill
+   forward ends at its last matrix multiply (the LM head) or its last CUDA-graph kernel: the sampling and
+   stopping checks after it are between steps.
 5. **Phases.** train (the unit holds a loss, backward or optimizer kernels), prefill (the extra forward before a
-   run of decode steps), decode; `warmup` marks leading steps many times slower than their phase's median.
+   run of decode steps), decode, or other; `warmup_flags` marks the steps of a phase before it settles (its first
+   STEADY_RUN steps none slower than WARMUP_FACTOR × the phase's median).
 
 Everything is vectorised over the sequence; the loops run over candidate periods (at most MAX_CANDIDATES),
 their regions and the positions of one unit, never over kernels.
