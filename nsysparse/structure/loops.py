@@ -315,14 +315,18 @@ def find_loop_steps(
 
 def _snap_to_embedding(starts: np.ndarray, is_embed: np.ndarray, p: int) -> np.ndarray:
     """Move unit starts to the unit's first embedding lookup when it comes within EMBED_SNAP_KERNELS (the same
-    offset for every copy, taken from the first copy that has one)."""
+    offset for every copy, taken from the first copy that has one). Vectorised: the next lookup after each start."""
     window = min(EMBED_SNAP_KERNELS, p)
-    for s in starts.tolist():
-        hit = np.nonzero(is_embed[s : s + window])[0]
-        if len(hit):
-            shifted = starts + int(hit[0])
-            return shifted[shifted < len(is_embed)]
-    return starts
+    emb = np.nonzero(is_embed)[0]
+    if len(emb) == 0 or len(starts) == 0:
+        return starts
+    nxt = emb[np.clip(np.searchsorted(emb, starts), 0, len(emb) - 1)]
+    d = nxt - starts
+    ok = (d >= 0) & (d < window)
+    if not ok.any():
+        return starts
+    shifted = starts + int(d[np.argmax(ok)])
+    return shifted[shifted < len(is_embed)]
 
 
 def _template_share(codes: np.ndarray, at: np.ndarray, template: np.ndarray) -> np.ndarray:
