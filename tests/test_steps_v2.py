@@ -192,3 +192,20 @@ def test_the_note_counts_every_kernel_outside_steps(unpacked):
         f"{int((fwd < 0).sum())} of {len(fwd)} kernels are outside steps: {before} before the first step, {between} between steps, {after} after the last"
     )
     assert expected in notes
+
+
+@pytest.mark.parametrize("name", ["hf_llama_generate", "hf_llama_train"])
+def test_the_twins_nvtx_gives_the_same_steps(name, unpacked):
+    """With module-hook NVTX, `generate` ranges hold repeated `forward` ranges (containers: the forwards are the
+    steps, the first of each call its prefill) and a `train_step` holding one `forward` and one `optimizer_step`
+    is itself the step."""
+    fx = corpus.load(name, unpacked)
+    exp = fx.manifest["expected"]
+    with AnalysisContext.open(fx.twin, include_warmup=True) as ctx:
+        steps = step_table(ctx)
+    assert set(steps["source"]) == {"nvtx"}
+    if fx.manifest["protocol"]["protocol"] == "train":
+        assert len(steps) == exp["calls"] and set(steps["phase"]) == {"train"} and set(steps["name"]) == {"train_step"}
+    else:
+        assert len(steps) == exp["forwards"] and set(steps["name"]) == {"forward"}
+        assert (steps["phase"] == "prefill").sum() == exp["prefill_forwards"] and (steps["phase"] == "decode").sum() == exp["decode_forwards"]

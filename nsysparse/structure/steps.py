@@ -146,11 +146,18 @@ def nvtx_step_windows(nvtx: pd.DataFrame, pattern: str, ignore_domains: tuple[st
         cont[idx] = _containers(sub, outer[idx])
         if not cont.any():
             break
-        # the container's text goes to every candidate inside it
-        for c in np.nonzero(cont)[0].tolist():  # one per container (generate calls, epochs: few)
-            inside = alive & (pid == pid[c]) & (cand["start_ns"].to_numpy() >= cand.at[c, "start_ns"]) & (cand["end_ns"].to_numpy() <= cand.at[c, "end_ns"])
-            container_text[inside] = str(cand.at[c, "text"])
-            container_id[inside] = c
+        # the container's text goes to every candidate inside it (containers are outermost: disjoint per process)
+        st, en = cand["start_ns"].to_numpy(), cand["end_ns"].to_numpy()
+        texts = cand["text"].astype(str).to_numpy()
+        for p in np.unique(pid[cont]):  # processes (few), vectorised over containers and candidates
+            cs = np.nonzero(cont & (pid == p))[0]
+            cs = cs[np.argsort(st[cs], kind="stable")]
+            mine = np.nonzero(alive & (pid == p))[0]
+            j = np.searchsorted(st[cs], st[mine], side="right") - 1
+            inside = (j >= 0) & (en[mine] <= en[cs[np.clip(j, 0, None)]])
+            at = cs[np.clip(j, 0, None)][inside]
+            container_text[mine[inside]] = texts[at]
+            container_id[mine[inside]] = at
         alive &= ~cont
     steps = cand[outer & alive]
     cont_of = container_text[(outer & alive)]
