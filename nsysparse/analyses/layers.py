@@ -159,7 +159,7 @@ def named_share(k: pd.DataFrame) -> float:
     return float(k["dur_ns"].to_numpy()[named].sum()) / total
 
 
-def layers_per_step(in_layer: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:
+def layers_per_step(in_layer: pd.DataFrame) -> pd.Series:
     """Layers of each kind in one step: the most common count over the steps that hold that kind (an integer,
     never an average: steps whose layers were not all found must not make 3.76 layers)."""
     inst = in_layer.drop_duplicates("layer_id")
@@ -190,7 +190,7 @@ def _layer_tables(in_layer: pd.DataFrame, steps: pd.DataFrame, nsteps: int) -> t
     kinds = layers.groupby("layer_kind").agg(n=("layer_id", "size"), kernel_ns=("kernel_ns", "mean"), wall_ns=("end", "mean"), kernels=("kernels", "mean"))
     kinds["wall_ns"] = layers.assign(w=layers["end"] - layers["start"]).groupby("layer_kind")["w"].mean()
     step_wall = float(steps["wall_ns"].mean())
-    per_step = layers_per_step(in_layer, steps)
+    per_step = layers_per_step(in_layer)
     kind_df = pd.DataFrame(
         {
             "layer_kind": kinds.index.astype(str),

@@ -102,8 +102,7 @@ def _union(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray
     reach = np.maximum.accumulate(e)
     new = np.ones(len(s), dtype=bool)
     new[1:] = s[1:] > reach[:-1]
-    group = np.cumsum(new) - 1
-    return s[new], np.maximum.reduceat(e, np.nonzero(new)[0])[: group[-1] + 1]
+    return s[new], np.maximum.reduceat(e, np.nonzero(new)[0])
 
 
 def _covered(us: np.ndarray, ue: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -284,11 +283,10 @@ def find_loop_steps(
     n = len(codes)
     nxt = np.append(starts[1:], n)
     pre_first = pre_last = np.zeros(0, dtype=np.int64)
+    forward_last = _last_of_forward(starts, np.minimum(nxt, starts + p), is_gemm, is_graph)
     if not train:
         bodies = [q for q in found if q.length < p]
-        pre_first, pre_last = _other_forwards(
-            starts, _last_of_forward(starts, np.minimum(nxt, starts + p), is_gemm, is_graph), bodies, gaps, is_gemm, is_graph, is_embed, n
-        )
+        pre_first, pre_last = _other_forwards(starts, forward_last, bodies, gaps, is_gemm, is_graph, is_embed, n)
     if train or len(pre_first) == 0:
         # an iteration of unknown kind (or a training iteration) runs to the next one; the first may be longer
         # (optimizer state is created), the last runs one unit (what follows it is no iteration of its own)
@@ -298,7 +296,7 @@ def find_loop_steps(
     else:
         # a loop whose iterations follow an extra forward each time is a decode loop after its prefill: an inference
         # forward ends at its LM head (or graph), the sampling and stopping checks after it are between steps
-        last = _last_of_forward(starts, np.minimum(nxt, starts + p), is_gemm, is_graph)
+        last = forward_last
         starts = np.concatenate((starts, pre_first))
         last = np.concatenate((last, pre_last))
         phase = np.concatenate((np.full(len(nxt), "decode", dtype=object), np.full(len(pre_first), "prefill", dtype=object)))
