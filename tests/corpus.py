@@ -248,3 +248,73 @@ def compare(bare_path: Path, twin_path: Path) -> dict[str, Any]:
         "demangled_launch_order_equal": kb["demangled"].tolist() == kt["demangled"].tolist(),
         "correlation_ids_equal": kb["correlation_id"].tolist() == kt["correlation_id"].tolist(),
     }
+
+
+# The twin's truth for op names, as the vocabulary (rules/vocabulary.toml) defines them: a leaf module's range
+# names its op, a function range inside a module names its op, and a kernel of a module's own code takes the
+# op its code is part of. Written out here (not read from nsysparse's aliases) so that it is an independent truth.
+TRUTH_MODULE_OPS = {
+    "embed_tokens": "embed",
+    "rotary_emb": "rope",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "q_proj": "q_proj",
+    "k_proj": "k_proj",
+    "v_proj": "v_proj",
+    "q_norm": "qk_norm",
+    "k_norm": "qk_norm",
+    "o_proj": "o_proj",
+    "gate_proj": "mlp_up",
+    "up_proj": "mlp_up",
+    "act_fn": "mlp_act",
+    "down_proj": "mlp_down",
+    "gate": "gate_topk",
+    "experts": "experts",
+    "norm": "final_norm",
+    "lm_head": "lm_head",
+}
+TRUTH_FUNCTION_OPS = {"apply_rotary_pos_emb": "rope", "sdpa_attention_forward": "fmha", "Cache.update": "kv_cache"}
+"""Function ranges of the `functions` twins (nsysparse/workload/hf.py) and the op each one is."""
+_FUNCTION = re.compile(r"\.(" + "|".join(re.escape(f) for f in TRUTH_FUNCTION_OPS) + r")$")
+
+
+def truth_op(labels: pd.DataFrame) -> pd.Series:
+    """The true op of each kernel of `labels` (twin_labels/bare_labels rows, in launch order), '' where the twin's
+    code says no op (the model's own code outside its modules, kernels outside any module range).
+
+    - a kernel in a module range whose last name part is in TRUTH_MODULE_OPS (the innermost such part on the
+      path: `experts.act_fn` stays `experts`), or in a function range (TRUTH_FUNCTION_OPS): that op;
+    - the own code of an MLP module (`...mlp`: the product act(gate) * up in HF's dense MLP) is `mlp_act` in a
+      dense layer and `experts` in a MoE block; the own code of a decoder layer (`model.layers.N`: the residual
+      adds) and of the attention module (transposes) takes the op of the kernel launched before it, as the
+      vocabulary puts residual adds in o_proj and mlp_down;
+    - a backward range `<module>.backward` names the op of <module> (phase tells forward from backward).
+    """
+    module = labels["module"].fillna("").astype(str)
+    base = module.str.replace(r"\.backward$", "", regex=True)
+    out: list[str] = []
+    moe_layers = set(labels.loc[base.str.contains(r"\.mlp\.experts"), "layer"].tolist())
+    for text, layer in zip(base.tolist(), labels["layer"].tolist()):
+        op = ""
+        m = _FUNCTION.search(text)
+        if m:
+            op = TRUTH_FUNCTION_OPS[m.group(1)]
+        elif text:
+            parts = text.split(".")
+            for i, part in enumerate(parts):
+                if part in TRUTH_MODULE_OPS and not (part == "norm" and i != len(parts) - 1):
+                    op = TRUTH_MODULE_OPS[part]
+                    if part in ("experts", "gate"):
+                        break
+            if not op and parts[-1] == "mlp":
+                op = "experts" if layer in moe_layers else "mlp_act"
+            if not op and (re.fullmatch(r"model\.layers\.\d+", text) or parts[-1] == "self_attn"):
+                op = "<inherit>"
+        out.append(op)
+    prev = ""
+    for i, op in enumerate(out):  # launch order
+        if op == "<inherit>":
+            out[i] = prev
+        elif op:
+            prev = op
+    return pd.Series(out, index=labels.index, name="truth_op")

@@ -90,7 +90,8 @@ def test_bare_has_no_nvtx(unpacked, name):
     assert corpus.nvtx_ranges(fx.bare).empty
     assert corpus.nvtx_ranges(fx.bare, all_domains=True).empty
     assert fx.bare_manifest["truth"]["nvtx"] == "none" and "--trace=cuda " in fx.bare_manifest["nsys"]["command"]
-    assert "--nvtx none" in fx.bare_manifest["nsys"]["command"] and "--nvtx modules" in fx.manifest["nsys"]["command"]
+    twin_mode = "--nvtx modules" if fx.manifest["protocol"].get("compile_backend") is None and fx.manifest["protocol"].get("compile") else "--nvtx functions"
+    assert "--nvtx none" in fx.bare_manifest["nsys"]["command"] and twin_mode in fx.manifest["nsys"]["command"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -151,7 +152,13 @@ def test_twin_labels(labels, unpacked, name):
     fwd = lab[lab["forward"] >= 0]
     assert (fwd["module"] != "").all(), "every kernel in a forward has a module"
     assert (fwd["phase"] == "forward").all() and (lab.loc[lab["forward"] < 0, "phase"] != "forward").all()
-    assert (lab.loc[lab["forward"] < 0, "module"] == "").all() and (lab.loc[lab["call"] < 0, "forward"] == -1).all()
+    outside = lab[lab["forward"] < 0]
+    # outside forwards, only the training twin's backward module ranges (`<module>.backward`) label kernels
+    assert (outside["module"].eq("") | (outside["phase"].eq("backward") & outside["module"].str.endswith(".backward"))).all()
+    assert (lab.loc[lab["call"] < 0, "forward"] == -1).all()
+    if m["protocol"]["protocol"] == "train":
+        bwd = lab[lab["phase"] == "backward"]
+        assert bwd["module"].str.endswith(".backward").mean() > 0.9, "backward kernels carry their module's backward range"
     per_call = forwards // calls
     n_layers = m["expected"]["layers"]["per_forward"]
     layers_of = fwd[fwd["layer"] >= 0].groupby("forward")["layer"].agg(lambda s: sorted(set(s)))
@@ -167,7 +174,7 @@ def test_twin_labels(labels, unpacked, name):
             phases = set(lab.loc[lab["call"] == c, "phase"])
             assert {"forward", "backward", "optimizer_step"} <= phases
         back = lab[lab["phase"] == "backward"]
-        assert (back["module"] == "").all() and (back["forward"] == -1).all()
+        assert back["module"].str.endswith(".backward").mean() > 0.95 and (back["forward"] == -1).all()
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,11 +1,15 @@
 """Op names inside a decoder layer found by repetition, from the roles its kernels play (no template needed).
 
 A transformer layer runs, in order: the attention norm, the attention projections, rotary embedding, the
-attention core, the output projection, the MLP norm, then a dense MLP (gate/up projections, activation, down
-projection) or a MoE block (router GEMM, softmax/top-k, experts). With the attention kernel as the anchor, the
-matrix multiplies before it are the projections (one: fused QKV; three: Q, K, V), the first after it is the output
-projection, and the rest are the MLP's (the last one is down) or, after a router top-k, the experts'. The kernels
-between them take the name of the role they sit in. A layer without an attention kernel gets no names.
+KV-cache write, the attention core, the output projection and its residual add, the MLP norm, then a dense MLP
+(gate/up projections, activation, down projection and its residual add) or a MoE block (router GEMM,
+softmax/top-k, experts). With the attention kernel as the anchor, the matrix multiplies before it are the
+projections (one: fused QKV; three: Q, K, V), the first after it is the output projection, and the rest are the
+MLP's (the last one is down) or, after a router top-k, the experts'. The kernels between them take the name of the
+role they sit in; two spans are split further: the copies just before attention are the KV-cache write, and the
+MLP norm is told from the residual add before it by having the attention norm's kernels (the op names follow
+rules/vocabulary.toml: o_proj and mlp_down include their residual adds). A layer without an attention kernel gets
+no names.
 """
 
 from __future__ import annotations
@@ -43,30 +47,62 @@ def layer_roles(classes: list[str]) -> list[str]:
     for x, y in itertools.pairwise(pre):
         if any(classes[i] == "reduce" for i in range(x + 1, y)):
             fill(ops, x + 1, y, "qk_norm")  # per-head norms between the projections (Qwen3)
-    if pre[-1] + 1 < a0:
-        fill(ops, pre[-1] + 1, a0, "rope")
+    kv = _kv_cache_start(classes, pre[-1] + 1, a0)
+    fill(ops, pre[-1] + 1, kv, "rope")
+    fill(ops, kv, a0, "kv_cache")
     fill(ops, a0, a1 + 1, "fmha")
     o = post[0]
     ops[o] = "o_proj"
     rest = post[1:]
-    router = [i for i, c in enumerate(classes) if c in ROUTER_CLASSES and i > o]
-    if router and rest and rest[0] < router[0]:
-        gate = rest[0]
-        fill(ops, o + 1, gate, "ffn_norm")
-        fill(ops, gate, (rest[1] if len(rest) > 1 else n), "gate_topk")
-        if len(rest) > 1:
-            fill(ops, rest[1], n, "experts")
-        return ops
     if not rest:
         return ops
-    fill(ops, o + 1, rest[0], "ffn_norm")
+    norm = _norm_start(classes, o + 1, rest[0], classes[: pre[0]])
+    fill(ops, o + 1, norm, "o_proj")  # the residual add after the output projection
+    fill(ops, norm, rest[0], "ffn_norm")
+    router = [i for i, c in enumerate(classes) if c in ROUTER_CLASSES and i > o]
+    if router and rest[0] < router[0]:
+        limit = rest[1] if len(rest) > 1 else n
+        end = max(i for i in router if i < limit) + 1
+        while end < limit and classes[end] in ROUTER_TAIL:
+            end += 1  # the top-k weights' normalisation and cast
+        fill(ops, rest[0], end, "gate_topk")
+        fill(ops, end, n, "experts")  # dispatch, expert GEMMs, combine and the residual add
+        return ops
     down = rest[-1]
     for g in rest[:-1]:
         ops[g] = "mlp_up"
-    if len(rest) > 1 and rest[-2] + 1 < down:
-        fill(ops, rest[-2] + 1, down, "mlp_act")
+    fill(ops, rest[0] + 1, down, "mlp_act")  # between and after the gate/up projections: activation and product
     fill(ops, down, n, "mlp_down")  # the down projection with its residual add
     return ops
+
+
+ROUTER_TAIL = ("reduce", "ew", "cast", "softmax")
+"""Kernel classes that may follow a router's top-k inside the router (renormalising the weights, casting them)."""
+KV_WRITE_CLASSES = ("copy", "kv_cache")
+"""Kernel classes of a KV-cache write: the run of them just before the attention core (torch.cat or index_copy_
+into the cache, reshape_and_cache)."""
+
+
+def _kv_cache_start(classes: list[str], a: int, b: int) -> int:
+    """Start of the KV-cache write in [a, b): the trailing run of KV_WRITE_CLASSES before the attention core at b.
+    A run that fills the whole span is the cache write only if one of them is a dedicated cache kernel (the rotary
+    embedding's own copies are never the last kernels before attention unless nothing else is there)."""
+    i = b
+    while i > a and classes[i - 1] in KV_WRITE_CLASSES:
+        i -= 1
+    if i == a and "kv_cache" not in classes[a:b]:
+        return b
+    return i
+
+
+def _norm_start(classes: list[str], a: int, b: int, attn_norm: list[str]) -> int:
+    """Start of the MLP norm in [a, b): the layer's attention norm has the same kernels as the MLP norm, so the MLP
+    norm is the last len(attn_norm) kernels before b when their classes are the attention norm's; what precedes it
+    after the output projection is the projection's residual add. Without that match the whole span is the norm."""
+    k = len(attn_norm)
+    if 0 < k <= b - a and classes[b - k : b] == attn_norm:
+        return b - k
+    return a
 
 
 def fill(ops: list[str], a: int, b: int, name: str) -> None:
@@ -77,8 +113,9 @@ def fill(ops: list[str], a: int, b: int, name: str) -> None:
 
 
 def step_roles(classes: list[str], in_layer: list[bool]) -> list[str]:
-    """Names of a forward's kernels outside its layers: the embedding lookup before the first layer, the final norm
-    between the last layer and the LM head, the LM head (the last matrix multiply after the last layer)."""
+    """Names of a forward's kernels outside its layers: the embedding lookup before the first layer, the rotary
+    table computed before the first layer (from the matrix multiply before its cos/sin kernels, class rope), the
+    final norm between the last layer and the LM head, the LM head (the last matrix multiply after the last layer)."""
     n = len(classes)
     ops = [""] * n
     layered = [i for i, x in enumerate(in_layer) if x]
@@ -88,6 +125,12 @@ def step_roles(classes: list[str], in_layer: list[bool]) -> list[str]:
     for i in range(first):  # the prelude's kernels
         if classes[i] in ("gather", "embedding"):
             ops[i] = "embed"
+    trig = [i for i in range(first) if classes[i] == "rope"]
+    if trig:  # the rotary table (positions x inverse frequencies, then cos and sin) runs up to the first layer
+        g = max([i for i in range(trig[0]) if classes[i] in GEMM_CLASSES], default=trig[0])
+        while g > 0 and classes[g - 1] in ("copy", "cast"):
+            g -= 1  # the positions and frequencies made float for the product
+        fill(ops, g, first, "rope")
     head = [i for i in range(last + 1, n) if classes[i] in GEMM_CLASSES]
     if head:
         ops[head[-1]] = "lm_head"

@@ -71,7 +71,11 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     # (no inductor, no Triton) replayed from CUDA graphs
     "hf_llama_cudagraph_generate": {"family": "llama", **_GENERATE, "compile": True, "cache_implementation": "static", "compile_backend": "cudagraphs"},
 }
-NVTX_MODES = ("modules", "none")
+NVTX_MODES = ("functions", "modules", "none")
+# `functions`: module ranges (forward and backward) plus ranges around the functions a module calls that
+# launch kernels of their own (rotary embedding, KV-cache update, the attention function): the finest truth
+# hooks can give without editing the model code.
+FUNCTION_RANGES = ("apply_rotary_pos_emb",)  # module-level functions of the modeling file, wrapped where found
 
 
 class Nvtx:
@@ -112,15 +116,17 @@ class Nvtx:
         return cm()
 
 
-def install_module_ranges(model: Any, nvtx: Nvtx, root_name: str = "forward") -> int:
+def install_module_ranges(model: Any, nvtx: Nvtx, root_name: str = "forward", labels: list[str] | None = None) -> int:
     """Forward pre/post hooks on every module: push its named_modules() name (the root: `root_name`), pop after.
 
     The hooks do nothing while torch.compile traces, so compiled graphs are those of the bare run. A post
     hook pops only the range its own pre hook pushed (a graph break can run a post hook whose pre hook was
-    traced away). Returns the number of modules hooked.
+    traced away). `labels`, when given, is kept equal to the open module ranges' texts (innermost last).
+    Returns the number of modules hooked.
     """
     import torch
 
+    labels = [] if labels is None else labels
     stack: list[int] = []
     n = 0
     for name, module in model.named_modules():
@@ -130,6 +136,7 @@ def install_module_ranges(model: Any, nvtx: Nvtx, root_name: str = "forward") ->
             if torch.compiler.is_compiling():
                 return
             stack.append(id(mod))
+            labels.append(label)
             nvtx.push(label)
 
         def post(mod: Any, args: Any, output: Any) -> None:
@@ -137,12 +144,80 @@ def install_module_ranges(model: Any, nvtx: Nvtx, root_name: str = "forward") ->
                 return
             if stack and stack[-1] == id(mod):
                 stack.pop()
+                labels.pop()
                 nvtx.pop()
 
         module.register_forward_pre_hook(pre)
         module.register_forward_hook(post, always_call=True)
         n += 1
     return n
+
+
+def install_backward_ranges(model: Any, nvtx: Nvtx) -> int:
+    """Full backward pre/post hooks on every non-root module: a range `<named_modules() name>.backward` from the
+    moment its output gradients are ready until its input gradients are computed (on autograd's thread).
+    Nested like the forward calls, reversed. Returns the number of modules hooked."""
+    stack: list[int] = []
+    n = 0
+    for name, module in model.named_modules():
+        if not name:
+            continue  # the root returns a ModelOutput, which backward hooks cannot wrap
+
+        def pre(mod: Any, grad_output: Any, label: str = name + ".backward") -> None:
+            stack.append(id(mod))
+            nvtx.push(label)
+
+        def post(mod: Any, grad_input: Any, grad_output: Any) -> None:
+            if stack and stack[-1] == id(mod):
+                stack.pop()
+                nvtx.pop()
+
+        module.register_full_backward_pre_hook(pre)
+        module.register_full_backward_hook(post)
+        n += 1
+    return n
+
+
+def install_function_ranges(model: Any, nvtx: Nvtx, labels: list[str]) -> list[str]:
+    """Ranges around the functions a module calls that launch kernels of their own, named
+    `<enclosing module range>.<function>`: the modeling file's FUNCTION_RANGES, the attention function
+    (`ALL_ATTENTION_FUNCTIONS[<implementation>]`) and `Cache.update` (named `Cache.update`). Skipped while
+    torch.compile traces, like the module hooks. Returns the names wrapped."""
+    import functools
+    import sys as _sys
+
+    import torch
+    import transformers
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    def wrap(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            if torch.compiler.is_compiling():
+                return fn(*args, **kwargs)
+            nvtx.push(f"{labels[-1] if labels else 'forward'}.{name}")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                nvtx.pop()
+
+        return inner
+
+    wrapped: list[str] = []
+    modeling = _sys.modules[type(model).__module__]
+    for name in FUNCTION_RANGES:
+        if callable(getattr(modeling, name, None)):
+            setattr(modeling, name, wrap(getattr(modeling, name), name))
+            wrapped.append(name)
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl and impl in ALL_ATTENTION_FUNCTIONS:
+        fn = ALL_ATTENTION_FUNCTIONS[impl]
+        ALL_ATTENTION_FUNCTIONS[impl] = wrap(fn, fn.__name__)
+        wrapped.append(fn.__name__)
+    cache: Any = transformers.Cache
+    cache.update = wrap(cache.update, "Cache.update")
+    wrapped.append("Cache.update")
+    return wrapped
 
 
 def wrap_compiled_call(model: Any, nvtx: Nvtx, label: str = "forward") -> None:
@@ -242,6 +317,15 @@ def truth_description(spec: dict[str, Any], nvtx_mode: str) -> dict[str, Any]:
         ranges["backward"] = "loss.backward() inside train_step (backward kernels launch from autograd's device thread; no module ranges there)"
         ranges["optimizer_step"] = "optimizer.step() inside train_step"
     text = "module-level NVTX from forward pre/post hooks on every module"
+    if nvtx_mode == "functions":
+        ranges["function"] = (
+            "inside a module range, one range per call of a function that launches kernels of its own: "
+            "<module>.apply_rotary_pos_emb, <module>.<attention function> (sdpa_attention_forward), <module>.Cache.update"
+        )
+        text += ", plus ranges around the rotary, attention and KV-cache functions"
+        if spec["protocol"] == "train":
+            ranges["module_backward"] = "<module>.backward: full backward pre/post hooks on every non-root module (autograd's thread)"
+            text += ", plus backward module ranges"
     if spec.get("compile"):
         ranges["forward"] = (
             "prefill: the root module's hooks (eager); decode: a range around the compiled call transformers builds "
@@ -340,7 +424,7 @@ def run_train(model: Any, spec: dict[str, Any], nvtx: Nvtx, device: Any) -> dict
     return {"losses": [round(float(x), 4) for x in losses], "seconds_per_iter": seconds, "optimizer": type(optimizer).__name__}
 
 
-def run(spec: dict[str, Any], nvtx_mode: str, device_name: str = "cuda") -> dict[str, Any]:
+def run(spec: dict[str, Any], nvtx_mode: str, device_name: str = "cuda", provenance: str | None = None) -> dict[str, Any]:
     """Run the workload in this process; returns the manifest (CPU runs add `nvtx_record`)."""
     import torch
 
@@ -353,14 +437,22 @@ def run(spec: dict[str, Any], nvtx_mode: str, device_name: str = "cuda") -> dict
     nvtx = Nvtx(nvtx_mode != "none", on_gpu)
     t0 = time.perf_counter()
     model, info = build_model(spec, device, getattr(torch, spec["dtype"]))
-    hooked = install_module_ranges(model, nvtx) if nvtx.enabled else 0
+    labels: list[str] = []
+    hooked = install_module_ranges(model, nvtx, labels=labels) if nvtx.enabled else 0
+    functions: list[str] = []
+    if nvtx_mode == "functions":
+        functions = install_function_ranges(model, nvtx, labels)
+        if spec["protocol"] == "train":
+            install_backward_ranges(model, nvtx)
+    if provenance:
+        _inductor_provenance(provenance)
     if nvtx.enabled and spec.get("compile"):
         wrap_compiled_call(model, nvtx)
     if spec.get("compile") and (spec.get("compile_backend") or not on_gpu):
         from transformers import CompileConfig
 
         backend = spec.get("compile_backend")
-        cc = CompileConfig(backend=backend, mode=None) if backend else CompileConfig()
+        cc: Any = CompileConfig(**{"backend": backend, "mode": None}) if backend else CompileConfig()
         if not on_gpu:
             cc._compile_all_devices = True  # transformers compiles on CUDA only unless told (CPU smoke runs)
         model.generation_config.compile_config = cc
@@ -375,7 +467,7 @@ def run(spec: dict[str, Any], nvtx_mode: str, device_name: str = "cuda") -> dict
         "protocol": {k: v for k, v in spec.items() if k not in ("name", "config_overrides")},
         "expected": expected_structure(spec, num_layers, dense),
         "truth": truth_description(spec, nvtx_mode),
-        "measured": {**measured, "setup_seconds": setup_s, "modules_hooked": hooked},
+        "measured": {**measured, "setup_seconds": setup_s, "modules_hooked": hooked, "functions_wrapped": functions},
         "software": environment(on_gpu),
     }
     if spec.get("compile"):
@@ -386,6 +478,18 @@ def run(spec: dict[str, Any], nvtx_mode: str, device_name: str = "cuda") -> dict
     if not on_gpu:
         manifest["nvtx_record"] = nvtx.record
     return manifest
+
+
+def _inductor_provenance(folder: str) -> None:
+    """Make TorchInductor write its debug trace with kernel provenance (generated kernel -> FX nodes) to `folder`."""
+    import torch._inductor.config as ic
+
+    ic.trace.enabled = True
+    ic.trace.debug_dir = folder
+    if hasattr(ic.trace, "provenance_tracking_level"):
+        ic.trace.provenance_tracking_level = 1
+    elif hasattr(ic.trace, "provenance_tracking"):
+        ic.trace.provenance_tracking = True
 
 
 def _dense_layers(model: Any) -> list[int]:
@@ -423,13 +527,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nvtx", choices=NVTX_MODES)
     p.add_argument("--manifest", help="write the manifest here (JSON)")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--inductor-provenance", metavar="DIR", help="TorchInductor's debug trace with kernel provenance into DIR")
     for key in ("batch", "prompt-len", "new-tokens", "warmup-calls", "measured-calls", "seq", "warmup-iters", "measured-iters"):
         p.add_argument(f"--{key}", type=int)
     args = p.parse_args(argv)
     given = json.loads(Path(args.config).read_text()) if args.config else {}
     spec = make_spec(args)
     nvtx_mode = args.nvtx or given.get("nvtx", "modules")
-    manifest = run(spec, nvtx_mode, args.device)
+    manifest = run(spec, nvtx_mode, args.device, args.inductor_provenance)
     target = args.manifest or given.get("manifest")
     text = json.dumps(manifest, indent=2, sort_keys=False)
     if target:
