@@ -288,7 +288,11 @@ def truth_op(labels: pd.DataFrame) -> pd.Series:
       dense layer and `experts` in a MoE block; the own code of a decoder layer (`model.layers.N`: the residual
       adds) and of the attention module (transposes) takes the op of the kernel launched before it, as the
       vocabulary puts residual adds in o_proj and mlp_down;
-    - a backward range `<module>.backward` names the op of <module> (phase tells forward from backward).
+    - a backward range `<module>.backward` names the op of <module> (phase tells forward from backward); the own
+      code of a decoder layer in backward holds the attention core's backward (cuDNN/flash backward kernels, by
+      name: `fmha`) and the rotary embedding's (the rest between the output and value projections: `rope`);
+    - training: the root module's own code (the loss), and backward kernels before any module's backward range
+      (the loss's backward), are `loss`; the optimizer step's kernels are `optimizer`.
     """
     module = labels["module"].fillna("").astype(str)
     base = module.str.replace(r"\.backward$", "", regex=True)
@@ -311,10 +315,37 @@ def truth_op(labels: pd.DataFrame) -> pd.Series:
             if not op and (re.fullmatch(r"model\.layers\.\d+", text) or parts[-1] == "self_attn"):
                 op = "<inherit>"
         out.append(op)
+    phase = labels["phase"].fillna("").tolist()
+    names = labels["name"].fillna("").astype(str).tolist()
+    seen_module_bwd = False
     prev = ""
     for i, op in enumerate(out):  # launch order
-        if op == "<inherit>":
-            out[i] = prev
-        elif op:
-            prev = op
+        if phase[i] == "backward":
+            if module.iat[i].endswith(".backward"):
+                seen_module_bwd = True
+            elif not seen_module_bwd:
+                op = "loss"
+            if base.iat[i].endswith(".mlp") and op and prev == "mlp_up":
+                op = "<inherit>"  # the sum of the gate and up projections' input gradients
+            if _EMBED_BWD.search(names[i]):
+                op = "embed"  # the embedding's backward hook never fires (its input needs no gradient)
+            if op == "<inherit>" and re.fullmatch(r"model\.layers\.\d+", base.iat[i]) and prev in ("o_proj", "fmha", "rope"):
+                op = "fmha" if _FMHA_BWD.search(names[i]) else "rope"
+        elif phase[i] == "optimizer_step":
+            op = "optimizer"
+        elif base.iat[i] == FORWARD_RANGE and phase[i] == "forward" and labels["call"].iat[i] >= 0 and _is_train(labels):
+            op = "loss"
+        if phase[i] != "backward":
+            seen_module_bwd = False
+        out[i] = prev if op == "<inherit>" else op
+        if out[i]:
+            prev = out[i]
     return pd.Series(out, index=labels.index, name="truth_op")
+
+
+_EMBED_BWD = re.compile(r"^embedding_backward|^compute_grad_weight|^sum_and_scatter|^krn_partial")
+_FMHA_BWD = re.compile(r"bprop|flash_bwd|compute_dot_do_o|convert_dq|fmha_reduce_head|dq_dk_dv")
+
+
+def _is_train(labels: pd.DataFrame) -> bool:
+    return bool((labels["phase"] == "backward").any())

@@ -136,3 +136,78 @@ def step_roles(classes: list[str], in_layer: list[bool]) -> list[str]:
         ops[head[-1]] = "lm_head"
         fill(ops, last + 1, head[-1], "final_norm")
     return ops
+
+
+NORM_OPS = ("attn_norm", "ffn_norm", "final_norm", "qk_norm")
+"""Ops whose backward is a norm backward (a span of element-wise kernels with a reduction)."""
+NO_GRAD_OPS = ("rope", "embed")
+"""Forward matrix multiplies with no backward (the rotary table's positions x frequencies)."""
+
+
+def train_roles(classes: list[str], names: list[str]) -> list[str]:
+    """Names of a training step's loss, backward and optimizer kernels, from its named forward (`names`: the forward
+    kernels' op names, "" elsewhere). The forward ends at the first loss kernel; what follows the LM head up to it is
+    `loss`. Autograd runs the forward's matrix multiplies in reverse, each as two (input and weight gradients), so
+    backward matrix multiply j is the op of forward one len - 1 - j // 2 when the counts agree (else the backward
+    keeps its class names). The kernels between two of them belong to the forward ops between: attention-backward
+    kernels to fmha, a span with a reduction to the norm there, the rest to the most frequent other op there (the
+    rope, the activation) or, when there is none, to the matrix multiply before them. Before the first backward matrix multiply: the loss's backward; after the last: the
+    first layer's norm and the embedding's backward, then the optimizer (whatever follows the embedding backward)."""
+    n = len(classes)
+    out = [""] * n
+    loss = [i for i, c in enumerate(classes) if c == "loss"]
+    if not loss:
+        return out
+    fend = loss[0] + 1
+    head = [i for i in range(fend) if names[i] == "lm_head"]
+    if head:
+        fill(out, head[-1] + 1, fend, "loss")
+    mm = ("gemm", "grouped_gemm")  # a split-K reduction belongs to the matrix multiply before it
+    fwd = [i for i in range(fend) if classes[i] in mm and names[i] and names[i] not in NO_GRAD_OPS]
+    bwd = [i for i in range(fend, n) if classes[i] in mm]
+    if not fwd or len(bwd) != 2 * len(fwd):
+        return out
+    for j, g in enumerate(bwd):
+        out[g] = names[fwd[len(fwd) - 1 - j // 2]]
+        while g + 1 < n and classes[g + 1] == "splitk":
+            g += 1
+            out[g] = out[g - 1]
+    fill(out, fend, bwd[0], "loss")
+    for p in range(len(fwd) - 1, 0, -1):  # the span after the backward of forward GEMM p, before that of p - 1
+        a, b = bwd[2 * (len(fwd) - 1 - p) + 1] + 1, bwd[2 * (len(fwd) - p)]
+        between = [names[i] for i in range(fwd[p - 1] + 1, fwd[p]) if names[i]]
+        first_of_group = names[fwd[p - 1]] != names[fwd[p]]
+        _name_span(out, classes, a, b, between, names[fwd[p]], first_of_group)
+    tail = bwd[-1] + 1
+    emb = [i for i in range(tail, n) if classes[i] in ("embedding", "gather")]
+    stop = emb[0] + 1 if emb else n
+    between = [names[i] for i in range(fwd[0]) if names[i]]
+    _name_span(out, classes, tail, stop, between, names[fwd[0]], True)
+    if emb:
+        out[emb[0]] = "embed"
+        fill(out, stop, n, "optimizer")
+    return out
+
+
+SHARED_INPUT_OPS = ("q_proj", "qkv_proj", "mlp_up")
+"""Projections whose input feeds other projections too: after the backward of the first of them (the last in
+backward order), an element-wise kernel sums the input gradients of the group, and belongs to it."""
+
+
+def _name_span(out: list[str], classes: list[str], a: int, b: int, between: list[str], before: str, first_of_group: bool) -> None:
+    """Name backward kernels [a, b) from the forward ops between their two matrix multiplies (see train_roles);
+    `first_of_group`: the matrix multiply before the span is the first in forward order of its op's group."""
+    if before in SHARED_INPUT_OPS and first_of_group and a < b and classes[a] == "ew":
+        out[a] = before
+    norms = [x for x in between if x in NORM_OPS]
+    rest = [x for x in between if x not in NORM_OPS and x != "fmha"]
+    other = max(dict.fromkeys(rest), key=rest.count) if rest else before
+    for i in range(a, b):
+        c = classes[i]
+        if c == "fmha_bwd":
+            out[i] = "fmha"
+        elif c in ("embedding", "gather") and "embed" in between:
+            out[i] = "embed"
+    if norms and any(classes[i] in ("reduce", "norm_bwd") for i in range(a, b)):
+        fill(out, a, b, max(dict.fromkeys(norms), key=norms.count))
+    fill(out, a, b, other)

@@ -26,7 +26,7 @@ from nsysparse.errors import UsageError
 from nsysparse.rules import RuleSet, classify_names, load_rules
 from nsysparse.structure.instances import op_instances
 from nsysparse.structure.layer_repeats import ATTENTION_CLASSES, BACKWARD_CLASSES, MOE_LAYER_CLASSES, content_kind, repeated_layers
-from nsysparse.structure.layer_roles import layer_roles, step_roles
+from nsysparse.structure.layer_roles import layer_roles, step_roles, train_roles
 from nsysparse.structure.loops import warmup_flags
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.parse import Parser, Segment
@@ -477,22 +477,25 @@ def _broadcast(order: np.ndarray, starts: np.ndarray, members: list[int], values
     target[order[idx]] = vals
 
 
-def _role_ops(parser: Parser, c: np.ndarray, ordinal: np.ndarray, ops: Vocab, op: np.ndarray) -> np.ndarray:
-    """Op codes from the roles kernels play inside each repeated layer (structure.layer_roles); other positions keep `op`."""
-    out = op.copy()
+def _role_ops(parser: Parser, c: np.ndarray, ordinal: np.ndarray, ops: Vocab) -> np.ndarray:
+    """Op codes of one step signature from the roles its kernels play (structure.layer_roles): inside each repeated
+    forward layer, around the layers (prelude and head of the forward, which ends at the first loss kernel), and in a
+    training step's loss, backward and optimizer. A kernel no role names gets -1 (it keeps its class name): the
+    templates did not describe this step, so none of their slots is trusted here."""
     names_of = {ord(code): cls for cls, code in parser.codes.items()}
     classes = [names_of.get(int(x), "") for x in c.tolist()]  # one step signature's kernels, parsed once
+    names = [""] * len(classes)
     for lid in np.unique(ordinal[ordinal >= 0]).tolist():  # layers of one step signature
-        pos = np.nonzero(ordinal == lid)[0]
-        roles = layer_roles([classes[i] for i in pos.tolist()])
-        for i, name in zip(pos.tolist(), roles):
-            if name:
-                out[i] = ops(name)
-    if not any(c == "fmha_bwd" for c in classes):  # a forward: its prelude and head around the layers
-        for i, name in enumerate(step_roles(classes, (ordinal >= 0).tolist())):
-            if name and out[i] < 0:
-                out[i] = ops(name)
-    return out
+        pos = np.nonzero(ordinal == lid)[0].tolist()
+        for i, name in zip(pos, layer_roles([classes[i] for i in pos])):
+            names[i] = name
+    fend = classes.index("loss") + 1 if "loss" in classes else len(classes)
+    for i, name in enumerate(step_roles(classes[:fend], (ordinal[:fend] >= 0).tolist())):
+        names[i] = names[i] or name
+    if fend < len(classes):
+        for i, name in enumerate(train_roles(classes, names)):
+            names[i] = names[i] or name
+    return np.array([ops(x) if x else -1 for x in names], dtype=np.int32)
 
 
 TEMPLATE_MISS_SHARE = 0.1
@@ -588,7 +591,7 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
             ordinal, kinds = repeated_layers(names_seq, *flags.of(c))
             if not kinds:
                 no_layers += len(members)
-            op = _role_ops(parser, c, ordinal, names.ops, op)
+            op = _role_ops(parser, c, ordinal, names.ops)
             kind = np.where(ordinal >= 0, np.array([names.kinds(x) for x in kinds] or [0], dtype=np.int32)[np.clip(ordinal, 0, None)], -1).astype(np.int32)
             miss = 0
             repeated += len(members)
