@@ -589,6 +589,8 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
             a = int(starts[members[0]])
             names_seq = name_codes[a : a + len(seq)].astype(np.int64)  # kernel names repeat where classes may not line up
             ordinal, kinds = repeated_layers(names_seq, *flags.of(c))
+            if not kinds:  # compiled code: each layer's fused kernels have their own names, their classes repeat
+                ordinal, kinds = repeated_layers(c.astype(np.int64), *flags.of(c))
             if not kinds:
                 no_layers += len(members)
             op = _role_ops(parser, c, ordinal, names.ops)
