@@ -77,8 +77,14 @@ def _internal_error(ctx: click.Context, err: Exception) -> None:
 @click.version_option(__version__, "-V", "--version", prog_name="nsysparse")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print notes about degraded data.")
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Neither read nor write the frame cache (also NSYSPARSE_NO_CACHE=1). The cache keeps each trace's tables in "
+    "$XDG_CACHE_HOME/nsysparse/frames (~/.cache by default), at most NSYSPARSE_CACHE_MAX_MB (2048) MB.",
+)
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
+def cli(ctx: click.Context, debug: bool, quiet: bool, no_cache: bool) -> None:
     """Turn Nsight Systems SQLite exports of LLM training and inference into per-op, per-layer, gap,
     MFU and diff answers.
 
@@ -87,4 +93,6 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet
+    if no_cache:
+        os.environ["NSYSPARSE_NO_CACHE"] = "1"  # read by the gateway's frame cache (nsysparse.trace.cache)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
