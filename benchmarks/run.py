@@ -14,6 +14,7 @@ Results go to stdout as a markdown table and to benchmarks/results/latest.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -35,10 +36,18 @@ DATA = HERE / "data"
 PY = sys.executable
 
 
-def measure(cmd: list[str], timeout: float) -> dict[str, float | int | str]:
-    """Run cmd; wall seconds, peak RSS (MB) of the process tree's largest member, exit code."""
+CACHE_HOME = Path(tempfile.gettempdir()) / "nsysparse-bench-cache"
+"""The frame cache of the benchmark runs (its own XDG_CACHE_HOME, emptied before each size)."""
+
+
+def measure(cmd: list[str], timeout: float, cached: bool = False) -> dict[str, float | int | str]:
+    """Run cmd; wall seconds, peak RSS (MB) of the process tree's largest member, exit code. Without `cached` the
+    frame cache is off (NSYSPARSE_NO_CACHE=1): the run reads the trace itself."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "NSYSPARSE_PROGRESS": "0"})
+    env = {**os.environ, "NSYSPARSE_PROGRESS": "0", "XDG_CACHE_HOME": str(CACHE_HOME)}
+    if not cached:
+        env["NSYSPARSE_NO_CACHE"] = "1"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = t0 + timeout
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -67,10 +76,12 @@ def nsys_report() -> tuple[str, str] | None:
 
 
 def cases(trace: Path, out: Path, nsys: tuple[str, str] | None, with_proj: bool) -> list[tuple[str, list[str]]]:
+    """(name, command); a name ending in "(cached)" runs with the frame cache on, after "(writes cache)" filled it."""
     t = str(trace)
     nsp = [PY, "-m", "nsysparse", "-q"]
     c = [
         ("floor (DuckDB group-by)", [PY, str(HERE / "floor.py"), t]),
+        ("--help", [PY, "-m", "nsysparse", "--help"]),
         ("info", [*nsp, "info", t, "-f", "json", "-o", str(out / "info.json")]),
         ("kernels", [*nsp, "kernels", t, "-f", "csv", "-o", str(out / "kernels.csv")]),
         ("ops", [*nsp, "ops", t, "-f", "csv", "-o", str(out / "ops.csv")]),
@@ -78,6 +89,10 @@ def cases(trace: Path, out: Path, nsys: tuple[str, str] | None, with_proj: bool)
         ("gaps", [*nsp, "gaps", t, "-f", "csv", "-o", str(out / "gaps.csv")]),
         ("full analysis", [PY, str(HERE / "full_analysis.py"), t]),
         ("report", [*nsp, "report", t, "-o", str(out / "report.html")]),
+        ("full analysis (writes cache)", [PY, str(HERE / "full_analysis.py"), t]),
+        ("full analysis (cached)", [PY, str(HERE / "full_analysis.py"), t]),
+        ("report (cached)", [*nsp, "report", t, "-o", str(out / "report.html")]),
+        ("info (cached)", [*nsp, "info", t, "-f", "json", "-o", str(out / "info.json")]),
     ]
     if nsys:
         c.append((f"nsys stats {nsys[1]}", [nsys[0], "stats", "--report", nsys[1], "--format", "csv", "--output", "-", "--force-export", "false", t]))
@@ -103,26 +118,41 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     ap.add_argument("--nvtxgpuproj", default="", help="sizes at which to also time nsys stats -r nvtxgpuproj, e.g. 1,10 (quadratic: 10x takes minutes)")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "latest.json")
+    ap.add_argument("--source", type=Path, default=SOURCE, help="the trace to tile (default: fixtures/moe_decode_op)")
+    ap.add_argument("--cases", default="", help="comma-separated case names to run (default: all)")
     a = ap.parse_args()
     sizes = [int(x) for x in a.sizes.split(",")]
     proj = {int(x) for x in a.nvtxgpuproj.split(",") if x}
     nsys = nsys_report()
     results = []
     for n in sizes:
-        trace = DATA / f"moe_decode_op_x{n}.sqlite"
+        stem = a.source.parent.name if a.source.name.startswith("trace.") else a.source.stem
+        trace = DATA / f"{stem}_x{n}.sqlite"
         if not trace.exists():
             print(f"tiling {n}x ...", file=sys.stderr)
-            tile(SOURCE, n, trace)
+            tile(a.source, n, trace)
+        shutil.rmtree(CACHE_HOME, ignore_errors=True)
+        wanted = {x.strip() for x in a.cases.split(",") if x.strip()}
         kernels = kernel_count(trace)
         with tempfile.TemporaryDirectory() as tmp:
             for name, cmd in cases(trace, Path(tmp), nsys, n in proj):
-                runs = [measure(cmd, a.timeout) for _ in range(a.repeat)]
+                if wanted and name not in wanted:
+                    continue
+                cached = "cache" in name
+                if name.endswith("(writes cache)"):
+                    shutil.rmtree(CACHE_HOME, ignore_errors=True)  # every run of it starts from an empty cache
+                    runs = []
+                    for _ in range(a.repeat):
+                        shutil.rmtree(CACHE_HOME, ignore_errors=True)
+                        runs.append(measure(cmd, a.timeout, cached=True))
+                else:
+                    runs = [measure(cmd, a.timeout, cached=cached) for _ in range(a.repeat)]
                 runs.sort(key=lambda r: r["wall_s"])
                 r = runs[len(runs) // 2]
                 extra = {}
                 if name == "report" and (Path(tmp) / "report.html").exists():
                     extra["output_mb"] = (Path(tmp) / "report.html").stat().st_size / 1e6
-                results.append({"size": n, "kernels": kernels, "file_mb": trace.stat().st_size / 1e6, "case": name, **r, **extra})
+                results.append({"size": n, "source": stem, "kernels": kernels, "file_mb": trace.stat().st_size / 1e6, "case": name, **r, **extra})
                 print(f"{n:>4}x {name:28s} {r['wall_s']:8.2f} s {r['rss_mb']:8.0f} MB", file=sys.stderr)
     a.json.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -151,10 +181,12 @@ def render(results: list[dict]) -> str:
         lines.append(
             f"| {r['size']}× | {r['kernels']:,} | {r['file_mb']:.0f} | {r['case']} | {r['wall_s']:.2f} | {r['rss_mb']:.0f} | {ratio:.2f} | {per:.2f} | {out} |"
         )
-    full = {r["size"]: r["wall_s"] / r["kernels"] for r in results if r["case"] == "full analysis"}
-    if 10 in full and 400 in full:
+    full = sorted((r["kernels"], r["wall_s"], r["rss_mb"]) for r in results if r["case"] == "full analysis")
+    if len(full) >= 3:
         lines.append("")
-        lines.append(f"Linearity (full analysis, time per kernel 400× / 10×): {full[400] / full[10]:.2f}")
+        lines.append("Marginal cost of the full analysis between consecutive sizes (µs per added kernel; MB of peak RSS per added M kernels):")
+        for (k0, w0, m0), (k1, w1, m1) in itertools.pairwise(full):
+            lines.append(f"- {k0:,} → {k1:,} kernels: {(w1 - w0) / (k1 - k0) * 1e6:.2f} µs/kernel, {(m1 - m0) / (k1 - k0) * 1e6:.0f} MB per M kernels")
     return "\n".join(lines)
 
 

@@ -18,8 +18,9 @@ def merge(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     s, e = s[keep], e[keep]
     if len(s) == 0:
         return s, e
-    order = np.argsort(s, kind="stable")
-    s, e = s[order], e[order]
+    if len(s) > 1 and not bool(np.all(s[1:] >= s[:-1])):  # sorted input (the usual case) needs no sort
+        order = np.argsort(s, kind="stable")
+        s, e = s[order], e[order]
     reach = np.maximum.accumulate(e)
     # A new block starts where the interval begins after everything before it has ended.
     new = np.empty(len(s), dtype=bool)
@@ -108,7 +109,8 @@ def assign_to_windows(times: np.ndarray, win_starts: np.ndarray, win_ends: np.nd
 class Coverage:
     """Union of intervals per group (thread, device), answering "how much of [a, b] is covered" and
     "how many intervals start in (a, b]" for many windows at once. Groups share one axis (group code ×
-    span + time); each query is two binary searches."""
+    span + time); each query is two binary searches. `nested` builds coverages of several subsets of the
+    same intervals on one axis, so that one `query` serves them all."""
 
     def __init__(self, groups: np.ndarray, starts: np.ndarray, ends: np.ndarray, count_starts: bool = True) -> None:
         g = np.asarray(groups, dtype=I64)
@@ -117,12 +119,49 @@ class Coverage:
         self.groups = np.unique(g)
         self.lo = int(min(s.min(), e.min())) - 1 if len(s) else 0
         self.span = (int(max(s.max(), e.max())) - self.lo + 2) if len(s) else 1
-        gc = np.searchsorted(self.groups, g).astype(I64)
-        ks = gc * self.span + (s - self.lo)
-        self.ms, self.me = merge(ks, gc * self.span + (e - self.lo))
+        ks, ke, _ = self._sorted_keys(g, s, e)
+        self._build(ks, ke, count_starts)
+
+    def _sorted_keys(self, g: np.ndarray, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Interval keys on the shared axis, sorted by start key, and the order that sorts them. Rows sorted by
+        start (as the loaders give them) need only a stable sort by group code, a radix sort when the codes fit
+        16 bits."""
+        gc = np.searchsorted(self.groups, g)
+        code = gc.astype(np.int16) if len(self.groups) < 2**15 else gc
+        order = np.argsort(code, kind="stable")
+        ks = gc.astype(I64)[order] * self.span + (s[order] - self.lo)
+        ke = gc.astype(I64)[order] * self.span + (e[order] - self.lo)
+        if len(ks) > 1 and not bool(np.all(ks[1:] >= ks[:-1])):
+            o = np.argsort(ks, kind="stable")
+            ks, ke, order = ks[o], ke[o], order[o]
+        return ks, ke, order
+
+    def _build(self, ks: np.ndarray, ke: np.ndarray, count_starts: bool) -> None:
+        self.ms, self.me = merge(ks, ke)
         self.prefix = np.concatenate(([0], np.cumsum(self.me - self.ms)))
         # sorted interval starts, for count_starts; left out (saving memory) when not asked for
-        self.starts = np.sort(ks) if count_starts else None
+        self.starts = ks if count_starts else None
+
+    @classmethod
+    def nested(cls, groups: np.ndarray, starts: np.ndarray, ends: np.ndarray, subsets: dict[str, np.ndarray]) -> tuple[Coverage, dict[str, Coverage]]:
+        """The coverage of all the intervals (with count_starts) and of each boolean subset (without), on one axis."""
+        g = np.asarray(groups, dtype=I64)
+        s = np.asarray(starts, dtype=I64)
+        e = np.asarray(ends, dtype=I64)
+        full = cls.__new__(cls)
+        full.groups = np.unique(g)
+        full.lo = int(min(s.min(), e.min())) - 1 if len(s) else 0
+        full.span = (int(max(s.max(), e.max())) - full.lo + 2) if len(s) else 1
+        ks, ke, order = full._sorted_keys(g, s, e)
+        parts = {}
+        for name, mask in subsets.items():
+            part = cls.__new__(cls)
+            part.groups, part.lo, part.span = full.groups, full.lo, full.span
+            m = np.asarray(mask, dtype=bool)[order]
+            part._build(ks[m], ke[m], False)
+            parts[name] = part
+        full._build(ks, ke, True)
+        return full, parts
 
     def _keys(self, groups: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         g = np.asarray(groups, dtype=I64)
@@ -138,17 +177,28 @@ class Coverage:
         part = np.where(j >= 0, np.minimum(k, self.me[jj] if len(self.me) else 0) - (self.ms[jj] if len(self.ms) else 0), 0)
         return np.where(j >= 0, self.prefix[jj] + np.maximum(part, 0), 0)
 
-    def covered(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def query(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The keys of windows [a, b] on `groups`, for `covered_at` / `count_starts_at` of this coverage and of
+        the coverages `nested` built with it."""
         code, ka = self._keys(groups, a)
         _, kb = self._keys(groups, b)
+        return code, ka, kb
+
+    def covered_at(self, q: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        code, ka, kb = q
         if len(self.ms) == 0:
             return np.zeros(len(ka), dtype=I64)
         return np.where(code >= 0, np.maximum(self._upto(kb) - self._upto(ka), 0), 0)
 
-    def count_starts(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def count_starts_at(self, q: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
         if self.starts is None:
             raise ValueError("this Coverage was built with count_starts=False")
-        code, ka = self._keys(groups, a)
-        _, kb = self._keys(groups, b)
+        code, ka, kb = q
         n = np.searchsorted(self.starts, kb, side="right") - np.searchsorted(self.starts, ka, side="right")
         return np.where(code >= 0, n, 0)
+
+    def covered(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self.covered_at(self.query(groups, a, b))
+
+    def count_starts(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self.count_starts_at(self.query(groups, a, b))

@@ -1,6 +1,7 @@
 """Command-line adapters: options -> library call -> rendering. No analysis logic lives here.
 
-`main` is the entry point. It imports the commands (and with them pandas and DuckDB) itself, so that a
+`main` is the entry point. It imports the group itself (each command's module, and with it pandas and
+DuckDB, is imported when that command is looked up: `nsysparse --help` imports none of them), so that a
 Ctrl-C at any moment, start-up included, ends in one line and exit code 130, and it checks that
 standard output could be written (`info T > /dev/full` is one error line and exit code 1).
 """
@@ -18,8 +19,7 @@ EXIT_INTERRUPTED = 130
 
 
 def _commands() -> Any:
-    from nsysparse.cli import compare, gaps, generate, inspect, models, report, rules, structure  # noqa: F401  (registers commands)
-    from nsysparse.cli.app import cli
+    from nsysparse.cli.app import cli  # the commands' modules are imported when a command is looked up
 
     return cli
 

@@ -201,22 +201,22 @@ def load(trace: Trace, kind: str, columns: tuple[str, ...] | None = None) -> pd.
     for m in missing:
         if m in ("global_pid", "global_tid", "correlation_id", "device_id", "stream_id", "event_class"):
             trace.note(f"{S.TABLES[kind]} has no {spec[m].source} column (older export): {m} is unknown")
-    df = trace.engine.frame(sql)
-    df = _finish(trace, df, kind, spec, wanted)
-    return df
+    return _finish(trace, trace.engine.arrays(sql), kind, spec, wanted)
 
 
-def _finish(trace: Trace, df: pd.DataFrame, kind: str, spec: dict[str, Col], wanted: tuple[str, ...]) -> pd.DataFrame:
-    if len(df):
-        valid = df["_valid"].to_numpy().astype(bool)
+def _finish(trace: Trace, cols: dict[str, np.ndarray], kind: str, spec: dict[str, Col], wanted: tuple[str, ...]) -> pd.DataFrame:
+    n = len(cols["_valid"])
+    if n:
+        valid = cols["_valid"].astype(bool)
         if not valid.all():
             note_invalid_rows(trace, kind, int((~valid).sum()))
-            df = df.loc[valid].reset_index(drop=True)
+            cols = {k: v[valid] for k, v in cols.items()}
+            n = int(valid.sum())
     out: dict[str, object] = {}
     table = S.TABLES[kind]
     for name in wanted:
         col = spec[name]
-        values = integer_column(trace, table, col.source, df[name]) if len(df) else np.zeros(0, dtype=np.int64)
+        values = integer_column(trace, table, col.source, cols[name]) if n else np.zeros(0, dtype=np.int64)
         if col.kind == "str_id":
             cat = trace.strings.categorical(values.astype(np.int64, copy=False))
             if kind == "api" and name == "name":
@@ -224,7 +224,7 @@ def _finish(trace: Trace, df: pd.DataFrame, kind: str, spec: dict[str, Col], wan
             out[name] = cat
         else:
             out[name] = values.astype(np.int64, copy=False)
-    frame = pd.DataFrame(out)
+    frame = pd.DataFrame(out, copy=False)  # one block per column: no consolidating copy of millions of rows
     check_times(trace.path, table, {"start": frame["start_ns"].to_numpy(), "end": frame["end_ns"].to_numpy()})
     # CUPTI's "timestamp unknown" rows (start = end = 0) carry no interval: drop them.
     bad = (frame["start_ns"].to_numpy() == 0) & (frame["end_ns"].to_numpy() == 0)
@@ -240,9 +240,9 @@ def _finish(trace: Trace, df: pd.DataFrame, kind: str, spec: dict[str, Col], wan
     return frame
 
 
-def integer_column(trace: Trace, table: str, source: str, series: pd.Series) -> np.ndarray:
+def integer_column(trace: Trace, table: str, source: str, series: pd.Series | np.ndarray) -> np.ndarray:
     """A loaded column as int64; any other content (the engines hand back what the file holds) is named."""
-    values = series.to_numpy()
+    values = np.asarray(series)
     if values.dtype.kind in "iu":
         return values.astype(np.int64, copy=False)
     if trace.schema.has(table, source):
@@ -278,18 +278,19 @@ def nvtx(trace: Trace) -> pd.DataFrame:
         f"CASE WHEN {valid} THEN 1 ELSE 0 END AS _valid "
         f'FROM "{table}" n {join} WHERE {c("eventType")} IN ({types})'
     )
-    df = trace.engine.frame(sql)
-    if len(df):
-        keep = df["_valid"].to_numpy().astype(bool)
+    df = trace.engine.arrays(sql)
+    n = len(df["_valid"])
+    if n:
+        keep = df["_valid"].astype(bool)
         if not keep.all():
             trace.note(f"{int((~keep).sum())} NVTX rows with a missing start or end < start were left out")
-            df = df.loc[keep].reset_index(drop=True)
-    n = len(df)
+            df = {k: v[keep] for k, v in df.items()}
+            n = int(keep.sum())
     source = {"start_ns": "start", "end_ns": "end", "event_type": "eventType", "global_tid": "globalTid", "end_global_tid": "endGlobalTid"}
     source |= {"domain_id": "domainId", "range_id": "rangeId"}
-    out = pd.DataFrame({k: integer_column(trace, table, src, df[k]) if n else np.zeros(0, np.int64) for k, src in source.items()})
+    out = pd.DataFrame({k: integer_column(trace, table, src, df[k]) if n else np.zeros(0, np.int64) for k, src in source.items()}, copy=False)
     check_times(trace.path, table, {"start": out["start_ns"].to_numpy(), "end": out["end_ns"].to_numpy()})
-    texts = df["text"] if n else pd.Series([], dtype="object")
+    texts = df["text"] if n else np.zeros(0, dtype=object)
     codes, uniques = pd.factorize(pd.Series(texts, dtype="object"), sort=False)
     out["text"] = compact_categorical(np.asarray(codes, dtype=np.int64), pd.Index(uniques, dtype="object"))
     out["kind"] = pd.Categorical(pd.Series(out["event_type"]).map(S.NVTX_KIND).fillna("other"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from nsysparse.errors import MissingDataError, TraceError
 from nsysparse.outputs import note_input
 from nsysparse.trace import aggregates, graphs, info, tables, validate
 from nsysparse.trace import schema as S
+from nsysparse.trace.cache import FrameCache
 from nsysparse.trace.engine import Engine
 from nsysparse.trace.source import resolve_input
 from nsysparse.trace.strings import Strings
@@ -58,6 +61,9 @@ class Trace:
         self._frame_cols: dict[str, tuple[str, ...]] = {}
         self._counts: dict[str, int] = {}
         self._validated: set[str] = set()
+        self._collect = threading.local()  # notes raised while one frame loads (stored with it in the cache)
+        self._strings_lock = threading.Lock()
+        self.cache = FrameCache(self.path)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def __enter__(self) -> Trace:
@@ -67,11 +73,41 @@ class Trace:
         self.close()
 
     def close(self) -> None:
-        self.engine.close()
+        try:
+            self.cache.wait()
+        finally:
+            self.engine.close()
 
     def note(self, message: str) -> None:
+        sink = getattr(self._collect, "notes", None)
+        if sink is not None and message not in sink:
+            sink.append(message)
         if message not in self.notes:
             self.notes.append(message)
+
+    def _collecting(self, build: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame, list[str]]:
+        """Run `build` and return its frame with the notes it raised (on this thread)."""
+        outer = getattr(self._collect, "notes", None)
+        self._collect.notes = []
+        try:
+            frame = build()
+            return frame, list(self._collect.notes)
+        finally:
+            self._collect.notes = outer
+
+    def _cached(self, kind: str, columns: tuple[str, ...], build: Callable[[], pd.DataFrame], notes_now: bool = True) -> tuple[pd.DataFrame, list[str]]:
+        """The frame of `kind` with at least `columns`: from the frame cache when it holds one, else built
+        (and then stored). Returns it with the notes its loading raised; `notes_now` adds them to the trace."""
+        hit = self.cache.get(kind, columns) if self.cache.active else None
+        if hit is not None:
+            frame, notes = hit
+            if notes_now:
+                for n in notes:
+                    self.note(n)
+            return frame, notes
+        frame, notes = self._collecting(build)
+        self.cache.put(kind, tuple(frame.columns), frame, notes)
+        return frame, notes
 
     def validate(self, table: str) -> None:
         """Check the integer columns the gateway reads of `table` (a kind or a table name), once: with
@@ -119,6 +155,12 @@ class Trace:
     @property
     def strings(self) -> Strings:
         if self._strings is None:
+            with self._strings_lock:
+                return self._read_strings()
+        return self._strings
+
+    def _read_strings(self) -> Strings:
+        if self._strings is None:
             if self.schema.has(S.STRINGS, "id") and self.schema.has(S.STRINGS, "value"):
                 self.validate(S.STRINGS)
                 df = self.engine.frame(f'SELECT id, CAST(value AS TEXT) AS value FROM "{S.STRINGS}" WHERE id IS NOT NULL')
@@ -139,6 +181,12 @@ class Trace:
     def require_rows(self, kind: str, purpose: str | None = None) -> None:
         """Like `require`, and the table must hold at least one usable row (an interval with real timestamps)."""
         self.require(kind, purpose)
+        if not self.is_loaded(kind) and kind in tables.SPECS and self.cache.active:
+            hit = self.cache.get(kind, tables.default_columns(kind))
+            if hit is not None:  # a cached frame answers without a scan of the table
+                for msg in hit[1]:
+                    self.note(msg)
+                self._keep(kind, hit[0])
         if self.is_loaded(kind) and len(self._frames[kind]):
             return
         table = S.TABLES[kind]
@@ -202,33 +250,39 @@ class Trace:
         if have is not None and all(c in have for c in want if c in spec):
             return self._frames[kind]
         union = tuple(dict.fromkeys((*(have or ()), *want)))
-        df = tables.load(self, kind, union)
-        df = _sorted(df)
-        self._frames[kind] = df
-        self._frame_cols[kind] = union
+        df, _ = self._cached(kind, union, lambda: _sorted(tables.load(self, kind, union)))
+        self._keep(kind, df)
         return df
+
+    def _keep(self, kind: str, df: pd.DataFrame) -> None:
+        self._frames[kind] = df
+        if kind != "nvtx":
+            spec = tables.SPECS[kind]
+            self._frame_cols[kind] = tuple(c for c in df.columns if c in spec)
 
     def prefetch(self, *kinds: str) -> None:
         """Load several event tables at once (in threads: DuckDB works outside the GIL), so a full
-        analysis pays for the slowest table rather than the sum. Kinds the trace lacks are skipped."""
+        analysis pays for the slowest table rather than the sum. Kinds the trace lacks are skipped.
+        The frames' notes are added in the order of `kinds`, whichever thread finished first."""
         jobs = [k for k in kinds if self.has(k) and k not in self._frames]
-        if len(jobs) < 2 or not self.engine.prefers_duckdb():
+        if len(jobs) < 2 or not (self.engine.prefers_duckdb() or self.cache.active):
             for k in jobs:
                 self.nvtx() if k == "nvtx" else self._load(k, None)
             return
-        _ = self.strings  # shared by every loader: read once, before the threads start
         from concurrent.futures import ThreadPoolExecutor
 
-        def load(kind: str) -> tuple[str, pd.DataFrame]:
+        def load(kind: str) -> tuple[str, pd.DataFrame, list[str]]:
             if kind == "nvtx":
-                return kind, _sorted(tables.nvtx(self))
-            return kind, _sorted(tables.load(self, kind, tables.default_columns(kind)))
+                return (kind, *self._cached("nvtx", (), lambda: _sorted(tables.nvtx(self)), notes_now=False))
+            cols = tables.default_columns(kind)
+            return (kind, *self._cached(kind, cols, lambda: _sorted(tables.load(self, kind, cols)), notes_now=False))
 
         with ThreadPoolExecutor(max_workers=min(3, len(jobs))) as ex:
-            for kind, df in ex.map(load, jobs):
-                self._frames[kind] = df
-                if kind != "nvtx":
-                    self._frame_cols[kind] = tables.default_columns(kind)
+            done = list(ex.map(load, jobs))
+        for kind, df, notes in done:
+            for n in notes:
+                self.note(n)
+            self._keep(kind, df)
 
     def kernels(self, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
         """Kernels sorted by start (canonical columns; `columns` picks extra ones such as grid_x)."""
@@ -249,7 +303,7 @@ class Trace:
 
     def nvtx(self) -> pd.DataFrame:
         if "nvtx" not in self._frames:
-            self._frames["nvtx"] = _sorted(tables.nvtx(self))
+            self._frames["nvtx"], _ = self._cached("nvtx", (), lambda: _sorted(tables.nvtx(self)))
         return self._frames["nvtx"]
 
     def launches(self) -> pd.DataFrame:
@@ -257,10 +311,7 @@ class Trace:
         if "launches" not in self._frames:
             k = self.kernels()
             if self.has("api"):
-                df = tables.kernel_launches(self, k, self.api())
-                missing = int((~df["has_launch"].to_numpy()).sum())
-                if missing:
-                    self.note(f"{missing} of {len(df)} kernels have no launching API call in the trace (time-sliced export or API tracing off)")
+                df = self._launch_columns(k)
             else:
                 df = k.copy(deep=False)
                 df["has_launch"] = np.zeros(len(df), dtype=bool)
@@ -272,6 +323,31 @@ class Trace:
                 self.note("no CUDA API table: kernels cannot be tied to launching threads or NVTX ranges")
             self._frames["launches"] = df
         return self._frames["launches"]
+
+    def _launch_columns(self, k: pd.DataFrame) -> pd.DataFrame:
+        """`k` with the columns of its launching calls; those columns come from the frame cache when it has them
+        (the join then needs neither the CUDA API frame nor its sort)."""
+        added = ("has_launch", "api_start_ns", "api_end_ns", "global_tid", "tid", "api_name")
+
+        def build() -> pd.DataFrame:
+            df = tables.kernel_launches(self, k, self.api())
+            missing = int((~df["has_launch"].to_numpy()).sum())
+            if missing:
+                self.note(f"{missing} of {len(df)} kernels have no launching API call in the trace (time-sliced export or API tracing off)")
+            return df
+
+        hit = self.cache.get("launches", added) if self.cache.active else None
+        if hit is not None and len(hit[0]) == len(k):
+            cols, notes = hit
+            for n in notes:
+                self.note(n)
+            out = k.copy(deep=False)
+            for c in added:
+                out[c] = cols[c].to_numpy() if c != "api_name" else cols[c].array
+            return out
+        df, notes = self._collecting(build)
+        self.cache.put("launches", added, df, notes)
+        return df
 
     def gpu_ops(self, narrow: bool = False) -> pd.DataFrame:
         """Kernels, memcpys and memsets as one frame: kind, start_ns, end_ns, device_id, stream_id, pid.

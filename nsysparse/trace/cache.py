@@ -1,0 +1,326 @@
+"""A columnar cache of the canonical frames, so that a second command on the same trace skips reading it.
+
+Where: the user's cache directory (`$XDG_CACHE_HOME`, else `~/.cache`)/nsysparse/frames/KEY/, never beside
+the input (which may be read-only; nothing is ever written there). KEY is the export's resolved path, size
+and modification time (`source.cache_key`) and the cache format: another file, or this one touched, is
+another key, and an entry nobody uses any more is evicted by the size cap.
+
+What: one Parquet file per frame (kernels with a given column set, CUDA API calls, NVTX, memcpy, memset,
+the kernels' launch columns), written by DuckDB itself, uncompressed (reading is then a copy), and one JSON
+file beside it naming its columns, row count, the categories of its categorical columns and the notes its
+loading produced (so that a cached frame tells the user the same things). Both are written under
+temporary names and renamed, the JSON last: an entry is complete when its JSON exists. An entry that
+does not read back exactly as its JSON says (truncated, corrupt, another format) is deleted and rebuilt.
+
+Options: `NSYSPARSE_NO_CACHE=1` (the CLI's `--no-cache`) neither reads nor writes anything;
+`NSYSPARSE_CACHE_MAX_MB` caps the cache's size (default 2048): after each write, the least recently used
+traces' entries are removed until the cache fits, the current trace's last. Traces smaller than
+`NSYSPARSE_CACHE_MIN_MB` (default 8) are not cached: reading them costs less than a cache would save.
+
+Writes happen on a background thread (DuckDB works outside the GIL) while the analysis goes on; closing
+the trace waits for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nsysparse.errors import reraise_interrupt
+from nsysparse.trace.source import cache_key
+
+log = logging.getLogger("nsysparse.trace")
+
+FORMAT = 1
+"""Bumped whenever what a frame holds changes: older entries then have another key and are never read."""
+DEFAULT_MAX_MB = 2048.0
+DEFAULT_MIN_MB = 8.0
+"""Smaller traces are read directly (sqlite3 reads them in well under a second): NSYSPARSE_CACHE_MIN_MB."""
+
+
+def enabled() -> bool:
+    """Whether the cache is in use ($NSYSPARSE_NO_CACHE unset, empty or 0)."""
+    return os.environ.get("NSYSPARSE_NO_CACHE", "").strip().lower() in ("", "0", "false", "no")
+
+
+def root() -> Path:
+    """The cache's folder: $XDG_CACHE_HOME (or ~/.cache)/nsysparse/frames."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError):  # no HOME and no passwd entry
+            import tempfile
+
+            base = os.path.join(tempfile.gettempdir(), f"nsysparse-{os.getuid()}")
+    return Path(base) / "nsysparse" / "frames"
+
+
+def _megabytes(name: str, default: float) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        mb = float(raw) if raw else default
+    except ValueError:
+        mb = default
+    return int(max(mb, 0.0) * 1e6)
+
+
+def max_bytes() -> int:
+    """The cache's size cap in bytes ($NSYSPARSE_CACHE_MAX_MB, 2048 by default)."""
+    return _megabytes("NSYSPARSE_CACHE_MAX_MB", DEFAULT_MAX_MB)
+
+
+def min_bytes() -> int:
+    """Traces smaller than this are not cached ($NSYSPARSE_CACHE_MIN_MB, 8 by default)."""
+    return _megabytes("NSYSPARSE_CACHE_MIN_MB", DEFAULT_MIN_MB)
+
+
+def entry_key(path: Path) -> str:
+    from nsysparse import __version__
+
+    return hashlib.sha256(f"{cache_key(path)}\0{FORMAT}\0{__version__}".encode()).hexdigest()[:40]
+
+
+def frame_name(kind: str, columns: tuple[str, ...]) -> str:
+    """The file stem of a frame: its kind and a digest of its column set."""
+    return f"{kind}-{hashlib.sha1(','.join(columns).encode()).hexdigest()[:10]}"
+
+
+class FrameCache:
+    """The cache entry of one trace file. Every failure of the cache only disables it (logged at debug
+    level): the trace is then read as if there were no cache."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.dir: Path | None = None
+        self._con: Any = None
+        self._lock = threading.Lock()
+        self._pending: list[threading.Thread] = []
+        if not enabled():
+            return
+        try:
+            if path.stat().st_size < min_bytes():
+                return
+            folder = root() / entry_key(path)
+            if _beside(folder, path):
+                return
+        except OSError as err:
+            log.debug("no frame cache (%s)", err)
+            return
+        self.dir = folder
+
+    @property
+    def active(self) -> bool:
+        return self.dir is not None
+
+    # -- reading ------------------------------------------------------------------------------------
+    def get(self, kind: str, columns: tuple[str, ...]) -> tuple[pd.DataFrame, list[str]] | None:
+        """The cached frame of `kind` holding at least `columns` (with every column it was stored with), and
+        the notes its loading produced; None when there is none or it does not read back cleanly."""
+        if self.dir is None or not self.dir.is_dir():
+            return None
+        meta = self._find(kind, columns)
+        if meta is None:
+            return None
+        stem, info = meta
+        try:
+            frame = self._read(stem, info)
+        except Exception as err:  # a damaged entry: forget it, the caller rebuilds it from the trace
+            reraise_interrupt(err)
+            log.debug("frame cache entry %s unreadable (%s); rebuilding it", stem, err)
+            self._drop(stem)
+            return None
+        self._touch()
+        return frame, [str(n) for n in info.get("notes", [])]
+
+    def _find(self, kind: str, columns: tuple[str, ...]) -> tuple[str, dict[str, Any]] | None:
+        assert self.dir is not None
+        exact = frame_name(kind, columns)
+        candidates = [exact] + sorted(p.stem for p in self.dir.glob(f"{kind}-*.json") if p.stem != exact)
+        for stem in candidates:
+            meta = self.dir / f"{stem}.json"
+            try:
+                info = json.loads(meta.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as err:
+                log.debug("frame cache entry %s unreadable (%s); rebuilding it", stem, err)
+                self._drop(stem)
+                continue
+            if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("kind") != kind:
+                self._drop(stem)
+                continue
+            stored = info.get("columns", [])
+            if isinstance(stored, list) and all(c in stored for c in columns):
+                return stem, info
+        return None
+
+    def _read(self, stem: str, info: dict[str, Any]) -> pd.DataFrame:
+        assert self.dir is not None
+        file = self.dir / f"{stem}.parquet"
+        if file.stat().st_size != int(info["bytes"]):
+            raise ValueError("size differs from its record")
+        types: dict[str, Any] = info["types"]
+        stored = [str(c) for c in info["columns"]]
+        con = self._connection()
+        sql = "SELECT " + ", ".join(f'"{c}"' for c in stored) + f" FROM read_parquet('{_sql_str(str(file))}')"
+        with self._lock:
+            cur = con.cursor()
+        try:
+            arrays = cur.execute(sql).fetchnumpy()
+        finally:
+            cur.close()
+        rows = int(info["rows"])
+        out: dict[str, Any] = {}
+        for c in stored:
+            raw = arrays[c]
+            if isinstance(raw, np.ma.MaskedArray):
+                raise ValueError(f"column {c} holds NULLs")
+            values = np.asarray(raw)
+            if len(values) != rows:
+                raise ValueError(f"column {c} has {len(values)} rows, not {rows}")
+            t = types[c]
+            if isinstance(t, dict):  # categorical: codes here, categories in the record
+                cats = pd.Index(t["categories"], dtype=t["dtype"])
+                out[c] = pd.Categorical.from_codes(values.astype(np.int64, copy=False), dtype=pd.CategoricalDtype(cats, ordered=False))
+            else:
+                out[c] = values.astype(t, copy=False)
+        return pd.DataFrame(out, copy=False)
+
+    # -- writing ------------------------------------------------------------------------------------
+    def put(self, kind: str, columns: tuple[str, ...], frame: pd.DataFrame, notes: list[str]) -> None:
+        """Store `frame` (its columns are `columns`, in order) on a background thread."""
+        if self.dir is None:
+            return
+        arrays: dict[str, np.ndarray] = {}
+        types: dict[str, Any] = {}
+        for c in columns:
+            s = frame[c]
+            if isinstance(s.dtype, pd.CategoricalDtype):
+                cats = s.cat.categories
+                if cats.dtype.kind not in "OU" and str(cats.dtype) not in ("str", "string"):
+                    return  # only text categories are stored
+                arrays[c] = np.asarray(s.cat.codes.to_numpy(), dtype=np.int32)
+                types[c] = {"dtype": str(cats.dtype), "categories": [str(v) for v in cats]}
+            else:
+                v = s.to_numpy()
+                if v.dtype.kind not in "iub":
+                    return  # only integer, boolean and categorical columns are stored
+                arrays[c] = v
+                types[c] = v.dtype.str
+        info = {"format": FORMAT, "kind": kind, "columns": list(columns), "rows": len(frame), "types": types, "notes": list(notes)}
+        job = threading.Thread(target=self._write, args=(frame_name(kind, columns), arrays, info), daemon=False)
+        self._pending.append(job)
+        job.start()
+
+    def _write(self, stem: str, arrays: dict[str, np.ndarray], info: dict[str, Any]) -> None:
+        assert self.dir is not None
+        tmp_pq = self.dir / f".{stem}.{os.getpid()}.{threading.get_ident()}.parquet.tmp"
+        tmp_js = self.dir / f".{stem}.{os.getpid()}.{threading.get_ident()}.json.tmp"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            con = self._connection()
+            with self._lock:
+                cur = con.cursor()
+            try:
+                cur.register("frame_to_cache", arrays)
+                cur.execute(f"COPY (SELECT * FROM frame_to_cache) TO '{_sql_str(str(tmp_pq))}' (FORMAT parquet, COMPRESSION uncompressed)")
+                cur.unregister("frame_to_cache")
+            finally:
+                cur.close()
+            info["bytes"] = tmp_pq.stat().st_size
+            os.replace(tmp_pq, self.dir / f"{stem}.parquet")
+            tmp_js.write_text(json.dumps(info), encoding="utf-8")
+            os.replace(tmp_js, self.dir / f"{stem}.json")
+            self._touch()
+            evict(max_bytes(), keep=self.dir)
+        except Exception as err:  # a full disk, a read-only cache: the analysis goes on without it
+            reraise_interrupt(err)
+            log.debug("frame cache write of %s failed (%s)", stem, err)
+        finally:
+            for tmp in (tmp_pq, tmp_js):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+    def wait(self) -> None:
+        """Wait for the background writes (called when the trace is closed)."""
+        for job in self._pending:
+            job.join()
+        self._pending.clear()
+        if self.dir is not None and self._con is not None:
+            with contextlib.suppress(Exception):
+                self._con.close()
+            self._con = None
+
+    # -- housekeeping -------------------------------------------------------------------------------
+    def _connection(self) -> Any:
+        with self._lock:
+            if self._con is None:
+                import duckdb
+
+                self._con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+            return self._con
+
+    def _drop(self, stem: str) -> None:
+        assert self.dir is not None
+        for suffix in (".json", ".parquet"):
+            with contextlib.suppress(OSError):
+                (self.dir / f"{stem}{suffix}").unlink()
+
+    def _touch(self) -> None:
+        """Mark the entry as used now (its folder's mtime orders eviction)."""
+        if self.dir is not None:
+            with contextlib.suppress(OSError):
+                os.utime(self.dir)
+
+
+def entries() -> list[tuple[Path, int, float]]:
+    """Every trace's entry: folder, bytes, last use (the folder's mtime)."""
+    out: list[tuple[Path, int, float]] = []
+    base = root()
+    if not base.is_dir():
+        return out
+    for d in base.iterdir():
+        if not d.is_dir():
+            continue
+        try:
+            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+            out.append((d, size, d.stat().st_mtime))
+        except OSError:
+            continue
+    return out
+
+
+def evict(limit: int, keep: Path | None = None) -> None:
+    """Remove the least recently used entries until the cache holds at most `limit` bytes; `keep` goes last."""
+    found = entries()
+    total = sum(size for _, size, _ in found)
+    for d, size, _ in sorted(found, key=lambda e: (e[0] == keep, e[2])):
+        if total <= limit:
+            break
+        shutil.rmtree(d, ignore_errors=True)
+        total -= size
+
+
+def _beside(folder: Path, trace: Path) -> bool:
+    """Whether writing the entry `folder` would put anything in the trace's own folder: the entry, the
+    frames folder or the nsysparse folder would be that folder or a new folder in it (a cache directory set
+    to where the traces are). The cache is then off: nothing is ever written beside the input."""
+    here = trace.resolve().parent
+    target = folder.resolve()
+    made = (target, target.parent, target.parent.parent)
+    return any(p == here or p.parent == here for p in made)
+
+
+def _sql_str(text: str) -> str:
+    return text.replace("'", "''")

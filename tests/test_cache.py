@@ -1,0 +1,215 @@
+"""The frame cache (nsysparse/trace/cache.py): where it writes, when it is used, and that it changes no answer.
+
+Every test points XDG_CACHE_HOME at its own folder and sets NSYSPARSE_CACHE_MIN_MB=0 (the fixtures are far
+below the size from which traces are cached by default). Expected values come from the uncached run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from nsysparse.cli import cli
+from nsysparse.trace import open_trace
+from nsysparse.trace.cache import entry_key
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "fixtures" / "moe_decode_op" / "trace.sqlite"
+NONVTX = ROOT / "fixtures" / "moe_decode_nonvtx" / "trace.sqlite"
+
+
+@pytest.fixture
+def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "cachehome"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    monkeypatch.setenv("NSYSPARSE_CACHE_MIN_MB", "0")
+    monkeypatch.delenv("NSYSPARSE_NO_CACHE", raising=False)
+    monkeypatch.delenv("NSYSPARSE_CACHE_MAX_MB", raising=False)
+    return home
+
+
+def _copy(src: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    dst = folder / "trace.sqlite"
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def _entries(home: Path) -> list[Path]:
+    base = home / "nsysparse" / "frames"
+    return sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def _run(*args: str) -> str:
+    res = CliRunner().invoke(cli, ["-q", *args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+COMMANDS = (("ops", "-f", "csv"), ("layers", "-f", "csv"), ("steps", "-f", "csv"), ("gaps", "-f", "json"), ("kernels", "-f", "csv"))
+
+
+def test_key_follows_path_size_and_mtime(tmp_path: Path) -> None:
+    t = _copy(FIXTURE, tmp_path / "a")
+    k0 = entry_key(t)
+    assert entry_key(t) == k0
+    st = t.stat()
+    os.utime(t, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    k1 = entry_key(t)
+    assert k1 != k0
+    with open(t, "ab") as fh:  # a different size (a page of zeros: still a readable database)
+        fh.write(b"\0" * 4096)
+    os.utime(t, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # same mtime as before, other size
+    assert entry_key(t) not in (k0, k1)
+    other = _copy(FIXTURE, tmp_path / "b")
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert entry_key(other) != k0  # same bytes and times, another path
+
+
+@pytest.mark.parametrize("trace", [FIXTURE, NONVTX], ids=["nvtx", "no-nvtx"])
+def test_results_identical_with_and_without_cache(cache_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trace: Path) -> None:
+    t = _copy(trace, tmp_path / "in")
+    monkeypatch.setenv("NSYSPARSE_NO_CACHE", "1")
+    expected = {c: _run(c[0], str(t), *c[1:]) for c in COMMANDS}
+    assert _entries(cache_home) == []
+    monkeypatch.delenv("NSYSPARSE_NO_CACHE")
+    cold = {c: _run(c[0], str(t), *c[1:]) for c in COMMANDS}  # writes the entry
+    (entry,) = _entries(cache_home)
+    assert any(n.endswith(".parquet") for n in _files(entry))
+    warm = {c: _run(c[0], str(t), *c[1:]) for c in COMMANDS}  # reads it
+    assert cold == expected
+    assert warm == expected
+
+
+def test_cached_frames_equal_loaded_frames_and_notes(cache_home: Path, tmp_path: Path) -> None:
+    t = _copy(FIXTURE, tmp_path / "in")
+    with open_trace(t) as tr:
+        tr.prefetch("kernels", "api", "memcpy", "memset", "nvtx")
+        direct = {k: tr._frames[k] for k in ("kernels", "api", "nvtx")}
+        launches = tr.launches()
+        notes = list(tr.notes)
+    with open_trace(t) as tr:
+        tr.prefetch("kernels", "api", "memcpy", "memset", "nvtx")
+        assert tr.cache.get("kernels", tuple(direct["kernels"].columns)) is not None  # served from the cache
+        for k, df in direct.items():
+            pd.testing.assert_frame_equal(tr._frames[k], df, check_categorical=True)
+        pd.testing.assert_frame_equal(tr.launches(), launches)
+        assert tr.notes == notes
+
+
+def test_no_cache_option_writes_nothing(cache_home: Path, tmp_path: Path) -> None:
+    t = _copy(FIXTURE, tmp_path / "in")
+    _run("--no-cache", "layers", str(t))
+    _run("--no-cache", "gaps", str(t))
+    assert not cache_home.exists()
+    assert _files(t.parent) == {"trace.sqlite"}
+
+
+def test_nothing_beside_the_input(cache_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = _copy(FIXTURE, tmp_path / "in")
+    _run("layers", str(t))
+    assert _files(t.parent) == {"trace.sqlite"}
+    assert len(_entries(cache_home)) == 1
+    # a cache directory that is the trace's own folder: the cache is off rather than write there
+    monkeypatch.setenv("XDG_CACHE_HOME", str(t.parent))
+    _run("layers", str(t))
+    assert _files(t.parent) == {"trace.sqlite"}
+
+
+def test_read_only_input_folder(cache_home: Path, tmp_path: Path) -> None:
+    t = _copy(FIXTURE, tmp_path / "ro")
+    os.chmod(t.parent, 0o555)
+    try:
+        first = _run("ops", str(t), "-f", "csv")
+        second = _run("ops", str(t), "-f", "csv")
+    finally:
+        os.chmod(t.parent, 0o755)
+    assert first == second
+    assert len(_entries(cache_home)) == 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage-json", "missing-parquet", "wrong-rows"])
+def test_corrupt_entry_is_ignored_and_rebuilt(cache_home: Path, tmp_path: Path, damage: str) -> None:
+    t = _copy(FIXTURE, tmp_path / "in")
+    expected = _run("layers", str(t), "-f", "csv")
+    (entry,) = _entries(cache_home)
+    pq = sorted(entry.glob("kernels-*.parquet"))[0]
+    meta = pq.with_suffix(".json")
+    if damage == "truncate":
+        data = pq.read_bytes()
+        pq.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage-json":
+        meta.write_text("{not json")
+    elif damage == "missing-parquet":
+        pq.unlink()
+    else:
+        meta.write_text(meta.read_text().replace('"rows": ', '"rows": 1'))
+    assert _run("layers", str(t), "-f", "csv") == expected  # damaged entry left aside, frame read from the trace
+    # and rebuilt: the next run reads a complete entry again
+    assert pq.exists() and meta.exists()
+    with open_trace(t) as tr:
+        hit = tr.cache.get("kernels", ("start_ns", "end_ns"))
+        assert hit is not None and len(hit[0]) > 0
+    assert _run("layers", str(t), "-f", "csv") == expected
+
+
+def test_size_cap_evicts_least_recently_used(cache_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = _copy(FIXTURE, tmp_path / "a")
+    b = _copy(FIXTURE, tmp_path / "b")
+    _run("layers", str(a))
+    (ea,) = _entries(cache_home)
+    size_a = sum(f.stat().st_size for f in ea.iterdir())
+    # room for one trace's entry, not two: writing b's evicts a's (the least recently used)
+    monkeypatch.setenv("NSYSPARSE_CACHE_MAX_MB", str(size_a * 1.5 / 1e6))
+    os.utime(ea, (1, 1))
+    _run("layers", str(b))
+    entries = _entries(cache_home)
+    assert len(entries) == 1 and entries[0] != ea
+    assert entries[0].name == entry_key(b)
+    # a cap below one entry keeps nothing at all
+    monkeypatch.setenv("NSYSPARSE_CACHE_MAX_MB", "0")
+    _run("layers", str(a))
+    assert sum(f.stat().st_size for e in _entries(cache_home) for f in e.iterdir()) == 0
+
+
+def test_touched_file_is_read_again(cache_home: Path, tmp_path: Path) -> None:
+    t = _copy(FIXTURE, tmp_path / "in")
+    _run("layers", str(t))
+    st = t.stat()
+    os.utime(t, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    _run("layers", str(t))
+    keys = {e.name for e in _entries(cache_home)}
+    assert entry_key(t) in keys and len(keys) == 2
+
+
+def test_small_traces_are_not_cached_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "cachehome"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    monkeypatch.delenv("NSYSPARSE_CACHE_MIN_MB", raising=False)
+    monkeypatch.delenv("NSYSPARSE_NO_CACHE", raising=False)
+    t = _copy(FIXTURE, tmp_path / "in")
+    assert t.stat().st_size < 8e6
+    _run("layers", str(t))
+    assert not home.exists()
+
+
+def test_launch_columns_from_cache_match(cache_home: Path, tmp_path: Path) -> None:
+    t = _copy(FIXTURE, tmp_path / "in")
+    with open_trace(t) as tr:
+        want = tr.launches()
+    with open_trace(t) as tr:
+        got = tr.launches()
+        assert "api" not in tr._frames  # the join came from the cache: the API frame was never needed
+    for c in ("has_launch", "api_start_ns", "api_end_ns", "global_tid", "tid"):
+        np.testing.assert_array_equal(got[c].to_numpy(), want[c].to_numpy())
+    assert got["api_name"].astype(str).tolist() == want["api_name"].astype(str).tolist()
