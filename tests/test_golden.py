@@ -52,7 +52,7 @@ GAP_TABLE_KEYS = ("devices", "gaps", "causes", "largest_bubbles", "bubbles_per_s
 
 def cli_default(command: str, param: str) -> Any:
     """The value the command gives this option when it is not passed (click resolves it, as on a command line)."""
-    with cli.commands[command].make_context(command, ["TRACE"]) as ctx:
+    with cli.get_command(None, command).make_context(command, ["TRACE"]) as ctx:
         return ctx.params[param]
 
 

@@ -131,7 +131,14 @@ def test_cold_compile_finds_every_forward_but_the_one_that_compiles(unpacked):
     assert any("loop of" in n for n in notes)
 
 
-LAYER_FIXTURES = ["hf_llama_generate", "hf_qwen3moe_generate", "hf_llama_train", "hf_llama_cudagraph_generate"]
+LAYER_FIXTURES = [
+    "hf_llama_generate",
+    "hf_qwen3moe_generate",
+    "hf_llama_train",
+    "hf_llama_cudagraph_generate",
+    "hf_llama_compile_generate",
+    "hf_llama_compile_warm_generate",
+]
 
 
 def expected_layers(manifest: dict) -> dict[str, float]:

@@ -27,9 +27,12 @@ BACKWARD_CLASSES = ("fmha_bwd", "norm_bwd")
 """Kernel classes of a backward pass: a layer holding them is the backward of its kind (dense_bwd, moe_bwd)."""
 
 
-def repeated_layers(codes: np.ndarray, is_gemm: np.ndarray, is_moe: np.ndarray, is_attn: np.ndarray, is_bwd: np.ndarray) -> tuple[np.ndarray, list[str]]:
+def repeated_layers(
+    codes: np.ndarray, is_gemm: np.ndarray, is_moe: np.ndarray, is_attn: np.ndarray, is_bwd: np.ndarray, is_norm: np.ndarray | None = None
+) -> tuple[np.ndarray, list[str]]:
     """Per position of one step's sequence: its layer ordinal (-1 outside layers), and each layer's kind.
-    A repeated block with neither attention nor MoE kernels is no layer (a piece of one, or an optimizer loop)."""
+    A repeated block with neither attention nor MoE kernels is no layer (a piece of one, or an optimizer loop).
+    `is_norm` marks norm kernels: among equally good layer starts, one at a norm (the attention norm) is taken."""
     n = len(codes)
     ordinal = np.full(n, -1, dtype=np.int32)
     found = [q for q in periods(codes, is_gemm) if q.copies >= 2]
@@ -45,13 +48,17 @@ def repeated_layers(codes: np.ndarray, is_gemm: np.ndarray, is_moe: np.ndarray, 
         if inside > 0.5:
             continue  # a repeat inside layers already found (a sub-layer pair such as q/k norms)
         k = min(LAYER_PREFIX_KERNELS, q.length // 2)
-        a = _layer_start(codes, q.widest, q.length, k)
+        a = _layer_start(codes, q.widest, q.length, k, is_norm)
         starts = _drop_close(_prefix_matches(codes, codes[a : a + k]), q.length // 2)
         starts = starts[~taken[starts]]
         if len(starts) < 2:
             continue
+        starts = _at_norm(starts, q.length, is_norm)
         nxt = np.append(starts[1:], n)
-        ends = np.minimum(nxt, starts + q.length)
+        # a layer runs to the next one when that follows within half a unit more (the first layer may hold the
+        # rotary table), else one unit long
+        follows = (nxt - starts <= q.length + q.length // 2) & (np.arange(len(starts)) < len(starts) - 1)
+        ends = np.where(follows, nxt, np.minimum(nxt, starts + q.length))
         edge = np.zeros(n + 1, dtype=np.int64)
         np.add.at(edge, starts, 1)
         np.add.at(edge, ends, -1)
@@ -82,18 +89,37 @@ def repeated_layers(codes: np.ndarray, is_gemm: np.ndarray, is_moe: np.ndarray, 
     return ordinal, kinds
 
 
-def _layer_start(codes: np.ndarray, a: int, p: int, k: int) -> int:
+def _layer_start(codes: np.ndarray, a: int, p: int, k: int, is_norm: np.ndarray | None = None) -> int:
     """Where in the unit [a, a + p) a layer starts: the rotation whose first k kernels recur most often in the
-    step (the attention block, shared by dense and MoE layers), the earliest of those."""
-    best, best_n = a, -1
+    step (the attention block, shared by dense and MoE layers), the earliest of those that begins with a norm
+    kernel when one does (compiled layers repeat by class, so every rotation recurs as often), else the earliest."""
+    best, best_n, best_norm = a, -1, False
     for o in range(p):  # one unit's positions (a layer's kernels), not the trace's
         at = a + o
         if at + k > len(codes):
             break
         n = len(_drop_close(_prefix_matches(codes, codes[at : at + k]), p // 2))  # at most one start per layer
-        if n > best_n:
-            best, best_n = at, n
+        norm = is_norm is not None and bool(is_norm[at])
+        if n > best_n or (n == best_n and norm and not best_norm):
+            best, best_n, best_norm = at, n, norm
     return best
+
+
+def _at_norm(starts: np.ndarray, p: int, is_norm: np.ndarray | None) -> np.ndarray:
+    """Move every layer start back to the last norm kernel at or before it, less than a unit away, when every start
+    has one: a layer begins with its attention norm. Compiled layers repeat by class, so their unit can begin
+    anywhere in the layer (and the first layer holds the rotary table, so it is longer); eager ATen norms are no
+    norm-class kernels and keep their starts."""
+    if is_norm is None or bool(is_norm[starts].all()):
+        return starts
+    norms = np.nonzero(is_norm)[0]
+    if len(norms) == 0:
+        return starts
+    j = np.searchsorted(norms, starts, side="right") - 1
+    cand = norms[np.clip(j, 0, None)]
+    if not bool(((j >= 0) & (starts - cand < p)).all()) or len(np.unique(cand)) != len(cand):
+        return starts
+    return cand
 
 
 def content_kind(is_moe: np.ndarray, is_attn: np.ndarray, is_bwd: np.ndarray) -> str:

@@ -14,6 +14,7 @@ no names.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 
 GEMM_CLASSES = ("gemm", "splitk", "grouped_gemm")
@@ -44,6 +45,9 @@ def layer_roles(classes: list[str]) -> list[str]:
     fill(ops, 0, pre[0], "attn_norm")
     for g, name in zip(pre, names):
         ops[g] = name
+    for i in range(pre[0], a0):  # fused kernels that say what they are (TorchInductor's rotary and cache fusions)
+        if classes[i] in NAMED_CLASSES:
+            ops[i] = classes[i]
     for x, y in itertools.pairwise(pre):
         if any(classes[i] == "reduce" for i in range(x + 1, y)):
             fill(ops, x + 1, y, "qk_norm")  # per-head norms between the projections (Qwen3)
@@ -76,6 +80,8 @@ def layer_roles(classes: list[str]) -> list[str]:
     return ops
 
 
+NAMED_CLASSES = ("rope", "kv_cache")
+"""Kernel classes that are their op wherever they sit between the projections and the attention core."""
 ROUTER_TAIL = ("reduce", "ew", "cast", "softmax")
 """Kernel classes that may follow a router's top-k inside the router (renormalising the weights, casting them)."""
 KV_WRITE_CLASSES = ("copy", "kv_cache")
@@ -211,3 +217,19 @@ def _name_span(out: list[str], classes: list[str], a: int, b: int, between: list
     if norms and any(classes[i] in ("reduce", "norm_bwd") for i in range(a, b)):
         fill(out, a, b, max(dict.fromkeys(norms), key=norms.count))
     fill(out, a, b, other)
+
+
+def aligned_roles(ref_classes: list[str], ref_names: list[str], classes: list[str]) -> list[str]:
+    """Names for a layer that is no exact copy, from a named layer: kernels in the blocks the two sequences (of
+    alignment keys: classes, or finer) share take the reference's names. Kernels only this layer has, among its projections (before the attention
+    core), are the rotary table: the first layer computes it where compiled code first uses it. Other extra
+    kernels get no name."""
+    out = [""] * len(classes)
+    for block in difflib.SequenceMatcher(None, ref_classes, classes, autojunk=False).get_matching_blocks():
+        for o in range(block.size):
+            out[block.b + o] = ref_names[block.a + o]
+    projections = [i for i, x in enumerate(out) if x in PROJECTIONS[1] + PROJECTIONS[3]]
+    core = [i for i, x in enumerate(out) if x == "fmha"]
+    if projections and core and "rope" in out:
+        fill(out, projections[0], core[0], "rope")
+    return out

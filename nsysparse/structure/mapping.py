@@ -26,7 +26,7 @@ from nsysparse.errors import UsageError
 from nsysparse.rules import RuleSet, classify_names, load_rules
 from nsysparse.structure.instances import op_instances
 from nsysparse.structure.layer_repeats import ATTENTION_CLASSES, BACKWARD_CLASSES, MOE_LAYER_CLASSES, content_kind, repeated_layers
-from nsysparse.structure.layer_roles import layer_roles, step_roles, train_roles
+from nsysparse.structure.layer_roles import aligned_roles, layer_roles, step_roles, train_roles
 from nsysparse.structure.loops import warmup_flags
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.parse import Parser, Segment
@@ -477,7 +477,7 @@ def _broadcast(order: np.ndarray, starts: np.ndarray, members: list[int], values
     target[order[idx]] = vals
 
 
-def _role_ops(parser: Parser, c: np.ndarray, ordinal: np.ndarray, ops: Vocab) -> np.ndarray:
+def _role_ops(parser: Parser, c: np.ndarray, ordinal: np.ndarray, ops: Vocab, kinds: list[str], name_codes: np.ndarray | None = None) -> np.ndarray:
     """Op codes of one step signature from the roles its kernels play (structure.layer_roles): inside each repeated
     forward layer, around the layers (prelude and head of the forward, which ends at the first loss kernel), and in a
     training step's loss, backward and optimizer. A kernel no role names gets -1 (it keeps its class name): the
@@ -485,9 +485,20 @@ def _role_ops(parser: Parser, c: np.ndarray, ordinal: np.ndarray, ops: Vocab) ->
     names_of = {ord(code): cls for cls, code in parser.codes.items()}
     classes = [names_of.get(int(x), "") for x in c.tolist()]  # one step signature's kernels, parsed once
     names = [""] * len(classes)
-    for lid in np.unique(ordinal[ordinal >= 0]).tolist():  # layers of one step signature
-        pos = np.nonzero(ordinal == lid)[0].tolist()
-        for i, name in zip(pos, layer_roles([classes[i] for i in pos])):
+    # alignment keys: a matrix multiply by its kernel name (the rotary table's product is another GEMM than a
+    # projection's), any other kernel by its class (compiled layers give the same fusion another name per layer)
+    keys = [f"{cls}:{int(name_codes[i])}" if name_codes is not None and cls in ("gemm", "grouped_gemm") else cls for i, cls in enumerate(classes)]
+    ids = np.unique(ordinal[ordinal >= 0]).tolist()
+    layers = [np.nonzero(ordinal == lid)[0].tolist() for lid in ids]
+    kind = [kinds[lid] if lid < len(kinds) else "" for lid in ids]
+    roles = [layer_roles([classes[i] for i in pos]) for pos in layers]  # layers of one step signature
+    for j, (pos, r) in enumerate(zip(layers, roles)):
+        # a forward layer no role fits (the first one, holding the rotary table): align it to a named one of its kind
+        named = [x for x in range(len(layers)) if any(roles[x]) and kind[x] == kind[j]]
+        if not any(r) and named and not kind[j].endswith("_bwd"):
+            ref = max(named, key=lambda x: len(layers[x]))
+            r = aligned_roles([keys[i] for i in layers[ref]], roles[ref], [keys[i] for i in pos])
+        for i, name in zip(pos, r):
             names[i] = name
     fend = classes.index("loss") + 1 if "loss" in classes else len(classes)
     for i, name in enumerate(step_roles(classes[:fend], (ordinal[:fend] >= 0).tolist())):
@@ -513,6 +524,10 @@ class _ClassFlags:
         self.moe = codes_of(MOE_LAYER_CLASSES)
         self.attn = codes_of(ATTENTION_CLASSES)
         self.bwd = codes_of(BACKWARD_CLASSES)
+        self.norm = codes_of(("norm",))
+
+    def norm_of(self, c: np.ndarray) -> np.ndarray:
+        return np.isin(c, self.norm)
 
     def of(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return np.isin(c, self.gemm), np.isin(c, self.moe), np.isin(c, self.attn), np.isin(c, self.bwd)
@@ -588,12 +603,12 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
             c = np.frombuffer(seq.encode("ascii"), dtype=np.uint8)
             a = int(starts[members[0]])
             names_seq = name_codes[a : a + len(seq)].astype(np.int64)  # kernel names repeat where classes may not line up
-            ordinal, kinds = repeated_layers(names_seq, *flags.of(c))
+            ordinal, kinds = repeated_layers(names_seq, *flags.of(c), is_norm=flags.norm_of(c))
             if not kinds:  # compiled code: each layer's fused kernels have their own names, their classes repeat
-                ordinal, kinds = repeated_layers(c.astype(np.int64), *flags.of(c))
+                ordinal, kinds = repeated_layers(c.astype(np.int64), *flags.of(c), is_norm=flags.norm_of(c))
             if not kinds:
                 no_layers += len(members)
-            op = _role_ops(parser, c, ordinal, names.ops)
+            op = _role_ops(parser, c, ordinal, names.ops, kinds, names_seq)
             kind = np.where(ordinal >= 0, np.array([names.kinds(x) for x in kinds] or [0], dtype=np.int32)[np.clip(ordinal, 0, None)], -1).astype(np.int32)
             miss = 0
             repeated += len(members)
