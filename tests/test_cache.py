@@ -29,7 +29,8 @@ def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "cachehome"
     monkeypatch.setenv("XDG_CACHE_HOME", str(home))
     monkeypatch.setenv("NSYSPARSE_CACHE_MIN_MB", "0")
-    monkeypatch.delenv("NSYSPARSE_NO_CACHE", raising=False)
+    # "0" rather than unset: the variable is then restored after the test, even when `--no-cache` set it
+    monkeypatch.setenv("NSYSPARSE_NO_CACHE", "0")
     monkeypatch.delenv("NSYSPARSE_CACHE_MAX_MB", raising=False)
     return home
 
@@ -82,7 +83,7 @@ def test_results_identical_with_and_without_cache(cache_home: Path, tmp_path: Pa
     monkeypatch.setenv("NSYSPARSE_NO_CACHE", "1")
     expected = {c: _run(c[0], str(t), *c[1:]) for c in COMMANDS}
     assert _entries(cache_home) == []
-    monkeypatch.delenv("NSYSPARSE_NO_CACHE")
+    monkeypatch.setenv("NSYSPARSE_NO_CACHE", "0")
     cold = {c: _run(c[0], str(t), *c[1:]) for c in COMMANDS}  # writes the entry
     (entry,) = _entries(cache_home)
     assert any(n.endswith(".parquet") for n in _files(entry))
@@ -196,7 +197,7 @@ def test_small_traces_are_not_cached_by_default(tmp_path: Path, monkeypatch: pyt
     home = tmp_path / "cachehome"
     monkeypatch.setenv("XDG_CACHE_HOME", str(home))
     monkeypatch.delenv("NSYSPARSE_CACHE_MIN_MB", raising=False)
-    monkeypatch.delenv("NSYSPARSE_NO_CACHE", raising=False)
+    monkeypatch.setenv("NSYSPARSE_NO_CACHE", "0")
     t = _copy(FIXTURE, tmp_path / "in")
     assert t.stat().st_size < 8e6
     _run("layers", str(t))
