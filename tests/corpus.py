@@ -349,3 +349,103 @@ _FMHA_BWD = re.compile(r"bprop|flash_bwd|compute_dot_do_o|convert_dq|fmha_reduce
 
 def _is_train(labels: pd.DataFrame) -> bool:
     return bool((labels["phase"] == "backward").any())
+
+
+# ---- compiled forwards: the truth from TorchInductor's provenance (fixtures/v2/*_prov_*) ---------------------------
+_HANDLE = re.compile(r"# \[Provenance debug handles\] (\S+)")
+_SOURCE_FUNCTION = re.compile(r", in (\w+)$")
+TRUTH_FUNCTION_NAMES = {"apply_rotary_pos_emb": "rope", "rotate_half": "rope", "sdpa_attention_forward": "fmha", "repeat_kv": "fmha", "update": "kv_cache"}
+"""Functions (innermost frame of a node's stack trace) whose nodes are that op wherever their module is."""
+
+
+def provenance_launches(folder: Path) -> list[tuple[str, str]]:
+    """(kernel handle, true op) for every kernel launch of the compiled graph, in the order its `call()` launches
+    them (a CUDA-graph replay runs them in this order). A handle is a Triton kernel's name or an extern call
+    (`extern_kernels.mm`). The op: the most common op of the kernel's source nodes, where a node's op comes from
+    the innermost module it was traced in (`module_stacks.json`, written by nsysparse/workload/hf.py beside
+    Inductor's debug trace) as `truth_op` names modules, or from its function (TRUTH_FUNCTION_NAMES). An extern
+    call (cuBLAS, cuDNN attention) lists its inputs' nodes too: its op is that of its own node, the first."""
+    code = next(folder.rglob("output_code.py")).read_text()
+    mapping = json.loads(next(folder.rglob("inductor_provenance_tracking_node_mappings.json")).read_text())
+    nodes = json.loads((folder / "module_stacks.json").read_text())[0]["nodes"]
+    out = []
+    for handle in _HANDLE.findall(code):
+        ops: list[str] = []
+        for post in mapping["cppCodeToPost"].get(handle, []):
+            for pre in mapping["postToPre"].get(post, []):
+                ops.append(_node_op(nodes.get(pre, {})))
+        if not handle.startswith("triton_"):
+            ops = ops[:1]
+        ops = [o for o in ops if o]
+        op = max(dict.fromkeys(ops), key=ops.count) if ops else ""
+        out.append((handle.rsplit(":", 1)[0], op))
+    return out
+
+
+def _node_op(node: dict[str, Any]) -> str:
+    source = node.get("source") or []
+    m = _SOURCE_FUNCTION.search(source[0].strip()) if source else None
+    if m and m.group(1) in TRUTH_FUNCTION_NAMES:
+        return TRUTH_FUNCTION_NAMES[m.group(1)]
+    modules = node.get("modules") or []
+    if not modules:
+        return ""
+    path = re.sub(r"^L\['self'\]\.?", "", modules[-1]).replace("[", ".").replace("]", "")
+    row = pd.DataFrame({"module": [path], "layer": [-1], "phase": ["forward"], "name": [""], "call": [0]})
+    op = truth_op(row).iat[0]
+    return "" if op == "<inherit>" else op
+
+
+def replay_labels(bare: Path, launches: list[tuple[str, str]]) -> pd.DataFrame:
+    """The bare trace's kernels with their true op where they belong to a CUDA-graph replay of the compiled graph:
+    a replay is the kernels of one cudaGraphLaunch (one correlationId); it is labelled only when it runs exactly
+    the graph's launches, each Triton kernel where the graph launches it. Columns: start_ns, end_ns, stream,
+    name, truth_op ('' outside replays)."""
+    k = kernels(bare)
+    with _connect(bare) as con:
+        graph = pd.read_sql_query("SELECT correlationId AS correlation_id, start AS start_ns, graphNodeId AS node FROM CUPTI_ACTIVITY_KIND_KERNEL", con)
+    k = k.merge(graph, on=["correlation_id", "start_ns"], how="left")
+    k["truth_op"] = ""
+    handles = [h for h, _ in launches]
+    ops = [o for _, o in launches]
+    for _, rows in k[k["node"].notna()].sort_values("start_ns").groupby("correlation_id"):
+        names = rows["name"].tolist()
+        if len(names) != len(handles) or any(h.startswith("triton_") and h != n for h, n in zip(handles, names, strict=True)):
+            continue
+        k.loc[rows.index, "truth_op"] = ops
+    return k[["start_ns", "end_ns", "stream", "name", "truth_op"]]
+
+
+def load_provenance(name: str, dest: Path) -> tuple[Path, Path]:
+    """Unpack fixture NAME (a bare capture of compiled code with provenance.tar.xz beside it) under `dest`:
+    (its trace.sqlite, its provenance folder)."""
+    folder = V2 / name
+    trace = unpack(folder / "trace.sqlite.xz", dest)
+    out = dest / name / "provenance"
+    if not out.exists():
+        import tarfile
+
+        with tarfile.open(folder / "provenance.tar.xz") as tar:
+            tar.extractall(dest / name, filter="data")
+    return trace, out
+
+
+def replay_truth_from_eager(graph_bare: Path, eager_twin: Path) -> pd.DataFrame:
+    """Truth for the CUDA-graph replays of `graph_bare` from the twin of the same program run eagerly: when a
+    replay (the kernels of one cudaGraphLaunch) launches exactly the kernels of an eager decode forward of the twin,
+    kernel i of the replay gets the op of kernel i of that forward (corpus.truth_op). Columns: start_ns, stream,
+    truth_op ('' outside matched replays)."""
+    lab = twin_labels(eager_twin)
+    lab["truth_op"] = truth_op(lab)
+    by_forward = {f: (rows["name"].tolist(), rows["truth_op"].tolist()) for f, rows in lab[lab["forward"] >= 0].sort_values("start_ns").groupby("forward")}
+    k = kernels(graph_bare)
+    with _connect(graph_bare) as con:
+        graph = pd.read_sql_query("SELECT correlationId AS correlation_id, start AS start_ns, graphNodeId AS node FROM CUPTI_ACTIVITY_KIND_KERNEL", con)
+    k = k.merge(graph, on=["correlation_id", "start_ns"], how="left")
+    k["truth_op"] = ""
+    for _, rows in k[k["node"].notna()].sort_values("start_ns").groupby("correlation_id"):
+        names = rows["name"].tolist()
+        match = next((ops for seq, ops in by_forward.values() if seq == names), None)
+        if match is not None:
+            k.loc[rows.index, "truth_op"] = match
+    return k[["start_ns", "stream", "truth_op"]]

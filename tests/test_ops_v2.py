@@ -79,6 +79,74 @@ def test_named_share_of_graphs_and_compiled_code(name, unpacked):
     assert {"q_proj", "k_proj", "v_proj", "o_proj", "fmha", "mlp_up", "mlp_down", "lm_head"} <= ops, sorted(ops)
 
 
+PROVENANCE = "hf_llama_compile_prov_generate_bare"
+
+
+@pytest.mark.skipif(not (corpus.V2 / PROVENANCE / "provenance.tar.xz").exists(), reason="provenance fixture not present")
+def test_compiled_ops_match_inductor_provenance(unpacked):
+    """torch.compile decode steps (TorchInductor, CUDA graphs): the truth of each replayed kernel comes from the
+    compile's own provenance (kernel -> FX nodes -> module and source function; corpus.provenance_launches), and
+    nsysparse, from the bare trace alone, must give every op of at least 10 us/step its time within 5 %."""
+    trace, prov = corpus.load_provenance(PROVENANCE, unpacked)
+    launches = corpus.provenance_launches(prov)
+    lab = corpus.replay_labels(trace, launches)
+    with AnalysisContext.open(trace) as ctx:
+        k = ctx.mapping.kernels[["stream_id", "start_ns", "step", "op"]].rename(columns={"stream_id": "stream"})
+        share = layer_report(ctx).named_share
+    k = k[k["step"] >= 0].merge(lab[["stream", "start_ns", "end_ns", "truth_op"]], on=["stream", "start_ns"], how="left")
+    k = k[k["truth_op"].fillna("") != ""]  # the replayed compiled forwards (prefills run eagerly: no truth)
+    n = k["step"].nunique()
+    assert n >= 30, f"only {n} steps hold replays of the compiled graph"
+    k["dur_us"] = (k["end_ns"] - k["start_ns"]) / 1e3
+    truth = (k.groupby("truth_op")["dur_us"].sum() / n).to_dict()
+    got = (k.groupby(k["op"].astype(str))["dur_us"].sum() / n).to_dict()
+    big = {op: us for op, us in truth.items() if us >= OP_FLOOR_US}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "fmha", "rope", "mlp_up", "mlp_down"} <= set(big), sorted(big)
+    off = {op: (round(us, 2), round(got.get(op, 0.0), 2)) for op, us in big.items() if abs(got.get(op, 0.0) - us) > OP_TOLERANCE * us}
+    assert not off, f"compiled ops off by more than {OP_TOLERANCE:.0%} (truth, found us/step): {off}"
+    assert share >= NAMED_SHARE
+
+
+def _per_step(k, found_col: str = "op") -> tuple[dict[str, float], dict[str, float]]:
+    n = k["step"].nunique()
+    truth = (k.groupby("truth_op")["dur_us"].sum() / n).to_dict()
+    got = (k.groupby(k[found_col].astype(str))["dur_us"].sum() / n).to_dict()
+    return truth, got
+
+
+def test_graph_replays_match_the_eager_static_twin(unpacked):
+    """CUDA-graph decode (torch.compile's cudagraphs backend) replays exactly the kernels of the same program run
+    eagerly with the same static cache (hf_llama_static_generate): the eager twin's truth labels each replay by
+    position, and nsysparse must name every op of at least 10 us/step within 5 % on the graph trace."""
+    graph = corpus.load("hf_llama_cudagraph_generate", unpacked)
+    eager = corpus.load("hf_llama_static_generate", unpacked)
+    truth = corpus.replay_truth_from_eager(graph.bare, eager.twin)
+    with AnalysisContext.open(graph.bare) as ctx:
+        k = ctx.mapping.kernels[["stream_id", "start_ns", "end_ns", "step", "op"]].rename(columns={"stream_id": "stream"})
+    k = k[k["step"] >= 0].merge(truth, on=["stream", "start_ns"], how="left")
+    k = k[k["truth_op"].fillna("") != ""]
+    assert k["step"].nunique() >= 30, "the decode replays are matched to eager forwards"
+    k["dur_us"] = (k["end_ns"] - k["start_ns"]) / 1e3
+    truth_us, got = _per_step(k)
+    big = {op: us for op, us in truth_us.items() if us >= OP_FLOOR_US}
+    off = {op: (round(us, 2), round(got.get(op, 0.0), 2)) for op, us in big.items() if abs(got.get(op, 0.0) - us) > OP_TOLERANCE * us}
+    assert len(big) >= 10 and not off, off
+
+
+def test_eager_and_graph_compare_on_the_same_op_names(run, unpacked):
+    """`compare` of the eager static-cache run against its CUDA-graph twin: both name the same ops (no op only on
+    one side, as when naming differs), and no op regresses; the step period improves (launch gaps are gone)."""
+    import json
+
+    eager = corpus.load("hf_llama_static_generate", unpacked)
+    graph = corpus.load("hf_llama_cudagraph_generate", unpacked)
+    data = json.loads(run("compare", eager.bare, graph.bare, "-f", "json", expect=None).stdout)
+    rows = [r for r in data["rows"] if r["section"] == "op"]
+    assert len(rows) >= 12
+    assert all(r["base_n"] > 0 and r["new_n"] > 0 for r in rows), [r["key"] for r in rows if not (r["base_n"] and r["new_n"])]
+    assert all(r["verdict"] == "neutral" for r in rows), [(r["key"], r["delta_pct"]) for r in rows if r["verdict"] != "neutral"]
+
+
 def test_training_has_no_misfired_slots(unpacked):
     """A training step has no sampling, and its backward is named after the forward ops: no `sample` op, and no
     op named by kernel class alone takes 1 % of the step."""

@@ -51,9 +51,18 @@ def layer_roles(classes: list[str]) -> list[str]:
     for x, y in itertools.pairwise(pre):
         if any(classes[i] == "reduce" for i in range(x + 1, y)):
             fill(ops, x + 1, y, "qk_norm")  # per-head norms between the projections (Qwen3)
-    kv = _kv_cache_start(classes, pre[-1] + 1, a0)
+    writes = [i for i in range(pre[-1] + 1, a0) if classes[i] == "kv_cache"]
+    if writes:  # dedicated cache writes (index_copy_ into a static cache, reshape_and_cache): the positions they
+        # write at (an arange fill and its adds) start the KV write, the attention function's own preparation
+        # after them (repeat_kv copies, the mask) belongs to the attention core
+        fills = [i for i in range(pre[-1] + 1, writes[0]) if classes[i] == "fill"]
+        kv, end = (fills[0] if fills else writes[0]), writes[-1] + 1
+        fill(ops, end, a0, "fmha")
+    else:
+        kv = end = _kv_cache_start(classes, pre[-1] + 1, a0)
+        end = a0
     fill(ops, pre[-1] + 1, kv, "rope")
-    fill(ops, kv, a0, "kv_cache")
+    fill(ops, kv, end, "kv_cache")
     fill(ops, a0, a1 + 1, "fmha")
     o = post[0]
     ops[o] = "o_proj"

@@ -70,6 +70,8 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     # the same auto-compile path with torch.compile's "cudagraphs" backend: the decode steps' aten kernels
     # (no inductor, no Triton) replayed from CUDA graphs
     "hf_llama_cudagraph_generate": {"family": "llama", **_GENERATE, "compile": True, "cache_implementation": "static", "compile_backend": "cudagraphs"},
+    # the eager twin program of the CUDA-graph one: the same static cache, auto-compile disabled
+    "hf_llama_static_generate": {"family": "llama", **_GENERATE, "compile": False, "cache_implementation": "static", "disable_compile": True},
 }
 NVTX_MODES = ("functions", "modules", "none")
 # `functions`: module ranges (forward and backward) plus ranges around the functions a module calls that
@@ -383,6 +385,8 @@ def run_generate(model: Any, spec: dict[str, Any], nvtx: Nvtx, device: Any) -> d
     }
     if spec.get("cache_implementation"):
         kwargs["cache_implementation"] = spec["cache_implementation"]
+    if spec.get("disable_compile"):
+        kwargs["disable_compile"] = True
     calls = spec["warmup_calls"] + spec["measured_calls"]
     tokens, seconds = [], []
     with torch.inference_mode():
@@ -481,15 +485,37 @@ def run(spec: dict[str, Any], nvtx_mode: str, device_name: str = "cuda", provena
 
 
 def _inductor_provenance(folder: str) -> None:
-    """Make TorchInductor write its debug trace with kernel provenance (generated kernel -> FX nodes) to `folder`."""
-    import torch._inductor.config as ic
+    """Make TorchInductor write its debug trace with kernel provenance (generated kernel -> FX nodes) to `folder`,
+    and write `folder/module_stacks.json`: for every node of each graph dynamo hands to Inductor (the pre-grad
+    graph whose node names the provenance maps), the module path it was traced in (`nn_module_stack`) and its
+    source line. With both, each compiled kernel's module is known: the truth for compiled forwards."""
+    import torch._inductor.compile_fx
+    import torch._inductor.config
 
+    folder = str(Path(folder).resolve())
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    cf: Any = torch._inductor.compile_fx
+    ic: Any = torch._inductor.config
     ic.trace.enabled = True
     ic.trace.debug_dir = folder
-    if hasattr(ic.trace, "provenance_tracking_level"):
-        ic.trace.provenance_tracking_level = 1
-    elif hasattr(ic.trace, "provenance_tracking"):
-        ic.trace.provenance_tracking = True
+    for cfg in (ic, ic.trace):
+        if hasattr(cfg, "provenance_tracking_level"):
+            cfg.provenance_tracking_level = 1
+    original = cf.compile_fx
+    graphs: list[dict[str, Any]] = []
+
+    def compile_fx(gm: Any, example_inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        nodes = {}
+        for node in gm.graph.nodes:
+            stack = node.meta.get("nn_module_stack") or {}
+            paths = [str(v[0]) for v in stack.values()] if isinstance(stack, dict) else []
+            trace = (node.meta.get("stack_trace") or "").strip().splitlines()
+            nodes[node.name] = {"modules": paths, "source": trace[-2:] if trace else []}
+        graphs.append({"graph": len(graphs), "nodes": nodes})
+        Path(folder, "module_stacks.json").write_text(json.dumps(graphs))
+        return original(gm, example_inputs, *args, **kwargs)
+
+    cf.compile_fx = compile_fx
 
 
 def _dense_layers(model: Any) -> list[int]:
