@@ -21,6 +21,7 @@ import pandas as pd
 
 from nsysparse.errors import UsageError
 from nsysparse.rules import RuleSet, load_rules
+from nsysparse.structure.inductor import inductor_names
 from nsysparse.structure.mapping import DEFAULT_LAYER_PATTERN, Mapping, check_options, map_trace
 from nsysparse.structure.steps import DEFAULT_STEP_PATTERN
 from nsysparse.trace import Trace, open_trace
@@ -33,6 +34,7 @@ class StructureOptions:
     step_pattern: str = DEFAULT_STEP_PATTERN
     layer_pattern: str = DEFAULT_LAYER_PATTERN
     nvtx: str = "auto"
+    inductor_provenance: str | None = None  # TorchInductor's debug folder: what each generated kernel computes
 
     def __post_init__(self) -> None:
         check_options(self.nvtx, self.step_pattern, self.layer_pattern)
@@ -89,7 +91,8 @@ class AnalysisContext:
         def run() -> Mapping:
             self.trace.require_rows("kernels", "op mapping")
             o = self.options
-            return map_trace(self.trace, self.rules, step_pattern=o.step_pattern, layer_pattern=o.layer_pattern, nvtx=o.nvtx)
+            inductor = inductor_names(o.inductor_provenance) if o.inductor_provenance else None
+            return map_trace(self.trace, self.rules, step_pattern=o.step_pattern, layer_pattern=o.layer_pattern, nvtx=o.nvtx, inductor=inductor)
 
         return self._on_map(run) if self._on_map is not None else run()
 

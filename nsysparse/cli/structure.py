@@ -66,6 +66,14 @@ def mapping_options(f: F) -> F:
             help="Only steps in this window: A:B (ms from the first step), steps=I:J, or an NVTX range name (generate#3 = in the third).",
         ),
         click.option(
+            "--inductor-provenance",
+            default=None,
+            metavar="DIR",
+            expose_value=False,
+            callback=_remember,
+            help="TorchInductor's debug folder (TORCH_COMPILE_DEBUG=1): classify its Triton kernels by the ATen ops it recorded.",
+        ),
+        click.option(
             "--include-warmup",
             is_flag=True,
             expose_value=False,
@@ -83,7 +91,9 @@ def analysis_context(
 ) -> AnalysisContext:
     """The command's analysis context: rules loaded once (or `rule_set`, shared between traces), the device
     selection, and a progress bar on a terminal while the trace is loaded and mapped."""
-    options = StructureOptions(step_pattern, layer_pattern, nvtx_mode)
+    click_ctx = click.get_current_context(silent=True)
+    selection = click_ctx.meta.get(SELECTION, {}) if click_ctx is not None else {}
+    options = StructureOptions(step_pattern, layer_pattern, nvtx_mode, selection.get("inductor_provenance"))
 
     def with_progress(run: Callable[[], Mapping]) -> Mapping:
         kinds = [k for k in ("kernels", "api", "nvtx", "memcpy", "memset") if t.has(k) and (k != "nvtx" or nvtx_mode != "off")]
@@ -94,8 +104,6 @@ def analysis_context(
             with p.stage("mapping kernels to steps, layers and ops"):
                 return run()
 
-    click_ctx = click.get_current_context(silent=True)
-    selection = click_ctx.meta.get(SELECTION, {}) if click_ctx is not None else {}
     return AnalysisContext(
         t,
         rule_set,

@@ -219,6 +219,25 @@ class _NvtxAttribution:
         return [self.text_values[c] for c in uniq.tolist()], inv.ravel()
 
 
+def _inductor_classes(k: pd.DataFrame, rules: RuleSet, names: dict[str, str]) -> list[str]:
+    """Classify the Triton kernels TorchInductor's provenance describes by their descriptive names, in place (the
+    kernel keeps its own name); a note says how many kernels that covers."""
+    short = k["short_name"].astype(str)
+    hit = short.isin(names.keys()).to_numpy()
+    if not hit.any():
+        return [f"--inductor-provenance: none of its {len(names)} kernels is in this trace (another compile?)"]
+    sub = k.loc[hit]
+    cls = classify_names(rules, pd.Series(pd.Categorical(short[hit].map(names)), index=sub.index), sub["name"])
+    for col in cls.columns:
+        col_now = k[col]
+        if isinstance(col_now.dtype, pd.CategoricalDtype):
+            new = pd.Index(cls[col].astype(object).unique()).difference(col_now.cat.categories)
+            k[col] = col_now.cat.add_categories(new)
+        k.loc[hit, col] = cls[col].astype(object).to_numpy()
+    n = int(short[hit].nunique())
+    return [f"--inductor-provenance: {int(hit.sum())} kernels ({n} distinct Triton kernels) classified by the ATen ops TorchInductor recorded"]
+
+
 def _kernel_frame(trace: Trace) -> pd.DataFrame:
     k = trace.launches().copy(deep=False)  # copy-on-write (pandas >= 3): new columns only
     origins = trace.graph_node_origins() if (k["graph_node_id"].to_numpy() > 0).any() else None
@@ -293,15 +312,18 @@ def map_trace(
     layer_pattern: str = DEFAULT_LAYER_PATTERN,
     nvtx: str = "auto",
     ignore_domains: tuple[str, ...] = IGNORED_DOMAINS,
+    inductor: dict[str, str] | None = None,
 ) -> Mapping:
     """Map every kernel of `trace` to step, layer and op. `nvtx`: auto | steps (NVTX for steps only) | off.
-    `rules`: the rule set (the analysis context loads it once; the bundled packs when None)."""
+    `rules`: the rule set (the analysis context loads it once; the bundled packs when None). `inductor`: Triton
+    kernel name -> the descriptive name TorchInductor's provenance gives it (structure.inductor), classified instead."""
     trace.require("kernels", "op mapping")
     check_options(nvtx, step_pattern, layer_pattern)
     rules = rules or load_rules()
     trace.prefetch("kernels", "api", "memcpy", "memset", *(("nvtx",) if nvtx != "off" else ()))
     k = _kernel_frame(trace)
     k = pd.concat([k, classify_names(rules, k["short_name"], k["name"])], axis=1)
+    inductor_notes = _inductor_classes(k, rules, inductor) if inductor else []
     att = _NvtxAttribution(trace, k, step_pattern, layer_pattern, ignore_domains) if nvtx != "off" and trace.has("nvtx") else None
     windows, k["step"], notes = _find_steps(trace, k, att, nvtx)
 
@@ -324,7 +346,9 @@ def map_trace(
     layers = _layer_table(k, layer_source)
     k["layer_index"] = _layer_index(k["layer_id"].to_numpy(), layers)
     kernels = k[[c.name for c in MAPPED_KERNEL_COLUMNS]]
-    return Mapping(kernels, steps, layers, windows.source, windows.confidence, layer_source, rules, gpu_ops, (*notes, *layer_notes, *trace.notes))
+    return Mapping(
+        kernels, steps, layers, windows.source, windows.confidence, layer_source, rules, gpu_ops, (*inductor_notes, *notes, *layer_notes, *trace.notes)
+    )
 
 
 def _by_precedence(candidates: tuple[np.ndarray, ...], unmapped: int) -> tuple[np.ndarray, np.ndarray]:
