@@ -65,7 +65,14 @@ def match_units(k: pd.DataFrame) -> pd.DataFrame:
     return best
 
 
-EXACT = ["hf_llama_generate", "hf_qwen3moe_generate", "hf_llama_train", "hf_llama_compile_warm_generate", "hf_llama_cudagraph_generate"]
+EXACT = [
+    "hf_llama_generate",
+    "hf_qwen3moe_generate",
+    "hf_llama_train",
+    "hf_llama_compile_warm_generate",
+    "hf_llama_cudagraph_generate",
+    "hf_llama_static_generate",
+]
 
 
 @pytest.mark.parametrize("name", EXACT)
@@ -138,6 +145,7 @@ LAYER_FIXTURES = [
     "hf_llama_cudagraph_generate",
     "hf_llama_compile_generate",
     "hf_llama_compile_warm_generate",
+    "hf_llama_static_generate",
 ]
 
 
@@ -161,7 +169,7 @@ def test_layers_per_step_match_the_model(name, unpacked, run):
     assert "mtp" not in data["layer_kinds"]
 
 
-@pytest.mark.parametrize("name", ["hf_llama_generate", "hf_qwen3moe_generate", "hf_llama_cudagraph_generate"])
+@pytest.mark.parametrize("name", ["hf_llama_generate", "hf_qwen3moe_generate", "hf_llama_cudagraph_generate", "hf_llama_static_generate"])
 def test_layer_kind_time_matches_the_twin(name, unpacked):
     """Each layer kind's median GPU time (summed kernel time of one layer instance) within 3 % of the twin's, where
     a twin layer is the kernels of one `model.layers.N` range in one forward."""

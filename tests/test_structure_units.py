@@ -304,6 +304,28 @@ def test_public_traces_never_crash():
             assert m.notes or m.step_source == "nvtx"
 
 
+def test_public_traces_give_whole_layers_and_no_mtp():
+    """Third-party traces (none of them a model with an MTP block): layers per step are whole numbers, and no
+    layer is called MTP (the 2-GPU video-diffusion training trace once gave "mtp 1.48, dense 0.48")."""
+    from conftest import PUBLIC
+
+    from nsysparse.analyses.context import AnalysisContext
+    from nsysparse.analyses.layers import layer_report
+
+    if not PUBLIC.exists():
+        pytest.skip("public traces not available")
+    seen = 0
+    for p in sorted(PUBLIC.glob("*/*.sqlite")):
+        with AnalysisContext.open(p) as ctx:
+            if not ctx.trace.has("kernels"):
+                continue
+            kinds = layer_report(ctx).layer_kinds
+        seen += 1
+        assert all(float(n).is_integer() for n in kinds.values()), (p.name, kinds)
+        assert not any(k.startswith("mtp") for k in kinds), (p.name, kinds)
+    assert seen >= 5
+
+
 # ---- templates and rule files -------------------------------------------------------------------
 def test_parser_longest_match_and_mtp():
     rs = load_rules()
