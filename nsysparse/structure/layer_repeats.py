@@ -19,12 +19,6 @@ LAYER_PREFIX_KERNELS = 10
 """A layer starts where the first kernels (up to this many) of a repeating layer unit recur."""
 MAX_LAYER_PERIODS = 4
 """At most this many distinct layer units per step (forward and backward layers, dense and MoE ones...)."""
-MOE_LAYER_CLASSES = ("grouped_gemm", "ep_dispatch", "ep_combine", "moe_permute", "moe_unpermute", "moe_route", "topk")
-"""Kernel classes that make a layer a MoE layer (a router's top-k, grouped expert GEMMs, expert dispatch/combine)."""
-ATTENTION_CLASSES = ("fmha", "fmha_bwd")
-"""Kernel classes of attention: a layer with attention and no MoE kernel is dense."""
-BACKWARD_CLASSES = ("fmha_bwd", "norm_bwd")
-"""Kernel classes of a backward pass: a layer holding them is the backward of its kind (dense_bwd, moe_bwd)."""
 
 
 def repeated_layers(

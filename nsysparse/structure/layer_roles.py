@@ -17,8 +17,8 @@ from __future__ import annotations
 import difflib
 import itertools
 
-GEMM_CLASSES = ("gemm", "splitk", "grouped_gemm")
-"""Kernel classes that are a layer's matrix multiplies."""
+from nsysparse.structure.classes import LAYER_GEMM_CLASSES
+
 ATTENTION_CORE = ("fmha",)
 """Kernel classes of the attention core, the anchor of a layer's roles (forward layers only: a backward layer runs
 its roles in reverse and keeps its class names)."""
@@ -33,7 +33,7 @@ def layer_roles(classes: list[str]) -> list[str]:
     n = len(classes)
     ops = [""] * n
     attn = [i for i, c in enumerate(classes) if c in ATTENTION_CORE]
-    gemm = [i for i, c in enumerate(classes) if c in GEMM_CLASSES]
+    gemm = [i for i, c in enumerate(classes) if c in LAYER_GEMM_CLASSES]
     if not attn or any(c == "fmha_bwd" for c in classes):
         return ops
     a0, a1 = attn[0], attn[-1]
@@ -142,11 +142,11 @@ def step_roles(classes: list[str], in_layer: list[bool]) -> list[str]:
             ops[i] = "embed"
     trig = [i for i in range(first) if classes[i] == "rope"]
     if trig:  # the rotary table (positions x inverse frequencies, then cos and sin) runs up to the first layer
-        g = max([i for i in range(trig[0]) if classes[i] in GEMM_CLASSES], default=trig[0])
+        g = max([i for i in range(trig[0]) if classes[i] in LAYER_GEMM_CLASSES], default=trig[0])
         while g > 0 and classes[g - 1] in ("copy", "cast"):
             g -= 1  # the positions and frequencies made float for the product
         fill(ops, g, first, "rope")
-    head = [i for i in range(last + 1, n) if classes[i] in GEMM_CLASSES]
+    head = [i for i in range(last + 1, n) if classes[i] in LAYER_GEMM_CLASSES]
     if head:
         ops[head[-1]] = "lm_head"
         fill(ops, last + 1, head[-1], "final_norm")

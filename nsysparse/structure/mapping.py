@@ -24,13 +24,14 @@ from nsysparse.columns import LAYER_KIND, MAPPED_KERNEL_COLUMNS, MAPPED_STEP_COL
 from nsysparse.distinct import dense_codes, map_distinct
 from nsysparse.errors import UsageError
 from nsysparse.rules import RuleSet, classify_names, load_rules
+from nsysparse.structure.classes import ATTENTION_CLASSES, BACKWARD_CLASSES, MATMUL_CLASSES, MOE_LAYER_CLASSES
 from nsysparse.structure.instances import op_instances
-from nsysparse.structure.layer_repeats import ATTENTION_CLASSES, BACKWARD_CLASSES, MOE_LAYER_CLASSES, content_kind, repeated_layers
+from nsysparse.structure.layer_repeats import content_kind, repeated_layers
 from nsysparse.structure.layer_roles import aligned_roles, layer_roles, step_roles, train_roles
 from nsysparse.structure.loops import warmup_flags
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.parse import Parser, Segment
-from nsysparse.structure.steps import DEFAULT_STEP_PATTERN, MATMUL_CLASSES, StepWindows, assign_windows, infer_step_windows, nvtx_step_windows
+from nsysparse.structure.steps import DEFAULT_STEP_PATTERN, StepWindows, assign_windows, infer_step_windows, nvtx_step_windows
 from nsysparse.trace import NO_TIME, Trace
 
 DEFAULT_LAYER_PATTERN = r"(?i)^(?!.*::)(?:.*?[^a-z0-9])?(?:layers?|blocks?|decoder_?layer|transformer_?(?:layer|block))[_.\[\s#:-]*\d+"

@@ -20,9 +20,9 @@ import pandas as pd
 from nsysparse.distinct import map_distinct
 from nsysparse.rules.model import RuleSet, Template
 from nsysparse.rules.pattern import UNKNOWN_CODE, class_codes, compile_pattern
+from nsysparse.structure.classes import EXPERT_CLASSES
 
 ROLE_RANK = {"layer": 3, "head": 2, "mtp_prelude": 1, "prelude": 0}
-MOE_CLASSES = ("grouped_gemm", "ep_dispatch", "ep_combine", "moe_permute", "moe_unpermute", "moe_route")
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Parser:
         self.codes = class_codes(list(rules.class_ops))
         self.anchor_code = self.codes.get("fmha")
         self.norm_code = self.codes.get("norm")
-        self.moe_codes = {self.codes[c] for c in MOE_CLASSES if c in self.codes}
+        self.moe_codes = {self.codes[c] for c in EXPERT_CLASSES if c in self.codes}
         self.mlp_codes = [self.codes[c] for c in ("act", "grouped_gemm") if c in self.codes]
         self.compiled: list[_Compiled] = []
         for t in rules.templates:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from nsysparse import intervals
 from nsysparse.distinct import map_distinct
+from nsysparse.structure.classes import EMBED_CLASSES, MATMUL_CLASSES, TRAIN_CLASSES
 from nsysparse.structure.loops import find_loop_steps
 
 # A step-like word (forward, step, decode, ...) in a range that is not a framework op annotation:
@@ -304,12 +305,6 @@ def _trim_edges(cuts: np.ndarray, n: int, codes: np.ndarray) -> tuple[np.ndarray
     return cuts[keep], ends[keep], int(lengths[~keep].sum())
 
 
-MATMUL_CLASSES = ("gemm", "grouped_gemm", "splitk", "conv", "fmha", "fmha_bwd")
-"""Kernel classes that make a unit a compute unit and end a forward (its last matrix multiply is the LM head)."""
-EMBED_CLASSES = ("gather", "embedding")
-"""Kernel classes of an embedding lookup: where a forward starts."""
-TRAIN_CLASSES = ("loss", "optimizer", "norm_bwd", "fmha_bwd")
-"""Kernel classes that make a loop a training loop (also any kernel named like a backward)."""
 _BACKWARD = re.compile(r"(?i)backward|_bwd|bwd_|grad")
 
 
