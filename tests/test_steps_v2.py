@@ -169,17 +169,22 @@ def test_layers_per_step_match_the_model(name, unpacked, run):
     assert "mtp" not in data["layer_kinds"]
 
 
-@pytest.mark.parametrize("name", ["hf_llama_generate", "hf_qwen3moe_generate", "hf_llama_cudagraph_generate", "hf_llama_static_generate"])
+@pytest.mark.parametrize("name", ["hf_llama_generate", "hf_qwen3moe_generate", "hf_llama_cudagraph_generate", "hf_llama_static_generate", "hf_llama_train"])
 def test_layer_kind_time_matches_the_twin(name, unpacked):
     """Each layer kind's median GPU time (summed kernel time of one layer instance) within 3 % of the twin's, where
-    a twin layer is the kernels of one `model.layers.N` range in one forward."""
+    a twin layer is the kernels of one `model.layers.N` range in one forward (in training: in one iteration's
+    forward, and its `model.layers.N...backward` ranges in that iteration's backward, kind `<kind>_bwd`)."""
     fx = corpus.load(name, unpacked)
+    train = fx.manifest["protocol"]["protocol"] == "train"
+    unit = "call" if train else "forward"
     truth = corpus.bare_labels(fx.bare, fx.twin, strict=False)
-    truth = truth[(truth["layer"] >= 0) & (truth["forward"] >= 0)]
+    truth = truth[(truth["layer"] >= 0) & (truth[unit] >= 0)]
     lay = fx.manifest["expected"]["layers"]
     kind_of = {i: kind for kind in ("dense", "moe") for i in lay.get(kind, [])}
-    truth = truth.assign(kind=truth["layer"].map(kind_of), dur=truth["end_ns"] - truth["start_ns"])
-    truth_med = truth.groupby(["forward", "layer", "kind"])["dur"].sum().groupby(level="kind").median()
+    suffix = truth["phase"].map({"backward": "_bwd"}).fillna("")
+    truth = truth.assign(kind=truth["layer"].map(kind_of) + suffix, dur=truth["end_ns"] - truth["start_ns"])
+    truth_med = truth.groupby([unit, "layer", "kind"])["dur"].sum().groupby(level="kind").median()
+    truth = truth.drop(columns=["forward"] if train else []).rename(columns={unit: "forward"})  # the unit of a layer instance
     with AnalysisContext.open(fx.bare, include_warmup=True) as ctx:
         k = ctx.mapping.kernels
     # compare like with like: only the forwards whose layers the twin labels (module hooks do not run inside a
