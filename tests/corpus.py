@@ -289,8 +289,11 @@ def truth_op(labels: pd.DataFrame) -> pd.Series:
       adds) and of the attention module (transposes) takes the op of the kernel launched before it, as the
       vocabulary puts residual adds in o_proj and mlp_down;
     - a backward range `<module>.backward` names the op of <module> (phase tells forward from backward); the own
-      code of a decoder layer in backward holds the attention core's backward (cuDNN/flash backward kernels, by
-      name: `fmha`) and the rotary embedding's (the rest between the output and value projections: `rope`);
+      code of a decoder layer in backward holds the attention core's backward and the rotary embedding's, which
+      the twin's ranges cannot tell apart (the attention module's backward hook does not cover them): there the
+      truth falls back on kernel names (cuDNN/flash backward kernels: `fmha`, the rest: `rope`), as the
+      embedding's backward (its hook never fires) does. Agreement on those three ops is weaker evidence: it
+      shares the kernel-name knowledge of the rule packs;
     - training: the root module's own code (the loss), and backward kernels before any module's backward range
       (the loss's backward), are `loss`; the optimizer step's kernels are `optimizer`.
     """

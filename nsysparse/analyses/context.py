@@ -21,7 +21,7 @@ import pandas as pd
 
 from nsysparse.errors import UsageError
 from nsysparse.rules import RuleSet, load_rules
-from nsysparse.structure.inductor import inductor_names
+from nsysparse.structure.inductor import inductor_names, provenance_notes
 from nsysparse.structure.mapping import DEFAULT_LAYER_PATTERN, Mapping, check_options, map_trace
 from nsysparse.structure.steps import DEFAULT_STEP_PATTERN
 from nsysparse.trace import Trace, open_trace
@@ -92,7 +92,10 @@ class AnalysisContext:
             self.trace.require_rows("kernels", "op mapping")
             o = self.options
             inductor = inductor_names(o.inductor_provenance) if o.inductor_provenance else None
-            return map_trace(self.trace, self.rules, step_pattern=o.step_pattern, layer_pattern=o.layer_pattern, nvtx=o.nvtx, inductor=inductor)
+            said = tuple(provenance_notes(o.inductor_provenance, inductor or {})) if o.inductor_provenance else ()
+            return map_trace(
+                self.trace, self.rules, step_pattern=o.step_pattern, layer_pattern=o.layer_pattern, nvtx=o.nvtx, inductor=inductor, inductor_notes=said
+            )
 
         return self._on_map(run) if self._on_map is not None else run()
 

@@ -71,7 +71,7 @@ def mapping_options(f: F) -> F:
             metavar="DIR",
             expose_value=False,
             callback=_remember,
-            help="TorchInductor's debug folder (TORCH_COMPILE_DEBUG=1): classify its Triton kernels by the ATen ops it recorded.",
+            help="TorchInductor's debug folder of the profiled run (TORCH_COMPILE_DEBUG=1; searched for output_code.py): classify its Triton kernels by the ATen ops it recorded (compare: for both traces).",
         ),
         click.option(
             "--include-warmup",

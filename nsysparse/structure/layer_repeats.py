@@ -26,12 +26,14 @@ def repeated_layers(
 ) -> tuple[np.ndarray, list[str]]:
     """Per position of one step's sequence: its layer ordinal (-1 outside layers), and each layer's kind.
     A repeated block with neither attention nor MoE kernels is no layer (a piece of one, or an optimizer loop).
-    `is_norm` marks norm kernels: among equally good layer starts, one at a norm (the attention norm) is taken."""
+    `is_norm` marks norm kernels: among equally good layer starts, one at an attention norm is taken (a norm from
+    which attention comes before any other norm: the MLP norm has the next layer's attention norm first)."""
     n = len(codes)
     ordinal = np.full(n, -1, dtype=np.int32)
     found = [q for q in periods(codes, is_gemm) if q.copies >= 2]
     if not found:
         return ordinal, []
+    lead = _attention_norms(is_norm, is_attn) if is_norm is not None else None
     taken = np.zeros(n, dtype=bool)
     starts_all: list[np.ndarray] = []
     ends_all: list[np.ndarray] = []
@@ -42,12 +44,12 @@ def repeated_layers(
         if inside > 0.5:
             continue  # a repeat inside layers already found (a sub-layer pair such as q/k norms)
         k = min(LAYER_PREFIX_KERNELS, q.length // 2)
-        a = _layer_start(codes, q.widest, q.length, k, is_norm)
+        a = _layer_start(codes, q.widest, q.length, k, lead)
         starts = _drop_close(_prefix_matches(codes, codes[a : a + k]), q.length // 2)
         starts = starts[~taken[starts]]
         if len(starts) < 2:
             continue
-        starts = _at_norm(starts, q.length, is_norm)
+        starts = _at_norm(starts, q.length, lead)
         nxt = np.append(starts[1:], n)
         # a layer runs to the next one when that follows within half a unit more (the first layer may hold the
         # rotary table), else one unit long
@@ -99,9 +101,24 @@ def _layer_start(codes: np.ndarray, a: int, p: int, k: int, is_norm: np.ndarray 
     return best
 
 
+def _attention_norms(is_norm: np.ndarray, is_attn: np.ndarray) -> np.ndarray:
+    """Norm kernels that begin an attention block: the next attention kernel comes before the next norm kernel."""
+    norms = np.nonzero(is_norm)[0]
+    attn = np.nonzero(is_attn)[0]
+    out = np.zeros(len(is_norm), dtype=bool)
+    if len(norms) == 0 or len(attn) == 0:
+        return out
+    nxt_attn = np.searchsorted(attn, norms, side="right")
+    ok = nxt_attn < len(attn)
+    nxt_norm = np.append(norms[1:], len(is_norm))
+    ok &= attn[np.clip(nxt_attn, 0, len(attn) - 1)] < nxt_norm
+    out[norms[ok]] = True
+    return out
+
+
 def _at_norm(starts: np.ndarray, p: int, is_norm: np.ndarray | None) -> np.ndarray:
-    """Move every layer start back to the last norm kernel at or before it, less than a unit away, when every start
-    has one: a layer begins with its attention norm. Compiled layers repeat by class, so their unit can begin
+    """Move every layer start back to the last attention norm at or before it, less than a unit away, when every
+    start has one: a layer begins with its attention norm. Compiled layers repeat by class, so their unit can begin
     anywhere in the layer (and the first layer holds the rotary table, so it is longer); eager ATen norms are no
     norm-class kernels and keep their starts."""
     if is_norm is None or bool(is_norm[starts].all()):

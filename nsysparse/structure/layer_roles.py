@@ -20,8 +20,8 @@ import itertools
 from nsysparse.structure.classes import LAYER_GEMM_CLASSES
 
 ATTENTION_CORE = ("fmha",)
-"""Kernel classes of the attention core, the anchor of a layer's roles (forward layers only: a backward layer runs
-its roles in reverse and keeps its class names)."""
+"""Kernel classes of the attention core, the anchor of a forward layer's roles (a backward layer runs in reverse:
+train_roles names it from the forward)."""
 ROUTER_CLASSES = ("topk", "moe_route")
 """Kernel classes of a MoE router's selection."""
 PROJECTIONS = {1: ("qkv_proj",), 3: ("q_proj", "k_proj", "v_proj")}
@@ -63,11 +63,12 @@ def layer_roles(classes: list[str]) -> list[str]:
         end = a0
     fill(ops, pre[-1] + 1, kv, "rope")
     fill(ops, kv, end, "kv_cache")
-    fill(ops, a0, a1 + 1, "fmha")
+    fill(ops, a0, post[0], "fmha")  # the core and its output's layout copies
     o = post[0]
     ops[o] = "o_proj"
     rest = post[1:]
     if not rest:
+        fill(ops, o + 1, n, "o_proj")  # a layer without an MLP: the residual add
         return ops
     norm = _norm_start(classes, o + 1, rest[0], classes[: pre[0]])
     fill(ops, o + 1, norm, "o_proj")  # the residual add after the output projection
@@ -167,7 +168,8 @@ def train_roles(classes: list[str], names: list[str]) -> list[str]:
     keeps its class names). The kernels between two of them belong to the forward ops between: attention-backward
     kernels to fmha, a span with a reduction to the norm there, the rest to the most frequent other op there (the
     rope, the activation) or, when there is none, to the matrix multiply before them. Before the first backward matrix multiply: the loss's backward; after the last: the
-    first layer's norm and the embedding's backward, then the optimizer (whatever follows the embedding backward)."""
+    first layer's norm and the embedding's backward, then the optimizer (whatever follows the embedding backward,
+    or from its first optimizer-class kernel when no embedding backward is seen)."""
     n = len(classes)
     out = [""] * n
     loss = [i for i, c in enumerate(classes) if c == "loss"]
@@ -194,12 +196,14 @@ def train_roles(classes: list[str], names: list[str]) -> list[str]:
         first_of_group = names[fwd[p - 1]] != names[fwd[p]]
         _name_span(out, classes, a, b, between, names[fwd[p]], first_of_group)
     tail = bwd[-1] + 1
-    emb = [i for i in range(tail, n) if classes[i] in ("embedding", "gather")]
-    stop = emb[0] + 1 if emb else n
+    opt = [i for i in range(tail, n) if classes[i] == "optimizer"]
+    emb = [i for i in range(tail, opt[0] if opt else n) if classes[i] in ("embedding", "gather")]
+    stop = emb[0] + 1 if emb else (opt[0] if opt else n)  # the optimizer follows the embedding's backward
     between = [names[i] for i in range(fwd[0]) if names[i]]
     _name_span(out, classes, tail, stop, between, names[fwd[0]], True)
     if emb:
         out[emb[0]] = "embed"
+    if emb or opt:
         fill(out, stop, n, "optimizer")
     return out
 

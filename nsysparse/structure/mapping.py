@@ -314,6 +314,7 @@ def map_trace(
     nvtx: str = "auto",
     ignore_domains: tuple[str, ...] = IGNORED_DOMAINS,
     inductor: dict[str, str] | None = None,
+    inductor_notes: tuple[str, ...] = (),
 ) -> Mapping:
     """Map every kernel of `trace` to step, layer and op. `nvtx`: auto | steps (NVTX for steps only) | off.
     `rules`: the rule set (the analysis context loads it once; the bundled packs when None). `inductor`: Triton
@@ -324,7 +325,7 @@ def map_trace(
     trace.prefetch("kernels", "api", "memcpy", "memset", *(("nvtx",) if nvtx != "off" else ()))
     k = _kernel_frame(trace)
     k = pd.concat([k, classify_names(rules, k["short_name"], k["name"])], axis=1)
-    inductor_notes = _inductor_classes(k, rules, inductor) if inductor else []
+    inductor_notes = (*inductor_notes, *(_inductor_classes(k, rules, inductor) if inductor else []))
     att = _NvtxAttribution(trace, k, step_pattern, layer_pattern, ignore_domains) if nvtx != "off" and trace.has("nvtx") else None
     windows, k["step"], notes = _find_steps(trace, k, att, nvtx)
 
@@ -536,6 +537,9 @@ def _role_ops(parser: Parser, c: np.ndarray, ordinal: np.ndarray, ops: Vocab, ki
 
 TEMPLATE_MISS_SHARE = 0.1
 """A step whose kernels the layer templates leave unparsed beyond this share gets its layers from repetition."""
+TEMPLATE_MIN_NAMED = 0.5
+"""A step whose kernels the templates parse but name less than this share of (slots that only give classes: a
+compiled step matching a generic template) also gets its layers and names from repetition and roles."""
 
 
 class _ClassFlags:
@@ -622,7 +626,8 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
         segs = parser.parse(seq)
         op, ordinal, kind, miss = _segment_arrays(parser, segs, len(seq), names.ops, names.kinds)
         only_mtp = bool((ordinal >= 0).any()) and {names.kinds.values[c] for c in np.unique(kind[ordinal >= 0])} <= {"mtp"}
-        if miss > TEMPLATE_MISS_SHARE * len(seq) or only_mtp:
+        unnamed = int((op < 0).sum()) > (1 - TEMPLATE_MIN_NAMED) * len(seq)  # layers matched, their ops not
+        if miss > TEMPLATE_MISS_SHARE * len(seq) or only_mtp or unnamed:
             # the templates do not describe this step (framework code we have no template for): its layers are the
             # blocks that repeat inside it, their kinds told by content
             c = np.frombuffer(seq.encode("ascii"), dtype=np.uint8)
@@ -654,7 +659,7 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
     if unparsed:
         notes.append(f"{unparsed} kernels inside steps matched no template; they are named by class")
     if repeated - no_layers:
-        notes.append(f"layers of {repeated - no_layers} steps are their repeated blocks (no template matched): kinds from content, ops named by class")
+        notes.append(f"layers of {repeated - no_layers} steps are their repeated blocks (no template matched): kinds from content, ops named by their roles")
     if no_layers:
         notes.append(f"no layers in {no_layers} steps: no template matched and no repeated block holds attention or MoE kernels")
     if len(other):
