@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -81,10 +81,10 @@ def kernels(ctx: click.Context, trace: str, name: str, by_launch_config: bool, d
 
     The same numbers as `nsys stats -r cuda_gpu_kern_sum` on the same file, in µs, same order."""
     from nsysparse.analyses.context import AnalysisContext
-    from nsysparse.analyses.kernel_summary import kernel_summary
 
     with load(trace) as t:
-        df = kernel_summary(AnalysisContext(t, device_id=device), name=name, by_launch_config=by_launch_config)
+        summarise = globals().get("kernel_summary") or __getattr__("kernel_summary")
+        df = summarise(AnalysisContext(t, device_id=device), name=name, by_launch_config=by_launch_config)
         total_ms = df["total_us"].sum() / 1e3
         if limit:
             df = df.head(limit)
@@ -129,3 +129,12 @@ def export(ctx: click.Context, trace: str, what: str, fmt: str, out: str | None)
             write_text(out, text + "\n") if out else click.echo(text)
         else:
             emit(ctx, Result(frames={what: df}), fmt, out, t)
+
+
+def __getattr__(name: str) -> Any:
+    """`kernel_summary`, imported on first use (pandas): `kernels` calls it through this module, so that it can be replaced."""
+    if name == "kernel_summary":
+        from nsysparse.analyses.kernel_summary import kernel_summary
+
+        return kernel_summary
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

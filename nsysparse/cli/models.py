@@ -24,13 +24,27 @@ F = Callable[..., Any]
 MODEL_HELP = "Model: a preset (deepseek-v3, qwen3-235b-a22b, qwen3-next-80b-a3b, llama-3-8b, llama-3-70b, llama-mini, ds-mini), a HuggingFace config.json, or a manifest.json from `nsysparse generate`."
 
 
-# models.flops.PHASES, spelled here so that the options need no import of the FLOP model (pandas); a test checks both agree
-PHASES = ("decode", "prefill", "train")
+class _Phases(click.Choice):  # type: ignore[type-arg]
+    """models.flops.PHASES, read when the option is parsed or shown (the FLOP model imports pandas): a usage error
+    of mfu, predict, compare or report imports nothing heavy; their --help, which lists the phases, does."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        from nsysparse.models.flops import PHASES
+
+        return PHASES
+
+    @choices.setter
+    def choices(self, value: object) -> None:
+        pass
 
 
 def workload_options(f: F) -> F:
     opts = [
-        click.option("--phase", type=click.Choice(PHASES), default=None, help="Phase (default: the manifest's, else train for mfu and decode for predict)."),
+        click.option("--phase", type=_Phases(), default=None, help="Phase (default: the manifest's, else train for mfu and decode for predict)."),
         click.option("--batch", type=click.IntRange(min=1), default=None, help="Sequences per step, all GPUs (default: the manifest's)."),
         click.option("--seq", type=click.IntRange(min=1), default=None, help="Tokens per sequence for prefill/train (default: the manifest's)."),
         click.option("--kv-len", type=click.IntRange(min=1), default=None, help="Decode: KV length each query attends to (default: the manifest's)."),
