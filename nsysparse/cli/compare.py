@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from nsysparse.analyses.compare import compare_profiles, profile
 from nsysparse.cli.app import cli
 from nsysparse.cli.models import MODEL_HELP, resolve_workload, workload_options
 from nsysparse.cli.options import emit, load, output_options
@@ -14,8 +14,9 @@ from nsysparse.cli.render import Result
 from nsysparse.cli.structure import analysis_context, mapping_options
 from nsysparse.errors import NsysparseError, RegressionFound
 from nsysparse.models.config import load_model
-from nsysparse.models.flops import step_flops
-from nsysparse.rules import load_rules
+
+if TYPE_CHECKING:  # imported when a command runs (pandas, DuckDB, plotly), never for --help or a usage error
+    pass
 
 
 class NotComparable(NsysparseError):
@@ -64,6 +65,10 @@ def compare(
     and the top kernels; per key base, new, Δ µs, Δ %, noise from the per-step spread, and a verdict.
 
     For CI: `nsysparse compare base.sqlite new.sqlite -f markdown -o comment.md` exits 3 on a regression."""
+    from nsysparse.analyses.compare import compare_profiles, profile
+    from nsysparse.models.flops import step_flops
+    from nsysparse.rules import load_rules
+
     flops = None
     if model_arg:
         lm = load_model(model_arg)

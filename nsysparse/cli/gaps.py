@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from nsysparse.analyses.gaps import gap_report
-from nsysparse.analyses.serving import serving_table
+if TYPE_CHECKING:  # imported when a command runs (pandas, DuckDB, plotly), never for --help or a usage error
+    pass
 from nsysparse.cli.app import cli
 from nsysparse.cli.options import emit, load, output_options, trace_argument
 from nsysparse.cli.render import Result
@@ -60,6 +62,9 @@ def gaps(
 
     With --accept-rate/--batch/--dp: TPOT = (forward + gap) / accepted tokens, per-user and machine tokens/s.
     CSV writes the list of inter-step gaps."""
+    from nsysparse.analyses.gaps import gap_report
+    from nsysparse.analyses.serving import serving_table
+
     with load(trace) as t:
         ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, device)
         r = gap_report(ac, min_bubble_us=min_bubble_us, top=top)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
-import pandas as pd
 
-from nsysparse.analyses.context import AnalysisContext
-from nsysparse.analyses.kernel_summary import kernel_summary
+if TYPE_CHECKING:  # imported when a command runs (pandas, DuckDB, plotly), never for --help or a usage error
+    pass
 from nsysparse.cli.app import cli
 from nsysparse.cli.options import emit, format_option, load, output_option, output_options, trace_argument
 from nsysparse.cli.render import Result, write_parquet
@@ -25,6 +25,8 @@ def info(ctx: click.Context, trace: str, fmt: str, out: str | None) -> None:
     NVTX domains and the CUDA-graph capture mode. Host, user and environment fields are never shown.
 
     CSV output is one `section,key,value` row per fact."""
+    import pandas as pd
+
     with load(trace) as t:
         s = t.summary()
     frames = {
@@ -78,8 +80,11 @@ def kernels(ctx: click.Context, trace: str, name: str, by_launch_config: bool, d
     """Per-kernel statistics: count, total, mean, median, min, max, stddev (µs) and share of kernel time.
 
     The same numbers as `nsys stats -r cuda_gpu_kern_sum` on the same file, in µs, same order."""
+    from nsysparse.analyses.context import AnalysisContext
+
     with load(trace) as t:
-        df = kernel_summary(AnalysisContext(t, device_id=device), name=name, by_launch_config=by_launch_config)
+        summarise = globals().get("kernel_summary") or __getattr__("kernel_summary")
+        df = summarise(AnalysisContext(t, device_id=device), name=name, by_launch_config=by_launch_config)
         total_ms = df["total_us"].sum() / 1e3
         if limit:
             df = df.head(limit)
@@ -100,6 +105,8 @@ def export(ctx: click.Context, trace: str, what: str, fmt: str, out: str | None)
     """Write one canonical table of TRACE (names resolved, times in ns) as CSV, Parquet or JSON.
 
     Columns are documented in docs/columns.md; `launches` is kernels joined to their launching API call."""
+    import pandas as pd
+
     if fmt == "parquet" and not out:
         raise UsageError("--format parquet needs -o/--output PATH")
     with load(trace) as t:
@@ -122,3 +129,12 @@ def export(ctx: click.Context, trace: str, what: str, fmt: str, out: str | None)
             write_text(out, text + "\n") if out else click.echo(text)
         else:
             emit(ctx, Result(frames={what: df}), fmt, out, t)
+
+
+def __getattr__(name: str) -> Any:
+    """`kernel_summary`, imported on first use (pandas): `kernels` calls it through this module, so that it can be replaced."""
+    if name == "kernel_summary":
+        from nsysparse.analyses.kernel_summary import kernel_summary
+
+        return kernel_summary
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,36 +4,47 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import pandas as pd
 
-from nsysparse.analyses.layers import layer_report
-from nsysparse.analyses.mfu import check_plausible, fit_notes, manifest_step_ns, mfu_report, run_notes
-from nsysparse.analyses.ops import op_summary
-from nsysparse.analyses.simdiff import measured_from_layers, measured_from_table, parse_layer_counts, simdiff
 from nsysparse.cli.app import cli
 from nsysparse.cli.options import emit, load, output_options, trace_argument
 from nsysparse.cli.render import Result
 from nsysparse.cli.structure import analysis_context, mapping_options, structure_meta
 from nsysparse.errors import ConfigError, UsageError
-from nsysparse.formatting import fmt_value
 from nsysparse.models import hardware
 from nsysparse.models.config import LoadedModel, load_model
-from nsysparse.models.flops import PHASES, Workload, op_table
-from nsysparse.models.predict import predict_ops, prediction_meta
-from nsysparse.models.predictions import load_predictions, write_predictions
-from nsysparse.rules import load_rules
-from nsysparse.trace import Trace
+
+if TYPE_CHECKING:  # imported when a command runs (pandas, DuckDB, plotly), never for --help or a usage error
+    from nsysparse.models.flops import Workload
+    from nsysparse.trace import Trace
 
 F = Callable[..., Any]
 MODEL_HELP = "Model: a preset (deepseek-v3, qwen3-235b-a22b, qwen3-next-80b-a3b, llama-3-8b, llama-3-70b, llama-mini, ds-mini), a HuggingFace config.json, or a manifest.json from `nsysparse generate`."
 
 
+class _Phases(click.Choice):  # type: ignore[type-arg]
+    """models.flops.PHASES, read when the option is parsed or shown (the FLOP model imports pandas): a usage error
+    of mfu, predict, compare or report imports nothing heavy; their --help, which lists the phases, does."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        from nsysparse.models.flops import PHASES
+
+        return PHASES
+
+    @choices.setter
+    def choices(self, value: object) -> None:
+        pass
+
+
 def workload_options(f: F) -> F:
     opts = [
-        click.option("--phase", type=click.Choice(PHASES), default=None, help="Phase (default: the manifest's, else train for mfu and decode for predict)."),
+        click.option("--phase", type=_Phases(), default=None, help="Phase (default: the manifest's, else train for mfu and decode for predict)."),
         click.option("--batch", type=click.IntRange(min=1), default=None, help="Sequences per step, all GPUs (default: the manifest's)."),
         click.option("--seq", type=click.IntRange(min=1), default=None, help="Tokens per sequence for prefill/train (default: the manifest's)."),
         click.option("--kv-len", type=click.IntRange(min=1), default=None, help="Decode: KV length each query attends to (default: the manifest's)."),
@@ -60,6 +71,8 @@ def hardware_options(f: F) -> F:
 def resolve_workload(
     lm: LoadedModel, phase: str | None, batch: int | None, seq: int | None, kv_len: int | None, causal: str, default_phase: str, tp: int = 1, ep: int = 1
 ) -> Workload:
+    from nsysparse.models.flops import Workload
+
     run = lm.run
     ph = phase or run.get("phase") or default_phase
     b = batch or run.get("batch")
@@ -153,6 +166,12 @@ def mfu(
     step (Megatron's formula, docs/predictions.md) over the step time measured in the trace.
 
     Example: nsysparse mfu fixtures/dense_train_step/trace.sqlite --model fixtures/dense_train_step/manifest.json"""
+    import pandas as pd
+
+    from nsysparse.analyses.layers import layer_report
+    from nsysparse.analyses.mfu import check_plausible, fit_notes, manifest_step_ns, mfu_report, run_notes
+    from nsysparse.formatting import fmt_value
+
     lm = load_model(model_arg)
     w = resolve_workload(lm, phase, batch, seq, kv_len, causal, "train")
     with load(trace) as t:
@@ -243,6 +262,9 @@ def predict(
     GPU and what bounds it. The file loads back into `simdiff` (format: docs/predictions.md).
 
     Example: nsysparse predict --model deepseek-v3 --hardware h100_sxm --phase decode --batch 24 --kv-len 4096 -o pred.csv"""
+    from nsysparse.models.predict import predict_ops, prediction_meta
+    from nsysparse.models.predictions import write_predictions
+
     lm = load_model(model_arg)
     w = resolve_workload(lm, phase, batch, seq, kv_len, causal, "decode", tp=tp, ep=ep)
     hw = resolve_hardware(hw_name, peak, hbm_tbps)
@@ -310,6 +332,12 @@ def simdiff_cmd(
 
     MEASURED is a trace or a measured per-op CSV (op, measured_us, layer_kind, count). PRED is a prediction
     file (.csv/.json/.yaml, docs/predictions.md); simulator names load through the alias table."""
+    from nsysparse.analyses.layers import layer_report
+    from nsysparse.analyses.ops import op_summary
+    from nsysparse.analyses.simdiff import measured_from_layers, measured_from_table, parse_layer_counts
+    from nsysparse.models.predictions import load_predictions
+    from nsysparse.rules import load_rules
+
     rs = load_rules(rules or None)
     preds = load_predictions(predictions, rs)
     lm = load_model(model_arg) if model_arg else None
@@ -354,6 +382,9 @@ def simdiff_cmd(
 def _simdiff(
     meas: Any, preds: Any, hw: Any, lm: LoadedModel | None, phase: str | None, batch: int | None, seq: int | None, kv_len: int | None, causal: str
 ) -> Any:
+    from nsysparse.analyses.simdiff import simdiff
+    from nsysparse.models.flops import op_table
+
     model_ops = None
     if lm is not None:
         w = resolve_workload(lm, phase, batch, seq, kv_len, causal, "decode")

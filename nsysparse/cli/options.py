@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
 from nsysparse.cli.render import Result, write
 from nsysparse.outputs import terminal_text
-from nsysparse.trace import Trace, open_trace
+
+if TYPE_CHECKING:
+    from nsysparse.trace import Trace
 
 
 class HasNotes(Protocol):
@@ -57,4 +59,6 @@ def emit(ctx: click.Context, result: Result, fmt: str, out: str | None, *sources
 
 
 def load(path: str) -> Trace:
+    from nsysparse.trace import open_trace  # pandas and DuckDB: imported when a command runs, not for --help or a usage error
+
     return open_trace(path)

@@ -10,13 +10,13 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from nsysparse.errors import UsageError, reraise_interrupt
-from nsysparse.formatting import fmt_value, jsonable
 from nsysparse.outputs import terminal_text, write_text, write_with
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMATS = ("table", "csv", "json", "parquet", "markdown")
 
@@ -31,10 +31,14 @@ class Result:
 
     @property
     def primary(self) -> pd.DataFrame:
+        import pandas as pd
+
         return next(iter(self.frames.values())) if self.frames else pd.DataFrame()
 
 
 def _plain(df: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     out = df.copy()
     for c in out.columns:
         if isinstance(out[c].dtype, pd.CategoricalDtype):
@@ -54,6 +58,8 @@ def write(result: Result, fmt: str, out: str | None) -> None:
         text = _plain(result.primary).to_csv(index=False)
     elif fmt == "json":
         payload = result.payload if result.payload is not None else {"meta": result.meta, **{k: v for k, v in result.frames.items()}, "notes": result.notes}
+        from nsysparse.formatting import jsonable
+
         text = json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n"
     elif fmt == "markdown":
         text = to_markdown(result)
@@ -87,8 +93,11 @@ def write_parquet(df: pd.DataFrame, path: Path) -> None:
 
 
 def print_table(result: Result) -> None:
+    import pandas as pd
     from rich.console import Console
     from rich.table import Table
+
+    from nsysparse.formatting import fmt_value
 
     # On a terminal rich uses its width; piped output gets room for long kernel names.
     console = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
@@ -109,6 +118,8 @@ def print_table(result: Result) -> None:
 
 
 def _meta_text(v: Any) -> str:
+    from nsysparse.formatting import fmt_value
+
     if isinstance(v, float):
         return fmt_value("", v)
     if isinstance(v, (list, tuple)):
@@ -124,6 +135,10 @@ def _esc(text: str) -> str:
 
 
 def to_markdown(result: Result) -> str:
+    import pandas as pd
+
+    from nsysparse.formatting import fmt_value
+
     lines: list[str] = []
     if result.title:
         lines += [f"### {result.title}", ""]

@@ -4,6 +4,7 @@ and, when given, MFU, the simulator diff and the baseline comparison."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,10 +14,9 @@ from nsysparse.cli.options import load, trace_argument
 from nsysparse.cli.structure import analysis_context, mapping_options
 from nsysparse.errors import UsageError
 from nsysparse.models.config import load_model
-from nsysparse.models.predictions import load_predictions
-from nsysparse.report.collect import ReportInputs, collect
-from nsysparse.report.html import write_report
-from nsysparse.rules import load_rules
+
+if TYPE_CHECKING:  # imported when a command runs (pandas, DuckDB, plotly), never for --help or a usage error
+    pass
 
 
 @cli.command()
@@ -64,6 +64,11 @@ def report(
     """Write a self-contained HTML report (plotly inlined, no network needed to view it).
 
     Example: nsysparse report fixtures/moe_decode_op/trace.sqlite -o report.html --model fixtures/moe_decode_op/manifest.json"""
+    from nsysparse.models.predictions import load_predictions
+    from nsysparse.report.collect import ReportInputs, collect
+    from nsysparse.report.html import write_report
+    from nsysparse.rules import load_rules
+
     if not out.lower().endswith((".html", ".htm")):
         raise UsageError(f"{out}: the report is HTML", "Give -o NAME.html")
     if device is not None:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import pandas as pd
 
-from nsysparse.analyses.context import AnalysisContext
-from nsysparse.analyses.coverage import rule_coverage
 from nsysparse.cli.app import cli
 from nsysparse.cli.options import emit, load, output_options, trace_argument
 from nsysparse.cli.render import Result
 from nsysparse.errors import NsysparseError
 from nsysparse.resources import data_dir
-from nsysparse.rules import load_rules
-from nsysparse.rules.check import test_packs
+
+if TYPE_CHECKING:  # imported when a command runs (pandas, DuckDB, plotly), never for --help or a usage error
+    pass
 
 rules_option = click.option(
     "--rules", "rules", multiple=True, type=click.Path(exists=True), help="Rule pack file or folder (repeatable); default: the bundled packs."
@@ -33,6 +32,10 @@ def rules_group() -> None:
 @click.pass_context
 def rules_list(ctx: click.Context, rules: tuple[str, ...], fmt: str, out: str | None) -> None:
     """List class rules and layer templates, pack by pack."""
+    import pandas as pd
+
+    from nsysparse.rules import load_rules
+
     rs = load_rules(rules or None)
     cls = pd.DataFrame(
         [
@@ -62,6 +65,9 @@ def rules_list(ctx: click.Context, rules: tuple[str, ...], fmt: str, out: str | 
 @click.pass_context
 def rules_check(ctx: click.Context, trace: str, rules: tuple[str, ...], max_unclassified: float | None, limit: int, fmt: str, out: str | None) -> None:
     """Kernels of TRACE that no rule classifies, by share of kernel time, and time per class."""
+    from nsysparse.analyses.context import AnalysisContext
+    from nsysparse.analyses.coverage import rule_coverage
+
     with load(trace) as t:
         ac = AnalysisContext(t, rule_paths=rules)
         rs = ac.rules
@@ -97,6 +103,11 @@ def default_names_dir() -> Path:
 def rules_test(ctx: click.Context, rules: tuple[str, ...], names_dir: str | None, fmt: str, out: str | None) -> None:
     """Validate the packs (schema, regexes, ids) and test each against its list of real kernel names:
     expected classes, rule examples, and no dead rules. Exit 1 on any failure."""
+    import pandas as pd
+
+    from nsysparse.rules import load_rules
+    from nsysparse.rules.check import test_packs
+
     rs = load_rules(rules or None)
     folder = Path(names_dir) if names_dir else default_names_dir()
     if not folder.is_dir():

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from nsysparse.analyses.context import AnalysisContext, StructureOptions
-from nsysparse.analyses.layers import layer_report
-from nsysparse.analyses.ops import op_summary
-from nsysparse.analyses.steps import step_table
 from nsysparse.cli.app import cli
 from nsysparse.cli.options import emit, load, output_options, trace_argument
 from nsysparse.cli.render import Result
 from nsysparse.progress import Progress
-from nsysparse.rules import RuleSet
-from nsysparse.structure.mapping import DEFAULT_LAYER_PATTERN, NVTX_MODES, Mapping
-from nsysparse.structure.period import step_period_ns
-from nsysparse.structure.steps import DEFAULT_STEP_PATTERN
-from nsysparse.trace import Trace
+
+if TYPE_CHECKING:  # the analyses (pandas, numpy) are imported when a command runs, not for --help or a usage error
+    from nsysparse.analyses.context import AnalysisContext
+    from nsysparse.rules import RuleSet
+    from nsysparse.structure.mapping import Mapping
+    from nsysparse.trace import Trace
 
 F = Callable[..., Any]
+
+# structure.mapping.NVTX_MODES, spelled here so that the options need no import of the mapping (a test checks both agree)
+NVTX_MODES = ("auto", "steps", "off")
 
 
 SELECTION = "nsysparse.selection"
@@ -39,13 +39,13 @@ def mapping_options(f: F) -> F:
         ),
         click.option(
             "--step-pattern",
-            default=DEFAULT_STEP_PATTERN,
+            default=None,
             show_default=False,
             help="Regex for NVTX step ranges (default matches forward, step, iteration, decode, train, prefill, ...).",
         ),
         click.option(
             "--layer-pattern",
-            default=DEFAULT_LAYER_PATTERN,
+            default=None,
             show_default=False,
             help="Regex for NVTX layer ranges (default matches layer_3, layers.3, block 3, ...).",
         ),
@@ -87,13 +87,29 @@ def mapping_options(f: F) -> F:
 
 
 def analysis_context(
-    t: Trace, rules: tuple[str, ...], step_pattern: str, layer_pattern: str, nvtx_mode: str, device: int | None, rule_set: RuleSet | None = None
+    t: Trace,
+    rules: tuple[str, ...],
+    step_pattern: str | None,
+    layer_pattern: str | None,
+    nvtx_mode: str,
+    device: int | None,
+    rule_set: RuleSet | None = None,
 ) -> AnalysisContext:
     """The command's analysis context: rules loaded once (or `rule_set`, shared between traces), the device
-    selection, and a progress bar on a terminal while the trace is loaded and mapped."""
+    selection, and a progress bar on a terminal while the trace is loaded and mapped. A pattern left at None
+    (the option's default) is the structure's default."""
+    from nsysparse.analyses.context import AnalysisContext, StructureOptions
+    from nsysparse.structure.mapping import DEFAULT_LAYER_PATTERN
+    from nsysparse.structure.steps import DEFAULT_STEP_PATTERN
+
     click_ctx = click.get_current_context(silent=True)
     selection = click_ctx.meta.get(SELECTION, {}) if click_ctx is not None else {}
-    options = StructureOptions(step_pattern, layer_pattern, nvtx_mode, selection.get("inductor_provenance"))
+    options = StructureOptions(
+        DEFAULT_STEP_PATTERN if step_pattern is None else step_pattern,
+        DEFAULT_LAYER_PATTERN if layer_pattern is None else layer_pattern,
+        nvtx_mode,
+        selection.get("inductor_provenance"),
+    )
 
     def with_progress(run: Callable[[], Mapping]) -> Mapping:
         kinds = [k for k in ("kernels", "api", "nvtx", "memcpy", "memset") if t.has(k) and (k != "nvtx" or nvtx_mode != "off")]
@@ -153,6 +169,8 @@ def ops(
 ) -> None:
     """Per logical op: instances per step, mean and median µs of one instance, total per step, share,
     and where the name came from (nvtx > template > class)."""
+    from nsysparse.analyses.ops import op_summary
+
     with load(trace) as t:
         ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, device)
         df = op_summary(ac, by_kind=by_kind)
@@ -183,6 +201,8 @@ def layers(
     layers per kind per step, and the reconciliation Σ(kind × count) + other ops − overlap + idle = step time.
 
     CSV/Parquet write the layer kind × op table; JSON holds everything (docs/columns.md#layers)."""
+    from nsysparse.analyses.layers import layer_report
+
     with load(trace) as t:
         ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, device)
         r = layer_report(ac, top_unmapped=top_unmapped)
@@ -211,6 +231,9 @@ def steps(
 ) -> None:
     """One row per step (forward pass / training iteration): start, wall and busy time, kernels, the gap
     before it, and whether its boundaries came from NVTX or were inferred (with a confidence)."""
+    from nsysparse.analyses.steps import step_table
+    from nsysparse.structure.period import step_period_ns
+
     with load(trace) as t:
         ac = analysis_context(t, rules, step_pattern, layer_pattern, nvtx_mode, device)
         df = step_table(ac)

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from nsysparse import intervals
 from nsysparse.trace import schema as S
 from nsysparse.trace import tables
 from nsysparse.trace.ids import pid_of, tid_of
@@ -24,17 +23,19 @@ if TYPE_CHECKING:
 COUNTED_KINDS = ("kernels", "api", "nvtx", "memcpy", "memset", "sync", "graph_trace", "osrt")
 
 
-def gpus(trace: Trace) -> pd.DataFrame:
+def gpus(trace: Trace, work: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """device_id, name, sm_count, memory_gib, memory_bandwidth_gbps, compute_capability, source, kernels."""
     df = _gpu_table(trace)
     used = pd.Series(dtype="int64")
     kt = S.TABLES["kernels"]
     if trace.has("kernels") and trace.schema.has(kt, "deviceId"):
-        if trace.is_loaded("kernels"):
-            used = trace.kernels()["device_id"].value_counts()
-        else:
-            agg = trace.engine.frame(f'SELECT "deviceId" AS d, count(*) AS n FROM "{kt}" WHERE {tables.valid_rows_sql(trace, "kernels")} GROUP BY 1')
-            used = pd.Series(agg["n"].to_numpy(np.int64), index=agg["d"].fillna(-1).to_numpy(np.int64))
+        w = _gpu_work(trace) if work is None else work
+        # a loaded kernel frame holds the usable rows; SQL counts every valid row (as before: same numbers either way)
+        n = w["nu"] if trace.is_loaded("kernels") else w["nv"]
+        m = (w["kind"] == _OP_CODES["kernels"]) & (n > 0)
+        if m.any():
+            dev, inv = np.unique(w["d"][m], return_inverse=True)
+            used = pd.Series(np.bincount(inv.ravel(), weights=n[m]).astype(np.int64), index=dev)
     for dev in used.index:  # devices that ran kernels but have no GPU-table row
         if not (df["device_id"] == dev).any():
             df.loc[len(df)] = {"device_id": int(dev), "name": "unknown", "source": "kernels only"}
@@ -104,14 +105,14 @@ def _text(v: Any) -> str:
 
 def graph_launches(trace: Trace) -> int:
     """Number of cudaGraphLaunch / cuGraphLaunch calls (0 when none, or no API table)."""
+    return int(_api_work(trace)["gl"].sum())
+
+
+def _graph_launch_ids(trace: Trace) -> list[int]:
     table = S.TABLES["api"]
-    if not trace.schema.has(table, "nameId") or not trace.schema.has(S.STRINGS):
-        return 0
-    ids = [r[0] for r in trace.engine.rows(f"SELECT id FROM \"{S.STRINGS}\" WHERE value LIKE 'cudaGraphLaunch%' OR value LIKE 'cuGraphLaunch%'")]
-    if not ids:
-        return 0
-    df = trace.engine.frame(f'SELECT count(*) AS n FROM "{table}" WHERE "nameId" IN ({", ".join(str(int(i)) for i in ids)})')
-    return int(df["n"].iloc[0])
+    if not trace.has("api") or not trace.schema.has(table, "nameId") or not trace.schema.has(S.STRINGS):
+        return []
+    return [int(r[0]) for r in trace.engine.rows(f"SELECT id FROM \"{S.STRINGS}\" WHERE value LIKE 'cudaGraphLaunch%' OR value LIKE 'cuGraphLaunch%'")]
 
 
 def gpu_name(trace: Trace, device_id: int | None = None) -> str:
@@ -124,40 +125,27 @@ def gpu_name(trace: Trace, device_id: int | None = None) -> str:
     return str(g["name"].iloc[0])
 
 
-def processes(trace: Trace) -> pd.DataFrame:
+def processes(trace: Trace, work: tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]] | None = None) -> pd.DataFrame:
     """Processes with CUDA or NVTX activity: pid, name, threads, kernels, api_calls, nvtx_events, devices."""
+    gw, aw, nw = work if work is not None else (_gpu_work(trace), _api_work(trace), _nvtx_work(trace))
     counts: dict[int, dict[str, Any]] = {}
 
-    def bump(pids: np.ndarray, key: str) -> None:
-        u, n = np.unique(pids, return_counts=True)
-        for p, k in zip(u.tolist(), n.tolist()):
-            counts.setdefault(p, {"kernels": 0, "api_calls": 0, "nvtx_events": 0, "threads": set(), "devices": set()})[key] += k
+    def entry(p: int) -> dict[str, Any]:
+        return counts.setdefault(p, {"kernels": 0, "api_calls": 0, "nvtx_events": 0, "threads": set(), "devices": set()})
 
-    if trace.has("kernels"):
-        table = S.TABLES["kernels"]
-        gp = '"globalPid"' if trace.schema.has(table, "globalPid") else "0"
-        dev = '"deviceId"' if trace.schema.has(table, "deviceId") else "0"
-        valid = tables.valid_rows_sql(trace, "kernels")
-        df = trace.engine.frame(f'SELECT {gp} AS g, {dev} AS d, count(*) AS n FROM "{table}" WHERE {valid} GROUP BY 1, 2')
-        pids = pid_of(df["g"].fillna(0).to_numpy(np.int64)) if len(df) else np.zeros(0, np.int64)
-        for p, d, n in zip(pids.tolist(), df["d"].fillna(0).astype(np.int64).tolist(), df["n"].astype(np.int64).tolist()):
-            entry = counts.setdefault(p, {"kernels": 0, "api_calls": 0, "nvtx_events": 0, "threads": set(), "devices": set()})
-            entry["kernels"] += n
-            entry["devices"].add(d)
-    for kind, key in (("api", "api_calls"), ("nvtx", "nvtx_events")):
-        if not trace.has(kind):
+    m = (gw["kind"] == _OP_CODES["kernels"]) & (gw["nv"] > 0)
+    for p, d, n in zip(pid_of(gw["g"][m]).tolist(), gw["d"][m].tolist(), gw["nv"][m].tolist()):
+        e = entry(p)
+        e["kernels"] += n
+        e["devices"].add(d)
+    for w, key in ((aw, "api_calls"), (nw, "nvtx_events")):
+        if not w["has_tid"]:
             continue
-        col = "globalTid"
-        table = S.TABLES[kind]
-        if not trace.schema.has(table, col):
-            continue
-        valid = tables.valid_rows_sql(trace, kind) if kind in tables.SPECS else tables.nvtx_valid_sql(trace)
-        df = trace.engine.frame(f'SELECT "{col}" AS g, count(*) AS n FROM "{table}" WHERE {valid} GROUP BY 1')
-        g = df["g"].fillna(0).to_numpy(np.int64) if len(df) else np.zeros(0, np.int64)
-        for p, t, n in zip(pid_of(g).tolist(), tid_of(g).tolist(), df["n"].astype(np.int64).tolist()):
-            entry = counts.setdefault(p, {"kernels": 0, "api_calls": 0, "nvtx_events": 0, "threads": set(), "devices": set()})
-            entry[key] += n
-            entry["threads"].add(t)
+        m = w["nv"] > 0
+        for p, t, n in zip(pid_of(w["g"][m]).tolist(), tid_of(w["g"][m]).tolist(), w["nv"][m].tolist()):
+            e = entry(p)
+            e[key] += n
+            e["threads"].add(t)
     names: dict[int, str] = {}
     if trace.schema.has(S.PROCESSES, "pid") and trace.schema.has(S.PROCESSES, "name"):
         for pid, name in trace.engine.rows(f'SELECT "pid", "name" FROM "{S.PROCESSES}"'):
@@ -191,53 +179,55 @@ def process_name(raw: object) -> str:
     return "".join(ch for ch in parts[-1] if ch.isprintable())
 
 
-def streams(trace: Trace) -> pd.DataFrame:
-    """device_id, stream_id, pid, kernels, memcpy, memset, busy_ms (union of GPU work on the stream)."""
+_LOAD_NOTED = ("global_pid", "global_tid", "correlation_id", "device_id", "stream_id", "event_class")
+_NARROW_KERNELS = ("start_ns", "end_ns", "device_id", "stream_id", "global_pid")
+
+
+def streams(trace: Trace, work: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """device_id, stream_id, pid, kernels, memcpy, memset, busy_ms (union of GPU work on the stream).
+
+    From the aggregate of `_gpu_work`; the notes are those that loading the GPU operations would raise."""
     cols = ["device_id", "stream_id", "pid", "kernels", "memcpy", "memset", "busy_ms"]
     if not any(trace.has(k) for k in S.GPU_OP_KINDS):
         return pd.DataFrame(columns=cols)
-    ops = trace.gpu_ops(narrow=True)
-    # one integer per (device, stream, pid): factorize each column (hash, O(n)), then combine the codes
-    parts = [pd.factorize(ops[c].to_numpy()) for c in ("device_id", "stream_id", "pid")]
-    combined = np.zeros(len(ops), dtype=np.int64)
-    for codes_c, values_c in parts:
-        combined = combined * len(values_c) + codes_c
-    ucomb, codes = np.unique(combined, return_inverse=True)
-    codes = codes.ravel()
-    cols_out = []
-    rest = ucomb.copy()
-    for _, values_c in reversed(parts):
-        cols_out.append(np.asarray(values_c)[rest % len(values_c)])
-        rest //= len(values_c)
-    uniq = np.stack(cols_out[::-1], axis=1) if len(ucomb) else np.zeros((0, 3), np.int64)
-    busy = intervals.union_by_group(codes, ops["start_ns"].to_numpy(), ops["end_ns"].to_numpy(), len(uniq))
-    out = pd.DataFrame(uniq, columns=["device_id", "stream_id", "pid"])
+    w = _gpu_work(trace) if work is None else work
     for kind in S.GPU_OP_KINDS:
-        out[kind] = np.bincount(codes[(ops["kind"] == kind).to_numpy()], minlength=len(uniq)).astype(np.int64)
-    out["busy_ms"] = busy / 1e6
-    return out.sort_values(["device_id", "stream_id", "pid"]).reset_index(drop=True)[cols]
+        if not trace.has(kind):
+            continue
+        tables.require_times(trace, kind)
+        spec = tables.SPECS[kind]
+        present = trace.schema.columns[S.TABLES[kind]]
+        for c in _NARROW_KERNELS if kind == "kernels" else tuple(spec):
+            if c in _LOAD_NOTED and spec[c].source not in present:
+                trace.note(f"{S.TABLES[kind]} has no {spec[c].source} column (older export): {c} is unknown")
+        m = w["kind"] == _OP_CODES[kind]
+        n, nv, nu = (int(w[c][m].sum()) for c in ("n", "nv", "nu"))
+        tables.note_invalid_rows(trace, kind, n - nv)
+        if nv - nu:
+            trace.note(f"{nv - nu} {kind} rows with unknown timestamps (start = end = 0) were ignored")
+    use = w["nu"] > 0
+    if not use.any():
+        return pd.DataFrame(columns=cols)
+    key = pd.DataFrame({"device_id": w["d"][use], "stream_id": w["s"][use], "pid": pid_of(w["g"][use])})
+    for kind in S.GPU_OP_KINDS:
+        key[kind] = np.where(w["kind"][use] == _OP_CODES[kind], w["nu"][use], 0)
+    key["busy_ms"] = w["busy"][use]
+    out = key.groupby(["device_id", "stream_id", "pid"], as_index=False, sort=True).sum()
+    for c in ("device_id", "stream_id", "pid", *S.GPU_OP_KINDS):
+        out[c] = out[c].astype(np.int64)
+    out["busy_ms"] = out["busy_ms"].to_numpy(np.int64) / 1e6
+    return out.reset_index(drop=True)[cols]
 
 
-def nvtx_domains(trace: Trace) -> pd.DataFrame:
-    """domain, pid, ranges, marks (one SQL aggregate; names from the domain-create events)."""
+def nvtx_domains(trace: Trace, work: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """domain, pid, ranges, marks (from the NVTX aggregate; names from the domain-create events)."""
     cols = ["domain", "pid", "ranges", "marks"]
-    if not trace.has("nvtx"):
+    if not trace.has("nvtx") or "eventType" not in trace.schema.columns[S.TABLES["nvtx"]]:
         return pd.DataFrame(columns=cols)
-    table = S.TABLES["nvtx"]
-    have = trace.schema.columns[table]
-    if "eventType" not in have:
-        return pd.DataFrame(columns=cols)
-    dom = '"domainId"' if "domainId" in have else "0"
-    gt = '"globalTid"' if "globalTid" in have else "0"
-    ranges = ", ".join(str(t) for t in S.NVTX_RANGE_TYPES)
-    trace.validate("nvtx")
-    df = trace.engine.frame(
-        f'SELECT COALESCE({dom}, 0) AS d, COALESCE({gt}, 0) AS g, sum(CASE WHEN "eventType" IN ({ranges}) THEN 1 ELSE 0 END) AS ranges, '
-        f'sum(CASE WHEN "eventType" = {S.NVTX_MARK} THEN 1 ELSE 0 END) AS marks FROM "{table}" GROUP BY 1, 2'
-    )
+    w = _nvtx_work(trace) if work is None else work
+    df = pd.DataFrame({"d": w["d"], "pid": pid_of(w["g"]), "ranges": w["ranges"], "marks": w["marks"]})
     if len(df) == 0:
         return pd.DataFrame(columns=cols)
-    df = df.assign(pid=pid_of(df["g"].to_numpy(np.int64)), d=df["d"].astype(np.int64))
     df = df.groupby(["d", "pid"], as_index=False)[["ranges", "marks"]].sum()
     df = df[(df["ranges"] + df["marks"]) > 0]
     names = tables.nvtx_domains(trace)
@@ -252,55 +242,67 @@ OUTLIER_MARGIN_NS = 1_000_000
 """An NVTX event further than this (or than 10 % of the activity span, if more) outside the CUDA activity is an outlier."""
 
 
-def _span(trace: Trace, kind: str) -> tuple[int | None, int | None]:
-    table = S.TABLES[kind]
-    if not trace.has(kind) or not (trace.schema.has(table, "start") and trace.schema.has(table, "end")):
-        return None, None
-    valid = tables.valid_rows_sql(trace, kind) if kind in tables.SPECS else tables.nvtx_valid_sql(trace)
-    row = trace.engine.frame(
-        f'SELECT min("start") AS a, max(COALESCE("end", "start")) AS b FROM "{table}" WHERE {valid} AND NOT ("start" = 0 AND COALESCE("end", 0) = 0)'
-    )
-    a, b = (row["a"].iloc[0], row["b"].iloc[0]) if len(row) else (None, None)
-    a = None if a is None or pd.isna(a) else int(a)
-    b = None if b is None or pd.isna(b) else int(b)
-    check_times(trace.path, table, {"start": np.array([a or 0], np.int64), "end": np.array([b or 0], np.int64)})
-    return a, b
+def _checked_span(trace: Trace, kind: str, n: int, a: int, b: int) -> tuple[int | None, int | None]:
+    """(first start, last end) of the usable rows of `kind` (None without any), range-checked as the loaders do."""
+    lo, hi = (a, b) if n else (None, None)
+    check_times(trace.path, S.TABLES[kind], {"start": np.array([lo or 0], np.int64), "end": np.array([hi or 0], np.int64)})
+    return lo, hi
+
+
+def _activity_spans(trace: Trace, gw: dict[str, np.ndarray], aw: dict[str, np.ndarray]) -> list[tuple[int | None, int | None]]:
+    spans: list[tuple[int | None, int | None]] = []
+    for kind in ACTIVITY_KINDS:
+        table = S.TABLES[kind]
+        if not trace.has(kind) or not (trace.schema.has(table, "start") and trace.schema.has(table, "end")):
+            spans.append((None, None))
+            continue
+        w, m = (aw, slice(None)) if kind == "api" else (gw, gw["kind"] == _OP_CODES[kind])
+        have = w["nu"][m] > 0
+        n = int(have.sum())
+        spans.append(_checked_span(trace, kind, n, int(w["lo"][m][have].min()) if n else 0, int(w["hi"][m][have].max()) if n else 0))
+    return spans
 
 
 def time_span(trace: Trace) -> tuple[int | None, int | None]:
     """The span of the trace's activity: CUDA work and calls, widened by the NVTX events near them. An
     NVTX event far outside (`nvtx_outliers`) is left out: one stray timestamp must not double the span."""
-    return _time_span(trace)[:2]
+    lo, hi, _, _, _ = _time_span(trace, _gpu_work(trace), _api_work(trace))
+    return lo, hi
 
 
-def _time_span(trace: Trace) -> tuple[int | None, int | None, list[dict[str, Any]], int]:
-    spans = [_span(trace, k) for k in ACTIVITY_KINDS]
+def _time_span(
+    trace: Trace, gw: dict[str, np.ndarray], aw: dict[str, np.ndarray]
+) -> tuple[int | None, int | None, list[dict[str, Any]], int, dict[str, np.ndarray]]:
+    """(lo, hi, the first outliers, their count, the NVTX aggregate): the NVTX table is read once, after the
+    activity's span is known (which NVTX events lie far outside it is part of that one query)."""
+    spans = _activity_spans(trace, gw, aw)
     los = [a for a, _ in spans if a is not None]
     his = [b for _, b in spans if b is not None]
     lo, hi = (min(los) if los else None), (max(his) if his else None)
     if not trace.has("nvtx") or not trace.schema.has(S.TABLES["nvtx"], "start"):
-        return lo, hi, [], 0
-    if lo is None or hi is None:  # NVTX only: its own span, no outliers
-        a, b = _span(trace, "nvtx")
-        return a, b, [], 0
-    margin = max(OUTLIER_MARGIN_NS, (hi - lo) // 10)
+        return lo, hi, [], 0, _nvtx_work(trace)
     table = S.TABLES["nvtx"]
     cols = trace.schema.columns[table]
-    end = 'COALESCE("end", "start")' if "end" in cols else '"start"'
-    valid = tables.nvtx_valid_sql(trace)
-    outside = f'("start" < {lo - margin} OR {end} > {hi + margin})'
-    row = trace.engine.frame(
-        f'SELECT min(CASE WHEN NOT {outside} THEN "start" END) AS a, max(CASE WHEN NOT {outside} THEN {end} END) AS b, '
-        f'sum(CASE WHEN {outside} THEN 1 ELSE 0 END) AS n FROM "{table}" WHERE {valid} AND NOT ("start" = 0 AND {end} = 0)'
-    )
-    a, b, n = row["a"].iloc[0], row["b"].iloc[0], row["n"].iloc[0]
-    if a is not None and not pd.isna(a):
-        lo = min(lo, int(a))
-    if b is not None and not pd.isna(b):
-        hi = max(hi, int(b))
-    count = 0 if n is None or pd.isna(n) else int(n)
+    if lo is None or hi is None:  # NVTX only: its own span, no outliers
+        nw = _nvtx_work(trace)
+        if "end" not in cols:
+            return None, None, [], 0, nw
+        have = nw["nu"] > 0
+        n = int(have.sum())
+        a, b = _checked_span(trace, "nvtx", n, int(nw["lo"][have].min()) if n else 0, int(nw["hi"][have].max()) if n else 0)
+        return a, b, [], 0, nw
+    margin = max(OUTLIER_MARGIN_NS, (hi - lo) // 10)
+    nw = _nvtx_work(trace, (lo - margin, hi + margin))
+    inside = nw["n_in"] > 0
+    if inside.any():
+        lo = min(lo, int(nw["lo_in"][inside].min()))
+        hi = max(hi, int(nw["hi_in"][inside].max()))
+    count = int(nw["n_out"].sum())
     listed: list[dict[str, Any]] = []
     if count:
+        end = 'COALESCE("end", "start")' if "end" in cols else '"start"'
+        valid = tables.nvtx_valid_sql(trace)
+        outside = f'("start" < {int(nw["bounds"][0])} OR {end} > {int(nw["bounds"][1])})'
         et = '"eventType"' if "eventType" in cols else "NULL"
         dom = '"domainId"' if "domainId" in cols else "0"
         gt = '"globalTid"' if "globalTid" in cols else "0"
@@ -321,7 +323,138 @@ def _time_span(trace: Trace) -> tuple[int | None, int | None, list[dict[str, Any
                     "ms_outside": round(((lo - int(stop)) if int(stop) < lo else (int(start) - hi)) / 1e6, 3) if int(stop) < lo or int(start) > hi else 0.0,
                 }
             )
-    return lo, hi, listed, count
+    return lo, hi, listed, count, nw
+
+
+# -- one aggregate query per table ------------------------------------------------------------------
+# `summary` reads each event table once: kernels, memcpys and memsets in one query (per kind, process,
+# device and stream: rows, valid and usable rows, their span, the stream's busy time by a running maximum
+# of the ends before each operation), the CUDA API calls in one (per thread: counts, span, graph launches)
+# and the NVTX events in one (per domain and thread: ranges, marks, counts, the span inside and the events
+# far outside the CUDA activity, the text column's use). No frame is loaded (on small files, which sqlite3
+# reads, the launch check still uses the launch join, as before).
+
+_ZERO = '("start" = 0 AND "end" = 0)'
+_OP_CODES = {kind: i for i, kind in enumerate(S.GPU_OP_KINDS)}
+
+
+def _max_sql(a: str, b: str) -> str:
+    """The larger of two SQL values, in the dialect common to sqlite3 and DuckDB."""
+    return f"(CASE WHEN {a} > {b} THEN {a} ELSE {b} END)"
+
+
+def _flag(cond: str) -> str:
+    return f"CASE WHEN {cond} THEN 1 ELSE 0 END"
+
+
+def _ints(trace: Trace, sql: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The columns of an aggregate whose every value is an integer (keys and sums are coalesced in SQL)."""
+    got = trace.engine.arrays(sql)
+    return {c: np.asarray(got[c]).astype(np.int64) for c in names}
+
+
+def _gpu_work(trace: Trace) -> dict[str, np.ndarray]:
+    """Per (kind, globalPid, deviceId, streamId): rows n, valid rows nv, usable rows nu (valid, timestamps
+    known), their first start lo and last end hi, busy ns (each usable row's part beyond the running maximum
+    of the ends before it on its device, stream and process: summed, the union of the stream's work) and
+    kernels that are graph nodes gn. Keys are the loaders' values for usable rows (globalPid NULL -> 0)."""
+    names = ("kind", "g", "d", "s", "n", "nv", "nu", "lo", "hi", "busy", "gn")
+    parts = []
+    for kind in S.GPU_OP_KINDS:
+        if not trace.has(kind):
+            continue
+        table = S.TABLES[kind]
+        have = trace.schema.columns[table]
+        if not ("start" in have and "end" in have):
+            continue
+        valid = tables.valid_rows_sql(trace, kind)
+        gp = 'COALESCE("globalPid", 0)' if "globalPid" in have else "0"
+        dev = 'COALESCE("deviceId", 0)' if "deviceId" in have else "0"
+        st = 'COALESCE("streamId", 0)' if "streamId" in have else "0"
+        node = _flag('"graphNodeId" > 0') if kind == "kernels" and "graphNodeId" in have else "0"
+        parts.append(
+            f'SELECT {_OP_CODES[kind]} AS kind, {gp} AS g, {dev} AS d, {st} AS s, "start" AS a, "end" AS b, {_flag(valid)} AS v, '
+            f'{_flag(f"{valid} AND NOT {_ZERO}")} AS u, {node} AS gn FROM "{table}"'
+        )
+    if not parts:
+        return {c: np.zeros(0, np.int64) for c in names}
+    pid = "((g >> 24) & 16777215)"
+    prev = f"max(b) OVER (PARTITION BY u, d, s, {pid} ORDER BY a, b ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
+    ops = " UNION ALL ".join(parts)
+    inner = f"SELECT kind, g, d, s, a, b, v, u, gn, CASE WHEN u = 1 THEN b - {_max_sql('a', f'COALESCE({prev}, a)')} ELSE 0 END AS add_ns FROM ({ops}) ops"
+    sql = (
+        "SELECT kind, g, d, s, count(*) AS n, CAST(COALESCE(sum(v), 0) AS BIGINT) AS nv, CAST(COALESCE(sum(u), 0) AS BIGINT) AS nu, "
+        "COALESCE(min(CASE WHEN u = 1 THEN a END), 0) AS lo, COALESCE(max(CASE WHEN u = 1 THEN b END), 0) AS hi, "
+        "CAST(COALESCE(sum(CASE WHEN add_ns > 0 THEN add_ns ELSE 0 END), 0) AS BIGINT) AS busy, CAST(COALESCE(sum(gn), 0) AS BIGINT) AS gn "
+        f"FROM ({inner}) w GROUP BY 1, 2, 3, 4"
+    )
+    return _ints(trace, sql, names)
+
+
+def _api_work(trace: Trace) -> dict[str, Any]:
+    """Per globalTid of the CUDA API calls: n, valid nv, usable nu, lo, hi, and graph launches gl (every row)."""
+    names = ("g", "n", "nv", "nu", "lo", "hi", "gl")
+    table = S.TABLES["api"]
+    if not trace.has("api"):
+        return {**{c: np.zeros(0, np.int64) for c in names}, "has_tid": False}
+    have = trace.schema.columns[table]
+    timed = "start" in have and "end" in have
+    valid = tables.valid_rows_sql(trace, "api")
+    usable = f'{valid} AND NOT ("start" = 0 AND COALESCE("end", 0) = 0)' if timed else "1 = 0"
+    ids = _graph_launch_ids(trace)
+    gl = _flag(f'"nameId" IN ({", ".join(str(i) for i in ids)})') if ids else "0"
+    gt = 'COALESCE("globalTid", 0)' if "globalTid" in have else "0"
+    lo = f'COALESCE(min(CASE WHEN {usable} THEN "start" END), 0)' if timed else "0"
+    hi = f'COALESCE(max(CASE WHEN {usable} THEN COALESCE("end", "start") END), 0)' if timed else "0"
+    sql = (
+        f"SELECT {gt} AS g, count(*) AS n, CAST(COALESCE(sum({_flag(valid)}), 0) AS BIGINT) AS nv, CAST(COALESCE(sum({_flag(usable)}), 0) AS BIGINT) AS nu, "
+        f'{lo} AS lo, {hi} AS hi, CAST(COALESCE(sum({gl}), 0) AS BIGINT) AS gl FROM "{table}" GROUP BY 1'
+    )
+    return {**_ints(trace, sql, names), "has_tid": "globalTid" in have}
+
+
+def _nvtx_work(trace: Trace, bounds: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Per (domainId, globalTid) of the NVTX events (NULL -> 0): ranges and marks (every row), valid nv,
+    usable nu, lo, hi; with `bounds` (lo, hi of the activity widened by the margin) the usable events inside
+    them (n_in, lo_in, hi_in) and outside (n_out); ti/tt: ranges and marks with inline text / all."""
+    names = ("d", "g", "ranges", "marks", "nv", "nu", "lo", "hi", "n_in", "lo_in", "hi_in", "n_out", "ti", "tt")
+    empty = {**{c: np.zeros(0, np.int64) for c in names}, "has_tid": False, "bounds": np.zeros(2, np.int64)}
+    table = S.TABLES["nvtx"]
+    if not trace.has("nvtx"):
+        return empty
+    have = trace.schema.columns[table]
+    if "start" not in have and "eventType" not in have:
+        return empty
+    valid = tables.nvtx_valid_sql(trace)
+    end = 'COALESCE("end", "start")' if "end" in have else '"start"'
+    usable = f'{valid} AND NOT ("start" = 0 AND {end} = 0)' if "start" in have else "1 = 0"
+    et = "eventType" in have
+    ranges = _flag(f'"eventType" IN ({", ".join(str(t) for t in S.NVTX_RANGE_TYPES)})') if et else "0"
+    marks = _flag(f'"eventType" = {S.NVTX_MARK}') if et else "0"
+    texted = '"eventType" IN (59, 60, 34)'
+    ti = _flag(f'{texted} AND "text" IS NOT NULL') if et and "text" in have else "0"
+    tt = _flag(texted) if et and "text" in have else "0"
+    inside = f'NOT ("start" < {bounds[0]} OR {end} > {bounds[1]})' if bounds is not None else "1 = 1"
+
+    def sums(cond: str) -> str:
+        return f"CAST(COALESCE(sum({_flag(cond)}), 0) AS BIGINT)"
+
+    def total(expr: str) -> str:
+        return f"CAST(COALESCE(sum({expr}), 0) AS BIGINT)"
+
+    start = '"start"' if "start" in have else "0"
+    dom = 'COALESCE("domainId", 0)' if "domainId" in have else "0"
+    gt = 'COALESCE("globalTid", 0)' if "globalTid" in have else "0"
+    sql = (
+        f"SELECT {dom} AS d, {gt} AS g, "
+        f"{total(ranges)} AS ranges, {total(marks)} AS marks, {sums(valid)} AS nv, {sums(usable)} AS nu, "
+        f"COALESCE(min(CASE WHEN {usable} THEN {start} END), 0) AS lo, COALESCE(max(CASE WHEN {usable} THEN {end} END), 0) AS hi, "
+        f"{sums(f'{usable} AND {inside}')} AS n_in, COALESCE(min(CASE WHEN {usable} AND {inside} THEN {start} END), 0) AS lo_in, "
+        f"COALESCE(max(CASE WHEN {usable} AND {inside} THEN {end} END), 0) AS hi_in, {sums(f'{usable} AND NOT ({inside})')} AS n_out, "
+        f'{total(ti)} AS ti, {total(tt)} AS tt FROM "{table}" GROUP BY 1, 2'
+    )
+    out = _ints(trace, sql, names)
+    return {**out, "has_tid": "globalTid" in have, "bounds": np.array(bounds or (0, 0), np.int64)}
 
 
 _NVTX_EVENT_NAMES = {S.NVTX_MARK: "mark", S.NVTX_DOMAIN_CREATE: "domain-create event", **dict.fromkeys(S.NVTX_RANGE_TYPES, "range")}
@@ -334,22 +467,23 @@ def outlier_note(listed: list[dict[str, Any]], count: int, lo: int | None, hi: i
     return f"{count} NVTX event(s) lie far outside the CUDA activity and are left out of the time span ({what})"
 
 
-def slice_status(trace: Trace) -> tuple[bool, str]:
-    """Whether the export is a time slice: metadata says so, or kernels lack their launching calls."""
+def slice_status(trace: Trace, kernels: int | None = None) -> tuple[bool, str]:
+    """Whether the export is a time slice: metadata says so, or kernels lack their launching calls
+    (`kernels`: the count of valid kernel rows, when the caller has it)."""
     if "DERIVED_WINDOW_NS" in trace.export_meta:
         return True, f"export metadata marks a time window ({trace.export_meta['DERIVED_WINDOW_NS']} ns)"
     if not trace.has("kernels"):
         return False, "no kernels"
     if not trace.has("api"):
         return False, "no CUDA API table to check against"
-    missing, total = _kernels_without_launch(trace)
+    missing, total = _kernels_without_launch(trace, kernels)
     if missing:
         return True, f"{missing} of {total} kernels have no launching API call"
     return False, "every kernel has its launching API call"
 
 
-def _kernels_without_launch(trace: Trace) -> tuple[int, int]:
-    """Kernels whose correlationId has no runtime/driver call in the same process: an anti-join in
+def _kernels_without_launch(trace: Trace, total: int | None = None) -> tuple[int, int]:
+    """Kernels whose correlationId has no runtime/driver call in the same process: an outer join in
     DuckDB for large files (hash join), the in-memory launch join otherwise."""
     kt, at = S.TABLES["kernels"], S.TABLES["api"]
     pid_ok = trace.schema.has(kt, "globalPid") and trace.schema.has(at, "globalTid")
@@ -358,29 +492,24 @@ def _kernels_without_launch(trace: Trace) -> tuple[int, int]:
         return int((~launches["has_launch"].to_numpy()).sum()), len(launches)
     cond = 'r."correlationId" = k."correlationId"' + (' AND ((r."globalTid" >> 24) & 16777215) = ((k."globalPid" >> 24) & 16777215)' if pid_ok else "")
     valid = tables.valid_rows_sql(trace, "kernels", alias="k.")
-    df = trace.engine.frame(
-        f'SELECT count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM "{at}" r WHERE {cond})) AS missing, count(*) AS total FROM "{kt}" k WHERE {valid}'
-    )
-    return int(df["missing"].iloc[0]), int(df["total"].iloc[0])
+    # a left join rather than NOT EXISTS: DuckDB then builds its hash table on the kernels, not on the (larger)
+    # API table (half the time at 400x); a kernel without a call is the one row with a NULL right side
+    df = trace.engine.frame(f'SELECT count(*) FILTER (WHERE r."correlationId" IS NULL) AS missing FROM "{kt}" k LEFT JOIN "{at}" r ON {cond} WHERE {valid}')
+    if total is None:
+        total = int(trace.engine.frame(f'SELECT count(*) AS n FROM "{kt}" WHERE {tables.valid_rows_sql(trace, "kernels")}')["n"].iloc[0])
+    return int(df["missing"].iloc[0]), total
 
 
 def summary(trace: Trace) -> dict[str, Any]:
-    """The whole `info` answer as plain data (JSON-ready)."""
-    lo, hi, outliers, n_outliers = _time_span(trace)
+    """The whole `info` answer as plain data (JSON-ready): one aggregate query per event table."""
+    gw, aw = _gpu_work(trace), _api_work(trace)
+    lo, hi, outliers, n_outliers, nw = _time_span(trace, gw, aw)
     if n_outliers:
         trace.note(outlier_note(outliers, n_outliers, lo, hi))
-    sliced, why = slice_status(trace)
+    sliced, why = slice_status(trace, int(gw["nv"][gw["kind"] == _OP_CODES["kernels"]].sum()))
     nvtx_text = "none"
     if trace.has("nvtx"):
-        cols = trace.schema.columns[S.TABLES["nvtx"]]
-        t = (
-            trace.engine.rows(
-                f'SELECT sum(CASE WHEN "text" IS NOT NULL THEN 1 ELSE 0 END), count(*) FROM "{S.TABLES["nvtx"]}" WHERE "eventType" IN (59, 60, 34)'
-            )
-            if "text" in cols and "eventType" in cols
-            else [(0, 0)]
-        )
-        inline, total = (t[0][0] or 0), (t[0][1] or 0)
+        inline, total = int(nw["ti"].sum()), int(nw["tt"].sum())
         nvtx_text = "text" if inline == total and total else ("textId" if inline == 0 and total else "mixed text/textId")
     return {
         "file": str(trace.source_path),
@@ -391,7 +520,7 @@ def summary(trace: Trace) -> dict[str, Any]:
         "version_source": trace.version.source,
         "era": trace.version.era,
         "cuda_graph_trace_mode": trace.capture_mode(),
-        "cuda_graph_launches": graph_launches(trace),
+        "cuda_graph_launches": int(aw["gl"].sum()),
         "capture_event_types": trace.capture_meta.get("CAPTURE_EVENT_TYPE", []),
         "time_slice": sliced,
         "time_slice_reason": why,
@@ -403,9 +532,9 @@ def summary(trace: Trace) -> dict[str, Any]:
         "nvtx_strings": nvtx_text,
         "tables": {k: trace.count(k) for k in COUNTED_KINDS if trace.has(k)},
         "missing_tables": [k for k in ("kernels", "api", "nvtx", "memcpy", "memset", "sync") if not trace.has(k)],
-        "gpus": gpus(trace).to_dict("records"),
-        "processes": processes(trace).to_dict("records"),
-        "streams": streams(trace).to_dict("records"),
-        "nvtx_domains": nvtx_domains(trace).to_dict("records"),
+        "gpus": gpus(trace, gw).to_dict("records"),
+        "processes": processes(trace, (gw, aw, nw)).to_dict("records"),
+        "streams": streams(trace, gw).to_dict("records"),
+        "nvtx_domains": nvtx_domains(trace, nw).to_dict("records"),
         "notes": list(trace.notes),
     }
