@@ -19,7 +19,7 @@ import pandas as pd
 
 from nsysparse import intervals
 from nsysparse.analyses.context import AnalysisContext
-from nsysparse.analyses.instances import dominant
+from nsysparse.analyses.instances import dominant_per_group
 from nsysparse.columns import Column, empty_frame
 from nsysparse.structure.mapping import Mapping
 
@@ -182,49 +182,55 @@ def layer_count_note(in_layer: pd.DataFrame, steps: pd.DataFrame) -> str | None:
 
 def _layer_tables(in_layer: pd.DataFrame, steps: pd.DataFrame, nsteps: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The layer kind × op table and the one-layer-per-kind table from op instances inside layers."""
-    layers = (
-        in_layer.groupby(["layer_id", "layer_kind"])
-        .agg(kernel_ns=("time_ns", "sum"), kernels=("kernels", "sum"), start=("start_ns", "min"), end=("end_ns", "max"))
-        .reset_index()
-    )
-    kinds = layers.groupby("layer_kind").agg(n=("layer_id", "size"), kernel_ns=("kernel_ns", "mean"), wall_ns=("end", "mean"), kernels=("kernels", "mean"))
-    kinds["wall_ns"] = layers.assign(w=layers["end"] - layers["start"]).groupby("layer_kind")["w"].mean()
+    kind, kinds = pd.factorize(in_layer["layer_kind"], sort=True)
+    time, start = in_layer["time_ns"].to_numpy(), in_layer["start_ns"].to_numpy()
+    layer = intervals.Groups(in_layer["layer_id"].to_numpy(), kind)  # one layer instance per group
+    lkind = kind[layer.first]
+    n = np.bincount(lkind, minlength=len(kinds))
+    per_kind = {  # means over the layers of each kind, kinds in sort order
+        "kernel_ns": np.bincount(lkind, layer.sum(time), len(kinds)) / n,
+        "wall_ns": np.bincount(lkind, layer.max(in_layer["end_ns"].to_numpy()) - layer.min(start), len(kinds)) / n,
+        "kernels": np.bincount(lkind, layer.sum(in_layer["kernels"].to_numpy()), len(kinds)) / n,
+    }
     step_wall = float(steps["wall_ns"].mean())
     per_step = layers_per_step(in_layer)
+    names = np.asarray(kinds, dtype=object)
     kind_df = pd.DataFrame(
         {
-            "layer_kind": kinds.index.astype(str),
-            "count_per_step": per_step.reindex(kinds.index.astype(str)).fillna(0).to_numpy(dtype=float),
-            "kernel_us": kinds["kernel_ns"].to_numpy() / 1e3,
-            "wall_us": kinds["wall_ns"].to_numpy() / 1e3,
-            "kernels": kinds["kernels"].to_numpy(dtype=float),
+            "layer_kind": names,
+            "count_per_step": per_step.reindex(names).fillna(0).to_numpy(dtype=float),
+            "kernel_us": per_kind["kernel_ns"] / 1e3,
+            "wall_us": per_kind["wall_ns"] / 1e3,
+            "kernels": per_kind["kernels"],
         }
     )
     kind_df["total_us_per_step"] = kind_df["count_per_step"] * kind_df["kernel_us"]
     kind_df["share_of_step_pct"] = kind_df["total_us_per_step"] / (step_wall / 1e3) * 100 if step_wall else 0.0
     kind_df = kind_df.sort_values("total_us_per_step", ascending=False).reset_index(drop=True)
 
-    # layer kind × op
-    layers_per_kind = layers.groupby("layer_kind").size()
-    g = in_layer.groupby(["layer_kind", "op"], sort=False)
+    # layer kind × op, in order of first appearance (the groups of groupby(sort=False))
+    g = intervals.Groups(kind, pd.factorize(in_layer["op"])[0])
+    size, total = g.size(), g.sum(time)
+    median, p10, p90 = g.quantiles(time, (0.5, 0.1, 0.9))
     ops = pd.DataFrame(
         {
-            "count_per_step": g.size() / nsteps,
-            "mean_us": g["time_ns"].mean() / 1e3,
-            "median_us": g["time_ns"].median() / 1e3,
-            "p10_us": g["time_ns"].quantile(0.1) / 1e3,
-            "p90_us": g["time_ns"].quantile(0.9) / 1e3,
-            "total_us_per_step": g["time_ns"].sum() / nsteps / 1e3,
-            "source": g.apply(lambda x: dominant(x["source"], x["time_ns"]), include_groups=False),
+            "layer_kind": names[kind[g.first]],
+            "op": in_layer["op"].to_numpy()[g.first],
+            "count_per_step": size / nsteps,
+            "mean_us": total / size / 1e3,
+            "median_us": median / 1e3,
+            "p10_us": p10 / 1e3,
+            "p90_us": p90 / 1e3,
+            "total_us_per_step": total / nsteps / 1e3,
+            "source": dominant_per_group(g, in_layer["source"], time),
         }
-    ).reset_index()
-    per_layer = ops["total_us_per_step"] / (ops["layer_kind"].map(layers_per_kind).astype(float) / nsteps)
+    )
+    per_layer = ops["total_us_per_step"] / (n[kind[g.first]].astype(float) / nsteps)
     kind_us = ops["layer_kind"].map(kind_df.set_index("layer_kind")["kernel_us"])
     ops["share_of_layer_pct"] = per_layer / kind_us * 100
     # order rows as the ops run inside a layer: by their mean offset from the layer's start
-    offset = in_layer["start_ns"].to_numpy() - layers.set_index("layer_id")["start"].reindex(in_layer["layer_id"]).to_numpy()
-    pos = pd.Series(offset, index=pd.MultiIndex.from_frame(in_layer[["layer_kind", "op"]])).groupby(level=[0, 1]).mean()
-    ops["position"] = pos.reindex(pd.MultiIndex.from_frame(ops[["layer_kind", "op"]])).to_numpy()
+    offset = start - layer.min(start)[layer.ids]
+    ops["position"] = g.sum(offset) / size
     rank = {kd: i for i, kd in enumerate(["dense", "moe", "mtp", "unknown"])}
     ops["korder"] = ops["layer_kind"].map(lambda x: rank.get(x, 9))
     ops = ops.sort_values(["korder", "position"]).reset_index(drop=True)[[c.name for c in OP_COLUMNS]]
