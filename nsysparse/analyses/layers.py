@@ -21,6 +21,7 @@ from nsysparse import intervals
 from nsysparse.analyses.context import AnalysisContext
 from nsysparse.analyses.instances import dominant_per_group
 from nsysparse.columns import Column, empty_frame
+from nsysparse.distinct import map_distinct
 from nsysparse.structure.mapping import Mapping
 
 OP_COLUMNS = (
@@ -96,7 +97,8 @@ def layer_report(ctx: AnalysisContext, top_unmapped: int = 10) -> LayerReport:
     inst = m.op_instances
     steps = m.steps
     nsteps = len(steps)
-    k = m.kernels[m.kernels["step"] >= 0]
+    k = m.kernels[["step", "start_ns", "end_ns", "dur_ns", "source", "short_name"]]  # the columns used below, not all
+    k = k[k["step"].to_numpy() >= 0]
     meta = {"step_source": m.step_source, "step_confidence": m.step_confidence, "layer_source": m.layer_source}
     if nsteps == 0 or len(inst) == 0:
         return LayerReport(
@@ -155,7 +157,7 @@ def named_share(k: pd.DataFrame) -> float:
     total = float(k["dur_ns"].sum())
     if not total:
         return float("nan")
-    named = k["source"].astype(str).isin(("nvtx", "template")).to_numpy()
+    named = map_distinct(k["source"], lambda s: s in ("nvtx", "template"), bool, False)
     return float(k["dur_ns"].to_numpy()[named].sum()) / total
 
 
@@ -245,10 +247,11 @@ def _reconcile(k: pd.DataFrame, steps: pd.DataFrame, inst: pd.DataFrame, kinds: 
     other = out_layer.groupby("op")["time_ns"].sum().sort_values(ascending=False) / nsteps / 1e3
     rows.append(("ops outside layers", float("nan"), float("nan"), float(other.sum()), ", ".join(f"{op} {us:.1f}" for op, us in other.head(6).items())))
     # kernel-only union per step, for the overlap and copy lines
-    ks = k[["step", "start_ns", "end_ns"]]
-    uniq, inv = np.unique(ks["step"].to_numpy(), return_inverse=True)
-    kunion = intervals.union_by_group(inv, ks["start_ns"].to_numpy(), ks["end_ns"].to_numpy(), len(uniq))
-    ksum = ks.assign(d=ks["end_ns"] - ks["start_ns"]).groupby("step")["d"].sum().reindex(uniq).to_numpy()
+    start, end = k["start_ns"].to_numpy(), k["end_ns"].to_numpy()
+    g = intervals.Groups(k["step"].to_numpy())
+    uniq = k["step"].to_numpy()[g.first]
+    kunion = intervals.union_by_group(g.ids, start, end, g.n)
+    ksum = g.sum(end - start)
     overlap = float((ksum - kunion).sum() / nsteps / 1e3)
     busy = steps.set_index("step")["busy_ns"].reindex(uniq).fillna(0).to_numpy()
     copies = float((busy - kunion).sum() / nsteps / 1e3)
