@@ -94,6 +94,93 @@ def union_by_group(groups: np.ndarray, starts: np.ndarray, ends: np.ndarray, n_g
     return out
 
 
+class Groups:
+    """Rows grouped by parallel integer key columns, the groups numbered in order of first appearance (those of
+    pandas' groupby(sort=False)). One stable sort of the combined key puts each group's rows together; every
+    reduction is a `reduceat` over that order, so no row is hashed."""
+
+    def __init__(self, *keys: np.ndarray) -> None:
+        key = _combined(keys)
+        self.order = np.argsort(key, kind="stable")
+        sk = key[self.order]
+        self.bounds = np.flatnonzero(np.concatenate(([True], sk[1:] != sk[:-1]))) if len(sk) else np.zeros(0, dtype=I64)
+        first = self.order[self.bounds]  # each run's first row (a stable sort keeps rows in order)
+        self.perm = np.argsort(first, kind="stable")  # group id -> run
+        self.first = first[self.perm]
+        self.n = len(self.first)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Each row's group id."""
+        gid = np.empty(self.n, dtype=I64)
+        gid[self.perm] = np.arange(self.n)
+        out = np.empty(len(self.order), dtype=I64)
+        out[self.order] = np.repeat(gid, np.diff(np.append(self.bounds, len(self.order))))
+        return out
+
+    def size(self) -> np.ndarray:
+        return np.diff(np.append(self.bounds, len(self.order)))[self.perm].astype(I64)
+
+    def _reduce(self, ufunc: np.ufunc, values: np.ndarray) -> np.ndarray:
+        if self.n == 0:
+            return np.zeros(0, dtype=np.asarray(values).dtype)
+        return ufunc.reduceat(np.asarray(values)[self.order], self.bounds)[self.perm]
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        """Sums per group: exact for integers (pandas' compensated float sums may differ in the last bits)."""
+        return self._reduce(np.add, values)
+
+    def min(self, values: np.ndarray) -> np.ndarray:
+        return self._reduce(np.minimum, values)
+
+    def max(self, values: np.ndarray) -> np.ndarray:
+        return self._reduce(np.maximum, values)
+
+    def quantiles(self, values: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+        """Quantiles per group as pandas' groupby().quantile computes them (linear interpolation between the
+        sorted values; q = 0.5 is the median, halfway between the two middle values): shape (len(qs), n), float64."""
+        size = self.size()
+        sv = self._sorted_within(np.asarray(values))
+        start = np.concatenate(([0], np.cumsum(size)[:-1])).astype(I64)
+        out = np.empty((len(qs), self.n), dtype=np.float64)
+        for row, q in enumerate(qs):  # a few quantiles, each vectorised over the groups
+            pos = q * (size - 1).astype(np.float64)
+            idx = pos.astype(I64)
+            frac = pos % 1
+            val = sv[start + idx]
+            nxt = sv[start + np.minimum(idx + 1, size - 1)]
+            between = (val + nxt) / 2 if q == 0.5 else val + (nxt - val) * frac  # pandas' median and quantile formulas
+            out[row] = np.where(frac == 0.0, val, between)
+        return out
+
+    def _sorted_within(self, values: np.ndarray) -> np.ndarray:
+        """`values` sorted by group id, then by value, as float64: one sort of an integer (group, value) key when the
+        values are integers and the key fits, else a lexsort."""
+        ids = self.ids
+        if values.dtype.kind in "iu" and len(values):
+            lo, span = int(values.min()), int(values.max()) - int(values.min()) + 1
+            if self.n * span < 2**62:
+                key = np.sort(ids * span + (values.astype(I64) - lo))
+                return (key % span + lo).astype(np.float64)
+        v = values.astype(np.float64)
+        return v[np.lexsort((v, ids))]
+
+
+def _combined(keys: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Parallel integer key columns as one int64 key (mixed radix), re-densified when it would overflow."""
+    out = np.zeros(len(keys[0]) if keys else 0, dtype=I64)
+    bound = 1  # out < bound
+    for key in keys:
+        k = np.asarray(key, dtype=I64)
+        lo, span = (int(k.min()), int(k.max()) - int(k.min()) + 1) if len(k) else (0, 1)
+        if bound * span >= 2**62:
+            uniq, inv = np.unique(out, return_inverse=True)
+            out, bound = inv.astype(I64).ravel(), len(uniq)
+        out = out * span + (k - lo)
+        bound *= span
+    return out
+
+
 def assign_to_windows(times: np.ndarray, win_starts: np.ndarray, win_ends: np.ndarray) -> np.ndarray:
     """Index of the window [start, end) holding each time, or -1. Windows must be sorted and disjoint."""
     t = np.asarray(times, dtype=I64)

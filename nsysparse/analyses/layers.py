@@ -19,8 +19,9 @@ import pandas as pd
 
 from nsysparse import intervals
 from nsysparse.analyses.context import AnalysisContext
-from nsysparse.analyses.instances import dominant
+from nsysparse.analyses.instances import dominant_per_group
 from nsysparse.columns import Column, empty_frame
+from nsysparse.distinct import map_distinct
 from nsysparse.structure.mapping import Mapping
 
 OP_COLUMNS = (
@@ -96,7 +97,8 @@ def layer_report(ctx: AnalysisContext, top_unmapped: int = 10) -> LayerReport:
     inst = m.op_instances
     steps = m.steps
     nsteps = len(steps)
-    k = m.kernels[m.kernels["step"] >= 0]
+    k = m.kernels[["step", "start_ns", "end_ns", "dur_ns", "source", "short_name"]]  # the columns used below, not all
+    k = k[k["step"].to_numpy() >= 0]
     meta = {"step_source": m.step_source, "step_confidence": m.step_confidence, "layer_source": m.layer_source}
     if nsteps == 0 or len(inst) == 0:
         return LayerReport(
@@ -155,7 +157,7 @@ def named_share(k: pd.DataFrame) -> float:
     total = float(k["dur_ns"].sum())
     if not total:
         return float("nan")
-    named = k["source"].astype(str).isin(("nvtx", "template")).to_numpy()
+    named = map_distinct(k["source"], lambda s: s in ("nvtx", "template"), bool, False)
     return float(k["dur_ns"].to_numpy()[named].sum()) / total
 
 
@@ -182,49 +184,55 @@ def layer_count_note(in_layer: pd.DataFrame, steps: pd.DataFrame) -> str | None:
 
 def _layer_tables(in_layer: pd.DataFrame, steps: pd.DataFrame, nsteps: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The layer kind × op table and the one-layer-per-kind table from op instances inside layers."""
-    layers = (
-        in_layer.groupby(["layer_id", "layer_kind"])
-        .agg(kernel_ns=("time_ns", "sum"), kernels=("kernels", "sum"), start=("start_ns", "min"), end=("end_ns", "max"))
-        .reset_index()
-    )
-    kinds = layers.groupby("layer_kind").agg(n=("layer_id", "size"), kernel_ns=("kernel_ns", "mean"), wall_ns=("end", "mean"), kernels=("kernels", "mean"))
-    kinds["wall_ns"] = layers.assign(w=layers["end"] - layers["start"]).groupby("layer_kind")["w"].mean()
+    kind, kinds = pd.factorize(in_layer["layer_kind"], sort=True)
+    time, start = in_layer["time_ns"].to_numpy(), in_layer["start_ns"].to_numpy()
+    layer = intervals.Groups(in_layer["layer_id"].to_numpy(), kind)  # one layer instance per group
+    lkind = kind[layer.first]
+    n = np.bincount(lkind, minlength=len(kinds))
+    per_kind = {  # means over the layers of each kind, kinds in sort order
+        "kernel_ns": np.bincount(lkind, layer.sum(time), len(kinds)) / n,
+        "wall_ns": np.bincount(lkind, layer.max(in_layer["end_ns"].to_numpy()) - layer.min(start), len(kinds)) / n,
+        "kernels": np.bincount(lkind, layer.sum(in_layer["kernels"].to_numpy()), len(kinds)) / n,
+    }
     step_wall = float(steps["wall_ns"].mean())
     per_step = layers_per_step(in_layer)
+    names = np.asarray(kinds, dtype=object)
     kind_df = pd.DataFrame(
         {
-            "layer_kind": kinds.index.astype(str),
-            "count_per_step": per_step.reindex(kinds.index.astype(str)).fillna(0).to_numpy(dtype=float),
-            "kernel_us": kinds["kernel_ns"].to_numpy() / 1e3,
-            "wall_us": kinds["wall_ns"].to_numpy() / 1e3,
-            "kernels": kinds["kernels"].to_numpy(dtype=float),
+            "layer_kind": names,
+            "count_per_step": per_step.reindex(names).fillna(0).to_numpy(dtype=float),
+            "kernel_us": per_kind["kernel_ns"] / 1e3,
+            "wall_us": per_kind["wall_ns"] / 1e3,
+            "kernels": per_kind["kernels"],
         }
     )
     kind_df["total_us_per_step"] = kind_df["count_per_step"] * kind_df["kernel_us"]
     kind_df["share_of_step_pct"] = kind_df["total_us_per_step"] / (step_wall / 1e3) * 100 if step_wall else 0.0
     kind_df = kind_df.sort_values("total_us_per_step", ascending=False).reset_index(drop=True)
 
-    # layer kind × op
-    layers_per_kind = layers.groupby("layer_kind").size()
-    g = in_layer.groupby(["layer_kind", "op"], sort=False)
+    # layer kind × op, in order of first appearance (the groups of groupby(sort=False))
+    g = intervals.Groups(kind, pd.factorize(in_layer["op"])[0])
+    size, total = g.size(), g.sum(time)
+    median, p10, p90 = g.quantiles(time, (0.5, 0.1, 0.9))
     ops = pd.DataFrame(
         {
-            "count_per_step": g.size() / nsteps,
-            "mean_us": g["time_ns"].mean() / 1e3,
-            "median_us": g["time_ns"].median() / 1e3,
-            "p10_us": g["time_ns"].quantile(0.1) / 1e3,
-            "p90_us": g["time_ns"].quantile(0.9) / 1e3,
-            "total_us_per_step": g["time_ns"].sum() / nsteps / 1e3,
-            "source": g.apply(lambda x: dominant(x["source"], x["time_ns"]), include_groups=False),
+            "layer_kind": names[kind[g.first]],
+            "op": in_layer["op"].to_numpy()[g.first],
+            "count_per_step": size / nsteps,
+            "mean_us": total / size / 1e3,
+            "median_us": median / 1e3,
+            "p10_us": p10 / 1e3,
+            "p90_us": p90 / 1e3,
+            "total_us_per_step": total / nsteps / 1e3,
+            "source": dominant_per_group(g, in_layer["source"], time),
         }
-    ).reset_index()
-    per_layer = ops["total_us_per_step"] / (ops["layer_kind"].map(layers_per_kind).astype(float) / nsteps)
+    )
+    per_layer = ops["total_us_per_step"] / (n[kind[g.first]].astype(float) / nsteps)
     kind_us = ops["layer_kind"].map(kind_df.set_index("layer_kind")["kernel_us"])
     ops["share_of_layer_pct"] = per_layer / kind_us * 100
     # order rows as the ops run inside a layer: by their mean offset from the layer's start
-    offset = in_layer["start_ns"].to_numpy() - layers.set_index("layer_id")["start"].reindex(in_layer["layer_id"]).to_numpy()
-    pos = pd.Series(offset, index=pd.MultiIndex.from_frame(in_layer[["layer_kind", "op"]])).groupby(level=[0, 1]).mean()
-    ops["position"] = pos.reindex(pd.MultiIndex.from_frame(ops[["layer_kind", "op"]])).to_numpy()
+    offset = start - layer.min(start)[layer.ids]
+    ops["position"] = g.sum(offset) / size
     rank = {kd: i for i, kd in enumerate(["dense", "moe", "mtp", "unknown"])}
     ops["korder"] = ops["layer_kind"].map(lambda x: rank.get(x, 9))
     ops = ops.sort_values(["korder", "position"]).reset_index(drop=True)[[c.name for c in OP_COLUMNS]]
@@ -239,10 +247,11 @@ def _reconcile(k: pd.DataFrame, steps: pd.DataFrame, inst: pd.DataFrame, kinds: 
     other = out_layer.groupby("op")["time_ns"].sum().sort_values(ascending=False) / nsteps / 1e3
     rows.append(("ops outside layers", float("nan"), float("nan"), float(other.sum()), ", ".join(f"{op} {us:.1f}" for op, us in other.head(6).items())))
     # kernel-only union per step, for the overlap and copy lines
-    ks = k[["step", "start_ns", "end_ns"]]
-    uniq, inv = np.unique(ks["step"].to_numpy(), return_inverse=True)
-    kunion = intervals.union_by_group(inv, ks["start_ns"].to_numpy(), ks["end_ns"].to_numpy(), len(uniq))
-    ksum = ks.assign(d=ks["end_ns"] - ks["start_ns"]).groupby("step")["d"].sum().reindex(uniq).to_numpy()
+    start, end = k["start_ns"].to_numpy(), k["end_ns"].to_numpy()
+    g = intervals.Groups(k["step"].to_numpy())
+    uniq = k["step"].to_numpy()[g.first]
+    kunion = intervals.union_by_group(g.ids, start, end, g.n)
+    ksum = g.sum(end - start)
     overlap = float((ksum - kunion).sum() / nsteps / 1e3)
     busy = steps.set_index("step")["busy_ns"].reindex(uniq).fillna(0).to_numpy()
     copies = float((busy - kunion).sum() / nsteps / 1e3)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from nsysparse import intervals
 from nsysparse.analyses.context import AnalysisContext
-from nsysparse.analyses.instances import dominant
+from nsysparse.analyses.instances import dominant_per_group
 from nsysparse.columns import Column, empty_frame
 from nsysparse.structure.instances import op_instances
 
@@ -35,17 +36,20 @@ def op_summary(ctx: AnalysisContext, by_kind: bool = False) -> pd.DataFrame:
     if len(inst) == 0 or nsteps == 0:
         return empty_frame(COLUMNS)
     keys = ["layer_kind", "op"] if by_kind else ["op"]
-    g = inst.groupby(keys, sort=False)
+    g = intervals.Groups(*(pd.factorize(inst[c])[0] for c in keys))  # the groups of groupby(keys, sort=False)
+    time = inst["time_ns"].to_numpy()
+    size, time_sum = g.size(), g.sum(time)
     out = pd.DataFrame(
         {
-            "count_per_step": g.size() / nsteps,
-            "kernels_per_step": g["kernels"].sum() / nsteps,
-            "mean_us": g["time_ns"].mean() / 1e3,
-            "median_us": g["time_ns"].median() / 1e3,
-            "total_us_per_step": g["time_ns"].sum() / nsteps / 1e3,
-            "source": g.apply(lambda x: dominant(x["source"], x["time_ns"]), include_groups=False),
+            **{c: inst[c].to_numpy()[g.first] for c in keys},
+            "count_per_step": size / nsteps,
+            "kernels_per_step": g.sum(inst["kernels"].to_numpy()) / nsteps,
+            "mean_us": time_sum / size / 1e3,
+            "median_us": g.quantiles(time, (0.5,))[0] / 1e3,
+            "total_us_per_step": time_sum / nsteps / 1e3,
+            "source": dominant_per_group(g, inst["source"], time),
         }
-    ).reset_index()
+    )
     if not by_kind:
         out["layer_kind"] = ""
     total = out["total_us_per_step"].sum()

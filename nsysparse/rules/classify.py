@@ -14,7 +14,7 @@ def classify_names(rules: RuleSet, short: pd.Series, name: pd.Series) -> pd.Data
     sc, sv = dense_codes(short)
     nc, nv = dense_codes(name)
     pair = sc.astype(np.int64) * (len(nv) + 1) + nc  # distinct (short, name) pairs as one integer
-    upair, codes = np.unique(pair, return_inverse=True)
+    upair, codes = _distinct(pair, len(sv) * (len(nv) + 1))
     uniques = [(sv[p // (len(nv) + 1)], nv[p % (len(nv) + 1)]) for p in upair.tolist()]
     cls, rid, op = [], [], []
     for s, n in uniques:
@@ -29,6 +29,16 @@ def classify_names(rules: RuleSet, short: pd.Series, name: pd.Series) -> pd.Data
             op.append(hit.op or rules.class_ops.get(hit.cls, hit.cls))
     take = np.asarray(codes).ravel()
     return pd.DataFrame({"kernel_class": _expand(cls, take), "rule_id": _expand(rid, take), "class_op": _expand(op, take)}, index=short.index)
+
+
+def _distinct(codes: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(codes, return_inverse=True) for non-negative codes below `bound`: by counting when the range is
+    small next to the rows (no sort of the rows), else by np.unique."""
+    if bound > max(4 * len(codes), 1 << 16):
+        uniq, inv = np.unique(codes, return_inverse=True)
+        return uniq, inv.ravel()
+    present = np.bincount(codes, minlength=bound) > 0
+    return np.flatnonzero(present), (np.cumsum(present) - 1)[codes]
 
 
 def _expand(values: list[str], take: np.ndarray) -> pd.Categorical:

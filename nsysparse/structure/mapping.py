@@ -161,11 +161,12 @@ class _NvtxAttribution:
     def __init__(self, trace: Trace, k: pd.DataFrame, step_pattern: str, layer_pattern: str, ignore: tuple[str, ...]) -> None:
         n = trace.nvtx()
         is_layer_text = _match(n["text"], layer_pattern)
-        self.windows = nvtx_step_windows(n[~is_layer_text], step_pattern, ignore)
+        step_cols = ["start_ns", "end_ns", "kind", "domain", "text", "pid"]  # what nvtx_step_windows reads: filter only those
+        self.windows = nvtx_step_windows(n[step_cols][~is_layer_text], step_pattern, ignore)
         closed = (n["kind"] == "push_pop").to_numpy() & (n["end_ns"].to_numpy() >= n["start_ns"].to_numpy())
         closed &= n["end_global_tid"].to_numpy() == n["global_tid"].to_numpy()
-        closed &= ~n["domain"].astype(str).isin(ignore).to_numpy()
-        tree = build_tree(n[closed][["start_ns", "end_ns", "global_tid", "text"]])
+        closed &= ~map_distinct(n["domain"], lambda d: d in ignore, bool, False)
+        tree = build_tree(n[["start_ns", "end_ns", "global_tid", "text"]][closed])
         self.tree = tree
         texts = tree.frame["text"]
         cand = _match(texts, layer_pattern)
@@ -216,8 +217,10 @@ class _NvtxAttribution:
 
     def texts_at(self, pos: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Distinct texts of the ranges at tree positions `pos`, and each position's index into them."""
-        uniq, inv = np.unique(self.text_codes[pos], return_inverse=True)
-        return [self.text_values[c] for c in uniq.tolist()], inv.ravel()
+        codes = self.text_codes[pos]
+        present = np.bincount(codes, minlength=len(self.text_values)) > 0  # the sorted distinct codes, without a sort
+        dense = np.cumsum(present) - 1
+        return [self.text_values[c] for c in np.flatnonzero(present).tolist()], dense[codes]
 
 
 def _inductor_classes(k: pd.DataFrame, rules: RuleSet, names: dict[str, str]) -> list[str]:
@@ -491,16 +494,13 @@ def _group_slices(full: str, starts: np.ndarray, ends: np.ndarray, tags: list[st
 
 
 def _broadcast(order: np.ndarray, starts: np.ndarray, members: list[int], values: np.ndarray, target: np.ndarray, keep: np.ndarray | None = None) -> None:
-    """target[order[start_i + j]] = values[j] for every member slice i (all of length len(values))."""
-    length = len(values)
-    if length == 0:
+    """target[order[start_i + j]] = values[j] for every member slice i (all of length len(values)), at the positions j
+    where `keep` holds when it is given."""
+    pos = np.arange(len(values)) if keep is None else np.flatnonzero(keep)  # the kept positions of one slice
+    if len(pos) == 0:
         return
-    idx = (starts[members][:, None] + np.arange(length)[None, :]).ravel()
-    vals = np.tile(values, len(members))
-    if keep is not None:
-        sel = np.tile(keep, len(members))
-        idx, vals = idx[sel], vals[sel]
-    target[order[idx]] = vals
+    idx = (starts[members][:, None] + pos[None, :]).ravel()
+    target[order[idx]] = np.tile(values[pos], len(members))
 
 
 def _role_ops(parser: Parser, c: np.ndarray, ordinal: np.ndarray, ops: Vocab, kinds: list[str], name_codes: np.ndarray | None = None) -> np.ndarray:
@@ -603,14 +603,19 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
     devices = k["device_id"].to_numpy().astype(np.int64)
     start = k["start_ns"].to_numpy()
     # the primary stream of each step: the (device, stream) with the most kernels in it
-    key = devices[has] * (1 << 32) + streams[has]
-    pairs = pd.DataFrame({"step": step[has], "key": key}).groupby(["step", "key"]).size().reset_index(name="n")
-    pairs = pairs.sort_values(["step", "n", "key"], ascending=[True, False, True], kind="stable")
-    main_key = pairs.drop_duplicates("step").set_index("step")["key"]
-    is_main = key == main_key.reindex(step[has]).to_numpy()
+    # (ties: the smaller key), from the counts of the few distinct (step, key) pairs
+    code, keys = pd.factorize(devices[has] * (1 << 32) + streams[has], sort=True)
+    pair, count = np.unique(step[has] * len(keys) + code, return_counts=True)
+    pstep, pkey = pair // len(keys), pair % len(keys)
+    best = np.lexsort((pkey, -count, pstep))
+    first = best[np.concatenate(([True], pstep[best][1:] != pstep[best][:-1]))]
+    main_code = np.full(int(step.max()) + 1, -1, dtype=np.int64)
+    main_code[pstep[first]] = pkey[first]
+    is_main = code == main_code[step[has]]
     main = has[is_main]
     other = has[~is_main]
-    order = main[np.lexsort((start[main], step[main]))]
+    in_time = bool(np.all(start[main][1:] >= start[main][:-1]))  # kernels come sorted by start: a stable sort by step suffices
+    order = main[np.argsort(step[main], kind="stable") if in_time else np.lexsort((start[main], step[main]))]
     sids = step[order]
     bounds = np.nonzero(np.diff(sids))[0] + 1
     starts = np.concatenate(([0], bounds))
@@ -678,59 +683,69 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
 
 
 def _gpu_ops_with_steps(trace: Trace, k: pd.DataFrame, windows: StepWindows) -> pd.DataFrame:
-    """Kernels plus memcpy/memset, each with the step it was launched in (for busy/wall time).
-    Built column by column from numpy arrays; text columns stay categorical (no per-row strings)."""
+    """Kernels plus memcpy/memset, each with the step it was launched in (for busy/wall time), in (start, end) order.
+    Built column by column from numpy arrays; text columns stay categorical (the kernels' categories, then the
+    copies' labels), built from codes."""
     launch_cols = ["has_launch", "api_start_ns", "api_end_ns", "global_tid"]
     num_cols = ["start_ns", "end_ns", "device_id", "stream_id", "pid", "step", *launch_cols]
-    cols: dict[str, list[np.ndarray]] = {c: [k[c].to_numpy()] for c in num_cols}
-    cols["graph"] = [k["graph_node_id"].to_numpy() > 0]
-    cat_parts: dict[str, list[tuple[pd.Categorical, int]]] = {c: [(pd.Categorical(k[c]), len(k))] for c in ("op", "layer_kind", "kernel_class")}
-    kind_codes = [np.zeros(len(k), dtype=np.int8)]
-    kinds = ["kernel"]
-    if trace.has("api"):
-        for kind in ("memcpy", "memset"):
-            if not trace.has(kind):
-                continue
+    parts: list[tuple[str, pd.DataFrame, np.ndarray]] = [("kernel", k, k["step"].to_numpy())]
+    for kind in ("memcpy", "memset") if trace.has("api") else ():
+        if trace.has(kind):
             m = trace.launches_of(kind)
             key = "pid" if windows.source == "nvtx" else "device_id"
-            st = assign_windows(m[key].to_numpy(), m["api_start_ns"].to_numpy(), m["has_launch"].to_numpy(), windows.frame, key)
-            for c in num_cols:
-                cols[c].append(st if c == "step" else m[c].to_numpy())
-            cols["graph"].append(m["graph_node_id"].to_numpy() > 0)
-            n = len(m)
-            for c, label in (("op", kind), ("layer_kind", ""), ("kernel_class", kind)):
-                cat_parts[c].append((pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=[label]), n))
-            kinds.append(kind)
-            kind_codes.append(np.full(n, len(kinds) - 1, dtype=np.int8))
-    start = np.concatenate(cols["start_ns"])
-    end = np.concatenate(cols["end_ns"])
-    order = np.lexsort((end, start))
-    out: dict[str, object] = {"kind": pd.Categorical.from_codes(np.concatenate(kind_codes)[order], categories=kinds)}
-    for c, parts in cols.items():
-        out[c] = np.concatenate(parts)[order]
-    for c, cats in cat_parts.items():
-        out[c] = pd.api.types.union_categoricals([p for p, _ in cats]).take(order) if len(cats) > 1 else cats[0][0].take(order)
-    frame = pd.DataFrame(out)
-    return frame[["kind", "start_ns", "end_ns", "device_id", "stream_id", "pid", "step", "graph", "op", "layer_kind", "kernel_class", *launch_cols]]
+            parts.append((kind, m, assign_windows(m[key].to_numpy(), m["api_start_ns"].to_numpy(), m["has_launch"].to_numpy(), windows.frame, key)))
+    start = np.concatenate([f["start_ns"].to_numpy() for _, f, _ in parts])
+    order = np.lexsort((np.concatenate([f["end_ns"].to_numpy() for _, f, _ in parts]), start))
+
+    def column(arrays: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(arrays)[order]
+
+    sizes = [len(f) for _, f, _ in parts]
+    out: dict[str, object] = {
+        "kind": pd.Categorical.from_codes(column([np.full(n, i, dtype=np.int8) for i, n in enumerate(sizes)]), categories=[p[0] for p in parts])
+    }
+    for c in num_cols:
+        out[c] = column([st if c == "step" else f[c].to_numpy() for _, f, st in parts])
+    out["graph"] = column([f["graph_node_id"].to_numpy() > 0 for _, f, _ in parts])
+    for c, labels in (("op", [p[0] for p in parts[1:]]), ("layer_kind", [""] * (len(parts) - 1)), ("kernel_class", [p[0] for p in parts[1:]])):
+        cats = list(k[c].cat.categories)
+        codes = [k[c].cat.codes.to_numpy().astype(np.int32)]
+        for label, n in zip(labels, sizes[1:]):
+            if label not in cats:
+                cats.append(label)
+            codes.append(np.full(n, cats.index(label), dtype=np.int32))
+        out[c] = pd.Categorical.from_codes(column(codes), categories=cats)
+    cols = ["kind", "start_ns", "end_ns", "device_id", "stream_id", "pid", "step", "graph", "op", "layer_kind", "kernel_class", *launch_cols]
+    return pd.DataFrame({c: out[c] for c in cols}, copy=False)
 
 
 def _step_table(k: pd.DataFrame, ops: pd.DataFrame, windows: StepWindows) -> pd.DataFrame:
     cols = [c.name for c in MAPPED_STEP_COLUMNS]
     w = windows.frame
-    in_step = ops[ops["step"] >= 0]
-    if len(w) == 0 or len(in_step) == 0:
+    step = ops["step"].to_numpy()
+    sel = step >= 0
+    if len(w) == 0 or not sel.any():
         return pd.DataFrame(columns=cols)
-    g = in_step.groupby("step")
-    agg = pd.DataFrame({"start_ns": g["start_ns"].min(), "end_ns": g["end_ns"].max()})
-    codes = in_step["step"].to_numpy()
-    uniq, inv = np.unique(codes, return_inverse=True)
-    busy = intervals.union_by_group(inv, in_step["start_ns"].to_numpy(), in_step["end_ns"].to_numpy(), len(uniq))
-    agg["busy_ns"] = pd.Series(busy, index=uniq)
-    kk = k[k["step"] >= 0]
-    kg = kk.groupby("step")
-    agg["kernel_ns"] = (kk["end_ns"] - kk["start_ns"]).groupby(kk["step"]).sum()
-    agg["kernels"] = kg.size()
-    dev = kg["device_id"].first()  # a step's kernels run on the device of its launching process
+    # step numbers are small dense integers: they index the per-step arrays directly
+    step, start, end = step[sel], ops["start_ns"].to_numpy()[sel], ops["end_ns"].to_numpy()[sel]
+    n = int(step.max()) + 1
+    uniq = np.flatnonzero(np.bincount(step, minlength=n))
+    lo, hi = np.full(n, np.iinfo(np.int64).max), np.full(n, np.iinfo(np.int64).min)
+    np.minimum.at(lo, step, start)
+    np.maximum.at(hi, step, end)
+    agg = pd.DataFrame({"start_ns": lo[uniq], "end_ns": hi[uniq]}, index=pd.Index(uniq, name="step"))
+    agg["busy_ns"] = intervals.union_by_group(step, start, end, n)[uniq]
+    ks = k["step"].to_numpy()
+    kin = np.flatnonzero(ks >= 0)
+    kernels = np.bincount(ks[kin], minlength=n)
+    kernel_ns = np.zeros(n, dtype=np.int64)
+    np.add.at(kernel_ns, ks[kin], k["end_ns"].to_numpy()[kin] - k["start_ns"].to_numpy()[kin])
+    first = np.full(n, len(k))
+    np.minimum.at(first, ks[kin], kin)
+    has = np.flatnonzero(kernels)
+    agg["kernel_ns"] = pd.Series(kernel_ns[has], index=has)
+    agg["kernels"] = pd.Series(kernels[has], index=has)
+    dev = pd.Series(k["device_id"].to_numpy()[first[has]], index=has)  # a step's kernels run on the device of its launching process
     out = w.set_index("step").join(agg, how="inner")
     out["device_id"] = dev.reindex(out.index).fillna(-1).astype(np.int64)
     out["wall_ns"] = out["end_ns"] - out["start_ns"]
@@ -747,21 +762,29 @@ def _step_table(k: pd.DataFrame, ops: pd.DataFrame, windows: StepWindows) -> pd.
 
 def _layer_table(k: pd.DataFrame, source: str) -> pd.DataFrame:
     cols = ["layer_id", "step", "layer_index", "layer_name", "layer_kind", "start_ns", "end_ns", "kernel_ns", "kernels", "source"]
-    kk = k[k["layer_id"] >= 0]
-    if len(kk) == 0:
+    lid = k["layer_id"].to_numpy()
+    has = np.flatnonzero(lid >= 0)
+    if len(has) == 0:
         return pd.DataFrame(columns=cols)
-    g = kk.groupby("layer_id")
+    g = intervals.Groups(lid[has])
+    by_id = np.argsort(lid[has][g.first], kind="stable")  # layers in id order
+    first = has[g.first][by_id]  # a layer lies inside one step: its first kernel's step, name and kind are the layer's
+
+    def per_layer(column: str) -> np.ndarray:
+        return k[column].to_numpy()[has]
+
     out = pd.DataFrame(
         {
-            "step": g["step"].first(),  # a layer lies inside one step
-            "layer_name": g["layer_name"].first(),
-            "layer_kind": g["layer_kind"].first().astype(str),
-            "start_ns": g["start_ns"].min(),
-            "end_ns": g["end_ns"].max(),
-            "kernel_ns": g["dur_ns"].sum(),
-            "kernels": g.size(),
+            "layer_id": lid[first],
+            "step": k["step"].to_numpy()[first],
+            "layer_name": k["layer_name"].array.take(first),
+            "layer_kind": k["layer_kind"].array.take(first).astype(str),
+            "start_ns": g.min(per_layer("start_ns"))[by_id],
+            "end_ns": g.max(per_layer("end_ns"))[by_id],
+            "kernel_ns": g.sum(per_layer("dur_ns"))[by_id],
+            "kernels": g.size()[by_id],
         }
-    ).reset_index()
+    )
     out = out.sort_values(["step", "start_ns"]).reset_index(drop=True)
     out["layer_index"] = out.groupby("step").cumcount()
     out["source"] = source
