@@ -361,6 +361,29 @@ TRUTH_FUNCTION_NAMES = {"apply_rotary_pos_emb": "rope", "rotate_half": "rope", "
 """Functions (innermost frame of a node's stack trace) whose nodes are that op wherever their module is."""
 
 
+def provenance_layers(folder: Path) -> list[int]:
+    """The decoder layer (N of `model.layers.N`, the most common over its source nodes) of every launch of the
+    compiled graph, in `provenance_launches` order; -1 for kernels of no layer (embedding, rotary table, head)."""
+    code = next(folder.rglob("output_code.py")).read_text()
+    mapping = json.loads(next(folder.rglob("inductor_provenance_tracking_node_mappings.json")).read_text())
+    nodes = json.loads((folder / "module_stacks.json").read_text())[0]["nodes"]
+    out = []
+    for handle in _HANDLE.findall(code):
+        layers = []
+        for post in mapping["cppCodeToPost"].get(handle, []):
+            for pre in mapping["postToPre"].get(post, []):
+                mods = nodes.get(pre, {}).get("modules") or []
+                m = _MODULE_LAYER.search(mods[-1]) if mods else None
+                layers.append(int(m.group(1)) if m else -1)
+        if not handle.startswith("triton_"):
+            layers = layers[:1]
+        out.append(max(dict.fromkeys(layers), key=layers.count) if layers else -1)
+    return out
+
+
+_MODULE_LAYER = re.compile(r"model\.layers(?:\.|\[)(\d+)")
+
+
 def provenance_launches(folder: Path) -> list[tuple[str, str]]:
     """(kernel handle, true op) for every kernel launch of the compiled graph, in the order its `call()` launches
     them (a CUDA-graph replay runs them in this order). A handle is a Triton kernel's name or an extern call

@@ -124,3 +124,29 @@ def test_inductor_names_per_graph_and_per_launch(tmp_path):
 
     with pytest.raises(UsageError, match="record no ATen ops"):
         inductor_names(empty)
+
+
+def test_a_bare_mtp_range_is_a_layer(builder, tmp_path):
+    """An NVTX range named just `mtp` (or `model.mtp`) is the MTP layer, not ops outside layers; ranges of MTP
+    ops (`mtp_norm`) are not layers."""
+    b = builder()
+    b.gpu()
+    t = 1_000_000
+    for _ in range(3):
+        s0 = t
+        for layer in ("layer_0_dense", "layer_1_dense", "model.mtp"):
+            l0 = t
+            for name in (GEMM, FMHA, GEMM):
+                b.kernel(t + 10_000, t + 12_000, name, api_start=t + 1_000, api_end=t + 2_000)
+                t += 20_000
+            if layer == "model.mtp":
+                b.push(l0 + 500, l0 + 15_000, "mtp_norm")
+            b.push(l0, t - 1_000, layer)
+        b.push(s0 - 500, t, "forward")
+        t += 500_000
+    path = b.write(tmp_path / "t.sqlite")
+    with AnalysisContext.open(path) as ctx:
+        m = ctx.full_mapping
+    kinds = m.layers.groupby("step")["layer_kind"].apply(lambda x: sorted(map(str, x)))
+    assert len(kinds) == 3 and all(v == ["dense", "dense", "mtp"] for v in kinds)
+    assert (m.kernels["layer_id"] >= 0).all()

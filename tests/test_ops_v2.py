@@ -111,6 +111,24 @@ def test_compiled_ops_match_inductor_provenance(unpacked):
     assert share >= NAMED_SHARE
 
 
+@pytest.mark.skipif(not (corpus.V2 / PROVENANCE / "provenance.tar.xz").exists(), reason="provenance fixture not present")
+def test_compiled_layer_time_matches_inductor_provenance(unpacked):
+    """The compiled decode layers' median GPU time within 3 % of the provenance truth (a true layer: the replay's
+    kernels whose source nodes were traced in `model.layers.N`), with 4 layers in every replayed step."""
+    trace, prov = corpus.load_provenance(PROVENANCE, unpacked)
+    launches = corpus.provenance_launches(prov)
+    layer_of = corpus.provenance_layers(prov)
+    lab = corpus.replay_labels(trace, [(h, str(n)) for (h, _), n in zip(launches, layer_of, strict=True)])
+    with AnalysisContext.open(trace) as ctx:
+        k = ctx.mapping.kernels[["stream_id", "start_ns", "step", "layer_id", "dur_ns"]].rename(columns={"stream_id": "stream"})
+    k = k[k["step"] >= 0].merge(lab[["stream", "start_ns", "truth_op"]].rename(columns={"truth_op": "truth_layer"}), on=["stream", "start_ns"])
+    k = k[k["truth_layer"].fillna("") != ""]
+    true = k[k["truth_layer"] != "-1"].groupby(["step", "truth_layer"])["dur_ns"].sum()
+    found = k[k["layer_id"] >= 0].groupby(["step", "layer_id"])["dur_ns"].sum()
+    assert (found.groupby(level="step").size() == 4).all()
+    assert found.median() == pytest.approx(true.median(), rel=0.03), (found.median(), true.median())
+
+
 def _per_step(k, found_col: str = "op") -> tuple[dict[str, float], dict[str, float]]:
     n = k["step"].nunique()
     truth = (k.groupby("truth_op")["dur_us"].sum() / n).to_dict()

@@ -34,8 +34,12 @@ from nsysparse.structure.parse import Parser, Segment
 from nsysparse.structure.steps import DEFAULT_STEP_PATTERN, StepWindows, assign_windows, infer_step_windows, nvtx_step_windows
 from nsysparse.trace import NO_TIME, Trace
 
-DEFAULT_LAYER_PATTERN = r"(?i)^(?!.*::)(?:.*?[^a-z0-9])?(?:layers?|blocks?|decoder_?layer|transformer_?(?:layer|block))[_.\[\s#:-]*\d+"
-"""NVTX layer ranges: "layer_3", "model.layers.3", "block 3", ...; never names with "::" (framework hooks such as
+DEFAULT_LAYER_PATTERN = (
+    r"(?i)^(?!.*::)(?:(?:.*?[^a-z0-9])?(?:layers?|blocks?|decoder_?layer|transformer_?(?:layer|block))[_.\[\s#:-]*\d+"
+    r"|(?:.*?[^a-z0-9])?(?:mtp|nextn)(?:[_.\s-]*(?:layers?|blocks?))?(?:[_.\[\s#:-]*\d+)?\]?$)"
+)
+"""NVTX layer ranges: "layer_3", "model.layers.3", "decoder.layers.3", "block 3", ..., and a multi-token-prediction
+block named as such ("mtp", "model.mtp", "mtp_layer.0", "nextn"); never names with "::" (framework hooks such as
 "FSDP::pre_forward (blocks.15...)"). Option: --layer-pattern."""
 EMIT_NVTX_SUFFIX = re.compile(r"(?is),\s*(?:seq|op_id|sizes|input_op_ids|stashed\s+seq)\s*=.*$")
 """torch.autograd.profiler.emit_nvtx's decoration of op ranges ("aten::addmm, seq = 12, op_id = 34, sizes = [...]"), stripped from op names."""
