@@ -169,6 +169,21 @@ def test_eager_and_graph_compare_on_the_same_op_names(run, unpacked):
     assert all(r["verdict"] == "neutral" for r in rows), [(r["key"], r["delta_pct"]) for r in rows if r["verdict"] != "neutral"]
 
 
+@pytest.mark.parametrize("name", ["hf_llama_generate", "hf_qwen3moe_generate", "hf_llama_train"])
+def test_twin_nvtx_names_resolve_to_the_vocabulary(name, unpacked):
+    """With the twin's own NVTX (HF module paths, function ranges such as `...self_attn.apply_rotary_pos_emb`,
+    backward ranges), every op nsysparse reports is a vocabulary op or a kernel-class name: no raw range text."""
+    import tomllib
+
+    vocab = tomllib.loads((Path(__file__).resolve().parent.parent / "rules" / "vocabulary.toml").read_text())
+    known = set(vocab["ops"]) | {c["op"] for c in vocab["classes"].values()} | {"unmapped", "other"}
+    fx = corpus.load(name, unpacked)
+    with AnalysisContext.open(fx.twin) as ctx:
+        ops = set(op_summary(ctx)["op"].astype(str))
+    assert ops <= known, sorted(ops - known)
+    assert {"rope", "fmha", "q_proj", "mlp_down"} <= ops
+
+
 def test_training_has_no_misfired_slots(unpacked):
     """A training step has no sampling, and its backward is named after the forward ops: no `sample` op, and no
     op named by kernel class alone takes 1 % of the step."""

@@ -73,6 +73,10 @@ class RuleSet:
             return self.aliases[key]
         # a framework module path ("self_attn.q_proj", "mlp.experts"): its last parts name the op
         parts = [p for p in re.split(r"[./]", text.strip()) if p]
+        if len(parts) > 1 and normalise(parts[-1]) in BACKWARD_SUFFIXES:
+            stem = self.canonical_op(".".join(parts[:-1]))  # a module's backward range: the module's op (the layer's
+            if stem in self.ops:  # kind says backward)
+                return stem
         for i in range(1, len(parts)):
             tail = normalise(".".join(parts[i:]))
             if tail in self.ops:
@@ -80,6 +84,10 @@ class RuleSet:
             if tail in self.aliases:
                 return self.aliases[tail]
         return key
+
+
+BACKWARD_SUFFIXES = ("backward", "bwd", "grad")
+"""Last parts of a module path that name the module's backward pass (`model.layers.3.mlp.down_proj.backward`)."""
 
 
 def normalise(text: str) -> str:
