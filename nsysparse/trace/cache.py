@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from nsysparse.errors import reraise_interrupt
-from nsysparse.trace.source import cache_key
+from nsysparse.trace.source import cache_key, user_cache_root
 
 log = logging.getLogger("nsysparse.trace")
 
@@ -55,15 +55,7 @@ def enabled() -> bool:
 
 def root() -> Path:
     """The cache's folder: $XDG_CACHE_HOME (or ~/.cache)/nsysparse/frames."""
-    base = os.environ.get("XDG_CACHE_HOME")
-    if not base:
-        try:
-            base = str(Path.home() / ".cache")
-        except (RuntimeError, KeyError):  # no HOME and no passwd entry
-            import tempfile
-
-            base = os.path.join(tempfile.gettempdir(), f"nsysparse-{os.getuid()}")
-    return Path(base) / "nsysparse" / "frames"
+    return user_cache_root() / "frames"
 
 
 def _megabytes(name: str, default: float) -> int:

@@ -124,15 +124,21 @@ def check_sqlite_file(p: Path) -> None:
         )
 
 
-def cache_dir() -> Path:
-    """Where exports of reports in read-only folders go: $XDG_CACHE_HOME (or ~/.cache)/nsysparse/exports."""
+def user_cache_root() -> Path:
+    """nsysparse's folder in the user's cache: $XDG_CACHE_HOME (or ~/.cache)/nsysparse; without a home, a per-user
+    folder in the temporary directory."""
     base = os.environ.get("XDG_CACHE_HOME")
     if not base:
         try:
             base = str(Path.home() / ".cache")
         except (RuntimeError, KeyError):  # no HOME and no passwd entry
             base = os.path.join(tempfile.gettempdir(), f"nsysparse-{os.getuid()}")
-    return Path(base) / "nsysparse" / "exports"
+    return Path(base) / "nsysparse"
+
+
+def cache_dir() -> Path:
+    """Where exports of reports in read-only folders go: <user cache>/nsysparse/exports."""
+    return user_cache_root() / "exports"
 
 
 def cache_key(rep: Path) -> str:
