@@ -59,8 +59,7 @@ def layer_roles(classes: list[str]) -> list[str]:
         kv, end = (fills[0] if fills else writes[0]), writes[-1] + 1
         fill(ops, end, a0, "fmha")
     else:
-        kv = end = _kv_cache_start(classes, pre[-1] + 1, a0)
-        end = a0
+        kv, end = _kv_cache_start(classes, pre[-1] + 1, a0), a0
     fill(ops, pre[-1] + 1, kv, "rope")
     fill(ops, kv, end, "kv_cache")
     fill(ops, a0, post[0], "fmha")  # the core and its output's layout copies
