@@ -8,9 +8,10 @@ standard output could be written (`info T > /dev/full` is one error line and exi
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING, Any
+
+from nsysparse.outputs import quiet_stdout
 
 if TYPE_CHECKING:
     from nsysparse.cli.app import cli
@@ -30,15 +31,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'nsysparse.cli' has no attribute {name!r}")
 
 
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's own final flush cannot fail a second time."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
-
-
 def main() -> None:
     code: Any = 0
     try:
@@ -47,17 +39,17 @@ def main() -> None:
     except SystemExit as done:
         code = done.code
     except KeyboardInterrupt:  # during start-up (the commands handle their own)
-        _quiet_stdout()
+        quiet_stdout()
         sys.stderr.write("Interrupted.\n")
         code = EXIT_INTERRUPTED
     try:
         sys.stdout.flush()
     except OSError as err:
-        _quiet_stdout()
+        quiet_stdout()
         sys.stderr.write(f"Error: standard output cannot be written ({err.strerror or err}).\n")
         code = code or 1
     except KeyboardInterrupt:
-        _quiet_stdout()
+        quiet_stdout()
         code = EXIT_INTERRUPTED
     sys.exit(code)
 

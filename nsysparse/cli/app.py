@@ -6,14 +6,13 @@ import errno
 import importlib
 import logging
 import os
-import sys
 from typing import Any
 
 import click
 
 from nsysparse import __version__
 from nsysparse.errors import EXIT_ERROR, NsysparseError, RegressionFound, redact
-from nsysparse.outputs import reset_inputs, terminal_text
+from nsysparse.outputs import quiet_stdout, reset_inputs, terminal_text
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -96,7 +95,7 @@ class NsysparseGroup(click.Group):
             raise
         except BrokenPipeError:
             # Output piped into `head` and the like: stop quietly.
-            _stdout_to_devnull()
+            quiet_stdout()
             ctx.exit(0)
         except KeyboardInterrupt:  # outputs are written to a temporary file and renamed at the end: nothing partial is left
             click.echo("Interrupted.", err=True)
@@ -105,7 +104,7 @@ class NsysparseGroup(click.Group):
             if err.errno not in _OUTPUT_ERRNOS:
                 _internal_error(ctx, err)
             # standard output refused the text (a full disk, /dev/full, a closed terminal)
-            _stdout_to_devnull()
+            quiet_stdout()
             click.echo(f"Error: standard output cannot be written ({err.strerror}).", err=True)
             ctx.exit(EXIT_ERROR)
         except MemoryError:
@@ -117,14 +116,6 @@ class NsysparseGroup(click.Group):
 
 # errno values of a write that failed for want of room or of a reader: an output problem, not a bug
 _OUTPUT_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT, errno.EBADF)
-
-
-def _stdout_to_devnull() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
 
 
 def _internal_error(ctx: click.Context, err: Exception) -> None:

@@ -87,13 +87,16 @@ class Engine:
         except sqlite3.Error as err:
             raise self._error(err) from None
 
-    def _sqlite_frame(self, sql: str) -> pd.DataFrame:
+    def _sqlite_fetch(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and rows of `sql` through sqlite3; an SQLite error names the file."""
         try:
             cur = self._sqlite.execute(sql)
-            names = [d[0] for d in cur.description]
-            data = cur.fetchall()
+            return [d[0] for d in cur.description], cur.fetchall()
         except sqlite3.Error as err:
             raise self._error(err) from None
+
+    def _sqlite_frame(self, sql: str) -> pd.DataFrame:
+        names, data = self._sqlite_fetch(sql)
         if not data:
             return pd.DataFrame({n: pd.Series(dtype="object") for n in names})
         cols = list(zip(*data))
@@ -165,12 +168,7 @@ class Engine:
                     if bad is not None:
                         raise bad from None
                     log.debug("duckdb query failed (%s); retrying with sqlite3", err)
-        try:
-            cur = self._sqlite.execute(sql)
-            names = [d[0] for d in cur.description]
-            data = cur.fetchall()
-        except sqlite3.Error as err:
-            raise self._error(err) from None
+        names, data = self._sqlite_fetch(sql)
         if not data:
             return {n: np.zeros(0, dtype=object) for n in names}
         return {n: np.asarray(_column(c)) for n, c in zip(names, zip(*data))}
