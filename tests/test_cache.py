@@ -6,6 +6,7 @@ below the size from which traces are cached by default). Expected values come fr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -86,7 +87,7 @@ def test_results_identical_with_and_without_cache(cache_home: Path, tmp_path: Pa
     monkeypatch.setenv("NSYSPARSE_NO_CACHE", "0")
     cold = {c: _run(c[0], str(t), *c[1:]) for c in COMMANDS}  # writes the entry
     (entry,) = _entries(cache_home)
-    assert any(n.endswith(".parquet") for n in _files(entry))
+    assert any(n.endswith(".cols") for n in _files(entry))
     warm = {c: _run(c[0], str(t), *c[1:]) for c in COMMANDS}  # reads it
     assert cold == expected
     assert warm == expected
@@ -139,20 +140,29 @@ def test_read_only_input_folder(cache_home: Path, tmp_path: Path) -> None:
     assert len(_entries(cache_home)) == 1
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage-json", "missing-parquet", "wrong-rows"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage-json", "missing-data", "wrong-rows", "flipped-byte", "bad-codes"])
 def test_corrupt_entry_is_ignored_and_rebuilt(cache_home: Path, tmp_path: Path, damage: str) -> None:
     t = _copy(FIXTURE, tmp_path / "in")
     expected = _run("layers", str(t), "-f", "csv")
     (entry,) = _entries(cache_home)
-    pq = sorted(entry.glob("kernels-*.parquet"))[0]
+    pq = sorted(entry.glob("kernels-*.cols"))[0]
     meta = pq.with_suffix(".json")
     if damage == "truncate":
         data = pq.read_bytes()
         pq.write_bytes(data[: len(data) // 2])
     elif damage == "garbage-json":
         meta.write_text("{not json")
-    elif damage == "missing-parquet":
+    elif damage == "missing-data":
         pq.unlink()
+    elif damage == "flipped-byte":  # same size, one bit changed: the checksum tells
+        data = bytearray(pq.read_bytes())
+        data[len(data) // 3] ^= 0x10
+        pq.write_bytes(bytes(data))
+    elif damage == "bad-codes":  # a record whose categories are fewer than its codes need
+        info = json.loads(meta.read_text())
+        cat = next(c for c, t in info["types"].items() if isinstance(t, dict))
+        info["types"][cat]["categories"] = info["types"][cat]["categories"][:1]
+        meta.write_text(json.dumps(info))
     else:
         meta.write_text(meta.read_text().replace('"rows": ', '"rows": 1'))
     assert _run("layers", str(t), "-f", "csv") == expected  # damaged entry left aside, frame read from the trace
