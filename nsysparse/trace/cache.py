@@ -171,9 +171,9 @@ class FrameCache:
             raise ValueError("size differs from its record")
         buf = np.empty(size, dtype=np.uint8)
         with open(file, "rb") as fh:
-            if fh.readinto(memoryview(buf)) != size:
+            if fh.readinto(_bytes(buf)) != size:
                 raise ValueError("short read")
-        if zlib.crc32(memoryview(buf)) != int(info["crc32"]):
+        if zlib.crc32(_bytes(buf)) != int(info["crc32"]):
             raise ValueError("checksum differs from its record")
         types: dict[str, Any] = info["types"]
         layout: dict[str, Any] = info["layout"]
@@ -237,7 +237,7 @@ class FrameCache:
                         fh.write(bytes(pad))
                         crc = zlib.crc32(bytes(pad), crc)
                         offset += pad
-                    data = memoryview(np.ascontiguousarray(values)).cast("B")
+                    data = _bytes(np.ascontiguousarray(values))
                     fh.write(data)
                     crc = zlib.crc32(data, crc)
                     layout[c] = {"dtype": values.dtype.str, "offset": offset}
@@ -314,5 +314,7 @@ def _beside(folder: Path, trace: Path) -> bool:
     return any(p == here or p.parent == here for p in made)
 
 
-def _sql_str(text: str) -> str:
-    return text.replace("'", "''")
+def _bytes(values: np.ndarray) -> memoryview:
+    """The bytes of a contiguous array, without a copy."""
+    view: Any = values
+    return memoryview(view).cast("B")
