@@ -167,6 +167,10 @@ class TraceBuilder:
 
     def api(self, start: int, end: int, name: str, pid: int = 100, tid: int = 100, corr: int | None = None, event_class: int = 0) -> int:
         corr = self.next_corr() if corr is None else corr
+        chain = None
+        if event_class == 67:  # a CUDA backtrace row (--cudabacktrace): nsys stores its call chain too
+            chain = len(self.rows.get("CUDA_CALLCHAINS", []))
+            self.add("CUDA_CALLCHAINS", id=chain, symbol=self.sid("main"), module=self.sid("/usr/bin/app"), unresolved=1, originalIP=4096 + chain, stackDepth=0)
         self.add(
             "CUPTI_ACTIVITY_KIND_RUNTIME",
             start=start,
@@ -176,6 +180,7 @@ class TraceBuilder:
             correlationId=corr,
             nameId=self.sid(name),
             returnValue=0,
+            callchainId=chain,
         )
         return corr
 
@@ -400,6 +405,7 @@ class TraceBuilder:
             "CUPTI_ACTIVITY_KIND_SYNCHRONIZATION": _sync_cols(era),
             "NVTX_EVENTS": _nvtx_cols(era),
             "ThreadNames": ["nameId", "priority", "globalTid"],
+            "CUDA_CALLCHAINS": ["id", "symbol", "module", "unresolved", "originalIP", "stackDepth"],
             "TARGET_INFO_GPU": [
                 "vmId",
                 "id",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 import pytest
+from conftest import public_trace
 from nsysbuilder import ERAS, gtid
 
 from nsysparse.trace import info, open_trace
@@ -82,6 +85,18 @@ def test_correlation_join_requires_same_process(builder, tmp_path):
         la = t.launches().set_index(t.launches()["short_name"].astype(str))
         assert la.loc["a", "tid"] == 101 and la.loc["a", "api_start_ns"] == 1_000
         assert la.loc["b", "tid"] == 201 and la.loc["b", "api_start_ns"] == 5_000
+
+
+def test_backtrace_duplicates_of_the_public_capture_are_dropped():
+    """The 2022.2 pipit capture (--cudabacktrace) holds 38 class-67 rows duplicating real calls."""
+    path = public_trace("hpcgroup_pipit/saxpy-mpi-cuda_nsys_perlmutter0.sqlite")
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    want = con.execute('SELECT count(*) FROM CUPTI_ACTIVITY_KIND_RUNTIME WHERE eventClass IN (0, 1) AND "end" >= start').fetchone()[0]
+    dup = con.execute("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_RUNTIME WHERE eventClass = 67").fetchone()[0]
+    con.close()
+    assert dup > 0
+    with open_trace(path) as t:
+        assert len(t.api()) == want
 
 
 def test_backtrace_duplicates_are_dropped(builder, tmp_path):

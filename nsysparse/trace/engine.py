@@ -153,15 +153,17 @@ class Engine:
                     log.debug("duckdb query failed (%s); retrying with sqlite3", err)
         return self._sqlite_frame(sql)
 
-    def arrays(self, sql: str) -> dict[str, np.ndarray]:
+    def arrays(self, sql: str, masked: bool = False) -> dict[str, np.ndarray]:
         """Run a (large) SELECT and return its columns as numpy arrays (DuckDB's `fetchnumpy` when worthwhile,
         no DataFrame in between). A column holding NULLs comes back as float64 with NaN (integers) or object
-        with None; the loaders coalesce every column they read, so in practice every column is plain."""
+        with None; with `masked`, an integer column holding NULLs comes back instead as an int64
+        `np.ma.MaskedArray` (the NULLs masked, exact values kept) for the caller to fill."""
         if self.prefers_duckdb():
             con = self._thread_cursor()
             if con is not None:
                 try:
-                    return {name: _plain(col) for name, col in con.execute(sql).fetchnumpy().items()}
+                    got = con.execute(sql).fetchnumpy().items()
+                    return {name: _masked_int(col) if masked else _plain(col) for name, col in got}
                 except Exception as err:
                     reraise_interrupt(err)
                     bad = validate.diagnose(self.path, self.rows, sql, str(err)) if "Mismatch Type" in str(err) else None
@@ -171,7 +173,7 @@ class Engine:
         names, data = self._sqlite_fetch(sql)
         if not data:
             return {n: np.zeros(0, dtype=object) for n in names}
-        return {n: np.asarray(_column(c)) for n, c in zip(names, zip(*data))}
+        return {n: _masked_int(_column(c)) if masked else np.asarray(_column(c)) for n, c in zip(names, zip(*data))}
 
     def uses_duckdb(self) -> bool:
         """Whether large queries go to DuckDB (preferred and available)."""
@@ -228,6 +230,23 @@ def _plain(col: Any) -> np.ndarray:
     obj = col.data.astype(object)
     obj[np.ma.getmaskarray(col)] = None
     return obj
+
+
+def _masked_int(col: Any) -> np.ndarray:
+    """An integer column with NULLs as an int64 masked array (0 under the mask); any other column as `_plain`."""
+    if isinstance(col, np.ma.MaskedArray):
+        if not col.mask.any():
+            return np.asarray(col.data)
+        if col.dtype.kind in "iub":
+            return np.ma.MaskedArray(col.data.astype(np.int64, copy=False), mask=np.ma.getmaskarray(col))
+        return _plain(col)
+    if isinstance(col, pd.api.extensions.ExtensionArray) and pd.api.types.is_integer_dtype(col.dtype):
+        mask = np.asarray(col.isna())
+        return np.ma.MaskedArray(col.to_numpy(dtype=np.int64, na_value=0), mask=mask) if mask.any() else col.to_numpy(dtype=np.int64)
+    values = np.asarray(col)
+    if values.dtype == object and len(values) and bool(pd.isna(values).all()):  # every value NULL
+        return np.ma.MaskedArray(np.zeros(len(values), dtype=np.int64), mask=np.ones(len(values), dtype=bool))
+    return values
 
 
 def _column(values: tuple[Any, ...]) -> Any:

@@ -31,6 +31,7 @@ TABLES = {
     "mpi_ranks": "MPI_RANKS",
 }
 STRINGS = "StringIds"
+CUDA_CALLCHAINS = "CUDA_CALLCHAINS"  # present in captures with CUDA backtraces (--cudabacktrace)
 THREAD_NAMES = "ThreadNames"
 PROCESSES = "PROCESSES"
 GPU_TABLES = ("TARGET_INFO_GPU", "TARGET_INFO_CUDA_GPU", "TARGET_INFO_CUDA_DEVICE")

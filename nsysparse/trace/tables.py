@@ -153,6 +153,11 @@ def note_invalid_rows(trace: Trace, kind: str, count: int) -> None:
 
 
 def _select_sql(trace: Trace, kind: str, wanted: tuple[str, ...], where: str = "") -> tuple[str, list[str]]:
+    """The plain SELECT of the `wanted` columns (those the table lacks as their neutral literal) and of the
+    columns that make a row valid (`REQUIRED_SOURCES`), as `_req_<column>` where not wanted. No COALESCE
+    and no validity expression: evaluating them in DuckDB cost a third of the read; `_finish` fills NULLs
+    and drops invalid rows on the arrays."""
+    trace.validate(kind)  # the values' types are checked first (sqlite3: one typeof scan)
     table = S.TABLES[kind]
     spec = SPECS[kind]
     present = trace.schema.columns[table]
@@ -163,17 +168,37 @@ def _select_sql(trace: Trace, kind: str, wanted: tuple[str, ...], where: str = "
             expr = f'"{col.source}"'
             if kind == "sync" and col.source == "syncType" and "deprecatedSyncType" in present:
                 expr = 'COALESCE("syncType", "deprecatedSyncType")'
-            if col.kind in ("id0", "str_id", "int"):  # int: NULLs are caught by _valid, never cast
-                expr = f"COALESCE({expr}, {-1 if col.kind == 'str_id' else col.default})"
             parts.append(f"{expr} AS {name}")
         else:
             missing.append(name)
             parts.append(f"{-1 if col.kind == 'str_id' else col.default} AS {name}")
-    parts.append(f"CASE WHEN {valid_rows_sql(trace, kind)} THEN 1 ELSE 0 END AS _valid")
+    selected = {spec[n].source for n in wanted if spec[n].source in present}
+    parts += [f'"{c}" AS _req_{c}' for c in REQUIRED_SOURCES if c in present and c not in selected]
     sql = f'SELECT {", ".join(parts)} FROM "{table}"'
     if where:
         sql += f" WHERE {where}"
     return sql, missing
+
+
+def _valid_rows(trace: Trace, kind: str, cols: dict[str, np.ndarray], spec: dict[str, Col]) -> np.ndarray | None:
+    """Per row: it has every column of `REQUIRED_SOURCES` (that the table has) and end >= start — the
+    predicate of `valid_rows_sql`, on the loaded arrays. None when every row is valid."""
+    present = trace.schema.columns[S.TABLES[kind]]
+    by_source = {spec[n].source: n for n in cols if n in spec}
+    bad: np.ndarray | None = None
+    for c in REQUIRED_SOURCES:
+        if c not in present:
+            continue
+        v = cols.get(by_source.get(c, f"_req_{c}"))
+        if isinstance(v, np.ma.MaskedArray):
+            m = np.ma.getmaskarray(v)
+            bad = m if bad is None else bad | m
+    start, end = cols["start_ns"], cols["end_ns"]
+    if start.dtype.kind in "iu" and end.dtype.kind in "iu" and len(start):
+        order = np.asarray(end) < np.asarray(start)
+        if order.any():
+            bad = order if bad is None else bad | order
+    return None if bad is None or not bad.any() else ~bad
 
 
 def default_columns(kind: str) -> tuple[str, ...]:
@@ -195,28 +220,36 @@ def load(trace: Trace, kind: str, columns: tuple[str, ...] | None = None) -> pd.
         wanted = (*wanted, gid)
     where = ""
     table_cols = trace.schema.columns[S.TABLES[kind]]
-    if kind == "api" and "eventClass" in table_cols:
+    if kind == "api" and "eventClass" in table_cols and trace.schema.has(S.CUDA_CALLCHAINS):
+        # Only a capture with CUDA backtraces (whose call chains fill CUDA_CALLCHAINS) holds the duplicate
+        # class-67 rows; reading eventClass for every call otherwise costs a fifth of the API read.
         where = f'"eventClass" IN ({S.EVENT_CLASS_RUNTIME}, {S.EVENT_CLASS_DRIVER})'
     sql, missing = _select_sql(trace, kind, wanted, where)
     for m in missing:
         if m in ("global_pid", "global_tid", "correlation_id", "device_id", "stream_id", "event_class"):
             trace.note(f"{S.TABLES[kind]} has no {spec[m].source} column (older export): {m} is unknown")
-    return _finish(trace, trace.engine.arrays(sql), kind, spec, wanted)
+    return _finish(trace, trace.engine.arrays(sql, masked=True), kind, spec, wanted)
 
 
 def _finish(trace: Trace, cols: dict[str, np.ndarray], kind: str, spec: dict[str, Col], wanted: tuple[str, ...]) -> pd.DataFrame:
-    n = len(cols["_valid"])
+    table = S.TABLES[kind]
+    n = len(cols["start_ns"])
     if n:
-        valid = cols["_valid"].astype(bool)
-        if not valid.all():
+        for name in ("start_ns", "end_ns"):  # a NULL time is an invalid row, anything else is named
+            v = cols[name]
+            integer_column(trace, table, spec[name].source, v.data if isinstance(v, np.ma.MaskedArray) else v)
+        valid = _valid_rows(trace, kind, cols, spec)
+        if valid is not None:
             note_invalid_rows(trace, kind, int((~valid).sum()))
             cols = {k: v[valid] for k, v in cols.items()}
             n = int(valid.sum())
     out: dict[str, object] = {}
-    table = S.TABLES[kind]
     for name in wanted:
         col = spec[name]
-        values = integer_column(trace, table, col.source, cols[name]) if n else np.zeros(0, dtype=np.int64)
+        raw = cols[name]
+        if isinstance(raw, np.ma.MaskedArray):  # NULLs: the neutral value (-1 for a missing string)
+            raw = raw.filled(-1 if col.kind == "str_id" else col.default)
+        values = integer_column(trace, table, col.source, raw) if n else np.zeros(0, dtype=np.int64)
         if col.kind == "str_id":
             cat = trace.strings.categorical(values.astype(np.int64, copy=False))
             if kind == "api" and name == "name":
