@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import public_trace
 from nsysbuilder import ERAS, gtid
@@ -187,3 +188,38 @@ def test_info_summary_of_streams_and_processes(builder, tmp_path):
     assert streams[13]["kernels"] == 1 and streams[13]["memcpy"] == 1
     assert s["processes"][0]["name"] == "python3"  # base name only: paths can hold user names
     assert s["tables"]["kernels"] == 3
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "duckdb"])
+def test_nvtx_text_and_domain_match_sql(builder, tmp_path, monkeypatch, engine):
+    """Inline texts, registered (textId) texts, a value that is both, an unknown id, NULLs, named and unnamed
+    domains: per row, the loaded text is COALESCE(text, StringIds.value) and the domain the NvtxDomainCreate
+    name (else "default" / "domain N"), computed here in SQL; categories in order of first appearance."""
+    monkeypatch.setenv("NSYSPARSE_ENGINE", engine)
+    b = builder("2024.5")
+    b.gpu()
+    b.domain(5, "NCCL", pid=100)
+    t = 1_000
+    for i in range(30):
+        text = ("fwd", "layer_3", "nccl:AllReduce", "fwd")[i % 4]
+        b.push(t, t + 500, text, registered=i % 3 == 0, domain=(0, 5, 7)[i % 3], tid=100 + i % 2)
+        t += 1_000
+    b.mark(t, "ckpt")
+    path = b.write(tmp_path / "t.sqlite")
+    con = sqlite3.connect(path)
+    con.execute("UPDATE NVTX_EVENTS SET textId = 987654 WHERE rowid = (SELECT min(rowid) FROM NVTX_EVENTS WHERE textId IS NOT NULL)")
+    con.execute("UPDATE NVTX_EVENTS SET text = NULL, textId = NULL WHERE rowid = (SELECT max(rowid) FROM NVTX_EVENTS WHERE eventType = 59)")
+    con.commit()
+    rows = con.execute(
+        "SELECT n.start, COALESCE(n.text, s.value), CASE WHEN n.domainId = 5 THEN 'NCCL' WHEN n.domainId = 0 THEN 'default' "
+        "ELSE 'domain ' || n.domainId END FROM NVTX_EVENTS n LEFT JOIN StringIds s ON s.id = n.textId WHERE n.eventType IN (59, 34) ORDER BY n.start"
+    ).fetchall()
+    con.close()
+    with open_trace(path) as tr:
+        loaded = tr.nvtx()
+    n = loaded.sort_values("start_ns", kind="stable")
+    got = [(int(a), None if pd.isna(x) else str(x), str(d)) for a, x, d in zip(n["start_ns"], n["text"], n["domain"])]
+    assert got == [(int(a), x, d) for a, x, d in rows]
+    cats = list(loaded["text"].cat.categories)
+    assert cats == list(dict.fromkeys(x for x in loaded["text"] if not pd.isna(x)))
+    assert set(cats) == {x for _, x, _ in rows if x is not None}
