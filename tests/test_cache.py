@@ -58,7 +58,15 @@ def _run(*args: str) -> str:
     return res.output
 
 
-COMMANDS = (("ops", "-f", "csv"), ("layers", "-f", "csv"), ("steps", "-f", "csv"), ("gaps", "-f", "json"), ("kernels", "-f", "csv"))
+COMMANDS = (
+    ("info", "-f", "json"),
+    ("info",),
+    ("ops", "-f", "csv"),
+    ("layers", "-f", "csv"),
+    ("steps", "-f", "csv"),
+    ("gaps", "-f", "json"),
+    ("kernels", "-f", "csv"),
+)
 
 
 def test_key_follows_path_size_and_mtime(tmp_path: Path) -> None:
@@ -107,6 +115,29 @@ def test_cached_frames_equal_loaded_frames_and_notes(cache_home: Path, tmp_path:
             pd.testing.assert_frame_equal(tr._frames[k], df, check_categorical=True)
         pd.testing.assert_frame_equal(tr.launches(), launches)
         assert tr.notes == notes
+
+
+def test_info_summary_is_kept_and_read_back(cache_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second `info` reads the record (the aggregate queries do not run again) and says the same, even
+    through another spelling of the path; a damaged record is rebuilt."""
+    from nsysparse.trace import info
+
+    t = _copy(FIXTURE, tmp_path / "in")
+    first = json.loads(_run("info", str(t), "-f", "json"))
+    (entry,) = _entries(cache_home)
+    record = entry / "info.record.json"
+    assert record.exists()
+    calls = []
+    real = info.summary
+    monkeypatch.setattr(info, "summary", lambda trace: calls.append(1) or real(trace))
+    monkeypatch.chdir(t.parent)
+    again = json.loads(_run("info", "trace.sqlite", "-f", "json"))
+    assert calls == []
+    assert again | {"file": first["file"], "sqlite_file": first["sqlite_file"]} == first
+    assert again["file"] == "trace.sqlite"
+    record.write_text("{truncated")
+    assert json.loads(_run("info", str(t), "-f", "json")) == first
+    assert calls == [1] and json.loads(record.read_text())["data"]["gpus"] == first["gpus"]
 
 
 def test_no_cache_option_writes_nothing(cache_home: Path, tmp_path: Path) -> None:

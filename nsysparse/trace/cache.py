@@ -196,6 +196,47 @@ class FrameCache:
                 out[c] = values.astype(t, copy=False)
         return pd.DataFrame(out, copy=False)
 
+    def get_record(self, name: str) -> tuple[Any, list[str]] | None:
+        """A small JSON record of this trace (e.g. the `info` summary) and the notes its making produced;
+        None when there is none or it does not read back."""
+        if self.dir is None:
+            return None
+        file = self.dir / f"{name}.record.json"
+        try:
+            info = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            log.debug("frame cache record %s unreadable (%s); rebuilding it", name, err)
+            with contextlib.suppress(OSError):
+                file.unlink()
+            return None
+        if not isinstance(info, dict) or info.get("format") != FORMAT or "data" not in info:
+            return None
+        self._touch()
+        return info["data"], [str(n) for n in info.get("notes", [])]
+
+    def put_record(self, name: str, data: Any, notes: list[str]) -> None:
+        """Store a small JSON record (written at once, under a temporary name, then renamed)."""
+        if self.dir is None:
+            return
+        try:
+            text = json.dumps({"format": FORMAT, "data": data, "notes": list(notes)})
+        except (TypeError, ValueError) as err:
+            log.debug("frame cache record %s not stored (%s)", name, err)
+            return
+        tmp = self.dir / f".{name}.{os.getpid()}.{threading.get_ident()}.record.tmp"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, self.dir / f"{name}.record.json")
+            self._touch()
+        except OSError as err:
+            log.debug("frame cache record %s not stored (%s)", name, err)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
     # -- writing ------------------------------------------------------------------------------------
     def put(self, kind: str, columns: tuple[str, ...], frame: pd.DataFrame, notes: list[str]) -> None:
         """Store `frame` (its columns are `columns`, in order) on a background thread."""

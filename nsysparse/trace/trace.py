@@ -377,8 +377,24 @@ class Trace:
 
     # -- summaries and joins (the readers behind the door) -----------------------------------------
     def summary(self) -> dict[str, Any]:
-        """What `nsysparse info` shows: versions, GPUs, processes, streams, counts, span, NVTX domains."""
-        return info.summary(self)
+        """What `nsysparse info` shows: versions, GPUs, processes, streams, counts, span, NVTX domains.
+        Kept in the frame cache: a second `info` (or `report`) on the same file reads it back."""
+        hit = self.cache.get_record("info") if self.cache.active else None
+        if hit is not None and isinstance(hit[0], dict):
+            data, notes = hit
+            for n in notes:
+                self.note(n)
+        else:
+            outer = getattr(self._collect, "notes", None)
+            self._collect.notes = []
+            try:
+                data = info.summary(self)
+                notes = list(self._collect.notes)
+            finally:
+                self._collect.notes = outer
+            self.cache.put_record("info", data, notes)
+        # what depends on how the file was named, or on what was read before: never from the record
+        return data | {"file": str(self.source_path), "sqlite_file": str(self.path), "size_bytes": self.path.stat().st_size, "notes": list(self.notes)}
 
     def gpu_name(self, device_id: int | None = None) -> str:
         """The GPU's product name (of `device_id`, else of the device that ran the most kernels)."""
