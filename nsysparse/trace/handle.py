@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from nsysparse.trace.engine import Engine
     from nsysparse.trace.schema import ExportVersion, Schema
     from nsysparse.trace.strings import Strings
+
+T = TypeVar("T")
 
 
 class TraceHandle(Protocol):
@@ -33,6 +36,8 @@ class TraceHandle(Protocol):
     def strings(self) -> Strings: ...
 
     def note(self, message: str) -> None: ...
+
+    def collecting(self, build: Callable[[], T]) -> tuple[T, list[str]]: ...
 
     def validate(self, table: str) -> None: ...
 

@@ -7,6 +7,7 @@ EXPORT_HOST, EXPORT_USER, ...) are never selected.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -467,46 +468,82 @@ def outlier_note(listed: list[dict[str, Any]], count: int, lo: int | None, hi: i
     return f"{count} NVTX event(s) lie far outside the CUDA activity and are left out of the time span ({what})"
 
 
-def slice_status(trace: Trace, kernels: int | None = None) -> tuple[bool, str]:
+def slice_status(trace: Trace, kernels: int | None = None, missing: int | None = None) -> tuple[bool, str]:
     """Whether the export is a time slice: metadata says so, or kernels lack their launching calls
-    (`kernels`: the count of valid kernel rows, when the caller has it)."""
+    (`kernels`: the count of valid kernel rows, and `missing`: those without a call, when the caller has them)."""
     if "DERIVED_WINDOW_NS" in trace.export_meta:
         return True, f"export metadata marks a time window ({trace.export_meta['DERIVED_WINDOW_NS']} ns)"
     if not trace.has("kernels"):
         return False, "no kernels"
     if not trace.has("api"):
         return False, "no CUDA API table to check against"
-    missing, total = _kernels_without_launch(trace, kernels)
+    if missing is None or kernels is None:
+        missing, kernels = _kernels_without_launch(trace, kernels)
     if missing:
-        return True, f"{missing} of {total} kernels have no launching API call"
+        return True, f"{missing} of {kernels} kernels have no launching API call"
     return False, "every kernel has its launching API call"
+
+
+def _launch_check_in_sql(trace: Trace) -> bool:
+    """Whether the launch check runs as one DuckDB join (large files) rather than on the launch join."""
+    kt = S.TABLES["kernels"]
+    return not trace.is_loaded("launches") and trace.engine.uses_duckdb() and trace.schema.has(kt, "correlationId") and trace.has("api")
 
 
 def _kernels_without_launch(trace: Trace, total: int | None = None) -> tuple[int, int]:
     """Kernels whose correlationId has no runtime/driver call in the same process: an outer join in
     DuckDB for large files (hash join), the in-memory launch join otherwise."""
-    kt, at = S.TABLES["kernels"], S.TABLES["api"]
-    pid_ok = trace.schema.has(kt, "globalPid") and trace.schema.has(at, "globalTid")
-    if trace.is_loaded("launches") or not trace.engine.prefers_duckdb() or trace.engine.duckdb() is None or not trace.schema.has(kt, "correlationId"):
+    if not _launch_check_in_sql(trace):
         launches = trace.launches()
         return int((~launches["has_launch"].to_numpy()).sum()), len(launches)
+    if total is None:
+        total = int(trace.engine.frame(f'SELECT count(*) AS n FROM "{S.TABLES["kernels"]}" WHERE {tables.valid_rows_sql(trace, "kernels")}')["n"].iloc[0])
+    return _missing_launches(trace), total
+
+
+def _missing_launches(trace: Trace) -> int:
+    """The DuckDB join of `_kernels_without_launch`: valid kernels without a call of the same process."""
+    kt, at = S.TABLES["kernels"], S.TABLES["api"]
+    pid_ok = trace.schema.has(kt, "globalPid") and trace.schema.has(at, "globalTid")
     cond = 'r."correlationId" = k."correlationId"' + (' AND ((r."globalTid" >> 24) & 16777215) = ((k."globalPid" >> 24) & 16777215)' if pid_ok else "")
     valid = tables.valid_rows_sql(trace, "kernels", alias="k.")
     # a left join rather than NOT EXISTS: DuckDB then builds its hash table on the kernels, not on the (larger)
     # API table (half the time at 400x); a kernel without a call is the one row with a NULL right side
     df = trace.engine.frame(f'SELECT count(*) FILTER (WHERE r."correlationId" IS NULL) AS missing FROM "{kt}" k LEFT JOIN "{at}" r ON {cond} WHERE {valid}')
-    if total is None:
-        total = int(trace.engine.frame(f'SELECT count(*) AS n FROM "{kt}" WHERE {tables.valid_rows_sql(trace, "kernels")}')["n"].iloc[0])
-    return int(df["missing"].iloc[0]), total
+    return int(df["missing"].iloc[0])
+
+
+def _concurrently(trace: Trace, jobs: dict[str, Callable[[Trace], Any]]) -> dict[str, Any]:
+    """Run the aggregate queries `jobs` at once, on threads (each with its own DuckDB cursor; DuckDB works
+    outside the GIL), when DuckDB runs them; one after the other with sqlite3. The notes each raises are
+    raised again on the calling thread, so they are the trace's (and its cached summary's) whichever ran it."""
+    if len(jobs) < 2 or not trace.engine.uses_duckdb():
+        return {k: fn(trace) for k, fn in jobs.items()}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as ex:
+        futures = {k: ex.submit(trace.collecting, lambda fn=fn: fn(trace)) for k, fn in jobs.items()}
+        done = {k: f.result() for k, f in futures.items()}
+    for _, notes in done.values():
+        for n in notes:
+            trace.note(n)
+    return {k: value for k, (value, _) in done.items()}
 
 
 def summary(trace: Trace) -> dict[str, Any]:
     """The whole `info` answer as plain data (JSON-ready): one aggregate query per event table."""
-    gw, aw = _gpu_work(trace), _api_work(trace)
+    for kind in ("kernels", "api"):
+        if trace.has(kind):
+            trace.validate(kind)  # (on this thread, before the queries run at once)
+    jobs: dict[str, Callable[[Trace], Any]] = {"gw": _gpu_work, "aw": _api_work}
+    if "DERIVED_WINDOW_NS" not in trace.export_meta and _launch_check_in_sql(trace):
+        jobs["missing"] = _missing_launches
+    got = _concurrently(trace, jobs)
+    gw, aw = got["gw"], got["aw"]
     lo, hi, outliers, n_outliers, nw = _time_span(trace, gw, aw)
     if n_outliers:
         trace.note(outlier_note(outliers, n_outliers, lo, hi))
-    sliced, why = slice_status(trace, int(gw["nv"][gw["kind"] == _OP_CODES["kernels"]].sum()))
+    sliced, why = slice_status(trace, int(gw["nv"][gw["kind"] == _OP_CODES["kernels"]].sum()), got.get("missing"))
     nvtx_text = "none"
     if trace.has("nvtx"):
         inline, total = int(nw["ti"].sum()), int(nw["tt"].sum())

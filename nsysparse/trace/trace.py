@@ -6,7 +6,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,9 @@ _WHY_MISSING = {
     "memset": "the capture recorded no memsets",
     "sync": "the capture recorded no synchronization events",
 }
+
+
+T = TypeVar("T")
 
 
 class Trace:
@@ -85,8 +88,8 @@ class Trace:
         if message not in self.notes:
             self.notes.append(message)
 
-    def _collecting(self, build: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame, list[str]]:
-        """Run `build` and return its frame with the notes it raised (on this thread)."""
+    def collecting(self, build: Callable[[], T]) -> tuple[T, list[str]]:
+        """Run `build` and return what it returns with the notes it raised (on this thread)."""
         outer = getattr(self._collect, "notes", None)
         self._collect.notes = []
         try:
@@ -105,7 +108,7 @@ class Trace:
                 for n in notes:
                     self.note(n)
             return frame, notes
-        frame, notes = self._collecting(build)
+        frame, notes = self.collecting(build)
         self.cache.put(kind, tuple(frame.columns), frame, notes)
         return frame, notes
 
@@ -345,7 +348,7 @@ class Trace:
             for c in added:
                 out[c] = cols[c].to_numpy() if c != "api_name" else cols[c].array
             return out
-        df, notes = self._collecting(build)
+        df, notes = self.collecting(build)
         self.cache.put("launches", added, df, notes)
         return df
 
@@ -385,13 +388,7 @@ class Trace:
             for n in notes:
                 self.note(n)
         else:
-            outer = getattr(self._collect, "notes", None)
-            self._collect.notes = []
-            try:
-                data = info.summary(self)
-                notes = list(self._collect.notes)
-            finally:
-                self._collect.notes = outer
+            data, notes = self.collecting(lambda: info.summary(self))
             self.cache.put_record("info", data, notes)
         # what depends on how the file was named, or on what was read before: never from the record
         return data | {"file": str(self.source_path), "sqlite_file": str(self.path), "size_bytes": self.path.stat().st_size, "notes": list(self.notes)}
