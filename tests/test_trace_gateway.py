@@ -88,6 +88,23 @@ def test_correlation_join_requires_same_process(builder, tmp_path):
         assert la.loc["b", "tid"] == 201 and la.loc["b", "api_start_ns"] == 5_000
 
 
+@pytest.mark.parametrize("order", ["correlation", "reversed"])
+def test_launch_join_whatever_the_order_of_calls(builder, tmp_path, order):
+    """Calls in correlation order (joined without a sort) or not (sorted first): each kernel gets its own call."""
+    b = builder("2024.5")
+    b.gpu()
+    corrs = list(range(1, 9)) if order == "correlation" else list(range(8, 0, -1))
+    for i, c in enumerate(corrs):
+        b.api(1_000 * (i + 1), 1_000 * (i + 1) + 100, "cudaLaunchKernel_v7000", tid=101 + c % 2, corr=c)
+    for c in range(1, 9):
+        b.kernel(100_000 + 1_000 * c, 100_500 + 1_000 * c, f"k{c}", corr=c)
+    path = b.write(tmp_path / "t.sqlite")
+    with open_trace(path) as t:
+        la = t.launches()
+        got = {str(n): (int(a), int(tid)) for n, a, tid in zip(la["short_name"], la["api_start_ns"], la["tid"])}
+    assert got == {f"k{c}": (1_000 * (corrs.index(c) + 1), 101 + c % 2) for c in range(1, 9)}
+
+
 def test_backtrace_duplicates_of_the_public_capture_are_dropped():
     """The 2022.2 pipit capture (--cudabacktrace) holds 38 class-67 rows duplicating real calls."""
     path = public_trace("hpcgroup_pipit/saxpy-mpi-cuda_nsys_perlmutter0.sqlite")

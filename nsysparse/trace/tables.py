@@ -448,8 +448,11 @@ def kernel_launches(trace: Trace, kernels: pd.DataFrame, api: pd.DataFrame) -> p
     use_pid = trace.schema.has(S.TABLES["kernels"], "globalPid")
     kkey = _corr_key(kernels["correlation_id"].to_numpy(), kpid if use_pid else None)
     akey = _corr_key(api["correlation_id"].to_numpy(), api["pid"].to_numpy() if use_pid else None)
-    order = np.argsort(akey, kind="stable")
-    sorted_keys = akey[order]
+    if len(akey) < 2 or bool((akey[1:] >= akey[:-1]).all()):  # calls in correlation order (the usual case): no sort
+        order, sorted_keys = np.arange(len(akey)), akey
+    else:
+        order = np.argsort(akey, kind="stable")
+        sorted_keys = akey[order]
     pos = np.searchsorted(sorted_keys, kkey)
     pos_c = np.clip(pos, 0, max(len(sorted_keys) - 1, 0))
     found = (len(sorted_keys) > 0) & (pos < len(sorted_keys))
