@@ -226,8 +226,14 @@ class Trace:
         return sorted(int(d) for d in df["d"].dropna())
 
     def count(self, kind: str) -> int:
+        """Rows of the table of `kind` (every row, valid or not); kept in the frame cache's "counts" record."""
+        if not self._counts and self.cache.active:
+            hit = self.cache.get_record("counts")
+            if hit is not None and isinstance(hit[0], dict):
+                self._counts.update({str(k): int(v) for k, v in hit[0].items()})
         if kind not in self._counts:
             self._counts[kind] = int(self.engine.rows(f'SELECT count(*) FROM "{S.TABLES[kind]}"')[0][0]) if self.has(kind) else 0
+            self.cache.put_record("counts", dict(self._counts), [])
         return self._counts[kind]
 
     def capture_mode(self) -> str:
@@ -411,7 +417,9 @@ class Trace:
 
     def profiler_overhead(self) -> pd.DataFrame:
         """The profiler's own overhead ranges (start_ns, end_ns, global_tid), empty when not recorded."""
-        return tables.profiler_overhead(self)
+        if "overhead" not in self._frames:
+            self._frames["overhead"] = self._cached("overhead", ("start_ns", "end_ns", "global_tid"), lambda: tables.profiler_overhead(self))[0]
+        return self._frames["overhead"]
 
     def export_columns(self, kind: str) -> tuple[str, ...]:
         """Every canonical column of an event table (what `export` writes)."""
