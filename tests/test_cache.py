@@ -176,6 +176,8 @@ def test_corrupt_entry_is_ignored_and_rebuilt(cache_home: Path, tmp_path: Path, 
     t = _copy(FIXTURE, tmp_path / "in")
     expected = _run("layers", str(t), "-f", "csv")
     (entry,) = _entries(cache_home)
+    for kept in entry.glob("mapping-*.record.json"):
+        kept.unlink()  # the kept mapping would answer without reading the kernels
     pq = sorted(entry.glob("kernels-*.cols"))[0]
     meta = pq.with_suffix(".json")
     if damage == "truncate":
@@ -255,3 +257,37 @@ def test_launch_columns_from_cache_match(cache_home: Path, tmp_path: Path) -> No
     for c in ("has_launch", "api_start_ns", "api_end_ns", "global_tid", "tid"):
         np.testing.assert_array_equal(got[c].to_numpy(), want[c].to_numpy())
     assert got["api_name"].astype(str).tolist() == want["api_name"].astype(str).tolist()
+
+
+def test_mapping_is_kept_and_read_back(cache_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second command on the same file, rules and options reads the mapping back (map_trace does not
+    run) and answers the same; other rules or options map again; a damaged kept frame maps again."""
+    from nsysparse.analyses import context
+
+    t = _copy(FIXTURE, tmp_path / "in")
+    monkeypatch.setenv("NSYSPARSE_NO_CACHE", "1")
+    expected = {c: _run(c[0], str(t), *c[1:]) for c in COMMANDS[2:]}
+    monkeypatch.setenv("NSYSPARSE_NO_CACHE", "0")
+    calls: list[int] = []
+    real = context.map_trace
+    monkeypatch.setattr(context, "map_trace", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert _run("layers", str(t), "-f", "csv") == expected[("layers", "-f", "csv")]
+    assert calls == [1]
+    for c in COMMANDS[2:]:
+        assert _run(c[0], str(t), *c[1:]) == expected[c]
+    assert calls == [1]  # every later command read the kept mapping
+    _run("layers", str(t), "-f", "csv", "--nvtx", "off")
+    assert calls == [1, 1]  # other options: mapped again
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    with open(rules / "common.toml", "a", encoding="utf-8") as fh:
+        fh.write("# edited\n")  # the same rules, other bytes: another digest
+    _run("layers", str(t), "-f", "csv", "--rules", str(rules))
+    assert calls == [1, 1, 1]  # other rules: mapped again
+    (entry,) = _entries(cache_home)
+    for frame in entry.glob("mapping-*-kernels-*.cols"):
+        data = bytearray(frame.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        frame.write_bytes(bytes(data))
+    assert _run("layers", str(t), "-f", "csv") == expected[("layers", "-f", "csv")]
+    assert len(calls) == 4  # the damaged frame was refused and the trace mapped again

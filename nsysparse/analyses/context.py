@@ -19,6 +19,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from nsysparse.analyses.mapping_cache import keep_mapping, kept_mapping, mapping_key
 from nsysparse.errors import UsageError
 from nsysparse.rules import RuleSet, load_rules
 from nsysparse.structure.inductor import inductor_names, provenance_notes
@@ -97,7 +98,14 @@ class AnalysisContext:
                 self.trace, self.rules, step_pattern=o.step_pattern, layer_pattern=o.layer_pattern, nvtx=o.nvtx, inductor=inductor, inductor_notes=said
             )
 
-        return self._on_map(run) if self._on_map is not None else run()
+        key = mapping_key(self.rules, self.options) if self.trace.has("kernels") else None
+        kept = kept_mapping(self.trace, key, self.rules) if key else None
+        if kept is not None:
+            return kept
+        mapping, notes = self.trace.collecting(lambda: self._on_map(run) if self._on_map is not None else run())
+        if key:
+            keep_mapping(self.trace, key, mapping, notes)
+        return mapping
 
     @cached_property
     def mapping(self) -> Mapping:

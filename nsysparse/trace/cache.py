@@ -6,15 +6,17 @@ and modification time (`source.cache_key`) and the cache format: another file, o
 another key, and an entry nobody uses any more is evicted by the size cap.
 
 What: one file per frame (kernels with a given column set, CUDA API calls, NVTX, memcpy, memset, the
-kernels' launch columns) holding its columns' raw arrays one after the other (each 64-byte aligned;
-categorical columns as their int32 codes), and one JSON file beside it naming its columns, their dtypes and
-offsets, the row count, the categories of its categorical columns, a CRC-32 of the data file and the notes
-its loading produced (so that a cached frame tells the user the same things). Reading is one `readinto`
-and a view per column: no decoding, which is what makes a second command cheap (a Parquet file read
-through DuckDB cost about 1.5 s at 2.3 M kernels, this about 0.1 s). Both files are written under
-temporary names and renamed, the JSON last: an entry is complete when its JSON exists. An entry that does
-not read back exactly as its JSON says (truncated, corrupt, another format, codes outside its categories)
-is deleted and rebuilt.
+kernels' launch columns, and the frames of results kept by `Trace.keep_result`, such as the mapping)
+holding its columns' raw arrays one after the other (each 64-byte aligned; integers in the smallest type
+that holds them, categorical and text columns as codes), and one JSON file beside it naming its columns,
+their dtypes and offsets, the row count, the categories of its categorical and text columns, a CRC-32 of
+the data file and the notes its loading produced (so that a cached frame tells the user the same things).
+Reading is one `readinto` and a view per column: no decoding, which is what makes a second command cheap
+(a Parquet file read through DuckDB cost about 1.5 s at 2.3 M kernels, this a few tenths). Both files are
+written under temporary names and renamed, the JSON last: an entry is complete when its JSON exists. An
+entry that does not read back exactly as its JSON says (truncated, corrupt, another format, codes outside
+its categories) is deleted and rebuilt. Small JSON records (`*.record.json`: the `info` summary, table
+row counts, a kept result's index) sit beside them.
 
 Options: `NSYSPARSE_NO_CACHE=1` (the CLI's `--no-cache`) neither reads nor writes anything;
 `NSYSPARSE_CACHE_MAX_MB` caps the cache's size (default 2048): after each write, the least recently used
@@ -46,7 +48,7 @@ from nsysparse.trace.source import cache_key, user_cache_root
 
 log = logging.getLogger("nsysparse.trace")
 
-FORMAT = 2
+FORMAT = 3
 """Bumped whenever what a frame holds changes: older entries then have another key and are never read."""
 SUFFIX = ".cols"
 ALIGN = 64
@@ -186,14 +188,7 @@ class FrameCache:
             if offset < 0 or offset + rows * dtype.itemsize > size:
                 raise ValueError(f"column {c} lies outside the file")
             values = np.frombuffer(buf, dtype=dtype, count=rows, offset=offset)  # a view: no copy
-            t = types[c]
-            if isinstance(t, dict):  # categorical: codes here, categories in the record
-                cats = pd.Index(t["categories"], dtype=t["dtype"])
-                if rows and (int(values.min()) < -1 or int(values.max()) >= len(cats)):
-                    raise ValueError(f"column {c} has codes outside its categories")
-                out[c] = pd.Categorical.from_codes(values, dtype=pd.CategoricalDtype(cats, ordered=False), validate=False)
-            else:
-                out[c] = values.astype(t, copy=False)
+            out[c] = _decode(c, values, types[c], rows)
         return pd.DataFrame(out, copy=False)
 
     def get_record(self, name: str) -> tuple[Any, list[str]] | None:
@@ -238,30 +233,23 @@ class FrameCache:
                 tmp.unlink()
 
     # -- writing ------------------------------------------------------------------------------------
-    def put(self, kind: str, columns: tuple[str, ...], frame: pd.DataFrame, notes: list[str]) -> None:
-        """Store `frame` (its columns are `columns`, in order) on a background thread."""
+    def put(self, kind: str, columns: tuple[str, ...], frame: pd.DataFrame, notes: list[str]) -> bool:
+        """Store `frame` (its columns are `columns`, in order) on a background thread. False (nothing stored)
+        when a column is of a type the cache does not keep exactly (see `_encode`)."""
         if self.dir is None:
-            return
+            return False
         arrays: dict[str, np.ndarray] = {}
         types: dict[str, Any] = {}
         for c in columns:
-            s = frame[c]
-            if isinstance(s.dtype, pd.CategoricalDtype):
-                cats = s.cat.categories
-                if cats.dtype.kind not in "OU" and str(cats.dtype) not in ("str", "string"):
-                    return  # only text categories are stored
-                arrays[c] = np.asarray(s.cat.codes.to_numpy(), dtype=np.int32)
-                types[c] = {"dtype": str(cats.dtype), "categories": [str(v) for v in cats]}
-            else:
-                v = s.to_numpy()
-                if v.dtype.kind not in "iub":
-                    return  # only integer, boolean and categorical columns are stored
-                arrays[c] = v
-                types[c] = v.dtype.str
+            got = _encode(frame[c])
+            if got is None:
+                return False
+            arrays[c], types[c] = got
         info = {"format": FORMAT, "kind": kind, "columns": list(columns), "rows": len(frame), "types": types, "notes": list(notes)}
         job = threading.Thread(target=self._write, args=(frame_name(kind, columns), arrays, info), daemon=False)
         self._pending.append(job)
         job.start()
+        return True
 
     def _write(self, stem: str, arrays: dict[str, np.ndarray], info: dict[str, Any]) -> None:
         assert self.dir is not None
@@ -315,6 +303,71 @@ class FrameCache:
         if self.dir is not None:
             with contextlib.suppress(OSError):
                 os.utime(self.dir)
+
+
+def _encode(s: pd.Series) -> tuple[np.ndarray, Any] | None:
+    """A column as (array to store, its type record), or None when it cannot be restored exactly: numbers
+    and booleans as they are; categoricals of text as int32 codes and their categories; text columns (the
+    `str` dtype, or objects that are all text but for one kind of missing value) the same way."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        cats = s.cat.categories
+        if cats.dtype.kind not in "OU" and str(cats.dtype) not in ("str", "string"):
+            return None  # only text categories are stored
+        if not all(isinstance(v, str) for v in cats):
+            return None
+        record = {"dtype": str(cats.dtype), "categories": [str(v) for v in cats], "ordered": bool(s.cat.ordered)}
+        return _narrow(np.asarray(s.cat.codes.to_numpy())), record
+    if str(s.dtype) == "str" or s.dtype == object:
+        codes, uniques = pd.factorize(s, sort=False, use_na_sentinel=True)
+        if not all(isinstance(v, str) for v in uniques):
+            return None
+        missing: str | None = None
+        if s.dtype == object:
+            holes = s.to_numpy()[np.asarray(codes) < 0]
+            kinds = {type(v) for v in holes}  # (object columns are the small frames': steps, layers)
+            if kinds == {type(None)}:
+                missing = "None"
+            elif kinds == {float}:
+                missing = "nan"
+            elif kinds:
+                return None
+        elif pd.api.types.pandas_dtype("str") != s.dtype:
+            return None  # a `str` dtype other than the default one
+        return _narrow(np.asarray(codes)), {"text": str(s.dtype), "categories": [str(v) for v in uniques], "missing": missing}
+    v = s.to_numpy()
+    if v.dtype.kind not in "iubf" or v.dtype != s.dtype:
+        return None
+    return (_narrow(v), v.dtype.str) if v.dtype.kind == "i" else (v, v.dtype.str)
+
+
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """Integers in the smallest signed type that holds them (step, device, stream ids and category codes
+    fit in one or two bytes: the stored file, its read and its checksum shrink with it)."""
+    if not len(values):
+        return values
+    lo, hi = int(values.min()), int(values.max())
+    for t in (np.int8, np.int16, np.int32):
+        if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max:
+            return values.astype(t)
+    return values.astype(np.int64, copy=False)
+
+
+def _decode(name: str, values: np.ndarray, t: Any, rows: int) -> Any:
+    """The column stored by `_encode`, from its array and type record."""
+    if isinstance(t, dict):
+        ncat = len(t["categories"])
+        if rows and (int(values.min()) < -1 or int(values.max()) >= ncat):
+            raise ValueError(f"column {name} has codes outside its categories")
+        if "text" not in t:  # categorical: codes here, categories in the record
+            cats = pd.Index(t["categories"], dtype=t["dtype"])
+            return pd.Categorical.from_codes(values, dtype=pd.CategoricalDtype(cats, ordered=bool(t.get("ordered", False))), validate=False)
+        texts = np.asarray(t["categories"] + [None], dtype=object)[np.where(values < 0, ncat, values)]
+        if t["text"] == "str":
+            return pd.array(texts, dtype="str")
+        if t["missing"] == "nan":
+            texts[values < 0] = np.nan
+        return pd.Series(texts, dtype=object)  # (a bare object array would be inferred as `str`)
+    return values.astype(t, copy=False)
 
 
 def entries() -> list[tuple[Path, int, float]]:

@@ -112,6 +112,32 @@ class Trace:
         self.cache.put(kind, tuple(frame.columns), frame, notes)
         return frame, notes
 
+    def keep_result(self, name: str, frames: dict[str, pd.DataFrame], data: dict[str, Any], notes: list[str]) -> bool:
+        """Keep a derived result of this file (frames and a JSON-ready record) in the frame cache, for a later
+        command to read back with `kept_result`. False when the cache is off or a frame cannot be kept exactly."""
+        if not self.cache.active:
+            return False
+        for part, frame in frames.items():
+            if not self.cache.put(f"{name}-{part}", tuple(frame.columns), frame, []):
+                return False
+        columns = {part: [str(c) for c in frame.columns] for part, frame in frames.items()}
+        self.cache.put_record(name, {"columns": columns, "data": data}, notes)  # last: the entry is complete
+        return True
+
+    def kept_result(self, name: str) -> tuple[dict[str, pd.DataFrame], dict[str, Any], list[str]] | None:
+        """What `keep_result` kept under `name` (frames, record, notes), or None; the notes are not raised."""
+        hit = self.cache.get_record(name) if self.cache.active else None
+        if hit is None or not isinstance(hit[0], dict) or not isinstance(hit[0].get("columns"), dict):
+            return None
+        record, notes = hit
+        frames: dict[str, pd.DataFrame] = {}
+        for part, cols in record["columns"].items():
+            got = self.cache.get(f"{name}-{part}", tuple(cols))
+            if got is None or list(got[0].columns) != list(cols):
+                return None
+            frames[part] = got[0]
+        return frames, dict(record.get("data", {})), notes
+
     def validate(self, table: str) -> None:
         """Check the integer columns the gateway reads of `table` (a kind or a table name), once: with
         sqlite3 by one typeof scan; with DuckDB its scanner refuses a mistyped value at query time and the

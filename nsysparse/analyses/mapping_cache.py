@@ -1,0 +1,81 @@
+"""The mapped trace kept in the frame cache: a later command on the same file, with the same rules and
+structure options, reads the mapping back instead of loading the trace and mapping it again.
+
+The key is the rule set's content digest and the options (step and layer patterns, NVTX mode); the file's
+own identity (path, size, modification time) and nsysparse's version are the frame cache's key already.
+Not kept: a mapping made with TorchInductor provenance (a folder whose contents may change), or with a rule
+set built in code (no digest). A mapping is kept only when every frame and field round-trips exactly (the
+frame cache refuses column types it cannot restore); the notes its making raised are kept with it and raised
+again when it is read back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from nsysparse.rules import RuleSet
+from nsysparse.structure.mapping import Mapping
+
+if TYPE_CHECKING:
+    from nsysparse.analyses.context import StructureOptions
+    from nsysparse.trace import Trace
+
+FORMAT = 1
+"""Bumped whenever what is kept changes."""
+
+
+def mapping_key(rules: RuleSet, options: StructureOptions) -> str | None:
+    """The name the mapping is kept under, or None when it is not kept."""
+    if not rules.digest or options.inductor_provenance:
+        return None
+    text = "\0".join((str(FORMAT), rules.digest, options.step_pattern, options.layer_pattern, options.nvtx))
+    return "mapping-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return all(isinstance(v, str) for v in value)
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def keep_mapping(trace: Trace, key: str, mapping: Mapping, notes: list[str]) -> bool:
+    """Keep `mapping` (of the whole trace) and the notes its making raised."""
+    frames: dict[str, pd.DataFrame] = {}
+    data: dict[str, Any] = {}
+    for f in fields(mapping):
+        value = getattr(mapping, f.name)
+        if isinstance(value, pd.DataFrame):
+            frames[f.name] = value
+        elif f.name == "rules":
+            continue
+        elif _plain(value):
+            data[f.name] = {"tuple": list(value)} if isinstance(value, tuple) else value
+        else:
+            return False
+    return trace.keep_result(key, frames, data, notes)
+
+
+def kept_mapping(trace: Trace, key: str, rules: RuleSet) -> Mapping | None:
+    """The mapping kept under `key`, with its notes raised again on the trace; None when there is none."""
+    hit = trace.kept_result(key)
+    if hit is None:
+        return None
+    frames, data, notes = hit
+    values: dict[str, Any] = {}
+    for f in fields(Mapping):
+        if f.name == "rules":
+            values[f.name] = rules
+        elif f.name in frames:
+            values[f.name] = frames[f.name]
+        elif f.name in data:
+            v = data[f.name]
+            values[f.name] = tuple(v["tuple"]) if isinstance(v, dict) else v
+        else:
+            return None  # kept by another layout of Mapping
+    for n in notes:
+        trace.note(n)
+    return Mapping(**values)
