@@ -75,7 +75,9 @@ def test_op_instances_match_pandas(seed: int) -> None:
     got = op_instances(k)
     want = reference_instances(k)
     assert got["kernels"].sum() == (k["step"] >= 0).sum()
-    pd.testing.assert_frame_equal(got.astype({c: object for c in ("layer_kind", "op", "source")}), want.astype({c: object for c in ("layer_kind", "op", "source")}))
+    pd.testing.assert_frame_equal(
+        got.astype({c: object for c in ("layer_kind", "op", "source")}), want.astype({c: object for c in ("layer_kind", "op", "source")})
+    )
 
 
 def test_op_instances_step_override_and_empty() -> None:
@@ -184,3 +186,27 @@ def test_ops_and_layers_match_pandas_on_fixtures(name: str) -> None:
         got = rep.ops.set_index(["layer_kind", "op"]).loc[ref.index]
         for c in ref.columns:
             assert got[c].tolist() == ref[c].tolist(), c
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "duckdb"])
+@pytest.mark.parametrize("name", ["short", "demangled"])
+def test_kernel_summary_from_loaded_frame_matches_sql(engine: str, name: str) -> None:
+    """The report's kernel table comes from the loaded kernels; `kernels` (nothing loaded) from SQL or pandas."""
+    from nsysparse.analyses.kernel_summary import kernel_summary
+    from nsysparse.trace import open_trace
+
+    path = fixture_trace("moe_decode_op")
+    with open_trace(path, engine=engine) as t:
+        assert not t.is_loaded("kernels")
+        want = kernel_summary(AnalysisContext(t), name=name)  # by SQL (DuckDB), or pandas over a fresh load (sqlite3)
+    with open_trace(path, engine=engine) as t:
+        t.kernels()
+        got = kernel_summary(AnalysisContext(t), name=name)
+        on_one = kernel_summary(AnalysisContext(t, device_id=0), name=name)
+    assert list(got.columns) == list(want.columns) and got.dtypes.tolist() == want.dtypes.tolist()
+    for c in got.columns:
+        if c in ("stddev_us", "share_pct"):  # float sums in another order: equal to rounding
+            assert np.allclose(got[c], want[c], rtol=1e-12, atol=0), c
+        else:
+            assert got[c].tolist() == want[c].tolist(), c
+    assert on_one["count"].sum() == got["count"].sum()  # one GPU in this fixture
