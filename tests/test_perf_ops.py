@@ -10,12 +10,20 @@ from conftest import fixture_trace
 
 from nsysparse import intervals
 from nsysparse.analyses.context import AnalysisContext
-from nsysparse.analyses.instances import CodeGroups, coded_instances, dominant
+from nsysparse.analyses.instances import CodeGroups, coded_instances
 from nsysparse.analyses.layers import layer_report, union_per_step
 from nsysparse.analyses.ops import op_summary
 from nsysparse.structure.instances import coded_op_instances, op_instances
 
 OPS = ["attn_norm", "q_proj", "rope", "fmha", "o_proj", "mlp", "embed", "lm_head", "sampling"]
+
+
+def dominant(values: pd.Series, weights: pd.Series) -> str:
+    """The value carrying the most weight (ties: the first in sort order), by pandas."""
+    if len(values) == 0:
+        return ""
+    w = pd.Series(np.asarray(weights, dtype=float), index=np.asarray(values, dtype=object))
+    return str(w.groupby(level=0).sum().idxmax())
 
 
 def synthetic_kernels(seed: int, sorted_start: bool = True) -> pd.DataFrame:

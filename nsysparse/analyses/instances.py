@@ -7,7 +7,6 @@ import weakref
 import numpy as np
 import pandas as pd
 
-from nsysparse import intervals
 from nsysparse.structure.instances import CodedInstances, coded_op_instances
 from nsysparse.structure.mapping import Mapping
 
@@ -98,8 +97,8 @@ class CodeGroups:
         return v[np.lexsort((v, self.code))]
 
     def dominant(self, codes: np.ndarray, strings: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Per group, the string (of `strings`, indexed by the rows' `codes`) carrying the most integer weight; on a
-        tie the first string in sort order (as `dominant_per_group`). An object array."""
+        """Per group, the string (of `strings`, indexed by the rows' `codes`) carrying the most integer weight (e.g. the
+        naming source covering most of an op's time); on a tie the first string in sort order. An object array."""
         nv = len(strings)
         pair = self.code * nv + np.asarray(codes, dtype=I64)
         w = int_sums(pair, weights, self.bound * nv).reshape(self.bound, nv)[self.codes]
@@ -109,25 +108,3 @@ class CodeGroups:
         top = np.where(seen, w, np.iinfo(I64).min).max(axis=1)
         chosen = by_text[np.argmax(seen & (w == top[:, None]), axis=1)]  # the first string in sort order
         return np.asarray(strings, dtype=object)[chosen]
-
-
-def dominant(values: pd.Series, weights: pd.Series) -> str:
-    """The value carrying the most weight (e.g. the naming source covering most of an op's time)."""
-    if len(values) == 0:
-        return ""
-    w = pd.Series(np.asarray(weights, dtype=float), index=np.asarray(values, dtype=object))
-    return str(w.groupby(level=0).sum().idxmax())
-
-
-def dominant_per_group(groups: intervals.Groups, values: pd.Series, weights: np.ndarray) -> np.ndarray:
-    """`dominant` of every group at once: per group, the value carrying the most weight (ties: the first value in
-    sort order), as an object array."""
-    codes, uniq = pd.factorize(values, sort=True)
-    ids = groups.ids
-    pairs = intervals.Groups(ids, codes)
-    pf = pairs.first
-    w = pairs.sum(weights)
-    of_group = intervals.Groups(ids[pf])  # numbered as `groups`: a group's first pair is at its first row
-    best = w == of_group.max(w)[ids[pf]]
-    chosen = of_group.min(np.where(best, codes[pf], len(uniq)))
-    return np.asarray(uniq, dtype=object)[chosen]

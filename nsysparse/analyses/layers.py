@@ -11,6 +11,7 @@ Reconciliation (means over steps, so the lines add up exactly):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,7 +128,7 @@ def layer_report(ctx: AnalysisContext, top_unmapped: int = 10) -> LayerReport:
     recon = _reconcile(k, steps, inst, kind_df, nsteps)
     total_k = float(k.dur.sum())
     source = kernels["source"]
-    unmapped = k.select(map_distinct(source, lambda s: s == "unmapped", bool, False))
+    unmapped = k.select(_flags(source, lambda s: s == "unmapped"))
     unmapped_share = float(k.dur[unmapped].sum() / total_k) if total_k else 0.0
     rows = k.rows(unmapped)
     um = pd.DataFrame({"short_name": kernels["short_name"].take(rows), "dur_ns": kernels["dur_ns"].take(rows)})
@@ -140,7 +141,7 @@ def layer_report(ctx: AnalysisContext, top_unmapped: int = 10) -> LayerReport:
             "share_pct": ug["sum"].to_numpy() / total_k * 100 if total_k else 0.0,
         }
     )
-    named = k.select(map_distinct(source, lambda s: s in ("nvtx", "template"), bool, False))
+    named = k.select(_flags(source, lambda s: s in ("nvtx", "template")))
     return LayerReport(
         ops=ops,
         kinds=kind_df,
@@ -156,14 +157,12 @@ def layer_report(ctx: AnalysisContext, top_unmapped: int = 10) -> LayerReport:
     )
 
 
-def named_share(k: pd.DataFrame) -> float:
-    """Share of the kernel time of `k` whose op came from NVTX or a template; a kernel named by its class alone
-    (gemm, elementwise) is counted as not named, so a trace cannot look mapped when it is only classified."""
-    total = float(k["dur_ns"].sum())
-    if not total:
-        return float("nan")
-    named = map_distinct(k["source"], lambda s: s in ("nvtx", "template"), bool, False)
-    return float(k["dur_ns"].to_numpy()[named].sum()) / total
+def _flags(values: pd.Series, fn: Callable[[str], bool]) -> np.ndarray:
+    """`map_distinct(values, fn, bool, False)`: one lookup by a categorical's codes (-1, missing, takes the last entry)."""
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        return map_distinct(values, fn, bool, False)
+    table = np.array([fn(str(c)) for c in values.cat.categories] + [False], dtype=bool)
+    return table[values.cat.codes.to_numpy()]
 
 
 class _InStep:

@@ -104,55 +104,65 @@ def coded_op_instances(kernels: pd.DataFrame, step: np.ndarray | None = None) ->
     rs = start[rb] if _nondecreasing(start) else np.minimum.reduceat(start, rb)
     rising = end[1:] >= end[:-1]  # ends that rise within every run: a run's last end is its largest
     re = end[ends - 1] if bool((rising | new[1:]).all()) else np.maximum.reduceat(end, rb)
-    # instances: the runs sorted (stably) by their (step, layer, kind, op) key; a block's first run is its first
+    # instances: runs with one (step, layer, kind, op) key; most are one run, the others found by one (stable,
+    # timsort: the keys are nearly sorted) sort of the run keys
     key = _mixed_radix([st[rb], layer[rb]]) * (len(kinds) * len(ops))
     key += kind[rb].astype(I64) * len(ops)
     key += op[rb]
-    runs = {"key": key, "run": np.arange(len(rb), dtype=I64), "time": rt, "kernels": rn, "start": rs, "end": re, "source": src[rb]}
-    if not _nondecreasing(key):
-        order = np.argsort(key, kind="stable")  # timsort: the keys are nearly sorted
-        runs = {c: v[order] for c, v in runs.items()}
-    sk = runs["key"]
-    seg = Segments(np.flatnonzero(np.concatenate(([True], sk[1:] != sk[:-1]))), len(sk))
-    source = runs["source"][seg.bounds].astype(I64)
-    mixed = seg.varies(runs["source"])  # instances whose kernels carry several sources
-    if mixed.any():
-        source[mixed] = _dominant_sources(seg, mixed, runs["source"], runs["time"], runs["run"])
-    # instances in order of first appearance: by their first runs, which are distinct (no sort)
-    at = np.full(len(rb), -1, dtype=I64)
-    at[runs["run"][seg.bounds]] = np.arange(seg.n)
-    by_first = at[at >= 0]
-    f = rb[runs["run"][seg.bounds][by_first]]
+    rsrc = src[rb].astype(I64)
+    order = None if _nondecreasing(key) else np.argsort(key, kind="stable")
+    sk = key if order is None else key[order]
+    same = sk[1:] == sk[:-1]  # a run continuing the instance of the run before it (in key order)
+    if not same.any():  # every instance is one run: the runs are the instances, in order
+        inst_run = np.arange(len(rb), dtype=I64)
+        time_ns, kernels_n, first_start, last_end, source = rt, rn, rs, re, rsrc
+    else:
+        bounds = np.flatnonzero(np.concatenate(([True], ~same)))
+        first_run = bounds if order is None else order[bounds]  # stable: a group's first run is its earliest
+        starts = np.zeros(len(rb), dtype=bool)
+        starts[first_run] = True
+        inst_run = np.flatnonzero(starts)  # each instance's first run, in order of first appearance
+        extra_pos = np.flatnonzero(same) + 1
+        extra = extra_pos if order is None else order[extra_pos]
+        owner = np.searchsorted(inst_run, first_run[np.searchsorted(bounds, extra_pos, side="right") - 1])
+        time_ns, kernels_n, first_start, last_end = rt[inst_run], rn[inst_run], rs[inst_run], re[inst_run]
+        np.add.at(time_ns, owner, rt[extra])
+        np.add.at(kernels_n, owner, rn[extra])
+        np.minimum.at(first_start, owner, rs[extra])
+        np.maximum.at(last_end, owner, re[extra])
+        source = rsrc[inst_run]
+        mixed = np.unique(owner[rsrc[extra] != source[owner]])  # instances whose kernels carry several sources
+        if len(mixed):
+            more = np.isin(owner, mixed)
+            ids = np.concatenate((mixed, owner[more]))
+            runs = np.concatenate((inst_run[mixed], extra[more]))
+            source[mixed] = _dominant_sources(ids, rsrc[runs], rt[runs], runs)
+    f = rb[inst_run]
     return CodedInstances(
         step=st[f].astype(I64),
         layer_id=layer[f].astype(I64),
         kind=kind[f].astype(I64),
         op=op[f].astype(I64),
-        source=source[by_first],
-        time_ns=seg.reduce(np.add, runs["time"])[by_first],
-        kernels=seg.reduce(np.add, runs["kernels"])[by_first],
-        start_ns=seg.reduce(np.minimum, runs["start"])[by_first],
-        end_ns=seg.reduce(np.maximum, runs["end"])[by_first],
+        source=source + 0,
+        time_ns=time_ns,
+        kernels=kernels_n.astype(I64),
+        start_ns=first_start,
+        end_ns=last_end,
         **tables,
     )
 
 
-def _dominant_sources(seg: Segments, mixed: np.ndarray, src: np.ndarray, time: np.ndarray, run: np.ndarray) -> np.ndarray:
-    """For the instances `mixed` (blocks of `seg` over runs sorted by instance, in time order within a block):
-    the source with the most time; on a tie, the source whose first run (`run`: run order is time order) comes
-    last."""
-    rows = np.repeat(mixed, seg.sizes)  # the runs of those instances
-    inst = np.repeat(np.arange(seg.n), seg.sizes)[rows]
-    s, t, r = src[rows].astype(I64), time[rows], run[rows]
-    span = int(s.max()) + 1
-    pairs, inv = np.unique(inst * span + s, return_inverse=True)
+def _dominant_sources(inst: np.ndarray, src: np.ndarray, time: np.ndarray, run: np.ndarray) -> np.ndarray:
+    """Per instance (in `inst`'s sort order), from its runs (`inst`, `src`, `time`, `run`: run order is time order): the
+    source with the most time; on a tie, the source whose first run comes last."""
+    span = int(src.max()) + 1
+    pairs, inv = np.unique(inst * span + src, return_inverse=True)
     pid = inv.ravel()
-    tsum = np.bincount(pid, weights=t).astype(I64) if int(np.abs(t).sum()) < 2**53 else _int_sums(pid, t, len(pairs))
+    tsum = np.bincount(pid, weights=time).astype(I64) if int(np.abs(time).sum()) < 2**53 else _int_sums(pid, time, len(pairs))
     pfirst = np.full(len(pairs), np.iinfo(I64).max, dtype=I64)
-    np.minimum.at(pfirst, pid, r)
+    np.minimum.at(pfirst, pid, run)
     pinst, psrc = pairs // span, pairs % span
-    # per instance: the largest time, then the latest first run
-    order = np.lexsort((pfirst, tsum, pinst))
+    order = np.lexsort((pfirst, tsum, pinst))  # per instance: the largest time, then the latest first run
     last = np.flatnonzero(np.append(pinst[order][1:] != pinst[order][:-1], True))
     return psrc[order][last]
 
@@ -180,14 +190,6 @@ class Segments:
         out = values[self.bounds]
         if len(self.long):
             out[self.long] = ufunc.reduceat(values[self._rows], self._sub)
-        return out
-
-    def varies(self, values: np.ndarray) -> np.ndarray:
-        """Per block: whether `values` differ inside it."""
-        out = np.zeros(self.n, dtype=bool)
-        if len(self.long):
-            v = values[self._rows]
-            out[self.long] = np.maximum.reduceat(v, self._sub) != np.minimum.reduceat(v, self._sub)
         return out
 
 
