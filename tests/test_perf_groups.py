@@ -1,11 +1,10 @@
-"""intervals.Groups (coded group-by used by op instances, ops and layers) gives pandas' groupby(sort=False) results."""
+"""intervals.Groups (the general coded group-by) gives pandas' groupby(sort=False) results."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from nsysparse import intervals
-from nsysparse.analyses.instances import dominant, dominant_per_group
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -37,15 +36,3 @@ def test_groups_overflowing_keys_and_empty() -> None:
     assert g.ids.tolist() == [0, 1, 2, 1, 3]
     empty = intervals.Groups(np.zeros(0, dtype=np.int64))
     assert empty.n == 0 and len(empty.sum(np.zeros(0, dtype=np.int64))) == 0
-
-
-def test_dominant_per_group_matches_dominant() -> None:
-    rng = np.random.default_rng(3)
-    n = 3000
-    grp = rng.integers(0, 300, n)
-    src = pd.Series(rng.choice(["nvtx", "template", "class", "unmapped"], n))
-    w = rng.integers(0, 4, n)  # small weights: many ties, broken by sort order
-    got = dominant_per_group(intervals.Groups(grp), src, w)
-    frame = pd.DataFrame({"g": grp, "s": src, "w": w})
-    want = frame.groupby("g", sort=False).apply(lambda x: dominant(x["s"], x["w"]), include_groups=False).to_numpy()
-    assert got.tolist() == want.tolist()

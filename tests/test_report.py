@@ -134,6 +134,21 @@ def test_report_is_self_contained_and_complete(full_report):
     assert "TPOT" in text and "MFU" in text and "vs baseline" in text and "regression" in text
 
 
+def test_report_figures_are_what_plotly_makes_of_them(full_report):
+    """The figures are written as plain JSON (not through plotly.graph_objects): validated by plotly, each comes
+    back unchanged, so the page draws what the graph objects drew."""
+    import plotly.graph_objects as go
+    import plotly.io as pio
+    from plotly.utils import PlotlyJSONEncoder
+
+    figs = {a["data-figure"]: json.loads(t) for a, t in parse(full_report.read_text(encoding="utf-8")).scripts if "data-figure" in a}
+    assert len(figs) == 7
+    for key, fig in figs.items():
+        again = json.loads(json.dumps(go.Figure(fig).to_plotly_json(), cls=PlotlyJSONEncoder))
+        assert again == fig, key
+        assert fig["layout"]["template"] == json.loads(json.dumps(pio.templates["plotly_white"].to_plotly_json(), cls=PlotlyJSONEncoder))
+
+
 def test_report_renders_in_chromium(full_report):
     dom, stderr = render_in_chromium(full_report, "report-moe_decode_op")
     assert console_errors(stderr) == []

@@ -11,6 +11,7 @@ Reconciliation (means over steps, so the lines add up exactly):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +20,10 @@ import pandas as pd
 
 from nsysparse import intervals
 from nsysparse.analyses.context import AnalysisContext
-from nsysparse.analyses.instances import dominant_per_group
+from nsysparse.analyses.instances import CodeGroups, coded_instances, int_sums
 from nsysparse.columns import Column, empty_frame
 from nsysparse.distinct import map_distinct
-from nsysparse.structure.mapping import Mapping
+from nsysparse.structure.instances import CodedInstances, Segments
 
 OP_COLUMNS = (
     Column("layer_kind", "str", "dense | moe | mtp | unknown"),
@@ -94,11 +95,9 @@ class LayerReport:
 def layer_report(ctx: AnalysisContext, top_unmapped: int = 10) -> LayerReport:
     """The per-layer cost table of the selected device(s)."""
     m = ctx.mapping
-    inst = m.op_instances
+    inst = coded_instances(m)
     steps = m.steps
     nsteps = len(steps)
-    k = m.kernels[["step", "start_ns", "end_ns", "dur_ns", "source", "short_name"]]  # the columns used below, not all
-    k = k[k["step"].to_numpy() >= 0]
     meta = {"step_source": m.step_source, "step_confidence": m.step_confidence, "layer_source": m.layer_source}
     if nsteps == 0 or len(inst) == 0:
         return LayerReport(
@@ -114,21 +113,27 @@ def layer_report(ctx: AnalysisContext, top_unmapped: int = 10) -> LayerReport:
             meta,
         )
 
-    in_layer = inst[inst["layer_id"] >= 0]
+    in_layer = inst.take(inst.layer_id >= 0)
     if len(in_layer):
-        ops, kind_df = _layer_tables(in_layer, steps, nsteps)
-        note = layer_count_note(in_layer, steps)
+        layers = _Layers(in_layer)
+        ops, kind_df = _layer_tables(in_layer, layers, steps, nsteps)
+        note = layer_count_note(layers, steps)
         if note:
             ctx.note(note)
     else:
         ops, kind_df = empty_frame(OP_COLUMNS), empty_frame(KIND_COLUMNS)  # no layers: ops outside layers only
 
-    recon = _reconcile(k, steps, inst, kind_df, nsteps, m)
-    total_k = float(k["dur_ns"].sum())
-    um = k[k["source"] == "unmapped"]
-    unmapped_share = float(um["dur_ns"].sum() / total_k) if total_k else 0.0
+    kernels = m.kernels
+    k = _InStep(kernels)
+    recon = _reconcile(k, steps, inst, kind_df, nsteps)
+    total_k = float(k.dur.sum())
+    source = kernels["source"]
+    unmapped = k.select(_flags(source, lambda s: s == "unmapped"))
+    unmapped_share = float(k.dur[unmapped].sum() / total_k) if total_k else 0.0
+    rows = k.rows(unmapped)
+    um = pd.DataFrame({"short_name": kernels["short_name"].take(rows), "dur_ns": kernels["dur_ns"].take(rows)})
     ug = um.groupby(um["short_name"].astype(str))["dur_ns"].agg(["size", "sum"]).sort_values("sum", ascending=False).head(top_unmapped)
-    unmapped = pd.DataFrame(
+    top = pd.DataFrame(
         {
             "short_name": ug.index.astype(str),
             "count": ug["size"].to_numpy(dtype=np.int64),
@@ -136,71 +141,139 @@ def layer_report(ctx: AnalysisContext, top_unmapped: int = 10) -> LayerReport:
             "share_pct": ug["sum"].to_numpy() / total_k * 100 if total_k else 0.0,
         }
     )
+    named = k.select(_flags(source, lambda s: s in ("nvtx", "template")))
     return LayerReport(
         ops=ops,
         kinds=kind_df,
         reconciliation=recon,
-        unmapped=unmapped,
+        unmapped=top,
         steps=nsteps,
         step_time_us=float(steps["wall_ns"].median() / 1e3),
         step_busy_us=float(steps["busy_ns"].median() / 1e3),
         layer_kinds={str(r.layer_kind): float(r.count_per_step) for r in kind_df.itertuples()},
         unmapped_share=unmapped_share,
-        named_share=named_share(k),
+        named_share=float(k.dur[named].sum()) / total_k if total_k else float("nan"),
         meta=meta,
     )
 
 
-def named_share(k: pd.DataFrame) -> float:
-    """Share of the kernel time of `k` whose op came from NVTX or a template; a kernel named by its class alone
-    (gemm, elementwise) is counted as not named, so a trace cannot look mapped when it is only classified."""
-    total = float(k["dur_ns"].sum())
-    if not total:
-        return float("nan")
-    named = map_distinct(k["source"], lambda s: s in ("nvtx", "template"), bool, False)
-    return float(k["dur_ns"].to_numpy()[named].sum()) / total
+def _flags(values: pd.Series, fn: Callable[[str], bool]) -> np.ndarray:
+    """`map_distinct(values, fn, bool, False)`: one lookup by a categorical's codes (-1, missing, takes the last entry)."""
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        return map_distinct(values, fn, bool, False)
+    table = np.array([fn(str(c)) for c in values.cat.categories] + [False], dtype=bool)
+    return table[values.cat.codes.to_numpy()]
 
 
-def layers_per_step(in_layer: pd.DataFrame) -> pd.Series:
-    """Layers of each kind in one step: the most common count over the steps that hold that kind (an integer,
-    never an average: steps whose layers were not all found must not make 3.76 layers)."""
-    inst = in_layer.drop_duplicates("layer_id")
-    counts = inst.groupby(["step", "layer_kind"]).size().unstack(fill_value=0)
-    return counts.apply(lambda col: int(col[col > 0].mode().min()) if (col > 0).any() else 0).astype(int)
+class _InStep:
+    """The kernels inside steps, as arrays (no frame copy): step, start, end, duration."""
+
+    def __init__(self, kernels: pd.DataFrame) -> None:
+        step = kernels["step"].to_numpy()
+        self.inside = None if len(step) == 0 or step.min() >= 0 else step >= 0
+        self.step, self.start, self.end, self.dur = (self.select(kernels[c].to_numpy()) for c in ("step", "start_ns", "end_ns", "dur_ns"))
+
+    def select(self, values: np.ndarray) -> np.ndarray:
+        """`values` (one per kernel) of the kernels inside steps."""
+        return values if self.inside is None else values[self.inside]
+
+    def rows(self, mask: np.ndarray) -> np.ndarray:
+        """Positions in the kernel frame of the in-step kernels where `mask` holds."""
+        pos = np.flatnonzero(mask)
+        return pos if self.inside is None else np.flatnonzero(self.inside)[pos]
 
 
-def layer_count_note(in_layer: pd.DataFrame, steps: pd.DataFrame) -> str | None:
-    """A note when steps disagree on their layer counts (per phase, so a user sees which steps lack layers)."""
-    inst = in_layer.drop_duplicates("layer_id")
-    counts = inst.groupby(["step", "layer_kind"]).size().unstack(fill_value=0).reindex(steps["step"].to_numpy(), fill_value=0)
-    if len(counts.drop_duplicates()) <= 1:
+class _Layers:
+    """The layer instances of op instances inside layers (groups of one layer_id and kind, in layer_id order):
+    each instance's layer, per layer its kind, first instance, start, end, kernel time and kernels, and the
+    layers of each kind per step."""
+
+    def __init__(self, inst: CodedInstances) -> None:
+        present = np.flatnonzero(np.bincount(inst.kind, minlength=len(inst.kinds)))
+        by_text = sorted(present.tolist(), key=lambda c: str(inst.kinds[c]))
+        self.names = np.array([str(inst.kinds[c]) for c in by_text], dtype=object)  # the kinds present, sorted
+        rank = np.zeros(len(inst.kinds), dtype=np.int64)
+        rank[by_text] = np.arange(len(by_text))
+        self.kind_of_row = rank[inst.kind]  # pd.factorize(layer_kind, sort=True)
+        nk = len(self.names)
+        lo = int(inst.layer_id.min())
+        key = (inst.layer_id - lo) * nk + self.kind_of_row
+        order = None if bool(np.all(key[1:] >= key[:-1])) else np.argsort(key, kind="stable")
+        sk = key if order is None else key[order]
+        bounds = np.flatnonzero(np.concatenate(([True], sk[1:] != sk[:-1])))
+        seg = Segments(bounds, len(sk))
+
+        def per_layer(ufunc: np.ufunc, values: np.ndarray) -> np.ndarray:
+            return seg.reduce(ufunc, values if order is None else values[order])
+
+        rows = np.arange(len(sk)) if order is None else order
+        self.first = rows[bounds]  # a layer's first op instance (stable: rows keep their order)
+        self.kind = self.kind_of_row[self.first]
+        self.kernel_ns = per_layer(np.add, inst.time_ns)
+        self.start = per_layer(np.minimum, inst.start_ns)
+        self.end = per_layer(np.maximum, inst.end_ns)
+        self.kernels = per_layer(np.add, inst.kernels)
+        of_row = np.empty(len(sk), dtype=np.int64)
+        of_row[rows] = np.repeat(np.arange(len(bounds)), seg.sizes)
+        self.of_row = of_row  # each op instance's layer
+        # each layer_id once, with the step and kind of its first instance (drop_duplicates("layer_id"))
+        lid = inst.layer_id[self.first]
+        once = np.flatnonzero(np.concatenate(([True], lid[1:] != lid[:-1])))  # a layer_id's groups are consecutive
+        first = self.first if len(once) == len(lid) else np.minimum.reduceat(self.first, once)
+        self._step_ids, inv = np.unique(inst.step[first], return_inverse=True)
+        nk = len(self.names)
+        code = inv.ravel() * nk + self.kind_of_row[first]
+        self._counts = np.bincount(code, minlength=len(self._step_ids) * nk).reshape(len(self._step_ids), nk)
+
+    def per_step(self, steps: np.ndarray) -> np.ndarray:
+        """Layers of each kind (columns: `names`) in each of `steps` (rows; 0 where a step has none)."""
+        ids, counts = self._step_ids, self._counts
+        at = np.minimum(np.searchsorted(ids, steps), len(ids) - 1)  # a layer exists: ids is not empty
+        return np.where((ids[at] == steps)[:, None], counts[at], 0)
+
+    def typical_count(self) -> np.ndarray:
+        """Per kind, layers in one step: the most common count over the steps that hold that kind (an integer,
+        never an average: steps whose layers were not all found must not make 3.76 layers; the smallest on a tie)."""
+        out = np.zeros(len(self.names), dtype=np.int64)
+        for j in range(len(self.names)):  # a few kinds
+            col = self._counts[:, j]
+            vals, n = np.unique(col[col > 0], return_counts=True)
+            out[j] = int(vals[np.argmax(n)]) if len(vals) else 0
+        return out
+
+
+def layer_count_note(layers: _Layers, steps: pd.DataFrame) -> str | None:
+    """A note when steps disagree on their layer counts (per phase, so a user sees which steps lack layers). Each
+    distinct row of the step × kind counts is labelled once."""
+    counts = layers.per_step(steps["step"].to_numpy())
+    if len(counts) == 0:
         return None
-    phase = steps.set_index("step")["phase"].reindex(counts.index).astype(str)
-    label = counts.apply(lambda r: ", ".join(f"{k} {v}" for k, v in r.items() if v) or "no layers", axis=1)
-    groups = pd.DataFrame({"phase": phase.to_numpy(), "layers": label.to_numpy()}).value_counts().sort_index()
+    rows, inv = np.unique(counts, axis=0, return_inverse=True)
+    if len(rows) <= 1:
+        return None
+    names = [str(n) for n in layers.names]
+    labels = np.array([", ".join(f"{k} {v}" for k, v in zip(names, r.tolist()) if v) or "no layers" for r in rows], dtype=object)
+    phase = steps.set_index("step")["phase"].reindex(steps["step"].to_numpy()).astype(str)
+    groups = pd.DataFrame({"phase": phase.to_numpy(), "layers": labels[inv.ravel()]}).value_counts().sort_index()
     parts = [f"{n} {ph} steps: {lay}" for (ph, lay), n in groups.items()]
     return "layers per step differ between steps (" + "; ".join(parts) + "); the table counts the most common number"
 
 
-def _layer_tables(in_layer: pd.DataFrame, steps: pd.DataFrame, nsteps: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _layer_tables(in_layer: CodedInstances, layers: _Layers, steps: pd.DataFrame, nsteps: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The layer kind × op table and the one-layer-per-kind table from op instances inside layers."""
-    kind, kinds = pd.factorize(in_layer["layer_kind"], sort=True)
-    time, start = in_layer["time_ns"].to_numpy(), in_layer["start_ns"].to_numpy()
-    layer = intervals.Groups(in_layer["layer_id"].to_numpy(), kind)  # one layer instance per group
-    lkind = kind[layer.first]
-    n = np.bincount(lkind, minlength=len(kinds))
+    names, nk = layers.names, len(layers.names)
+    lkind = layers.kind
+    n = np.bincount(lkind, minlength=nk)
     per_kind = {  # means over the layers of each kind, kinds in sort order
-        "kernel_ns": np.bincount(lkind, layer.sum(time), len(kinds)) / n,
-        "wall_ns": np.bincount(lkind, layer.max(in_layer["end_ns"].to_numpy()) - layer.min(start), len(kinds)) / n,
-        "kernels": np.bincount(lkind, layer.sum(in_layer["kernels"].to_numpy()), len(kinds)) / n,
+        "kernel_ns": np.bincount(lkind, layers.kernel_ns, nk) / n,
+        "wall_ns": np.bincount(lkind, layers.end - layers.start, nk) / n,
+        "kernels": np.bincount(lkind, layers.kernels, nk) / n,
     }
     step_wall = float(steps["wall_ns"].mean())
-    per_step = layers_per_step(in_layer)
-    names = np.asarray(kinds, dtype=object)
     kind_df = pd.DataFrame(
         {
             "layer_kind": names,
-            "count_per_step": per_step.reindex(names).fillna(0).to_numpy(dtype=float),
+            "count_per_step": layers.typical_count().astype(float),
             "kernel_us": per_kind["kernel_ns"] / 1e3,
             "wall_us": per_kind["wall_ns"] / 1e3,
             "kernels": per_kind["kernels"],
@@ -211,27 +284,30 @@ def _layer_tables(in_layer: pd.DataFrame, steps: pd.DataFrame, nsteps: int) -> t
     kind_df = kind_df.sort_values("total_us_per_step", ascending=False).reset_index(drop=True)
 
     # layer kind × op, in order of first appearance (the groups of groupby(sort=False))
-    g = intervals.Groups(kind, pd.factorize(in_layer["op"])[0])
+    kind = layers.kind_of_row
+    nops = len(in_layer.ops)
+    g = CodeGroups(kind * nops + in_layer.op, nk * nops)
+    time = in_layer.time_ns
     size, total = g.size(), g.sum(time)
     median, p10, p90 = g.quantiles(time, (0.5, 0.1, 0.9))
     ops = pd.DataFrame(
         {
             "layer_kind": names[kind[g.first]],
-            "op": in_layer["op"].to_numpy()[g.first],
+            "op": in_layer.ops[in_layer.op[g.first]],
             "count_per_step": size / nsteps,
             "mean_us": total / size / 1e3,
             "median_us": median / 1e3,
             "p10_us": p10 / 1e3,
             "p90_us": p90 / 1e3,
             "total_us_per_step": total / nsteps / 1e3,
-            "source": dominant_per_group(g, in_layer["source"], time),
+            "source": g.dominant(in_layer.source, in_layer.sources, time),
         }
     )
     per_layer = ops["total_us_per_step"] / (n[kind[g.first]].astype(float) / nsteps)
     kind_us = ops["layer_kind"].map(kind_df.set_index("layer_kind")["kernel_us"])
     ops["share_of_layer_pct"] = per_layer / kind_us * 100
     # order rows as the ops run inside a layer: by their mean offset from the layer's start
-    offset = start - layer.min(start)[layer.ids]
+    offset = in_layer.start_ns - layers.start[layers.of_row]
     ops["position"] = g.sum(offset) / size
     rank = {kd: i for i, kd in enumerate(["dense", "moe", "mtp", "unknown"])}
     ops["korder"] = ops["layer_kind"].map(lambda x: rank.get(x, 9))
@@ -239,22 +315,23 @@ def _layer_tables(in_layer: pd.DataFrame, steps: pd.DataFrame, nsteps: int) -> t
     return ops, kind_df
 
 
-def _reconcile(k: pd.DataFrame, steps: pd.DataFrame, inst: pd.DataFrame, kinds: pd.DataFrame, nsteps: int, m: Mapping) -> pd.DataFrame:
+def _reconcile(k: _InStep, steps: pd.DataFrame, inst: CodedInstances, kinds: pd.DataFrame, nsteps: int) -> pd.DataFrame:
     rows = []
     for r in kinds.itertuples():
         rows.append((f"layers: {r.layer_kind}", r.count_per_step, r.kernel_us, r.total_us_per_step, f"{r.count_per_step:g} layers × {r.kernel_us:.1f} µs"))
-    out_layer = inst[inst["layer_id"] < 0]
-    other = out_layer.groupby("op")["time_ns"].sum().sort_values(ascending=False) / nsteps / 1e3
+    out_layer = inst.layer_id < 0
+    op = inst.op[out_layer]
+    present = np.flatnonzero(np.bincount(op, minlength=len(inst.ops)))
+    by_text = sorted(present.tolist(), key=lambda c: str(inst.ops[c]))  # groupby("op") sorts by name
+    sums = int_sums(op, inst.time_ns[out_layer], len(inst.ops))[by_text]
+    other = pd.Series(sums, index=pd.Index([str(inst.ops[c]) for c in by_text], dtype=object), dtype=np.int64)
+    other = other.sort_values(ascending=False) / nsteps / 1e3
     rows.append(("ops outside layers", float("nan"), float("nan"), float(other.sum()), ", ".join(f"{op} {us:.1f}" for op, us in other.head(6).items())))
     # kernel-only union per step, for the overlap and copy lines
-    start, end = k["start_ns"].to_numpy(), k["end_ns"].to_numpy()
-    g = intervals.Groups(k["step"].to_numpy())
-    uniq = k["step"].to_numpy()[g.first]
-    kunion = intervals.union_by_group(g.ids, start, end, g.n)
-    ksum = g.sum(end - start)
-    overlap = float((ksum - kunion).sum() / nsteps / 1e3)
-    busy = steps.set_index("step")["busy_ns"].reindex(uniq).fillna(0).to_numpy()
-    copies = float((busy - kunion).sum() / nsteps / 1e3)
+    present_steps, kunion = union_per_step(k.step, k.start, k.end)
+    overlap = float(((k.end - k.start).sum() - kunion.sum()) / nsteps / 1e3)
+    busy = steps.set_index("step")["busy_ns"].reindex(present_steps).fillna(0).to_numpy()
+    copies = float((busy.sum() - kunion.sum()) / nsteps / 1e3)
     idle = float((steps["wall_ns"] - steps["busy_ns"]).sum() / nsteps / 1e3)
     wall = float(steps["wall_ns"].sum() / nsteps / 1e3)
     rows.append(("concurrent kernels (counted twice)", float("nan"), float("nan"), -overlap, "summed kernel time minus the union of kernel intervals"))
@@ -265,3 +342,35 @@ def _reconcile(k: pd.DataFrame, steps: pd.DataFrame, inst: pd.DataFrame, kinds: 
         ("= step time (mean wall)", float("nan"), float("nan"), wall, f"median {steps['wall_ns'].median() / 1e3:.1f} µs; residual {wall - parts:+.3f} µs")
     )
     return pd.DataFrame(rows, columns=[c.name for c in RECON_COLUMNS])
+
+
+def union_per_step(step: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The steps present (sorted) and the union length of the intervals of each (zero- or negative-length
+    intervals add nothing): one sweep, each interval adding the part of it beyond the furthest end before it in
+    its step. Kernels sorted by start, steps in time order (as the mapping holds them) need no sort; when a
+    step's intervals reach back before the previous step's end, the steps are laid end to end on one axis."""
+    if len(step) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    rising = bool(np.all(start[1:] >= start[:-1])) and bool(np.all(step[1:] >= step[:-1]))
+    if not rising and not bool(np.all((step[1:] > step[:-1]) | ((step[1:] == step[:-1]) & (start[1:] >= start[:-1])))):
+        order = np.lexsort((start, step))
+        step, start, end = step[order], start[order], end[order]
+    first = np.flatnonzero(np.concatenate(([True], step[1:] != step[:-1])))
+    reach = np.maximum.accumulate(end)
+    if not bool(np.all(reach[first[1:] - 1] <= start[first[1:]])):  # steps overlap in time: one axis, end to end
+        lo = int(min(start.min(), end.min()))
+        span = int(max(start.max(), end.max())) - lo + 1
+        if span * (len(first) + 1) >= 2**62:  # pragma: no cover - only for absurd time spans
+            ids = np.repeat(np.arange(len(first)), np.diff(np.append(first, len(step))))
+            return step[first], intervals.union_by_group(ids, start, end, len(first))
+        off = np.repeat(np.arange(len(first), dtype=np.int64) * span - lo, np.diff(np.append(first, len(step))))
+        start, end = start + off, end + off
+        reach = np.maximum.accumulate(end)
+    # each interval's part beyond max(its start, the reach before it); at a step's first interval that reach
+    # lies at or before its start
+    part = np.empty(len(step), dtype=np.int64)
+    part[0] = start[0]
+    np.maximum(start[1:], reach[:-1], out=part[1:])
+    np.subtract(end, part, out=part)
+    np.maximum(part, 0, out=part)
+    return step[first], np.add.reduceat(part, first)

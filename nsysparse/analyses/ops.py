@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from nsysparse import intervals
 from nsysparse.analyses.context import AnalysisContext
-from nsysparse.analyses.instances import dominant_per_group
+from nsysparse.analyses.instances import CodeGroups, coded_instances
 from nsysparse.columns import Column, empty_frame
-from nsysparse.structure.instances import op_instances
+from nsysparse.structure.instances import coded_op_instances
 
 COLUMNS = (
     Column("op", "str", "logical op (vocabulary name, NVTX name, or kernel class when nothing better is known)"),
@@ -26,28 +26,31 @@ COLUMNS = (
 def op_summary(ctx: AnalysisContext, by_kind: bool = False) -> pd.DataFrame:
     """Columns: COLUMNS (layer_kind is empty unless `by_kind`). Sorted by total time per step."""
     m = ctx.mapping
-    inst = m.op_instances
     nsteps = len(m.steps)
     if nsteps == 0 and len(m.kernels):
         # no steps: the whole (windowed) trace counts as one, so every kernel is still accounted for
-        inst = op_instances(m.kernels.assign(step=0))
+        inst = coded_op_instances(m.kernels, step=np.zeros(len(m.kernels), dtype=np.int64))
         nsteps = 1
         ctx.note("no steps were found: per-step columns are totals over the whole trace")
+    else:
+        inst = coded_instances(m)
     if len(inst) == 0 or nsteps == 0:
         return empty_frame(COLUMNS)
-    keys = ["layer_kind", "op"] if by_kind else ["op"]
-    g = intervals.Groups(*(pd.factorize(inst[c])[0] for c in keys))  # the groups of groupby(keys, sort=False)
-    time = inst["time_ns"].to_numpy()
+    # the groups of groupby(["layer_kind", "op"] or "op", sort=False), on the codes
+    nops = len(inst.ops)
+    g = CodeGroups(inst.kind * nops + inst.op, len(inst.kinds) * nops) if by_kind else CodeGroups(inst.op, nops)
+    time = inst.time_ns
     size, time_sum = g.size(), g.sum(time)
     out = pd.DataFrame(
         {
-            **{c: inst[c].to_numpy()[g.first] for c in keys},
+            **({"layer_kind": inst.kinds[inst.kind[g.first]]} if by_kind else {}),
+            "op": inst.ops[inst.op[g.first]],
             "count_per_step": size / nsteps,
-            "kernels_per_step": g.sum(inst["kernels"].to_numpy()) / nsteps,
+            "kernels_per_step": g.sum(inst.kernels) / nsteps,
             "mean_us": time_sum / size / 1e3,
             "median_us": g.quantiles(time, (0.5,))[0] / 1e3,
             "total_us_per_step": time_sum / nsteps / 1e3,
-            "source": dominant_per_group(g, inst["source"], time),
+            "source": g.dominant(inst.source, inst.sources, time),
         }
     )
     if not by_kind:
