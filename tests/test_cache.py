@@ -291,3 +291,39 @@ def test_mapping_is_kept_and_read_back(cache_home: Path, tmp_path: Path, monkeyp
         frame.write_bytes(bytes(data))
     assert _run("layers", str(t), "-f", "csv") == expected[("layers", "-f", "csv")]
     assert len(calls) == 4  # the damaged frame was refused and the trace mapped again
+
+
+def test_column_types_round_trip_exactly_or_are_refused(cache_home: Path, tmp_path: Path) -> None:
+    """Every column type the cache keeps comes back equal (values, dtype, missing values, order); a column it
+    cannot restore exactly makes `put` refuse the whole frame."""
+    t = _copy(FIXTURE, tmp_path / "in")
+    kept = pd.DataFrame(
+        {
+            "i64": np.array([-5, 2**40, 0, 7], dtype=np.int64),
+            "small": np.array([1, 2, -1, 3], dtype=np.int64),
+            "i32": np.array([1, 2, 3, 4], dtype=np.int32),
+            "flag": np.array([True, False, True, True]),
+            "f": np.array([0.5, np.nan, -1e300, 3.0]),
+            "cat": pd.Categorical(["b", None, "a", "b"]),
+            "ordered": pd.Categorical(["hi", "lo", "hi", "lo"], categories=["lo", "hi"], ordered=True),
+            "text": pd.array(["x", None, "y", "x"], dtype="str"),
+            "obj_none": pd.Series(["p", None, "q", "p"], dtype=object),
+            "obj_nan": pd.Series(["p", np.nan, "q", np.nan], dtype=object),
+        }
+    )
+    refused = {
+        "mixed": pd.Series(["p", 1, "q", None], dtype=object),
+        "holes": pd.Series(["p", None, np.nan, "q"], dtype=object),
+        "na": pd.Series(["p", pd.NA, "q", "r"], dtype=object),
+        "int_cats": pd.Categorical([1, 2, 1, 2]),
+    }
+    with open_trace(t) as tr:
+        assert tr.cache.put("test", tuple(kept.columns), kept, ["a note"])
+        for name, col in refused.items():
+            assert not tr.cache.put(f"test-{name}", ("c",), pd.DataFrame({"c": col}), []), name
+    with open_trace(t) as tr:
+        hit = tr.cache.get("test", tuple(kept.columns))
+        assert hit is not None
+        pd.testing.assert_frame_equal(hit[0], kept, check_exact=True)
+        assert hit[1] == ["a note"]
+        assert hit[0]["obj_none"].iloc[1] is None and isinstance(hit[0]["obj_nan"].iloc[1], float)
