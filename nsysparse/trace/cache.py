@@ -129,7 +129,11 @@ class FrameCache:
         the notes its loading produced; None when there is none or it does not read back cleanly."""
         if self.dir is None or not self.dir.is_dir():
             return None
-        meta = self._find(kind, columns)
+        try:
+            meta = self._find(kind, columns)
+        except OSError as err:  # the entry evicted meanwhile (another write over the size cap)
+            log.debug("frame cache entry unreadable (%s)", err)
+            return None
         if meta is None:
             return None
         stem, info = meta
@@ -226,6 +230,7 @@ class FrameCache:
             tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, self.dir / f"{name}.record.json")
             self._touch()
+            evict(max_bytes(), keep=self.dir)
         except OSError as err:
             log.debug("frame cache record %s not stored (%s)", name, err)
         finally:
