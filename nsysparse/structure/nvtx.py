@@ -9,10 +9,12 @@ while that range ended before t: at most max-depth vectorised steps, O((n + q) l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
+from nsysparse.structure.runs import first_seen, positions_in, searchsorted_right
 
 I64 = np.int64
 
@@ -29,13 +31,14 @@ class RangeTree:
     tid_codes: pd.Index  # global_tid per code
     lo: int
     span: int
+    levels: list[np.ndarray] = field(default_factory=list)  # tree positions at each depth, ascending
 
     def __len__(self) -> int:
         return len(self.key_start)
 
     def keys(self, global_tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Query keys on the shared axis; -1 where the thread has no ranges or ts is outside every range."""
-        codes = self.tid_codes.get_indexer(global_tid)
+        codes = positions_in(self.tid_codes, global_tid)  # launches come in long runs from one thread
         off = ts.astype(I64) - self.lo
         ok = (codes >= 0) & (off >= 0) & (off < self.span)
         return np.where(ok, codes.astype(I64) * self.span + off, -1)
@@ -47,22 +50,27 @@ class RangeTree:
             return np.full(n, -1, dtype=I64)
         k = self.keys(global_tid, ts)
         if valid is not None:
-            k = np.where(valid, k, -1)
-        cur = np.searchsorted(self.key_start, k, side="right") - 1
-        cur = np.where(k < 0, -1, cur)
+            k[~valid] = -1
+        q = np.flatnonzero(k >= 0)
+        kq = k[q]
+        cur = searchsorted_right(self.key_start, kq) - 1  # the queries are usually in time order
+        climb = np.arange(len(q))  # the queries whose range may have ended before them; each step climbs one level
         for _ in range(int(self.depth.max()) + 2):
-            bad = (cur >= 0) & (self.key_end[np.clip(cur, 0, None)] < k)
-            if not bad.any():
+            c = cur[climb]
+            bad = (c >= 0) & (self.key_end[np.maximum(c, 0)] < kq[climb])
+            climb = climb[bad]
+            if len(climb) == 0:
                 break
-            cur = np.where(bad, self.parent[np.clip(cur, 0, None)], cur)
-        return cur
+            cur[climb] = self.parent[c[bad]]
+        out = np.full(n, -1, dtype=I64)
+        out[q] = cur
+        return out
 
     def nearest_flagged(self, flag: np.ndarray, stop: np.ndarray | None = None) -> np.ndarray:
         """For every range: itself if flagged, else its nearest flagged ancestor; -1 if none or if a
         `stop` range is met first (e.g. the op range of a kernel must lie inside its layer range)."""
         out = np.full(len(self), -1, dtype=I64)
-        for d in range(int(self.depth.max()) + 1 if len(self) else 0):
-            idx = np.nonzero(self.depth == d)[0]
+        for idx in self.levels:  # parents before children
             par = self.parent[idx]
             inherited = np.where(par >= 0, out[np.clip(par, 0, None)], -1)
             if stop is not None:
@@ -70,17 +78,26 @@ class RangeTree:
             out[idx] = np.where(flag[idx], idx, inherited)
         return out
 
+    def with_flagged_below(self, flag: np.ndarray) -> np.ndarray:
+        """For every range: whether a range strictly inside it (a descendant) is flagged. One pass per depth,
+        deepest first."""
+        below = np.zeros(len(self), dtype=bool)
+        for idx in self.levels[:0:-1]:  # children before parents; the roots have none above them
+            up = self.parent[idx[flag[idx] | below[idx]]]
+            below[up[up >= 0]] = True
+        return below
+
 
 def build_tree(ranges: pd.DataFrame) -> RangeTree:
     """`ranges`: closed push/pop ranges with start_ns, end_ns, global_tid (one thread each).
 
     Zero-length ranges are dropped: they cannot contain an API call, and they break the depth count."""
-    df = ranges[ranges["end_ns"].to_numpy() > ranges["start_ns"].to_numpy()].reset_index(drop=True)
+    keep = ranges["end_ns"].to_numpy() > ranges["start_ns"].to_numpy()
+    df = (ranges if keep.all() else ranges[keep]).reset_index(drop=True)
     if len(df) == 0:
         e = np.zeros(0, dtype=I64)
         return RangeTree(df.assign(pos=e), e, e, e, e, pd.Index([], dtype="int64"), 0, 1)
-    tids = pd.Index(pd.unique(df["global_tid"].to_numpy()))
-    codes = tids.get_indexer(df["global_tid"].to_numpy()).astype(I64)
+    tids, codes = first_seen(df["global_tid"].to_numpy())
     s = df["start_ns"].to_numpy(I64)
     e = np.maximum(df["end_ns"].to_numpy(I64), s)
     lo = int(s.min()) - 1
@@ -89,22 +106,43 @@ def build_tree(ranges: pd.DataFrame) -> RangeTree:
         raise OverflowError("NVTX time span too large to lay threads end to end")
     ks = codes * span + (s - lo)
     ke = codes * span + (e - lo)
-    order = np.lexsort((-ke, ks))  # start ascending, longer first on ties (parents before children)
-    ks, ke = ks[order], ke[order]
-    df = df.take(order).reset_index(drop=True)
+    order = _tree_order(codes, ks, ke)  # start ascending, longer first on ties (parents before children)
+    if order is not None:
+        ks, ke = ks[order], ke[order]
+        df = df.take(order).reset_index(drop=True)
     n = len(ks)
     # depth = ranges opened before i (i of them) minus ranges closed at or before start_i
     closed = np.searchsorted(np.sort(ke), ks, side="right")
     depth = np.arange(n, dtype=I64) - closed
     depth = np.maximum(depth, 0)
     parent = np.full(n, -1, dtype=I64)
-    positions = {d: np.nonzero(depth == d)[0] for d in range(int(depth.max()) + 1)}
-    for d in range(1, int(depth.max()) + 1):
-        idx = positions[d]
-        prev = positions.get(d - 1, np.zeros(0, dtype=I64))
+    levels = _levels(depth)
+    for d in range(1, len(levels)):
+        idx, prev = levels[d], levels[d - 1]
         if len(prev) == 0:
             continue
         j = np.searchsorted(prev, idx) - 1
         parent[idx] = np.where(j >= 0, prev[np.clip(j, 0, None)], -1)
     df["pos"] = np.arange(n)
-    return RangeTree(df, ks, ke, parent, depth, tids, lo, span)
+    return RangeTree(df, ks, ke, parent, depth, tids, lo, span, levels)
+
+
+def _levels(depth: np.ndarray) -> list[np.ndarray]:
+    """The positions at each depth 0..max, ascending (one stable sort of the depths, which are small)."""
+    order = np.argsort(depth.astype(np.uint8) if int(depth.max()) < 256 else depth, kind="stable")
+    bounds = np.searchsorted(depth[order], np.arange(int(depth.max()) + 2))
+    return [order[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+
+
+def _tree_order(codes: np.ndarray, ks: np.ndarray, ke: np.ndarray) -> np.ndarray | None:
+    """np.lexsort((-ke, ks)), or None when that is the identity. The ranges come sorted by start, so the keys
+    (thread code × span + start) need only a stable sort by thread (none for one thread); a lexsort remains for
+    input out of order, or ties of start not longer-first."""
+    order = None if len(codes) < 2 or bool(np.all(codes[1:] == codes[:-1])) else np.argsort(codes, kind="stable")
+    s = ks if order is None else ks[order]
+    e = ke if order is None else ke[order]
+    if len(s) > 1:
+        up = s[1:] - s[:-1]
+        if bool((up < 0).any()) or bool(((up == 0) & (e[1:] > e[:-1])).any()):
+            return np.lexsort((-ke, ks))
+    return order

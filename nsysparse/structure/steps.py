@@ -115,22 +115,27 @@ def _nvtx_phase(names: np.ndarray, container: np.ndarray, first_in_container: np
     return phase
 
 
-def nvtx_step_windows(nvtx: pd.DataFrame, pattern: str, ignore_domains: tuple[str, ...] = ()) -> pd.DataFrame:
+def nvtx_step_windows(nvtx: pd.DataFrame, pattern: str, ignore_domains: tuple[str, ...] = (), keep: np.ndarray | None = None) -> pd.DataFrame:
     """Step ranges per process: step, pid, name, cpu_start_ns, cpu_end_ns, phase, container.
 
-    Candidates are ranges matching `pattern` outside library domains. The outermost are steps, unless they hold
-    repeated candidates (a `generate` call holding its `forward`s): then those inner ranges are the steps."""
+    Candidates are ranges matching `pattern` outside library domains (and where `keep` holds, when given). The
+    outermost are steps, unless they hold repeated candidates (a `generate` call holding its `forward`s): then
+    those inner ranges are the steps. The row filters are per distinct kind, domain and text (masks over the
+    frame); only the candidates are copied."""
     cols = ["step", "pid", "name", "cpu_start_ns", "cpu_end_ns", "phase", "container"]
     if nvtx is None or len(nvtx) == 0:
         return pd.DataFrame(columns=cols)
     rx = re.compile(pattern)
-    ok = (nvtx["kind"] != "mark") & (nvtx["end_ns"] >= nvtx["start_ns"])
+    ok = ~map_distinct(nvtx["kind"], lambda kind: kind == "mark", bool, False) & (nvtx["end_ns"].to_numpy() >= nvtx["start_ns"].to_numpy())
+    if keep is not None:
+        ok &= keep
     if ignore_domains and "domain" in nvtx:
-        ok &= ~nvtx["domain"].astype(str).isin(ignore_domains)
-    rng = nvtx[ok]
-    texts = rng["text"].astype(object).fillna("").astype(str)
-    hit = texts.map(lambda s: bool(rx.search(s))) if len(texts) < 50 else _match_by_category(rng["text"], rx)
-    cand = rng[hit.to_numpy()]
+        ok &= ~map_distinct(nvtx["domain"], lambda d: d in ignore_domains, bool, False)
+    if int(ok.sum()) < 50:
+        rng = nvtx[ok]
+        cand = rng[rng["text"].astype(object).fillna("").astype(str).map(lambda s: bool(rx.search(s))).to_numpy()]
+    else:
+        cand = nvtx[ok & map_distinct(nvtx["text"], lambda t: bool(rx.search(t)), bool, False)]
     if len(cand) == 0:
         return pd.DataFrame(columns=cols)
     cand = cand.sort_values(["pid", "start_ns", "end_ns"], ascending=[True, True, False]).reset_index(drop=True)
@@ -178,10 +183,6 @@ def nvtx_step_windows(nvtx: pd.DataFrame, pattern: str, ignore_domains: tuple[st
     out["phase"] = _nvtx_phase(out["name"].to_numpy(), out["container"].to_numpy(), first)
     out.insert(0, "step", np.arange(len(out)))
     return out[cols]
-
-
-def _match_by_category(text: pd.Series, rx: re.Pattern[str]) -> pd.Series:
-    return pd.Series(map_distinct(text, lambda t: bool(rx.search(t)), bool, False), index=text.index)
 
 
 def assign_windows(keys: np.ndarray, ts: np.ndarray, valid: np.ndarray, windows: pd.DataFrame, key_col: str = "pid") -> np.ndarray:

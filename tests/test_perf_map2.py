@@ -1,0 +1,156 @@
+"""The run- and order-aware primitives of the mapping (structure.runs, structure.slices, the NVTX tree's fast paths,
+Vocab.categorical, the naming precedence) give exactly what the general numpy/pandas calls they replace give."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nsysparse import intervals
+from nsysparse.structure import runs
+from nsysparse.structure.mapping import Vocab, _by_precedence
+from nsysparse.structure.nvtx import build_tree
+from nsysparse.structure.slices import Slices
+
+
+def _runs_of(rng: np.random.Generator, n: int, distinct: int, mean_run: int) -> np.ndarray:
+    """n values in runs of random length (mean `mean_run`), drawn from `distinct` values (large, negative too)."""
+    values = rng.integers(-5, distinct, max(1, n // mean_run + 1)) * 1_000_003
+    return np.repeat(values, rng.integers(1, 2 * mean_run, len(values)))[:n]
+
+
+@pytest.mark.parametrize(("n", "distinct", "mean_run"), [(0, 3, 5), (1, 3, 5), (500, 4, 50), (500, 50, 1), (3000, 7, 200), (3000, 1, 3000)])
+def test_run_primitives_match_numpy_and_pandas(n: int, distinct: int, mean_run: int) -> None:
+    v = _runs_of(np.random.default_rng(n + distinct), n, distinct, mean_run)
+    u, inv = runs.unique_inverse(v)
+    want_u, want_inv = np.unique(v, return_inverse=True)
+    assert u.tolist() == want_u.tolist() and inv.tolist() == want_inv.ravel().tolist()
+    u, counts = runs.unique_counts(v)
+    want_u, want_counts = np.unique(v, return_counts=True)
+    assert u.tolist() == want_u.tolist() and counts.tolist() == want_counts.tolist()
+    index, codes = runs.first_seen(v)
+    want_index = pd.Index(pd.unique(v))
+    assert index.equals(want_index) and codes.tolist() == want_index.get_indexer(v).tolist()
+    probe = pd.Index(np.unique(v)[::2]) if n else pd.Index([], dtype="int64")
+    assert runs.positions_in(probe, v).tolist() == probe.get_indexer(v).tolist()
+    order = runs.stable_order(v)
+    assert (np.arange(n) if order is None else order).tolist() == np.argsort(v, kind="stable").tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 200), st.integers(-20, 60)), max_size=60))
+def test_grouped_union_matches_union_by_group(rows: list[tuple[int, int, int]]) -> None:
+    df = pd.DataFrame(rows, columns=["g", "s", "d"], dtype=np.int64).sort_values("s", kind="stable")
+    g, s, e = df["g"].to_numpy(), df["s"].to_numpy(), (df["s"] + df["d"]).to_numpy()
+    groups = runs.SortedGroups(g)
+    want = intervals.union_by_group(g, s, e, int(g.max()) + 1 if len(g) else 0)[groups.keys]
+    assert groups.union(s, e).tolist() == want.tolist()
+    assert groups.size().tolist() == [int((g == x).sum()) for x in groups.keys]
+    assert groups.first().tolist() == [int(np.flatnonzero(g == x)[0]) for x in groups.keys]
+    assert groups.reduce(np.minimum, s).tolist() == [int(s[g == x].min()) for x in groups.keys]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-5, 30), max_size=40), st.lists(st.integers(-8, 35), max_size=40), st.booleans())
+def test_searchsorted_right_matches_numpy(a: list[int], v: list[int], sort_v: bool) -> None:
+    sa = np.sort(np.array(a, dtype=np.int64))
+    q = np.array(sorted(v) if sort_v else v, dtype=np.int64)
+    assert runs.searchsorted_right(sa, q).tolist() == np.searchsorted(sa, q, side="right").tolist()
+
+
+@pytest.mark.parametrize("size", [0, 1, 40, 200, 40_000])
+def test_vocab_categorical_is_from_codes_without_unused(size: int) -> None:
+    vocab = Vocab(*[f"v{i}" for i in range(size)])
+    rng = np.random.default_rng(size)
+    codes = rng.integers(0, max(size, 1), 5000).astype(np.int32) // 3 if size else np.zeros(0, dtype=np.int32)
+    if not size:
+        vocab = Vocab("only")
+    got = vocab.categorical(codes)
+    want = pd.Categorical.from_codes(codes, categories=vocab.values).remove_unused_categories()
+    pd.testing.assert_extension_array_equal(got, want)
+    assert got.codes.dtype == want.codes.dtype and got.categories.dtype == want.categories.dtype
+
+
+def test_precedence_takes_the_first_named_source() -> None:
+    rng = np.random.default_rng(3)
+    cands = tuple(np.where(rng.random(1000) < 0.5, rng.integers(0, 9, 1000), -1).astype(np.int32) for _ in range(3))
+    op, source = _by_precedence(cands, 99)
+    stack = np.vstack(cands)
+    named = (stack >= 0).any(axis=0)
+    first = (stack >= 0).argmax(axis=0)
+    assert op.dtype == np.int32 and source.dtype == np.int8
+    assert op.tolist() == np.where(named, stack[first, np.arange(1000)], 99).tolist()
+    assert source.tolist() == np.where(named, first, 3).tolist()
+
+
+@st.composite
+def nested_ranges(draw: st.DrawFn) -> pd.DataFrame:
+    """Properly nested ranges on a few threads, rows sorted by start (as the NVTX table comes) or shuffled."""
+    rows = []
+    for tid in range(draw(st.integers(1, 3))):
+        t, stack = 0, []
+        for _ in range(draw(st.integers(0, 25))):
+            t += draw(st.integers(0, 3))
+            if stack and draw(st.booleans()):
+                rows.append((stack.pop(), t, 10 + tid))
+            else:
+                stack.append(t)
+        while stack:
+            t += draw(st.integers(0, 3))
+            rows.append((stack.pop(), t, 10 + tid))
+    df = pd.DataFrame(rows, columns=["start_ns", "end_ns", "global_tid"], dtype=np.int64)
+    how = draw(st.sampled_from(["start", "shuffle", "start-short-first"]))
+    if how == "start":
+        df = df.sort_values("start_ns", kind="stable")
+    elif how == "start-short-first":
+        df = df.sort_values(["start_ns", "end_ns"], kind="stable")
+    else:
+        df = df.sample(frac=1, random_state=draw(st.integers(0, 99)))
+    return df.assign(text=[f"r{i}" for i in range(len(df))]).reset_index(drop=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(nested_ranges())
+def test_tree_order_levels_and_flags_match_the_plain_walks(ranges: pd.DataFrame) -> None:
+    tree = build_tree(ranges)
+    df = ranges[ranges["end_ns"] > ranges["start_ns"]].reset_index(drop=True)
+    codes = pd.Index(pd.unique(df["global_tid"].to_numpy())).get_indexer(df["global_tid"].to_numpy())
+    span = int(df["end_ns"].max()) - int(df["start_ns"].min()) + 3 if len(df) else 1
+    ks, ke = codes * span + df["start_ns"].to_numpy(), codes * span + df["end_ns"].to_numpy()
+    want = df.take(np.lexsort((-ke, ks))).reset_index(drop=True)
+    assert tree.frame["text"].tolist() == want["text"].tolist()
+    assert [lvl.tolist() for lvl in tree.levels] == [np.flatnonzero(tree.depth == d).tolist() for d in range(int(tree.depth.max()) + 1 if len(tree) else 0)]
+    flag = np.arange(len(tree)) % 3 == 0
+    below = np.zeros(len(tree), dtype=bool)
+    for i in np.flatnonzero(flag):  # every ancestor of a flagged range, one parent at a time
+        p = tree.parent[i]
+        while p >= 0:
+            below[p] = True
+            p = tree.parent[p]
+    assert tree.with_flagged_below(flag).tolist() == below.tolist()
+
+
+def test_slices_spread_and_write_match_a_loop_per_slice() -> None:
+    rng = np.random.default_rng(5)
+    seqs = ["abc", "ab", "abc", "x", "ab", "abc"]
+    text = "".join(seqs)
+    starts = np.concatenate(([0], np.cumsum([len(s) for s in seqs])[:-1]))
+    order = rng.permutation(len(text) + 4)[: len(text)]
+    sl = Slices(order, starts, text, ["t", "t", "t", "t", "u", "t"])
+    assert sl.keys == [("abc", "t"), ("ab", "t"), ("x", "t"), ("ab", "u")]
+    assert sl.group.tolist() == [0, 1, 0, 2, 3, 0] and sl.first.tolist() == [0, 1, 3, 4] and sl.count.tolist() == [3, 1, 1, 1]
+    values = [np.array([1, -1, 3]), np.array([4, 5]), np.array([6]), np.array([-1, 8])]
+    target = np.full(len(order) + 4, -9)
+    got = sl.spread(values)
+    sl.write(target, got, keep=got >= 0)
+    want = np.full(len(order) + 4, -9)
+    for i, a in enumerate(starts):
+        vals = values[sl.group[i]]
+        for j, x in enumerate(vals):
+            if x >= 0:
+                want[order[a + j]] = x
+    assert target.tolist() == want.tolist()
+    assert sl.per_position(np.arange(6)).tolist() == np.repeat(np.arange(6), [len(s) for s in seqs]).tolist()
