@@ -430,16 +430,17 @@ def _find_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, att: _NvtxAtt
     codes.name[has] = np.array([names.layers(str(t)) for t in texts], dtype=np.int32)[tinv]
     _template_ops_in_layers(parser, k, enc, codes, names)
     # kernels of a step outside its NVTX layers (embedding, LM head, sampling): prelude/head templates
-    outside = _LayerCodes.empty(n)
-    other = _Names(names.ops, Vocab(*LAYER_KIND.values), Vocab(""))
-    _parse_steps(parser, k, enc, outside, other, [])
-    fill = (codes.layer_id < 0) & (outside.op >= 0)
-    codes.op[fill] = outside.op[fill]
     # steps with no NVTX layer range at all (CUDA-graph replays of a forward whose module hooks ran only while it
     # was captured, or eagerly) get the layers found without NVTX, so every step has its layers
     with_ranges = np.zeros(int(step.max()) + 2, dtype=bool)  # per step (the last entry: kernels outside steps)
     with_ranges[step[has]] = True
-    bare = (step >= 0) & ~with_ranges[step] & (outside.layer_id >= 0)
+    without = (step >= 0) & ~with_ranges[step]
+    outside = _LayerCodes.empty(n)
+    other = _Names(names.ops, Vocab(*LAYER_KIND.values), Vocab(""))
+    _parse_steps(parser, k, enc, outside, other, [], layers=bool(without.any()))
+    fill = (codes.layer_id < 0) & (outside.op >= 0)
+    codes.op[fill] = outside.op[fill]
+    bare = without & (outside.layer_id >= 0)
     if bare.any():
         codes.layer_id[bare] = outside.layer_id[bare] + int(codes.layer_id.max()) + 1
         kind_map = np.array([names.kinds(v) for v in other.kinds.values], dtype=np.int32)
@@ -583,9 +584,10 @@ def _template_ops_in_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, co
     slices.write(codes.kind, slices.spread(kinds))
 
 
-def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _LayerCodes, names: _Names, notes: list[str]) -> None:
+def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _LayerCodes, names: _Names, notes: list[str], layers: bool = True) -> None:
     """No NVTX layers: parse each step's primary-stream sequence; other streams join by time.
-    Steps with the same sequence are parsed once and written in one step."""
+    Steps with the same sequence are parsed once and written in one step. Without `layers`, only the ops are
+    written (the prelude and head ops around NVTX layers), not the layer ids, kinds and names."""
     step = k["step"].to_numpy()
     has = np.flatnonzero(step >= 0)
     if len(has) == 0:
@@ -639,6 +641,23 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
         n_layers[g] = int(ordinal.max()) + 1 if len(ordinal) else 0
         unparsed += miss * members
         parsed.append((op, ordinal, kind))
+    op = slices.spread([p[0] for p in parsed])
+    slices.write(codes.op, op, keep=op >= 0)
+    if unparsed:
+        notes.append(f"{unparsed} kernels inside steps matched no template; they are named by class")
+    if repeated - no_layers:
+        notes.append(f"layers of {repeated - no_layers} steps are their repeated blocks (no template matched): kinds from content, ops named by their roles")
+    if no_layers:
+        notes.append(f"no layers in {no_layers} steps: no template matched and no repeated block holds attention or MoE kernels")
+    if layers:
+        _write_layers(slices, parsed, n_layers, codes, names)
+        if len(other):
+            _place_secondary(k, other, codes)
+            notes.append(f"{len(other)} kernels on secondary streams were placed in layers by time and named by class")
+
+
+def _write_layers(slices: Slices, parsed: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_layers: np.ndarray, codes: _LayerCodes, names: _Names) -> None:
+    """Layer id, kind and name of every kernel of the parsed steps (ids numbered step after step)."""
     per_step = n_layers[slices.group]
     base = np.concatenate(([0], np.cumsum(per_step)[:-1]))  # first layer id of each step, in step order
     labels = []
@@ -647,41 +666,36 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
         inl = ordinal >= 0
         label[inl] = [names.layers(f"layer_{o}_{names.kinds.values[c]}") for o, c in zip(ordinal[inl], kind[inl])]
         labels.append(label)
-    op = slices.spread([p[0] for p in parsed])
-    slices.write(codes.op, op, keep=op >= 0)
     ordinal = slices.spread([p[1].astype(np.int64) for p in parsed])
     inl = ordinal >= 0
     slices.write(codes.layer_id, slices.per_position(base) + ordinal, keep=inl)
     slices.write(codes.kind, slices.spread([p[2] for p in parsed]), keep=inl)
     slices.write(codes.name, slices.spread(labels), keep=inl)
-    if unparsed:
-        notes.append(f"{unparsed} kernels inside steps matched no template; they are named by class")
-    if repeated - no_layers:
-        notes.append(f"layers of {repeated - no_layers} steps are their repeated blocks (no template matched): kinds from content, ops named by their roles")
-    if no_layers:
-        notes.append(f"no layers in {no_layers} steps: no template matched and no repeated block holds attention or MoE kernels")
-    if len(other):
-        rows = other
-        lid = np.flatnonzero(codes.layer_id >= 0)
-        if len(lid):
-            layer = SortedGroups(codes.layer_id[lid])
-            at_first = lid[layer.first()]
-            span = pd.DataFrame(
-                {
-                    "s": layer.reduce(np.minimum, start[lid]),
-                    "e": layer.reduce(np.maximum, k["end_ns"].to_numpy()[lid]),
-                    "kind": codes.kind[at_first],
-                    "name": codes.name[at_first],
-                },
-                index=pd.Index(layer.keys, name="id"),
-            ).sort_values("s")
-            pos = intervals.assign_to_windows(start[rows], span["s"].to_numpy(), span["e"].to_numpy())
-            ok = pos >= 0
-            at = np.clip(pos, 0, None)
-            codes.layer_id[rows[ok]] = span.index.to_numpy()[at][ok]
-            codes.kind[rows[ok]] = span["kind"].to_numpy()[at][ok]
-            codes.name[rows[ok]] = span["name"].to_numpy()[at][ok]
-        notes.append(f"{len(rows)} kernels on secondary streams were placed in layers by time and named by class")
+
+
+def _place_secondary(k: pd.DataFrame, rows: np.ndarray, codes: _LayerCodes) -> None:
+    """Kernels on other streams than their step's primary one join the layer running when they start (by time)."""
+    lid = np.flatnonzero(codes.layer_id >= 0)
+    if len(lid) == 0:
+        return
+    start = k["start_ns"].to_numpy()
+    layer = SortedGroups(codes.layer_id[lid])
+    at_first = lid[layer.first()]
+    span = pd.DataFrame(
+        {
+            "s": layer.reduce(np.minimum, start[lid]),
+            "e": layer.reduce(np.maximum, k["end_ns"].to_numpy()[lid]),
+            "kind": codes.kind[at_first],
+            "name": codes.name[at_first],
+        },
+        index=pd.Index(layer.keys, name="id"),
+    ).sort_values("s")
+    pos = intervals.assign_to_windows(start[rows], span["s"].to_numpy(), span["e"].to_numpy())
+    ok = pos >= 0
+    at = np.clip(pos, 0, None)
+    codes.layer_id[rows[ok]] = span.index.to_numpy()[at][ok]
+    codes.kind[rows[ok]] = span["kind"].to_numpy()[at][ok]
+    codes.name[rows[ok]] = span["name"].to_numpy()[at][ok]
 
 
 def _gpu_ops_with_steps(trace: Trace, k: pd.DataFrame, windows: StepWindows) -> pd.DataFrame:

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from nsysparse import intervals
 from nsysparse.distinct import map_distinct
 from nsysparse.structure.classes import EMBED_CLASSES, MATMUL_CLASSES, TRAIN_CLASSES
 from nsysparse.structure.loops import find_loop_steps
+from nsysparse.structure.runs import searchsorted_right
 
 # A step-like word (forward, step, decode, ...) in a range that is not a framework op annotation:
 # names with "::" (aten::, flash_attn::_flash_attn_forward, FSDP::pre_forward, autograd::engine::...)
@@ -192,11 +192,19 @@ def assign_windows(keys: np.ndarray, ts: np.ndarray, valid: np.ndarray, windows:
         return out
     for key, w in windows.groupby(key_col):  # one pass per process/device
         m = (keys == key) & valid
-        if not m.any():
+        rows = None if m.all() else np.flatnonzero(m)  # usually one process launches everything
+        if rows is not None and len(rows) == 0:
             continue
         w = w.sort_values("cpu_start_ns")
-        idx = intervals.assign_to_windows(ts[m], w["cpu_start_ns"].to_numpy(), w["cpu_end_ns"].to_numpy() + 1)
-        out[m] = np.where(idx >= 0, w["step"].to_numpy()[np.clip(idx, 0, None)], -1)
+        t = ts.astype(np.int64, copy=False) if rows is None else ts[rows].astype(np.int64, copy=False)
+        ws, we = w["cpu_start_ns"].to_numpy(np.int64), w["cpu_end_ns"].to_numpy(np.int64) + 1
+        idx = searchsorted_right(ws, t) - 1  # as intervals.assign_to_windows, by a merge for launches in time order
+        idx = np.where((idx >= 0) & (t < we[np.clip(idx, 0, len(we) - 1)]), idx, -1)
+        step = np.where(idx >= 0, w["step"].to_numpy()[np.clip(idx, 0, None)], -1)
+        if rows is None:
+            out = step.astype(np.int64, copy=False)
+        else:
+            out[rows] = step
     return out
 
 
