@@ -13,6 +13,7 @@ come from NVTX ranges matching the layer pattern, else from template parsing of 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -21,7 +22,7 @@ import pandas as pd
 
 from nsysparse import intervals
 from nsysparse.columns import LAYER_KIND, MAPPED_KERNEL_COLUMNS, MAPPED_STEP_COLUMNS, NAMING_SOURCE
-from nsysparse.distinct import dense_codes, map_distinct
+from nsysparse.distinct import code_dtype, dense_codes, map_distinct
 from nsysparse.errors import UsageError
 from nsysparse.rules import RuleSet, classify_names, load_rules
 from nsysparse.structure.classes import ATTENTION_CLASSES, BACKWARD_CLASSES, MATMUL_CLASSES, MOE_LAYER_CLASSES
@@ -76,13 +77,8 @@ class Vocab:
             return pd.Categorical([""] * len(codes))
         used = np.bincount(codes, minlength=len(self.values)) > 0
         categories = pd.Index(self.values).take(np.flatnonzero(used))
-        dense = (np.cumsum(used) - 1).astype(_code_dtype(len(categories)))
+        dense = (np.cumsum(used) - 1).astype(code_dtype(len(categories)))
         return pd.Categorical.from_codes(dense[codes], dtype=pd.CategoricalDtype(categories, ordered=False), validate=False)
-
-
-def _code_dtype(n: int) -> type[np.signedinteger]:
-    """The integer type pandas stores the codes of `n` categories in (so the codes need no second conversion)."""
-    return next(t for t in (np.int8, np.int16, np.int32) if n < np.iinfo(t).max) if n < np.iinfo(np.int32).max else np.int64
 
 
 @dataclass(frozen=True)
@@ -174,7 +170,7 @@ def _kind_from_name(name: str) -> str | None:
 class _NvtxAttribution:
     """Per-kernel NVTX layer range and op range (tree positions), plus step windows."""
 
-    def __init__(self, trace: Trace, k: pd.DataFrame, step_pattern: str, layer_pattern: str, ignore: tuple[str, ...]) -> None:
+    def __init__(self, trace: Trace, k: pd.DataFrame, capture: _Capture | None, step_pattern: str, layer_pattern: str, ignore: tuple[str, ...]) -> None:
         n = trace.nvtx()
         is_layer_text = _match(n["text"], layer_pattern)
         self.windows = nvtx_step_windows(n, step_pattern, ignore, keep=~is_layer_text)
@@ -196,20 +192,20 @@ class _NvtxAttribution:
         # ranges that contain layers (model_forward, decoder) are containers, not ops
         container = tree.with_flagged_below(is_layer)
         is_op = ~is_step & ~is_layer & ~container
-        graph = (k["graph_node_id"].to_numpy() > 0) & (k["capture_ns"].to_numpy() != NO_TIME)
-        if graph.any():
-            gtid = np.where(graph, k["capture_global_tid"].to_numpy(), k["global_tid"].to_numpy())
-            ts = np.where(graph, k["capture_ns"].to_numpy(), k["api_start_ns"].to_numpy())
+        graph = (k["graph_node_id"].to_numpy() > 0) & (capture.ns != NO_TIME) if capture is not None else None
+        if graph is not None and capture is not None and graph.any():
+            gtid = np.where(graph, capture.global_tid, k["global_tid"].to_numpy())
+            ts = np.where(graph, capture.ns, k["api_start_ns"].to_numpy())
             valid = graph | k["has_launch"].to_numpy()
         else:
             gtid, ts, valid = k["global_tid"].to_numpy(), k["api_start_ns"].to_numpy(), k["has_launch"].to_numpy()
-        inner = tree.innermost(gtid, ts, valid)
-        ok = inner >= 0
+        inner = tree.innermost(gtid, ts, valid)  # -1: none, which indexes the sentinel at the end of the arrays below
         # a range holding op ranges that launch kernels is a block (`self_attn` around q/k/v/o_proj, `mlp` around its
         # projections): the kernels directly in it (the attention core) are named by templates or their class. An
         # op whose child ranges launch nothing (an allocation inside flash_attn::_flash_attn_forward) stays an op.
-        launches = np.zeros(len(tree), dtype=bool)
-        launches[inner[ok]] = True
+        launches = np.zeros(len(tree) + 1, dtype=bool)
+        launches[inner] = True
+        launches = launches[:-1]
         launches |= tree.with_flagged_below(launches)
         block = np.zeros(len(tree), dtype=bool)
         child = is_op & launches & (par >= 0)
@@ -218,16 +214,20 @@ class _NvtxAttribution:
         self.is_layer = is_layer
         near_layer = tree.nearest_flagged(is_layer)
         near_op = tree.nearest_flagged(is_op, stop=is_layer | is_step)
-        self.layer_pos = np.where(ok, near_layer[np.clip(inner, 0, None)] if len(tree) else -1, -1)
-        self.op_pos = np.where(ok, near_op[np.clip(inner, 0, None)] if len(tree) else -1, -1)
+        self.layer_pos = np.append(near_layer, -1)[inner]
+        self.op_pos = np.append(near_op, -1)[inner]
         self.text_codes, self.text_values = dense_codes(texts)
 
-    def texts_at(self, pos: np.ndarray) -> tuple[list[str], np.ndarray]:
-        """Distinct texts of the ranges at tree positions `pos`, and each position's index into them."""
-        codes = self.text_codes[pos]
-        present = np.bincount(codes, minlength=len(self.text_values)) > 0  # the sorted distinct codes, without a sort
-        dense = np.cumsum(present) - 1
-        return [self.text_values[c] for c in np.flatnonzero(present).tolist()], dense[codes]
+    def named(self, pos: np.ndarray, name: Callable[[str], int]) -> np.ndarray:
+        """name(text) of the range at each tree position of `pos` (-1 where pos is -1), as int32. Each distinct text
+        that occurs is named once, in the order of the texts' codes."""
+        used = np.zeros(len(self.tree) + 1, dtype=bool)
+        used[pos] = True  # -1 marks the spare last entry
+        present = np.bincount(self.text_codes[used[:-1]], minlength=len(self.text_values)) > 0
+        table = np.full(len(self.text_values), -1, dtype=np.int32)
+        for c in np.flatnonzero(present).tolist():
+            table[c] = name(self.text_values[c])
+        return np.append(table[self.text_codes], np.int32(-1))[pos]
 
 
 def _inductor_classes(k: pd.DataFrame, rules: RuleSet, names: dict[str, str]) -> list[str]:
@@ -249,19 +249,25 @@ def _inductor_classes(k: pd.DataFrame, rules: RuleSet, names: dict[str, str]) ->
     return [f"--inductor-provenance: {int(hit.sum())} kernels ({n} distinct Triton kernels) classified by the ATen ops TorchInductor recorded"]
 
 
-def _kernel_frame(trace: Trace) -> pd.DataFrame:
+@dataclass
+class _Capture:
+    """Per kernel of a CUDA graph: when and on which thread its node was created (NO_TIME / -1: not a graph node)."""
+
+    ns: np.ndarray
+    global_tid: np.ndarray
+
+
+def _kernel_frame(trace: Trace) -> tuple[pd.DataFrame, _Capture | None]:
+    """The kernels with their launches, and their graph nodes' capture (None: no graph node kernels)."""
     k = trace.launches().copy(deep=False)  # copy-on-write (pandas >= 3): new columns only
     origins = trace.graph_node_origins() if (k["graph_node_id"].to_numpy() > 0).any() else None
-    if origins is not None and len(origins):
-        idx = pd.Index(origins["graph_node_id"].to_numpy())
-        pos = idx.get_indexer(k["graph_node_id"].to_numpy())
-        hit = pos >= 0
-        k["capture_ns"] = np.where(hit, origins["capture_ns"].to_numpy()[np.clip(pos, 0, None)], NO_TIME)
-        k["capture_global_tid"] = np.where(hit, origins["capture_global_tid"].to_numpy()[np.clip(pos, 0, None)], -1)
-    else:
-        k["capture_ns"] = NO_TIME
-        k["capture_global_tid"] = -1
-    return k
+    if origins is None or len(origins) == 0:
+        return k, None
+    idx = pd.Index(origins["graph_node_id"].to_numpy())
+    pos = idx.get_indexer(k["graph_node_id"].to_numpy())
+    hit = pos >= 0
+    at = np.clip(pos, 0, None)
+    return k, _Capture(np.where(hit, origins["capture_ns"].to_numpy()[at], NO_TIME), np.where(hit, origins["capture_global_tid"].to_numpy()[at], -1))
 
 
 def _steps_only(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
@@ -333,10 +339,10 @@ def map_trace(
     check_options(nvtx, step_pattern, layer_pattern)
     rules = rules or load_rules()
     trace.prefetch("kernels", "api", "memcpy", "memset", *(("nvtx",) if nvtx != "off" else ()))
-    k = _kernel_frame(trace)
+    k, capture = _kernel_frame(trace)
     k = pd.concat([k, classify_names(rules, k["short_name"], k["name"])], axis=1)
     inductor_notes = (*inductor_notes, *(_inductor_classes(k, rules, inductor) if inductor else []))
-    att = _NvtxAttribution(trace, k, step_pattern, layer_pattern, ignore_domains) if nvtx != "off" and trace.has("nvtx") else None
+    att = _NvtxAttribution(trace, k, capture, step_pattern, layer_pattern, ignore_domains) if nvtx != "off" and trace.has("nvtx") else None
     windows, k["step"], notes = _find_steps(trace, k, att, nvtx)
 
     parser = Parser(rules)
@@ -426,8 +432,7 @@ def _find_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, att: _NvtxAtt
     # one instance per (step, layer range): a CUDA graph's capture-time range recurs every replay
     step = k["step"].to_numpy()
     _, codes.layer_id[has] = unique_inverse(step[has] * (len(att.tree) + 1) + att.layer_pos[has])
-    texts, tinv = att.texts_at(att.layer_pos[has])
-    codes.name[has] = np.array([names.layers(str(t)) for t in texts], dtype=np.int32)[tinv]
+    np.copyto(codes.name, att.named(att.layer_pos, names.layers), where=has)
     _template_ops_in_layers(parser, k, enc, codes, names)
     # kernels of a step outside its NVTX layers (embedding, LM head, sampling): prelude/head templates
     # steps with no NVTX layer range at all (CUDA-graph replays of a forward whose module hooks ran only while it
@@ -453,15 +458,9 @@ def _find_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, att: _NvtxAtt
 
 def _nvtx_op_codes(att: _NvtxAttribution | None, ops: Vocab, rules: RuleSet, layer_rx: re.Pattern[str], n: int) -> np.ndarray:
     """Op code of each kernel's innermost NVTX op range (-1: none). Each distinct range text is named once."""
-    op = np.full(n, -1, dtype=np.int32)
     if att is None:
-        return op
-    has_op = att.op_pos >= 0
-    if has_op.any():
-        texts, inv = att.texts_at(att.op_pos[has_op])
-        canon = np.array([ops(_op_name(str(t), layer_rx, rules)) for t in texts], dtype=np.int32)
-        op[has_op] = canon[inv]
-    return op
+        return np.full(n, -1, dtype=np.int32)
+    return att.named(att.op_pos, lambda text: ops(_op_name(text, layer_rx, rules)))
 
 
 def _layer_index(layer_id: np.ndarray, layers: pd.DataFrame) -> np.ndarray:
@@ -471,7 +470,7 @@ def _layer_index(layer_id: np.ndarray, layers: pd.DataFrame) -> np.ndarray:
     ids = layers["layer_id"].to_numpy()
     table = np.full(max(int(ids.max()), int(layer_id.max())) + 2, -1, dtype=np.int64)  # layer ids are small dense integers
     table[ids] = layers["layer_index"].to_numpy()
-    return table[np.where(layer_id >= 0, layer_id, -1)]
+    return table[layer_id]  # -1 (outside layers) picks the unused last entry, -1
 
 
 def _segment_arrays(parser: Parser, segs: list[Segment], length: int, ops: Vocab, kinds: Vocab) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -596,21 +595,32 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
     streams = k["stream_id"].to_numpy().astype(np.int64, copy=False)
     devices = k["device_id"].to_numpy().astype(np.int64, copy=False)
     start = k["start_ns"].to_numpy()
-    # the primary stream of each step: the (device, stream) with the most kernels in it
-    # (ties: the smaller key), from the counts of the few distinct (step, key) pairs
-    keys, code = unique_inverse(devices[has] * (1 << 32) + streams[has])
-    pair, count = unique_counts(step[has] * len(keys) + code)
-    pstep, pkey = pair // len(keys), pair % len(keys)
-    best = np.lexsort((pkey, -count, pstep))
-    first = best[np.concatenate(([True], pstep[best][1:] != pstep[best][:-1]))]
-    main_code = np.full(int(step.max()) + 1, -1, dtype=np.int64)
-    main_code[pstep[first]] = pkey[first]
-    is_main = code == main_code[step[has]]
-    main = has if is_main.all() else has[is_main]
-    other = has[~is_main]
-    by_step = stable_order(step[main]) if is_sorted(start[main]) else np.lexsort((start[main], step[main]))  # kernels come sorted by start
+    if _constant(streams) and _constant(devices):  # one stream: it is every step's primary stream
+        main, other = has, has[:0]
+    else:
+        # the primary stream of each step: the (device, stream) with the most kernels in it
+        # (ties: the smaller key), from the counts of the few distinct (step, key) pairs
+        keys, code = unique_inverse(devices[has] * (1 << 32) + streams[has])
+        pair, count = unique_counts(step[has] * len(keys) + code)
+        pstep, pkey = pair // len(keys), pair % len(keys)
+        best = np.lexsort((pkey, -count, pstep))
+        first = best[np.concatenate(([True], pstep[best][1:] != pstep[best][:-1]))]
+        main_code = np.full(int(step.max()) + 1, -1, dtype=np.int64)
+        main_code[pstep[first]] = pkey[first]
+        is_main = code == main_code[step[has]]
+        main = has if is_main.all() else has[is_main]
+        other = has[~is_main]
+    every = len(main) == len(step)  # every kernel is in a step, on its primary stream: no row selection
+
+    def of_main(values: np.ndarray) -> np.ndarray:
+        return values if every else values[main]
+
+    by_step = stable_order(of_main(step)) if is_sorted(of_main(start)) else np.lexsort((of_main(start), of_main(step)))  # kernels come sorted by start
     order = main if by_step is None else main[by_step]
-    slices = Slices(order, run_starts(step[order]), Parser.text(enc[order]))
+    if every and by_step is None:  # the rows themselves, in order
+        slices = Slices(None, run_starts(step), Parser.text(enc))
+    else:
+        slices = Slices(order, run_starts(step[order]), Parser.text(enc[order]))
     n_layers = np.zeros(len(slices), dtype=np.int64)
     parsed = []
     unparsed = 0
@@ -654,6 +664,10 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
         if len(other):
             _place_secondary(k, other, codes)
             notes.append(f"{len(other)} kernels on secondary streams were placed in layers by time and named by class")
+
+
+def _constant(values: np.ndarray) -> bool:
+    return len(values) == 0 or int(values.min()) == int(values.max())
 
 
 def _write_layers(slices: Slices, parsed: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_layers: np.ndarray, codes: _LayerCodes, names: _Names) -> None:
@@ -743,18 +757,24 @@ def _step_table(k: pd.DataFrame, ops: pd.DataFrame, windows: StepWindows) -> pd.
     if len(w) == 0 or not sel.any():
         return pd.DataFrame(columns=cols)
     # step numbers are small dense integers, in time order: grouping by them is (at most) one stable sort
-    g = SortedGroups(step[sel])
-    start, end = ops["start_ns"].to_numpy()[sel], ops["end_ns"].to_numpy()[sel]
+    every = bool(sel.all())  # every op in a step: no row selection
+
+    def in_steps(values: np.ndarray) -> np.ndarray:
+        return values if every else values[sel]
+
+    g = SortedGroups(in_steps(step))
+    start, end = in_steps(ops["start_ns"].to_numpy()), in_steps(ops["end_ns"].to_numpy())
     uniq = g.keys
     agg = pd.DataFrame({"start_ns": g.reduce(np.minimum, start), "end_ns": g.reduce(np.maximum, end)}, index=pd.Index(uniq, name="step"))
     agg["busy_ns"] = g.union(start, end)
     ks = k["step"].to_numpy()
-    kin = np.flatnonzero(ks >= 0)
-    kg = SortedGroups(ks[kin])
+    kin = None if int(ks.min()) >= 0 else np.flatnonzero(ks >= 0)
+    kg = SortedGroups(ks if kin is None else ks[kin])
     has = kg.keys
-    agg["kernel_ns"] = pd.Series(kg.reduce(np.add, k["dur_ns"].to_numpy()[kin]), index=has)
+    dur = k["dur_ns"].to_numpy()
+    agg["kernel_ns"] = pd.Series(kg.reduce(np.add, dur if kin is None else dur[kin]), index=has)
     agg["kernels"] = pd.Series(kg.size(), index=has)
-    first = kin[kg.first()]  # each step's first kernel
+    first = kg.first() if kin is None else kin[kg.first()]  # each step's first kernel
     dev = pd.Series(k["device_id"].to_numpy()[first], index=has)  # a step's kernels run on the device of its launching process
     out = w.set_index("step").join(agg, how="inner")
     out["device_id"] = dev.reindex(out.index).fillna(-1).astype(np.int64)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from nsysparse.structure.runs import first_seen, positions_in, searchsorted_right
+from nsysparse.structure.runs import first_seen, positions_in, run_starts, searchsorted_right
 
 I64 = np.int64
 
@@ -38,10 +38,21 @@ class RangeTree:
 
     def keys(self, global_tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Query keys on the shared axis; -1 where the thread has no ranges or ts is outside every range."""
-        codes = positions_in(self.tid_codes, global_tid)  # launches come in long runs from one thread
-        off = ts.astype(I64) - self.lo
-        ok = (codes >= 0) & (off >= 0) & (off < self.span)
-        return np.where(ok, codes.astype(I64) * self.span + off, -1)
+        key = ts.astype(I64)  # a new array, made the key in place
+        key -= self.lo
+        ok = key.view(np.uint64) < self.span  # 0 <= ts - lo < span
+        if len(run_starts(global_tid)) <= 1:  # launches come in long runs from one thread, often all from one
+            code = int(self.tid_codes.get_indexer(global_tid[:1])[0]) if len(global_tid) else -1
+            key += max(code, 0) * self.span
+            if code < 0:
+                ok[:] = False
+        else:
+            codes = positions_in(self.tid_codes, global_tid).astype(I64)
+            ok &= codes >= 0
+            codes *= self.span
+            key += codes
+        key[~ok] = -1
+        return key
 
     def innermost(self, global_tid: np.ndarray, ts: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Tree position of the innermost range on `global_tid` containing `ts` (start ≤ ts ≤ end), or -1."""
@@ -51,17 +62,20 @@ class RangeTree:
         k = self.keys(global_tid, ts)
         if valid is not None:
             k[~valid] = -1
-        q = np.flatnonzero(k >= 0)
-        kq = k[q]
-        cur = searchsorted_right(self.key_start, kq) - 1  # the queries are usually in time order
-        climb = np.arange(len(q))  # the queries whose range may have ended before them; each step climbs one level
+        q = None if int(k.min()) >= 0 else np.flatnonzero(k >= 0)
+        kq = k if q is None else k[q]
+        cur = searchsorted_right(self.key_start, kq)  # the queries are usually in time order
+        cur -= 1  # the last range starting at or before each query
+        end = np.append(self.key_end, np.iinfo(I64).max)  # at -1 (no range): an end no query passes
+        climb = np.flatnonzero(end[cur] < kq)  # the queries whose range ended before them climb, one level a step
         for _ in range(int(self.depth.max()) + 2):
-            c = cur[climb]
-            bad = (c >= 0) & (self.key_end[np.maximum(c, 0)] < kq[climb])
-            climb = climb[bad]
             if len(climb) == 0:
                 break
-            cur[climb] = self.parent[c[bad]]
+            up = self.parent[cur[climb]]
+            cur[climb] = up
+            climb = climb[end[up] < kq[climb]]
+        if q is None:
+            return cur
         out = np.full(n, -1, dtype=I64)
         out[q] = cur
         return out

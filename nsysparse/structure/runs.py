@@ -117,10 +117,11 @@ class SortedGroups:
         g = self.sorted_key.astype(I64, copy=False)
         if span * (int(g.max()) + 2) >= 2**62 or not _sorted_within(s, self.bounds):
             return intervals.union_by_group(self._dense_ids(), s, e, len(self.bounds))  # pragma: no cover - unusual input
-        off = g * span - lo
+        off = g * span
+        off -= lo
         reach = e + off
         np.maximum.accumulate(reach, out=reach)  # the running end; the groups lie apart, so it never crosses one
-        new = s + off
+        new = np.add(s, off, out=off)
         np.maximum(new[1:], reach[:-1], out=new[1:])  # where each interval's new coverage can begin
         np.subtract(reach, new, out=new)  # what it adds to the union (negative: nothing)
         np.maximum(new, 0, out=new)
@@ -140,10 +141,15 @@ def _sorted_within(values: np.ndarray, bounds: np.ndarray) -> bool:
 
 
 def searchsorted_right(sorted_a: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """np.searchsorted(sorted_a, v, side="right"); for sorted `v` by one merge of the two sorted arrays (a stable
-    sort of two runs), which beats a binary search per query."""
+    """np.searchsorted(sorted_a, v, side="right"), faster for sorted `v`: for few values in `sorted_a`, each of them
+    is looked up among the queries and the counts accumulated; else the two sorted arrays are merged (a stable sort
+    of two runs). Both beat a binary search per query."""
     if len(v) < 2 or not is_sorted(v):
         return np.searchsorted(sorted_a, v, side="right")
+    if len(sorted_a) * 16 <= len(v):
+        # a_j <= v_i exactly when i >= (the first query >= a_j), so the answer for v_i counts those firsts <= i
+        count = np.bincount(np.searchsorted(v, sorted_a, side="left"), minlength=len(v) + 1)[: len(v)]
+        return np.cumsum(count, out=count)
     merged = np.concatenate((sorted_a, v))
     order = np.argsort(merged, kind="stable")  # ties: sorted_a first, so a query lands after the values equal to it
     return np.flatnonzero(order >= len(sorted_a)) - np.arange(len(v))

@@ -18,13 +18,14 @@ class Slices:
     """Slices of an encoded kernel sequence (`text`, one character per row of `order`) grouped by content and tag.
     Groups are numbered in order of first appearance (the order parsing visits them)."""
 
-    def __init__(self, order: np.ndarray, starts: np.ndarray, text: str, tags: list[str] | None = None) -> None:
-        self.order = order
+    def __init__(self, order: np.ndarray | None, starts: np.ndarray, text: str, tags: list[str] | None = None) -> None:
+        self.order = order  # None: every row, in row order
+        self.size = len(text)
         self.starts = starts
-        self.lengths = np.diff(np.append(starts, len(order))).astype(I64)
+        self.lengths = np.diff(np.append(starts, self.size)).astype(I64)
         index: dict[tuple[str, str], int] = {}
         group = np.empty(len(starts), dtype=I64)
-        ends = np.append(starts[1:], len(order)).tolist()
+        ends = np.append(starts[1:], self.size).tolist()
         for i, (a, b) in enumerate(zip(starts.tolist(), ends)):
             group[i] = index.setdefault((text[a:b], tags[i] if tags else ""), len(index))
         self.group = group
@@ -40,11 +41,13 @@ class Slices:
         """For each position of `order`: where its value lies in the groups' values laid end to end."""
         size = np.array([len(seq) for seq, _ in self.keys], dtype=I64)
         offset = np.concatenate(([0], np.cumsum(size)[:-1])).astype(I64)
-        return np.repeat(offset[self.group] - self.starts, self.lengths) + np.arange(len(self.order), dtype=I64)
+        flat = np.repeat(offset[self.group] - self.starts, self.lengths)
+        flat += np.arange(self.size, dtype=I64)
+        return flat
 
     def spread(self, values: list[np.ndarray]) -> np.ndarray:
         """Per position of `order`, the value at its place in its group's `values` (one array per group)."""
-        if len(self.order) == 0:
+        if self.size == 0:
             return np.zeros(0, dtype=values[0].dtype if values else I64)
         return np.concatenate(values)[self._flat]
 
@@ -54,7 +57,9 @@ class Slices:
 
     def write(self, target: np.ndarray, values: np.ndarray, keep: np.ndarray | None = None) -> None:
         """target[order[j]] = values[j] for every position j (where `keep` holds, when given)."""
-        if keep is None:
+        if self.order is None:
+            np.copyto(target, values, casting="same_kind", where=True if keep is None else keep)
+        elif keep is None:
             target[self.order] = values
         elif keep.any():
             target[self.order[keep]] = values[keep]
