@@ -339,9 +339,24 @@ def map_trace(
     check_options(nvtx, step_pattern, layer_pattern)
     rules = rules or load_rules()
     trace.prefetch("kernels", "api", "memcpy", "memset", *(("nvtx",) if nvtx != "off" else ()))
+    k, windows, layer_source, notes = _mapped_kernels(trace, rules, step_pattern, layer_pattern, nvtx, ignore_domains, inductor)
+    gpu_ops = _gpu_ops_with_steps(trace, k, windows)
+    steps = _step_table(k, gpu_ops, windows)
+    layers = _layer_table(k, layer_source)
+    k["layer_index"] = _layer_index(k["layer_id"].to_numpy(), layers)
+    kernels = k[[c.name for c in MAPPED_KERNEL_COLUMNS]]
+    return Mapping(kernels, steps, layers, windows.source, windows.confidence, layer_source, rules, gpu_ops, (*inductor_notes, *notes, *trace.notes))
+
+
+def _mapped_kernels(
+    trace: Trace, rules: RuleSet, step_pattern: str, layer_pattern: str, nvtx: str, ignore_domains: tuple[str, ...], inductor: dict[str, str] | None
+) -> tuple[pd.DataFrame, StepWindows, str, list[str]]:
+    """The kernel frame with classes, steps, layers and ops; the step windows, the layer source, and the notes (on
+    the inductor classes, the steps and the layers). The NVTX tree and the per-kernel codes are freed on return,
+    before the GPU-op and step tables are built."""
     k, capture = _kernel_frame(trace)
     k = pd.concat([k, classify_names(rules, k["short_name"], k["name"])], axis=1)
-    inductor_notes = (*inductor_notes, *(_inductor_classes(k, rules, inductor) if inductor else []))
+    inductor_notes = _inductor_classes(k, rules, inductor) if inductor else []
     att = _NvtxAttribution(trace, k, capture, step_pattern, layer_pattern, ignore_domains) if nvtx != "off" and trace.has("nvtx") else None
     windows, k["step"], notes = _find_steps(trace, k, att, nvtx)
 
@@ -358,15 +373,7 @@ def map_trace(
     k["op"] = names.ops.categorical(op)
     k["source"] = NAMING_SOURCE.from_codes(source)
     k["dur_ns"] = k["end_ns"] - k["start_ns"]
-
-    gpu_ops = _gpu_ops_with_steps(trace, k, windows)
-    steps = _step_table(k, gpu_ops, windows)
-    layers = _layer_table(k, layer_source)
-    k["layer_index"] = _layer_index(k["layer_id"].to_numpy(), layers)
-    kernels = k[[c.name for c in MAPPED_KERNEL_COLUMNS]]
-    return Mapping(
-        kernels, steps, layers, windows.source, windows.confidence, layer_source, rules, gpu_ops, (*inductor_notes, *notes, *layer_notes, *trace.notes)
-    )
+    return k, windows, layer_source, [*inductor_notes, *notes, *layer_notes]
 
 
 def _by_precedence(candidates: tuple[np.ndarray, ...], unmapped: int) -> tuple[np.ndarray, np.ndarray]:
