@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from nsysparse import intervals
 from nsysparse.structure import runs
-from nsysparse.structure.mapping import Vocab, _by_precedence
+from nsysparse.structure.mapping import Vocab, _by_precedence, _merged_positions
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.slices import Slices
 
@@ -56,7 +56,7 @@ def test_grouped_union_matches_union_by_group(rows: list[tuple[int, int, int]]) 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(-5, 30), max_size=40), st.lists(st.integers(-8, 35), max_size=200), st.booleans(), st.booleans())
 def test_searchsorted_right_matches_numpy(a: list[int], v: list[int], sort_v: bool, few: bool) -> None:
-    sa = np.sort(np.array(a[:3] if few else a, dtype=np.int64))  # few values: counted per value; many: merged
+    sa = np.sort(np.array(a[:3] if few else a, dtype=np.int64))
     q = np.array(sorted(v) if sort_v else v, dtype=np.int64)
     assert runs.searchsorted_right(sa, q).tolist() == np.searchsorted(sa, q, side="right").tolist()
 
@@ -154,3 +154,18 @@ def test_slices_spread_and_write_match_a_loop_per_slice() -> None:
                 want[order[a + j]] = x
     assert target.tolist() == want.tolist()
     assert sl.per_position(np.arange(6)).tolist() == np.repeat(np.arange(6), [len(s) for s in seqs]).tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 10)), max_size=30), min_size=1, max_size=3), st.booleans())
+def test_merged_positions_are_the_lexsort_of_the_concatenation(parts: list[list[tuple[int, int]]], sort_ends: bool) -> None:
+    starts, ends = [], []
+    for rows in parts:  # each part sorted by start (as kernels and copies come), ends in order on ties or not
+        rows = sorted(rows) if sort_ends else sorted(rows, key=lambda r: r[0])
+        starts.append(np.array([r[0] for r in rows], dtype=np.int64))
+        ends.append(np.array([r[0] + r[1] for r in rows], dtype=np.int64))
+    place = _merged_positions(starts, ends)
+    order = np.lexsort((np.concatenate(ends), np.concatenate(starts)))
+    want = np.empty(len(order), dtype=np.int64)
+    want[order] = np.arange(len(order))
+    assert np.concatenate(place).tolist() == want.tolist()

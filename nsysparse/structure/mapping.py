@@ -585,8 +585,7 @@ def _template_ops_in_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, co
         op, _, _, _ = _segment_arrays(parser, segs, len(seq), names.ops, names.kinds)
         ops.append(op)
         kinds.append(np.full(len(seq), names.kinds(kind), dtype=np.int32))
-    op = slices.spread(ops)
-    slices.write(codes.op, op, keep=op >= 0)
+    slices.write(codes.op, slices.spread(ops))  # -1 where no slot names a kernel, as the codes start
     slices.write(codes.kind, slices.spread(kinds))
 
 
@@ -658,8 +657,7 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
         n_layers[g] = int(ordinal.max()) + 1 if len(ordinal) else 0
         unparsed += miss * members
         parsed.append((op, ordinal, kind))
-    op = slices.spread([p[0] for p in parsed])
-    slices.write(codes.op, op, keep=op >= 0)
+    slices.write(codes.op, slices.spread([p[0] for p in parsed]))  # -1 where no slot or role names a kernel, as the codes start
     if unparsed:
         notes.append(f"{unparsed} kernels inside steps matched no template; they are named by class")
     if repeated - no_layers:
@@ -731,13 +729,16 @@ def _gpu_ops_with_steps(trace: Trace, k: pd.DataFrame, windows: StepWindows) -> 
             m = trace.launches_of(kind)
             key = "pid" if windows.source == "nvtx" else "device_id"
             parts.append((kind, m, assign_windows(m[key].to_numpy(), m["api_start_ns"].to_numpy(), m["has_launch"].to_numpy(), windows.frame, key)))
-    start = np.concatenate([f["start_ns"].to_numpy() for _, f, _ in parts])
-    order = np.lexsort((np.concatenate([f["end_ns"].to_numpy() for _, f, _ in parts]), start))
+    sizes = [len(f) for _, f, _ in parts]
+    place = _merged_positions([f["start_ns"].to_numpy() for _, f, _ in parts], [f["end_ns"].to_numpy() for _, f, _ in parts])
 
     def column(arrays: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(arrays)[order]
+        """The parts' values at their merged positions, written straight into the new column."""
+        out = np.empty(sum(sizes), dtype=np.result_type(*arrays))
+        for at, values in zip(place, arrays):
+            out[at] = values
+        return out
 
-    sizes = [len(f) for _, f, _ in parts]
     out: dict[str, object] = {
         "kind": pd.Categorical.from_codes(column([np.full(n, i, dtype=np.int8) for i, n in enumerate(sizes)]), categories=[p[0] for p in parts])
     }
@@ -746,14 +747,29 @@ def _gpu_ops_with_steps(trace: Trace, k: pd.DataFrame, windows: StepWindows) -> 
     out["graph"] = column([f["graph_node_id"].to_numpy() > 0 for _, f, _ in parts])
     for c, labels in (("op", [p[0] for p in parts[1:]]), ("layer_kind", [""] * (len(parts) - 1)), ("kernel_class", [p[0] for p in parts[1:]])):
         cats = list(k[c].cat.categories)
-        codes = [k[c].cat.codes.to_numpy().astype(np.int32)]
-        for label, n in zip(labels, sizes[1:]):
+        for label in labels:
             if label not in cats:
                 cats.append(label)
-            codes.append(np.full(n, cats.index(label), dtype=np.int32))
-        out[c] = pd.Categorical.from_codes(column(codes), categories=cats)
+        dtype = code_dtype(len(cats))  # the codes are built in the type pandas keeps them in
+        codes = [k[c].cat.codes.to_numpy().astype(dtype, copy=False), *(np.full(n, cats.index(label), dtype=dtype) for label, n in zip(labels, sizes[1:]))]
+        out[c] = pd.Categorical.from_codes(column(codes), dtype=pd.CategoricalDtype(cats), validate=False)
     cols = ["kind", "start_ns", "end_ns", "device_id", "stream_id", "pid", "step", "graph", "op", "layer_kind", "kernel_class", *launch_cols]
     return pd.DataFrame({c: out[c] for c in cols}, copy=False)
+
+
+def _merged_positions(starts: list[np.ndarray], ends: list[np.ndarray]) -> list[np.ndarray]:
+    """Where each row of each part goes when the parts are concatenated and put in (start, end) order (ties: in
+    concatenation order), as np.lexsort((end, start)) orders them. The parts come sorted by start (kernels, then
+    the few copies): a stable sort of the starts merges them, and a lexsort remains only for ties of start whose
+    ends are out of order."""
+    start, end = np.concatenate(starts), np.concatenate(ends)
+    order = np.argsort(start, kind="stable")
+    s, e = start[order], end[order]
+    if bool(((s[1:] == s[:-1]) & (e[1:] < e[:-1])).any()):
+        order = np.lexsort((end, start))
+    place = np.empty(len(order), dtype=np.int64)
+    place[order] = np.arange(len(order))
+    return np.split(place, np.cumsum([len(x) for x in starts])[:-1])
 
 
 def _step_table(k: pd.DataFrame, ops: pd.DataFrame, windows: StepWindows) -> pd.DataFrame:
