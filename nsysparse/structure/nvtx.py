@@ -83,14 +83,13 @@ class RangeTree:
     def nearest_flagged(self, flag: np.ndarray, stop: np.ndarray | None = None) -> np.ndarray:
         """For every range: itself if flagged, else its nearest flagged ancestor; -1 if none or if a
         `stop` range is met first (e.g. the op range of a kernel must lie inside its layer range)."""
-        out = np.full(len(self), -1, dtype=I64)
+        out = np.full(len(self) + 1, -1, dtype=I64)  # the spare last entry answers for parent -1
         for idx in self.levels:  # parents before children
-            par = self.parent[idx]
-            inherited = np.where(par >= 0, out[np.clip(par, 0, None)], -1)
+            inherited = out[self.parent[idx]]
             if stop is not None:
-                inherited = np.where(stop[idx], -1, inherited)
+                inherited[stop[idx]] = -1
             out[idx] = np.where(flag[idx], idx, inherited)
-        return out
+        return out[:-1]
 
     def with_flagged_below(self, flag: np.ndarray) -> np.ndarray:
         """For every range: whether a range strictly inside it (a descendant) is flagged. One pass per depth,
@@ -113,30 +112,32 @@ def build_tree(ranges: pd.DataFrame) -> RangeTree:
         return RangeTree(df.assign(pos=e), e, e, e, e, pd.Index([], dtype="int64"), 0, 1)
     tids, codes = first_seen(df["global_tid"].to_numpy())
     s = df["start_ns"].to_numpy(I64)
-    e = np.maximum(df["end_ns"].to_numpy(I64), s)
+    e = df["end_ns"].to_numpy(I64)  # > s: empty ranges are gone
     lo = int(s.min()) - 1
     span = int(e.max()) - lo + 2
     if span * (len(tids) + 1) >= 2**62:
         raise OverflowError("NVTX time span too large to lay threads end to end")
-    ks = codes * span + (s - lo)
-    ke = codes * span + (e - lo)
+    ks, ke = s - lo, e - lo
+    if len(tids) > 1:
+        ks += codes * span
+        ke += codes * span
     order = _tree_order(codes, ks, ke)  # start ascending, longer first on ties (parents before children)
     if order is not None:
         ks, ke = ks[order], ke[order]
         df = df.take(order).reset_index(drop=True)
     n = len(ks)
     # depth = ranges opened before i (i of them) minus ranges closed at or before start_i
-    closed = np.searchsorted(np.sort(ke), ks, side="right")
-    depth = np.arange(n, dtype=I64) - closed
-    depth = np.maximum(depth, 0)
+    depth = np.arange(n, dtype=I64)
+    depth -= searchsorted_right(np.sort(ke), ks)
+    np.maximum(depth, 0, out=depth)
     parent = np.full(n, -1, dtype=I64)
     levels = _levels(depth)
     for d in range(1, len(levels)):
         idx, prev = levels[d], levels[d - 1]
         if len(prev) == 0:
             continue
-        j = np.searchsorted(prev, idx) - 1
-        parent[idx] = np.where(j >= 0, prev[np.clip(j, 0, None)], -1)
+        j = searchsorted_right(prev, idx) - 1  # the last range one level up before each (positions differ: left = right)
+        parent[idx] = np.append(prev, -1)[j]  # j = -1: none
     df["pos"] = np.arange(n)
     return RangeTree(df, ks, ke, parent, depth, tids, lo, span, levels)
 
