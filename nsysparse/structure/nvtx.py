@@ -128,7 +128,7 @@ def build_tree(ranges: pd.DataFrame) -> RangeTree:
     n = len(ks)
     # depth = ranges opened before i (i of them) minus ranges closed at or before start_i
     depth = np.arange(n, dtype=I64)
-    depth -= searchsorted_right(np.sort(ke), ks)
+    depth -= searchsorted_right(np.sort(ke, kind="stable"), ks)  # nested ends come in ascending runs
     np.maximum(depth, 0, out=depth)
     parent = np.full(n, -1, dtype=I64)
     levels = _levels(depth)

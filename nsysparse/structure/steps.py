@@ -197,12 +197,13 @@ def assign_windows(keys: np.ndarray, ts: np.ndarray, valid: np.ndarray, windows:
             continue
         w = w.sort_values("cpu_start_ns")
         t = ts.astype(np.int64, copy=False) if rows is None else ts[rows].astype(np.int64, copy=False)
-        ws, we = w["cpu_start_ns"].to_numpy(np.int64), w["cpu_end_ns"].to_numpy(np.int64) + 1
-        idx = searchsorted_right(ws, t) - 1  # as intervals.assign_to_windows, by a merge for launches in time order
-        idx = np.where((idx >= 0) & (t < we[np.clip(idx, 0, len(we) - 1)]), idx, -1)
-        step = np.where(idx >= 0, w["step"].to_numpy()[np.clip(idx, 0, None)], -1)
+        # as intervals.assign_to_windows: the last window starting at or before each launch, if it ends after it
+        idx = searchsorted_right(w["cpu_start_ns"].to_numpy(np.int64), t)
+        idx -= 1  # -1 (before every window) picks the sentinels appended below
+        step = np.append(w["step"].to_numpy(np.int64), -1)[idx]
+        step[t >= np.append(w["cpu_end_ns"].to_numpy(np.int64) + 1, np.iinfo(np.int64).min)[idx]] = -1
         if rows is None:
-            out = step.astype(np.int64, copy=False)
+            out = step
         else:
             out[rows] = step
     return out
