@@ -3,6 +3,8 @@ Vocab.categorical, the naming precedence) give exactly what the general numpy/pa
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 
 from nsysparse import intervals
 from nsysparse.structure import runs
+from nsysparse.structure.loops import _nanmedian_columns, _runs
 from nsysparse.structure.mapping import Vocab, _by_precedence, _merged_positions
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.slices import Slices
@@ -169,3 +172,25 @@ def test_merged_positions_are_the_lexsort_of_the_concatenation(parts: list[list[
     want = np.empty(len(order), dtype=np.int64)
     want[order] = np.arange(len(order))
     assert np.concatenate(place).tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 10, 599, 600, 1500])  # numpy's nanmedian changes method at 600 rows
+def test_column_nanmedian_matches_numpy(rows: int) -> None:
+    rng = np.random.default_rng(rows)
+    g = rng.integers(0, 10**12, (rows, 7)).astype(np.float64)  # idle gaps: integer nanoseconds
+    g[rng.random(g.shape) < 0.3] = np.nan
+    g[:, 0] = np.nan
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = np.nanmedian(g, axis=0) if rows else np.full(7, np.nan)
+    assert np.array_equal(_nanmedian_columns(g), want, equal_nan=True)
+
+
+def test_runs_of_true_match_the_diff_of_the_padded_mask() -> None:
+    for n in range(9):
+        for bits in range(2**n):
+            m = np.array([(bits >> i) & 1 for i in range(n)], dtype=bool)
+            d = np.diff(np.concatenate(([0], m.astype(np.int8), [0])))
+            starts = np.flatnonzero(d == 1)
+            got_s, got_len = _runs(m)
+            assert got_s.tolist() == starts.tolist() and got_len.tolist() == (np.flatnonzero(d == -1) - starts).tolist()

@@ -320,12 +320,15 @@ _BACKWARD = re.compile(r"(?i)backward|_bwd|bwd_|grad")
 
 def _loop_flags(grp: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per kernel: matrix multiply, CUDA-graph node, embedding lookup, training kernel (classes from the rules)."""
-    cls = grp["kernel_class"].astype(str).to_numpy() if "kernel_class" in grp else np.full(len(grp), "", dtype=object)
-    gemm = np.isin(cls, MATMUL_CLASSES)
+
+    def of_class(classes: tuple[str, ...]) -> np.ndarray:  # per distinct class, not per kernel
+        if "kernel_class" not in grp:
+            return np.zeros(len(grp), dtype=bool)
+        return map_distinct(grp["kernel_class"], lambda c: c in classes, bool, False)
+
     graph = grp["graph_node_id"].to_numpy() > 0 if "graph_node_id" in grp else np.zeros(len(grp), dtype=bool)
-    embed = np.isin(cls, EMBED_CLASSES)
-    train = np.isin(cls, TRAIN_CLASSES) | map_distinct(grp["name"], lambda t: bool(_BACKWARD.search(t)), bool, False)
-    return gemm, graph, embed, train
+    train = of_class(TRAIN_CLASSES) | map_distinct(grp["name"], lambda t: bool(_BACKWARD.search(t)), bool, False)
+    return of_class(MATMUL_CLASSES), graph, of_class(EMBED_CLASSES), train
 
 
 def _device_steps(grp: pd.DataFrame, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str, float, str]:
@@ -356,9 +359,13 @@ def infer_step_windows(k: pd.DataFrame, codes: np.ndarray) -> StepWindows:
     big = np.iinfo(np.int64).max
     kernel_seg = np.full(len(k), -1, dtype=np.int64)
     seg_base = 0
-    for dev, grp in k.groupby("device_id", sort=True):  # one pass per device
-        idx = grp.index.to_numpy()
-        first, last, phase, warm, method, conf, why = _device_steps(grp, codes[idx])
+    devices = k["device_id"].to_numpy()
+    one = _constant(devices)  # one device: its kernels are the frame itself (no copy)
+    used = [c for c in ("start_ns", "end_ns", "kernel_class", "graph_node_id", "name", "has_launch", "api_start_ns", "pid") if c in k]
+    for dev in np.unique(devices).tolist():  # one pass per device, in device order
+        idx = np.arange(len(k)) if one else np.flatnonzero(devices == dev)
+        grp = k if one else k[used].take(idx)
+        first, last, phase, warm, method, conf, why = _device_steps(grp, codes if one else codes[idx])
         notes.append(f"device {dev}: {why}")
         if len(first) == 0:
             continue
@@ -398,7 +405,7 @@ def infer_step_windows(k: pd.DataFrame, codes: np.ndarray) -> StepWindows:
         pos = np.arange(len(grp))
         local = np.searchsorted(first, pos, side="right") - 1
         local = np.where((local >= 0) & (pos <= last[np.clip(local, 0, None)]), local, -1)
-        kernel_seg[k.index.get_indexer(idx)] = np.where(local >= 0, seg_base + local, -1)
+        kernel_seg[idx] = np.where(local >= 0, seg_base + local, -1)
         seg_base += len(first)
     if not parts:
         return StepWindows(pd.DataFrame(columns=cols), "none", 0.0, notes)
@@ -409,6 +416,10 @@ def infer_step_windows(k: pd.DataFrame, codes: np.ndarray) -> StepWindows:
     kernel_step = np.where(kernel_seg >= 0, step_of_seg[np.clip(kernel_seg, 0, None)] if seg_base else -1, -1)
     method = methods[0][0] if len({m for m, _ in methods}) == 1 else "inferred-mixed"
     return StepWindows(frame[cols], method, min(c for _, c in methods), notes, kernel_step)
+
+
+def _constant(values: np.ndarray) -> bool:
+    return len(values) == 0 or int(values.min()) == int(values.max())
 
 
 def _max_in(values: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
