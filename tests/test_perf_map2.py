@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from nsysparse import intervals
 from nsysparse.structure import runs
 from nsysparse.structure.loops import _nanmedian_columns, _runs
-from nsysparse.structure.mapping import Vocab, _by_precedence, _merged_positions
+from nsysparse.structure.mapping import Vocab, _by_precedence, _in_steps, _merged_positions
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.slices import Slices
 
@@ -194,3 +194,11 @@ def test_runs_of_true_match_the_diff_of_the_padded_mask() -> None:
             starts = np.flatnonzero(d == 1)
             got_s, got_len = _runs(m)
             assert got_s.tolist() == starts.tolist() and got_len.tolist() == (np.flatnonzero(d == -1) - starts).tolist()
+
+
+@pytest.mark.parametrize("steps", [[], [0], [3, 1], [0, 5, 9], [-2, 4]])
+def test_step_membership_is_isin(steps: list[int]) -> None:
+    step = np.random.default_rng(len(steps)).integers(-1, 12, 500)
+    want = np.isin(step, np.array(steps, dtype=np.int64))
+    assert _in_steps(step, np.array(steps, dtype=np.int64)).tolist() == want.tolist()
+    assert _in_steps(step[:0], np.array(steps, dtype=np.int64)).tolist() == []

@@ -131,11 +131,11 @@ class Mapping:
         drop = self.steps["step"].to_numpy()[~keep]
         warm = ~keep
         k = self.kernels.copy(deep=False)
-        out = np.isin(k["step"].to_numpy(), drop)
+        out = _in_steps(k["step"].to_numpy(), drop)
         k["step"] = np.where(out, -1, k["step"].to_numpy())
         k["layer_id"] = np.where(out, -1, k["layer_id"].to_numpy())
         g = self.gpu_ops.copy(deep=False)
-        g["step"] = np.where(np.isin(g["step"].to_numpy(), drop), -1, g["step"].to_numpy())
+        g["step"] = np.where(_in_steps(g["step"].to_numpy(), drop), -1, g["step"].to_numpy())
         layers = self.layers[~np.isin(self.layers["step"].to_numpy(), drop)].reset_index(drop=True)
         return replace(self, kernels=k, gpu_ops=g, steps=self.steps[~warm].reset_index(drop=True), layers=layers)
 
@@ -272,7 +272,7 @@ def _kernel_frame(trace: Trace) -> tuple[pd.DataFrame, _Capture | None]:
 
 def _steps_only(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     """`frame` with the step of rows outside the steps `keep` set to -1 (and their layer, where it has one)."""
-    inside = np.isin(frame["step"].to_numpy(), keep)
+    inside = _in_steps(frame["step"].to_numpy(), keep)
     if inside.all() or (frame["step"].to_numpy() < 0).all():
         return frame
     out = frame.copy(deep=False)
@@ -281,6 +281,15 @@ def _steps_only(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     if "layer_id" in out:
         out["layer_id"] = np.where(gone, -1, frame["layer_id"].to_numpy())
     return out
+
+
+def _in_steps(step: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """np.isin(step, steps) for step numbers (-1: outside steps), by a table over the step numbers."""
+    if len(step) == 0 or len(steps) == 0 or int(step.min()) < -1 or int(steps.min()) < 0:
+        return np.isin(step, steps)
+    table = np.zeros(max(int(step.max()), int(steps.max())) + 2, dtype=bool)  # the last entry answers for -1
+    table[steps] = True
+    return table[step]
 
 
 def check_options(nvtx: str, step_pattern: str, layer_pattern: str) -> None:
