@@ -26,12 +26,21 @@ def dense_codes(values: pd.Series) -> tuple[np.ndarray, list[str]]:
     if empty == len(strings):
         strings.append("")
     codes = cat.cat.codes.to_numpy().astype(np.int64)
-    return np.where(codes >= 0, codes, empty), strings
+    if len(codes) and int(codes.min()) < 0:
+        codes[codes < 0] = empty
+    return codes, strings
+
+
+def code_dtype(n: int) -> type[np.signedinteger]:
+    """The integer type pandas keeps the codes of `n` categories in (codes built in it need no conversion)."""
+    for t in (np.int8, np.int16, np.int32):
+        if n < np.iinfo(t).max:
+            return t
+    return np.int64
 
 
 def map_distinct(values: pd.Series, fn: Callable[[str], Any], dtype: Any, missing: Any) -> np.ndarray:
     """fn(value) for every row, evaluated once per distinct value; `missing` where the value is missing."""
     cat = _categorical(values)
     table = np.array([fn(str(c)) for c in cat.cat.categories] + [missing], dtype=dtype)
-    codes = cat.cat.codes.to_numpy()
-    return table[np.where(codes >= 0, codes, len(table) - 1)]
+    return table[cat.cat.codes.to_numpy()]  # a missing value's code, -1, picks `missing` at the end

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from nsysparse.distinct import dense_codes
+from nsysparse.distinct import code_dtype, dense_codes
 from nsysparse.rules.model import RuleSet
 
 
@@ -13,7 +13,9 @@ def classify_names(rules: RuleSet, short: pd.Series, name: pd.Series) -> pd.Data
     """For parallel short/demangled name columns: class, rule_id, class_op ("" when unclassified)."""
     sc, sv = dense_codes(short)
     nc, nv = dense_codes(name)
-    pair = sc.astype(np.int64) * (len(nv) + 1) + nc  # distinct (short, name) pairs as one integer
+    pair = sc  # distinct (short, name) pairs as one integer, made in place
+    pair *= len(nv) + 1
+    pair += nc
     upair, codes = _distinct(pair, len(sv) * (len(nv) + 1))
     uniques = [(sv[p // (len(nv) + 1)], nv[p % (len(nv) + 1)]) for p in upair.tolist()]
     cls, rid, op = [], [], []
@@ -45,5 +47,5 @@ def _expand(values: list[str], take: np.ndarray) -> pd.Categorical:
     """A categorical of values[take] built from codes (no per-row string hashing)."""
     cats = sorted(set(values))
     pos = {v: i for i, v in enumerate(cats)}
-    code = np.array([pos[v] for v in values], dtype=np.int32)
-    return pd.Categorical.from_codes(code[take] if len(take) else np.zeros(0, dtype=np.int32), categories=cats)
+    code = np.array([pos[v] for v in values], dtype=code_dtype(len(cats)))  # the codes' final type: taken once
+    return pd.Categorical.from_codes(code[take] if len(take) else np.zeros(0, dtype=np.int32), dtype=pd.CategoricalDtype(cats), validate=False)

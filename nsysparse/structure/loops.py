@@ -121,10 +121,13 @@ def _covered(us: np.ndarray, ue: np.ndarray, a: np.ndarray, b: np.ndarray) -> np
 
 
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start and length of each run of True."""
-    d = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
-    starts = np.nonzero(d == 1)[0]
-    return starts, np.nonzero(d == -1)[0] - starts
+    """Start and length of each run of True (from the positions where the mask flips)."""
+    if len(mask) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    flips = np.flatnonzero(mask[1:] != mask[:-1]) + 1
+    edges = np.concatenate(([0], flips, [len(mask)])) if mask[0] else np.concatenate((flips, [len(mask)]))
+    edges = edges[: len(edges) // 2 * 2]  # run starts and ends alternate; a trailing start (a False run's end) has no run
+    return edges[0::2], edges[1::2] - edges[0::2]
 
 
 def candidate_periods(codes: np.ndarray) -> np.ndarray:
@@ -132,7 +135,7 @@ def candidate_periods(codes: np.ndarray) -> np.ndarray:
     n = len(codes)
     if n < 2 * MIN_UNIT_KERNELS:
         return np.zeros(0, dtype=np.int64)
-    order = np.lexsort((np.arange(n), codes))
+    order = np.argsort(codes, kind="stable")  # by code, positions ascending (np.lexsort((np.arange(n), codes)))
     same = codes[order][1:] == codes[order][:-1]
     d = (order[1:] - order[:-1])[same]
     vals, cnt = np.unique(d, return_counts=True)
@@ -224,9 +227,7 @@ def boundary(period: Period, codes: np.ndarray, gaps: np.ndarray) -> tuple[int, 
     idx = anchors[:, None] + offsets[None, :]
     inside = (idx >= 0) & (idx < len(codes))
     g = np.where(inside, gaps[np.clip(idx, 0, len(codes) - 1)], np.nan)
-    with np.errstate(all="ignore"):
-        med = np.nanmedian(g, axis=0)  # the median over copies: warm-up copies (first launches) do not count
-    med = np.nan_to_num(med, nan=0.0)
+    med = np.nan_to_num(_nanmedian_columns(g), nan=0.0)  # the median over copies: warm-up copies (first launches) do not count
     j = int(np.argmax(med))
     typical = float(np.median(med))
     ratio = float(med[j] / typical) if typical > 0 else (float("inf") if med[j] > 0 else 0.0)
@@ -235,6 +236,20 @@ def boundary(period: Period, codes: np.ndarray, gaps: np.ndarray) -> tuple[int, 
     r = np.searchsorted(period.lo, starts, side="right") - 1
     whole = (r >= 0) & (starts + p <= period.hi[np.clip(r, 0, None)])
     return int(offsets[j]), ratio, starts[whole]
+
+
+def _nanmedian_columns(g: np.ndarray) -> np.ndarray:
+    """np.nanmedian(g, axis=0) for a 2-D array (NaN for an all-NaN column), by one sort of the columns: the mean of
+    the two middle values of each column's non-NaN values (NaNs sort last). numpy's own median of these columns runs
+    a Python call per column when there are many rows."""
+    if g.shape[0] == 0:
+        return np.full(g.shape[1], np.nan)
+    srt = np.sort(g, axis=0)
+    count = g.shape[0] - np.isnan(g).sum(axis=0)
+    cols = np.arange(g.shape[1])
+    lo, hi = srt[np.maximum((count - 1) // 2, 0), cols], srt[np.maximum(count // 2, 0), cols]
+    with np.errstate(all="ignore"):
+        return np.where(count > 0, (lo + hi) / 2, np.nan)
 
 
 def _prefix_matches(codes: np.ndarray, template: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ come from NVTX ranges matching the layer pattern, else from template parsing of 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -21,7 +22,7 @@ import pandas as pd
 
 from nsysparse import intervals
 from nsysparse.columns import LAYER_KIND, MAPPED_KERNEL_COLUMNS, MAPPED_STEP_COLUMNS, NAMING_SOURCE
-from nsysparse.distinct import dense_codes, map_distinct
+from nsysparse.distinct import code_dtype, dense_codes, map_distinct
 from nsysparse.errors import UsageError
 from nsysparse.rules import RuleSet, classify_names, load_rules
 from nsysparse.structure.classes import ATTENTION_CLASSES, BACKWARD_CLASSES, MATMUL_CLASSES, MOE_LAYER_CLASSES
@@ -31,6 +32,8 @@ from nsysparse.structure.layer_roles import aligned_roles, layer_roles, step_rol
 from nsysparse.structure.loops import warmup_flags
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.parse import Parser, Segment
+from nsysparse.structure.runs import SortedGroups, is_sorted, run_starts, stable_order, unique_counts, unique_inverse
+from nsysparse.structure.slices import Slices
 from nsysparse.structure.steps import DEFAULT_STEP_PATTERN, StepWindows, assign_windows, infer_step_windows, nvtx_step_windows
 from nsysparse.trace import NO_TIME, Trace
 
@@ -68,9 +71,14 @@ class Vocab:
         return code
 
     def categorical(self, codes: np.ndarray) -> pd.Categorical:
+        """The values at `codes` (all >= 0), with only the categories used, in vocabulary order: what
+        `from_codes(...).remove_unused_categories()` gives, found by counting instead of a sort of the rows."""
         if not self.values:
             return pd.Categorical([""] * len(codes))
-        return pd.Categorical.from_codes(codes.astype(np.int32, copy=False), categories=self.values).remove_unused_categories()
+        used = np.bincount(codes, minlength=len(self.values)) > 0
+        categories = pd.Index(self.values).take(np.flatnonzero(used))
+        dense = (np.cumsum(used) - 1).astype(code_dtype(len(categories)))
+        return pd.Categorical.from_codes(dense[codes], dtype=pd.CategoricalDtype(categories, ordered=False), validate=False)
 
 
 @dataclass(frozen=True)
@@ -123,11 +131,11 @@ class Mapping:
         drop = self.steps["step"].to_numpy()[~keep]
         warm = ~keep
         k = self.kernels.copy(deep=False)
-        out = np.isin(k["step"].to_numpy(), drop)
+        out = _in_steps(k["step"].to_numpy(), drop)
         k["step"] = np.where(out, -1, k["step"].to_numpy())
         k["layer_id"] = np.where(out, -1, k["layer_id"].to_numpy())
         g = self.gpu_ops.copy(deep=False)
-        g["step"] = np.where(np.isin(g["step"].to_numpy(), drop), -1, g["step"].to_numpy())
+        g["step"] = np.where(_in_steps(g["step"].to_numpy(), drop), -1, g["step"].to_numpy())
         layers = self.layers[~np.isin(self.layers["step"].to_numpy(), drop)].reset_index(drop=True)
         return replace(self, kernels=k, gpu_ops=g, steps=self.steps[~warm].reset_index(drop=True), layers=layers)
 
@@ -162,15 +170,16 @@ def _kind_from_name(name: str) -> str | None:
 class _NvtxAttribution:
     """Per-kernel NVTX layer range and op range (tree positions), plus step windows."""
 
-    def __init__(self, trace: Trace, k: pd.DataFrame, step_pattern: str, layer_pattern: str, ignore: tuple[str, ...]) -> None:
+    def __init__(self, trace: Trace, k: pd.DataFrame, capture: _Capture | None, step_pattern: str, layer_pattern: str, ignore: tuple[str, ...]) -> None:
         n = trace.nvtx()
         is_layer_text = _match(n["text"], layer_pattern)
-        step_cols = ["start_ns", "end_ns", "kind", "domain", "text", "pid"]  # what nvtx_step_windows reads: filter only those
-        self.windows = nvtx_step_windows(n[step_cols][~is_layer_text], step_pattern, ignore)
-        closed = (n["kind"] == "push_pop").to_numpy() & (n["end_ns"].to_numpy() >= n["start_ns"].to_numpy())
+        self.windows = nvtx_step_windows(n, step_pattern, ignore, keep=~is_layer_text)
+        start, end = n["start_ns"].to_numpy(), n["end_ns"].to_numpy()
+        closed = map_distinct(n["kind"], lambda kind: kind == "push_pop", bool, False) & (end > start)  # build_tree drops empty ranges
         closed &= n["end_global_tid"].to_numpy() == n["global_tid"].to_numpy()
         closed &= ~map_distinct(n["domain"], lambda d: d in ignore, bool, False)
-        tree = build_tree(n[["start_ns", "end_ns", "global_tid", "text"]][closed])
+        cols = ["start_ns", "end_ns", "global_tid", "text"]
+        tree = build_tree(n[cols] if closed.all() else n[cols][closed])
         self.tree = tree
         texts = tree.frame["text"]
         cand = _match(texts, layer_pattern)
@@ -181,33 +190,23 @@ class _NvtxAttribution:
         is_layer = cand & ~nested
         is_step = _match(texts, step_pattern) & ~cand
         # ranges that contain layers (model_forward, decoder) are containers, not ops
-        container = np.zeros(len(tree), dtype=bool)
-        cur = np.where(is_layer, par, -1)
-        for _ in range(int(tree.depth.max()) + 1 if len(tree) else 0):
-            ok = cur >= 0
-            if not ok.any():
-                break
-            container[cur[ok]] = True
-            cur = np.where(ok, par[np.clip(cur, 0, None)], -1)
+        container = tree.with_flagged_below(is_layer)
         is_op = ~is_step & ~is_layer & ~container
-        graph = (k["graph_node_id"].to_numpy() > 0) & (k["capture_ns"].to_numpy() != NO_TIME)
-        gtid = np.where(graph, k["capture_global_tid"].to_numpy(), k["global_tid"].to_numpy())
-        ts = np.where(graph, k["capture_ns"].to_numpy(), k["api_start_ns"].to_numpy())
-        valid = graph | k["has_launch"].to_numpy()
-        inner = tree.innermost(gtid, ts, valid)
-        ok = inner >= 0
+        graph = (k["graph_node_id"].to_numpy() > 0) & (capture.ns != NO_TIME) if capture is not None else np.zeros(0, dtype=bool)
+        if capture is not None and graph.any():
+            gtid = np.where(graph, capture.global_tid, k["global_tid"].to_numpy())
+            ts = np.where(graph, capture.ns, k["api_start_ns"].to_numpy())
+            valid = graph | k["has_launch"].to_numpy()
+        else:
+            gtid, ts, valid = k["global_tid"].to_numpy(), k["api_start_ns"].to_numpy(), k["has_launch"].to_numpy()
+        inner = tree.innermost(gtid, ts, valid)  # -1: none, which indexes the sentinel at the end of the arrays below
         # a range holding op ranges that launch kernels is a block (`self_attn` around q/k/v/o_proj, `mlp` around its
         # projections): the kernels directly in it (the attention core) are named by templates or their class. An
         # op whose child ranges launch nothing (an allocation inside flash_attn::_flash_attn_forward) stays an op.
-        launches = np.zeros(len(tree), dtype=bool)
-        launches[inner[ok]] = True
-        cur = np.where(launches, par, -1)
-        for _ in range(int(tree.depth.max()) + 1 if len(tree) else 0):  # nesting depth, not kernels
-            up = cur >= 0
-            if not up.any():
-                break
-            launches[cur[up]] = True
-            cur = np.where(up, par[np.clip(cur, 0, None)], -1)
+        launches = np.zeros(len(tree) + 1, dtype=bool)
+        launches[inner] = True
+        launches = launches[:-1]
+        launches |= tree.with_flagged_below(launches)
         block = np.zeros(len(tree), dtype=bool)
         child = is_op & launches & (par >= 0)
         block[par[child]] = True
@@ -215,16 +214,20 @@ class _NvtxAttribution:
         self.is_layer = is_layer
         near_layer = tree.nearest_flagged(is_layer)
         near_op = tree.nearest_flagged(is_op, stop=is_layer | is_step)
-        self.layer_pos = np.where(ok, near_layer[np.clip(inner, 0, None)] if len(tree) else -1, -1)
-        self.op_pos = np.where(ok, near_op[np.clip(inner, 0, None)] if len(tree) else -1, -1)
+        self.layer_pos = np.append(near_layer, -1)[inner]
+        self.op_pos = np.append(near_op, -1)[inner]
         self.text_codes, self.text_values = dense_codes(texts)
 
-    def texts_at(self, pos: np.ndarray) -> tuple[list[str], np.ndarray]:
-        """Distinct texts of the ranges at tree positions `pos`, and each position's index into them."""
-        codes = self.text_codes[pos]
-        present = np.bincount(codes, minlength=len(self.text_values)) > 0  # the sorted distinct codes, without a sort
-        dense = np.cumsum(present) - 1
-        return [self.text_values[c] for c in np.flatnonzero(present).tolist()], dense[codes]
+    def named(self, pos: np.ndarray, name: Callable[[str], int]) -> np.ndarray:
+        """name(text) of the range at each tree position of `pos` (-1 where pos is -1), as int32. Each distinct text
+        that occurs is named once, in the order of the texts' codes."""
+        used = np.zeros(len(self.tree) + 1, dtype=bool)
+        used[pos] = True  # -1 marks the spare last entry
+        present = np.bincount(self.text_codes[used[:-1]], minlength=len(self.text_values)) > 0
+        table = np.full(len(self.text_values), -1, dtype=np.int32)
+        for c in np.flatnonzero(present).tolist():
+            table[c] = name(self.text_values[c])
+        return np.append(table[self.text_codes], np.int32(-1))[pos]
 
 
 def _inductor_classes(k: pd.DataFrame, rules: RuleSet, names: dict[str, str]) -> list[str]:
@@ -246,24 +249,30 @@ def _inductor_classes(k: pd.DataFrame, rules: RuleSet, names: dict[str, str]) ->
     return [f"--inductor-provenance: {int(hit.sum())} kernels ({n} distinct Triton kernels) classified by the ATen ops TorchInductor recorded"]
 
 
-def _kernel_frame(trace: Trace) -> pd.DataFrame:
+@dataclass
+class _Capture:
+    """Per kernel of a CUDA graph: when and on which thread its node was created (NO_TIME / -1: not a graph node)."""
+
+    ns: np.ndarray
+    global_tid: np.ndarray
+
+
+def _kernel_frame(trace: Trace) -> tuple[pd.DataFrame, _Capture | None]:
+    """The kernels with their launches, and their graph nodes' capture (None: no graph node kernels)."""
     k = trace.launches().copy(deep=False)  # copy-on-write (pandas >= 3): new columns only
     origins = trace.graph_node_origins() if (k["graph_node_id"].to_numpy() > 0).any() else None
-    if origins is not None and len(origins):
-        idx = pd.Index(origins["graph_node_id"].to_numpy())
-        pos = idx.get_indexer(k["graph_node_id"].to_numpy())
-        hit = pos >= 0
-        k["capture_ns"] = np.where(hit, origins["capture_ns"].to_numpy()[np.clip(pos, 0, None)], NO_TIME)
-        k["capture_global_tid"] = np.where(hit, origins["capture_global_tid"].to_numpy()[np.clip(pos, 0, None)], -1)
-    else:
-        k["capture_ns"] = NO_TIME
-        k["capture_global_tid"] = -1
-    return k
+    if origins is None or len(origins) == 0:
+        return k, None
+    idx = pd.Index(origins["graph_node_id"].to_numpy())
+    pos = idx.get_indexer(k["graph_node_id"].to_numpy())
+    hit = pos >= 0
+    at = np.clip(pos, 0, None)
+    return k, _Capture(np.where(hit, origins["capture_ns"].to_numpy()[at], NO_TIME), np.where(hit, origins["capture_global_tid"].to_numpy()[at], -1))
 
 
 def _steps_only(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     """`frame` with the step of rows outside the steps `keep` set to -1 (and their layer, where it has one)."""
-    inside = np.isin(frame["step"].to_numpy(), keep)
+    inside = _in_steps(frame["step"].to_numpy(), keep)
     if inside.all() or (frame["step"].to_numpy() < 0).all():
         return frame
     out = frame.copy(deep=False)
@@ -272,6 +281,15 @@ def _steps_only(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     if "layer_id" in out:
         out["layer_id"] = np.where(gone, -1, frame["layer_id"].to_numpy())
     return out
+
+
+def _in_steps(step: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """np.isin(step, steps) for step numbers (-1: outside steps), by a table over the step numbers."""
+    if len(step) == 0 or len(steps) == 0 or int(step.min()) < -1 or int(steps.min()) < 0:
+        return np.isin(step, steps)
+    table = np.zeros(max(int(step.max()), int(steps.max())) + 2, dtype=bool)  # the last entry answers for -1
+    table[steps] = True
+    return table[step]
 
 
 def check_options(nvtx: str, step_pattern: str, layer_pattern: str) -> None:
@@ -330,10 +348,25 @@ def map_trace(
     check_options(nvtx, step_pattern, layer_pattern)
     rules = rules or load_rules()
     trace.prefetch("kernels", "api", "memcpy", "memset", *(("nvtx",) if nvtx != "off" else ()))
-    k = _kernel_frame(trace)
+    k, windows, layer_source, notes = _mapped_kernels(trace, rules, step_pattern, layer_pattern, nvtx, ignore_domains, inductor)
+    gpu_ops = _gpu_ops_with_steps(trace, k, windows)
+    steps = _step_table(k, gpu_ops, windows)
+    layers = _layer_table(k, layer_source)
+    k["layer_index"] = _layer_index(k["layer_id"].to_numpy(), layers)
+    kernels = k[[c.name for c in MAPPED_KERNEL_COLUMNS]]
+    return Mapping(kernels, steps, layers, windows.source, windows.confidence, layer_source, rules, gpu_ops, (*inductor_notes, *notes, *trace.notes))
+
+
+def _mapped_kernels(
+    trace: Trace, rules: RuleSet, step_pattern: str, layer_pattern: str, nvtx: str, ignore_domains: tuple[str, ...], inductor: dict[str, str] | None
+) -> tuple[pd.DataFrame, StepWindows, str, list[str]]:
+    """The kernel frame with classes, steps, layers and ops; the step windows, the layer source, and the notes (on
+    the inductor classes, the steps and the layers). The NVTX tree and the per-kernel codes are freed on return,
+    before the GPU-op and step tables are built."""
+    k, capture = _kernel_frame(trace)
     k = pd.concat([k, classify_names(rules, k["short_name"], k["name"])], axis=1)
-    inductor_notes = (*inductor_notes, *(_inductor_classes(k, rules, inductor) if inductor else []))
-    att = _NvtxAttribution(trace, k, step_pattern, layer_pattern, ignore_domains) if nvtx != "off" and trace.has("nvtx") else None
+    inductor_notes = _inductor_classes(k, rules, inductor) if inductor else []
+    att = _NvtxAttribution(trace, k, capture, step_pattern, layer_pattern, ignore_domains) if nvtx != "off" and trace.has("nvtx") else None
     windows, k["step"], notes = _find_steps(trace, k, att, nvtx)
 
     parser = Parser(rules)
@@ -349,26 +382,18 @@ def map_trace(
     k["op"] = names.ops.categorical(op)
     k["source"] = NAMING_SOURCE.from_codes(source)
     k["dur_ns"] = k["end_ns"] - k["start_ns"]
-
-    gpu_ops = _gpu_ops_with_steps(trace, k, windows)
-    steps = _step_table(k, gpu_ops, windows)
-    layers = _layer_table(k, layer_source)
-    k["layer_index"] = _layer_index(k["layer_id"].to_numpy(), layers)
-    kernels = k[[c.name for c in MAPPED_KERNEL_COLUMNS]]
-    return Mapping(
-        kernels, steps, layers, windows.source, windows.confidence, layer_source, rules, gpu_ops, (*inductor_notes, *notes, *layer_notes, *trace.notes)
-    )
+    return k, windows, layer_source, [*inductor_notes, *notes, *layer_notes]
 
 
 def _by_precedence(candidates: tuple[np.ndarray, ...], unmapped: int) -> tuple[np.ndarray, np.ndarray]:
     """Per kernel, the op code of the first naming source (NAMING_SOURCE order) that has one (-1: none),
     and that source's code; kernels no source names get `unmapped` and the last source."""
-    stack = np.vstack(candidates)
-    has = stack >= 0
-    named = has.any(axis=0)
-    first = has.argmax(axis=0)
-    op = np.where(named, stack[first, np.arange(stack.shape[1])], unmapped).astype(np.int32)
-    source = np.where(named, first, NAMING_SOURCE.code("unmapped")).astype(np.int8)
+    op = np.full(len(candidates[0]), unmapped, dtype=np.int32)
+    source = np.full(len(op), NAMING_SOURCE.code("unmapped"), dtype=np.int8)
+    for i, cand in reversed(list(enumerate(candidates))):  # the best source is written last
+        has = cand >= 0
+        op = np.where(has, cand, op).astype(np.int32, copy=False)
+        source = np.where(has, np.int8(i), source)
     return op, source
 
 
@@ -422,22 +447,21 @@ def _find_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, att: _NvtxAtt
     has = att.layer_pos >= 0
     # one instance per (step, layer range): a CUDA graph's capture-time range recurs every replay
     step = k["step"].to_numpy()
-    inst = np.where(has, step * (len(att.tree) + 1) + att.layer_pos, -1)
-    _, inv = np.unique(inst[has], return_inverse=True)
-    codes.layer_id[has] = inv
-    texts, tinv = att.texts_at(att.layer_pos[has])
-    codes.name[has] = np.array([names.layers(str(t)) for t in texts], dtype=np.int32)[tinv]
+    _, codes.layer_id[has] = unique_inverse(step[has] * (len(att.tree) + 1) + att.layer_pos[has])
+    np.copyto(codes.name, att.named(att.layer_pos, names.layers), where=has)
     _template_ops_in_layers(parser, k, enc, codes, names)
     # kernels of a step outside its NVTX layers (embedding, LM head, sampling): prelude/head templates
-    outside = _LayerCodes.empty(n)
-    other = _Names(names.ops, Vocab(*LAYER_KIND.values), Vocab(""))
-    _parse_steps(parser, k, enc, outside, other, [])
-    fill = (codes.layer_id < 0) & (outside.op >= 0)
-    codes.op[fill] = outside.op[fill]
     # steps with no NVTX layer range at all (CUDA-graph replays of a forward whose module hooks ran only while it
     # was captured, or eagerly) get the layers found without NVTX, so every step has its layers
-    with_ranges = np.unique(step[has])
-    bare = (step >= 0) & ~np.isin(step, with_ranges) & (outside.layer_id >= 0)
+    with_ranges = np.zeros(int(step.max()) + 2, dtype=bool)  # per step (the last entry: kernels outside steps)
+    with_ranges[step[has]] = True
+    without = (step >= 0) & ~with_ranges[step]
+    outside = _LayerCodes.empty(n)
+    other = _Names(names.ops, Vocab(*LAYER_KIND.values), Vocab(""))
+    _parse_steps(parser, k, enc, outside, other, [], layers=bool(without.any()))
+    fill = (codes.layer_id < 0) & (outside.op >= 0)
+    codes.op[fill] = outside.op[fill]
+    bare = without & (outside.layer_id >= 0)
     if bare.any():
         codes.layer_id[bare] = outside.layer_id[bare] + int(codes.layer_id.max()) + 1
         kind_map = np.array([names.kinds(v) for v in other.kinds.values], dtype=np.int32)
@@ -450,23 +474,19 @@ def _find_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, att: _NvtxAtt
 
 def _nvtx_op_codes(att: _NvtxAttribution | None, ops: Vocab, rules: RuleSet, layer_rx: re.Pattern[str], n: int) -> np.ndarray:
     """Op code of each kernel's innermost NVTX op range (-1: none). Each distinct range text is named once."""
-    op = np.full(n, -1, dtype=np.int32)
     if att is None:
-        return op
-    has_op = att.op_pos >= 0
-    if has_op.any():
-        texts, inv = att.texts_at(att.op_pos[has_op])
-        canon = np.array([ops(_op_name(str(t), layer_rx, rules)) for t in texts], dtype=np.int32)
-        op[has_op] = canon[inv]
-    return op
+        return np.full(n, -1, dtype=np.int32)
+    return att.named(att.op_pos, lambda text: ops(_op_name(text, layer_rx, rules)))
 
 
 def _layer_index(layer_id: np.ndarray, layers: pd.DataFrame) -> np.ndarray:
     """Each kernel's layer position within its step, in time order (-1 outside layers)."""
     if len(layers) == 0:
         return np.full(len(layer_id), -1, dtype=np.int64)
-    idx = pd.Series(layers["layer_index"].to_numpy(), index=layers["layer_id"].to_numpy())
-    return np.where(layer_id >= 0, idx.reindex(layer_id).fillna(-1).to_numpy(), -1).astype(np.int64)
+    ids = layers["layer_id"].to_numpy()
+    table = np.full(max(int(ids.max()), int(layer_id.max())) + 2, -1, dtype=np.int64)  # layer ids are small dense integers
+    table[ids] = layers["layer_index"].to_numpy()
+    return table[layer_id]  # -1 (outside layers) picks the unused last entry, -1
 
 
 def _segment_arrays(parser: Parser, segs: list[Segment], length: int, ops: Vocab, kinds: Vocab) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -487,24 +507,6 @@ def _segment_arrays(parser: Parser, segs: list[Segment], length: int, ops: Vocab
         elif sg.role == "unparsed":
             unparsed += sg.end - sg.start
     return op, ordinal, kind, unparsed
-
-
-def _group_slices(full: str, starts: np.ndarray, ends: np.ndarray, tags: list[str] | None = None) -> dict[tuple[str, str], list[int]]:
-    """Identical (subsequence, tag) pairs share one parse: key -> indices of the slices."""
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
-        groups.setdefault((full[a:b], tags[i] if tags else ""), []).append(i)
-    return groups
-
-
-def _broadcast(order: np.ndarray, starts: np.ndarray, members: list[int], values: np.ndarray, target: np.ndarray, keep: np.ndarray | None = None) -> None:
-    """target[order[start_i + j]] = values[j] for every member slice i (all of length len(values)), at the positions j
-    where `keep` holds when it is given."""
-    pos = np.arange(len(values)) if keep is None else np.flatnonzero(keep)  # the kept positions of one slice
-    if len(pos) == 0:
-        return
-    idx = (starts[members][:, None] + pos[None, :]).ravel()
-    target[order[idx]] = np.tile(values[pos], len(members))
 
 
 def _role_ops(parser: Parser, c: np.ndarray, ordinal: np.ndarray, ops: Vocab, kinds: list[str], name_codes: np.ndarray | None = None) -> np.ndarray:
@@ -569,19 +571,18 @@ class _ClassFlags:
 def _template_ops_in_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _LayerCodes, names: _Names) -> None:
     """NVTX delimits the layers; templates name the ops inside them (kind from the name or template).
     Layers with the same kernel sequence and name hint are parsed once and written in one step."""
-    has = np.nonzero(codes.layer_id >= 0)[0]
+    has = np.flatnonzero(codes.layer_id >= 0)
     if len(has) == 0:
         return
-    order = has[np.lexsort((k["start_ns"].to_numpy()[has], codes.layer_id[has]))]
-    ids = codes.layer_id[order]
-    bounds = np.nonzero(np.diff(ids))[0] + 1
-    starts = np.concatenate(([0], bounds))
-    ends = np.concatenate((bounds, [len(order)]))
-    hint_of = {c: (_kind_from_name(v) or "") for c, v in enumerate(names.layers.values)}
-    hints = [hint_of[int(c)] for c in codes.name[order[starts]]]
+    start = k["start_ns"].to_numpy()[has]
+    by_id = stable_order(codes.layer_id[has]) if is_sorted(start) else np.lexsort((start, codes.layer_id[has]))
+    order = has if by_id is None else has[by_id]  # each layer's kernels in time order, layers in id order
+    starts = run_starts(codes.layer_id[order])
+    hint_of = np.array([_kind_from_name(v) or "" for v in names.layers.values], dtype=object)
     flags = _ClassFlags(parser)
-    full = Parser.text(enc[order])
-    for (seq, hint), members in _group_slices(full, starts, ends, hints).items():
+    slices = Slices(order, starts, Parser.text(enc[order]), hint_of[codes.name[order[starts]]].tolist())
+    ops, kinds = [], []
+    for seq, hint in slices.keys:
         seg = parser.fullmatch_layer(seq) if hint != "mtp" else None
         segs = [seg] if seg is not None else parser.parse(seq, "mtp" if hint == "mtp" else "")
         if seg is None and not hint:  # no template is this layer: its kind comes from its content, and only layer
@@ -591,47 +592,58 @@ def _template_ops_in_layers(parser: Parser, k: pd.DataFrame, enc: np.ndarray, co
         else:
             kind = hint or next((x.kind for x in segs if x.role == "layer"), None) or "unknown"
         op, _, _, _ = _segment_arrays(parser, segs, len(seq), names.ops, names.kinds)
-        _broadcast(order, starts, members, op, codes.op, keep=op >= 0)
-        _broadcast(order, starts, members, np.full(len(seq), names.kinds(kind), dtype=np.int32), codes.kind)
+        ops.append(op)
+        kinds.append(np.full(len(seq), names.kinds(kind), dtype=np.int32))
+    slices.write(codes.op, slices.spread(ops))  # -1 where no slot names a kernel, as the codes start
+    slices.write(codes.kind, slices.spread(kinds))
 
 
-def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _LayerCodes, names: _Names, notes: list[str]) -> None:
+def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _LayerCodes, names: _Names, notes: list[str], layers: bool = True) -> None:
     """No NVTX layers: parse each step's primary-stream sequence; other streams join by time.
-    Steps with the same sequence are parsed once and written in one step."""
+    Steps with the same sequence are parsed once and written in one step. Without `layers`, only the ops are
+    written (the prelude and head ops around NVTX layers), not the layer ids, kinds and names."""
     step = k["step"].to_numpy()
-    has = np.nonzero(step >= 0)[0]
+    has = np.flatnonzero(step >= 0)
     if len(has) == 0:
         notes.append("no steps, so no layers: kernels are named by class only")
         return
-    streams = k["stream_id"].to_numpy().astype(np.int64)
-    devices = k["device_id"].to_numpy().astype(np.int64)
+    streams = k["stream_id"].to_numpy().astype(np.int64, copy=False)
+    devices = k["device_id"].to_numpy().astype(np.int64, copy=False)
     start = k["start_ns"].to_numpy()
-    # the primary stream of each step: the (device, stream) with the most kernels in it
-    # (ties: the smaller key), from the counts of the few distinct (step, key) pairs
-    code, keys = pd.factorize(devices[has] * (1 << 32) + streams[has], sort=True)
-    pair, count = np.unique(step[has] * len(keys) + code, return_counts=True)
-    pstep, pkey = pair // len(keys), pair % len(keys)
-    best = np.lexsort((pkey, -count, pstep))
-    first = best[np.concatenate(([True], pstep[best][1:] != pstep[best][:-1]))]
-    main_code = np.full(int(step.max()) + 1, -1, dtype=np.int64)
-    main_code[pstep[first]] = pkey[first]
-    is_main = code == main_code[step[has]]
-    main = has[is_main]
-    other = has[~is_main]
-    in_time = bool(np.all(start[main][1:] >= start[main][:-1]))  # kernels come sorted by start: a stable sort by step suffices
-    order = main[np.argsort(step[main], kind="stable") if in_time else np.lexsort((start[main], step[main]))]
-    sids = step[order]
-    bounds = np.nonzero(np.diff(sids))[0] + 1
-    starts = np.concatenate(([0], bounds))
-    ends = np.concatenate((bounds, [len(order)]))
-    full = Parser.text(enc[order])
-    n_layers = np.zeros(len(starts), dtype=np.int64)
+    if _constant(streams) and _constant(devices):  # one stream: it is every step's primary stream
+        main, other = has, has[:0]
+    else:
+        # the primary stream of each step: the (device, stream) with the most kernels in it
+        # (ties: the smaller key), from the counts of the few distinct (step, key) pairs
+        keys, code = unique_inverse(devices[has] * (1 << 32) + streams[has])
+        pair, count = unique_counts(step[has] * len(keys) + code)
+        pstep, pkey = pair // len(keys), pair % len(keys)
+        best = np.lexsort((pkey, -count, pstep))
+        first = best[np.concatenate(([True], pstep[best][1:] != pstep[best][:-1]))]
+        main_code = np.full(int(step.max()) + 1, -1, dtype=np.int64)
+        main_code[pstep[first]] = pkey[first]
+        is_main = code == main_code[step[has]]
+        main = has if is_main.all() else has[is_main]
+        other = has[~is_main]
+    every = len(main) == len(step)  # every kernel is in a step, on its primary stream: no row selection
+
+    def of_main(values: np.ndarray) -> np.ndarray:
+        return values if every else values[main]
+
+    by_step = stable_order(of_main(step)) if is_sorted(of_main(start)) else np.lexsort((of_main(start), of_main(step)))  # kernels come sorted by start
+    order = main if by_step is None else main[by_step]
+    if every and by_step is None:  # the rows themselves, in order
+        slices = Slices(None, run_starts(step), Parser.text(enc))
+    else:
+        slices = Slices(order, run_starts(step[order]), Parser.text(enc[order]))
+    n_layers = np.zeros(len(slices), dtype=np.int64)
     parsed = []
     unparsed = 0
     flags = _ClassFlags(parser)
-    name_codes = k["name"].cat.codes.to_numpy()[order]
+    name_codes = k["name"].cat.codes.to_numpy()
     repeated = no_layers = 0
-    for (seq, _), members in _group_slices(full, starts, ends).items():
+    for g, (seq, _) in enumerate(slices.keys):
+        members = int(slices.count[g])
         segs = parser.parse(seq)
         op, ordinal, kind, miss = _segment_arrays(parser, segs, len(seq), names.ops, names.kinds)
         only_mtp = bool((ordinal >= 0).any()) and {names.kinds.values[c] for c in np.unique(kind[ordinal >= 0])} <= {"mtp"}
@@ -640,50 +652,78 @@ def _parse_steps(parser: Parser, k: pd.DataFrame, enc: np.ndarray, codes: _Layer
             # the templates do not describe this step (framework code we have no template for): its layers are the
             # blocks that repeat inside it, their kinds told by content
             c = np.frombuffer(seq.encode("ascii"), dtype=np.uint8)
-            a = int(starts[members[0]])
-            names_seq = name_codes[a : a + len(seq)].astype(np.int64)  # kernel names repeat where classes may not line up
+            a = int(slices.starts[slices.first[g]])
+            names_seq = name_codes[order[a : a + len(seq)]].astype(np.int64)  # kernel names repeat where classes may not line up
             ordinal, kinds = repeated_layers(names_seq, *flags.of(c), is_norm=flags.norm_of(c))
             if not kinds:  # compiled code: each layer's fused kernels have their own names, their classes repeat
                 ordinal, kinds = repeated_layers(c.astype(np.int64), *flags.of(c), is_norm=flags.norm_of(c))
             if not kinds:
-                no_layers += len(members)
+                no_layers += members
             op = _role_ops(parser, c, ordinal, names.ops, kinds, names_seq)
             kind = np.where(ordinal >= 0, np.array([names.kinds(x) for x in kinds] or [0], dtype=np.int32)[np.clip(ordinal, 0, None)], -1).astype(np.int32)
             miss = 0
-            repeated += len(members)
-        n_layers[members] = int(ordinal.max()) + 1 if len(ordinal) else 0
-        unparsed += miss * len(members)
-        parsed.append((members, op, ordinal, kind))
-    base = np.concatenate(([0], np.cumsum(n_layers)[:-1]))  # first layer id of each step, in step order
-    for members, op, ordinal, kind in parsed:
-        _broadcast(order, starts, members, op, codes.op, keep=op >= 0)
-        if (ordinal >= 0).any():
-            inl = ordinal >= 0
-            idx = (starts[members][:, None] + np.arange(len(ordinal))[None, :])[:, inl]
-            rows = order[idx.ravel()]
-            codes.layer_id[rows] = (base[members][:, None] + ordinal[inl][None, :]).ravel()
-            codes.kind[rows] = np.tile(kind[inl], len(members))
-            label = np.array([names.layers(f"layer_{o}_{names.kinds.values[c]}") for o, c in zip(ordinal[inl], kind[inl])], dtype=np.int32)
-            codes.name[rows] = np.tile(label, len(members))
+            repeated += members
+        n_layers[g] = int(ordinal.max()) + 1 if len(ordinal) else 0
+        unparsed += miss * members
+        parsed.append((op, ordinal, kind))
+    slices.write(codes.op, slices.spread([p[0] for p in parsed]))  # -1 where no slot or role names a kernel, as the codes start
     if unparsed:
         notes.append(f"{unparsed} kernels inside steps matched no template; they are named by class")
     if repeated - no_layers:
         notes.append(f"layers of {repeated - no_layers} steps are their repeated blocks (no template matched): kinds from content, ops named by their roles")
     if no_layers:
         notes.append(f"no layers in {no_layers} steps: no template matched and no repeated block holds attention or MoE kernels")
-    if len(other):
-        rows = other
-        lid = np.nonzero(codes.layer_id >= 0)[0]
-        if len(lid):
-            df = pd.DataFrame({"id": codes.layer_id[lid], "s": start[lid], "e": k["end_ns"].to_numpy()[lid], "kind": codes.kind[lid], "name": codes.name[lid]})
-            span = df.groupby("id").agg(s=("s", "min"), e=("e", "max"), kind=("kind", "first"), name=("name", "first")).sort_values("s")
-            pos = intervals.assign_to_windows(start[rows], span["s"].to_numpy(), span["e"].to_numpy())
-            ok = pos >= 0
-            at = np.clip(pos, 0, None)
-            codes.layer_id[rows[ok]] = span.index.to_numpy()[at][ok]
-            codes.kind[rows[ok]] = span["kind"].to_numpy()[at][ok]
-            codes.name[rows[ok]] = span["name"].to_numpy()[at][ok]
-        notes.append(f"{len(rows)} kernels on secondary streams were placed in layers by time and named by class")
+    if layers:
+        _write_layers(slices, parsed, n_layers, codes, names)
+        if len(other):
+            _place_secondary(k, other, codes)
+            notes.append(f"{len(other)} kernels on secondary streams were placed in layers by time and named by class")
+
+
+def _constant(values: np.ndarray) -> bool:
+    return len(values) == 0 or int(values.min()) == int(values.max())
+
+
+def _write_layers(slices: Slices, parsed: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_layers: np.ndarray, codes: _LayerCodes, names: _Names) -> None:
+    """Layer id, kind and name of every kernel of the parsed steps (ids numbered step after step)."""
+    per_step = n_layers[slices.group]
+    base = np.concatenate(([0], np.cumsum(per_step)[:-1]))  # first layer id of each step, in step order
+    labels = []
+    for _, ordinal, kind in parsed:  # layer names, named in the order the steps' layers were found
+        label = np.zeros(len(ordinal), dtype=np.int32)
+        inl = ordinal >= 0
+        label[inl] = [names.layers(f"layer_{o}_{names.kinds.values[c]}") for o, c in zip(ordinal[inl], kind[inl])]
+        labels.append(label)
+    ordinal = slices.spread([p[1].astype(np.int64) for p in parsed])
+    inl = ordinal >= 0
+    slices.write(codes.layer_id, slices.per_position(base) + ordinal, keep=inl)
+    slices.write(codes.kind, slices.spread([p[2] for p in parsed]), keep=inl)
+    slices.write(codes.name, slices.spread(labels), keep=inl)
+
+
+def _place_secondary(k: pd.DataFrame, rows: np.ndarray, codes: _LayerCodes) -> None:
+    """Kernels on other streams than their step's primary one join the layer running when they start (by time)."""
+    lid = np.flatnonzero(codes.layer_id >= 0)
+    if len(lid) == 0:
+        return
+    start = k["start_ns"].to_numpy()
+    layer = SortedGroups(codes.layer_id[lid])
+    at_first = lid[layer.first()]
+    span = pd.DataFrame(
+        {
+            "s": layer.reduce(np.minimum, start[lid]),
+            "e": layer.reduce(np.maximum, k["end_ns"].to_numpy()[lid]),
+            "kind": codes.kind[at_first],
+            "name": codes.name[at_first],
+        },
+        index=pd.Index(layer.keys, name="id"),
+    ).sort_values("s")
+    pos = intervals.assign_to_windows(start[rows], span["s"].to_numpy(), span["e"].to_numpy())
+    ok = pos >= 0
+    at = np.clip(pos, 0, None)
+    codes.layer_id[rows[ok]] = span.index.to_numpy()[at][ok]
+    codes.kind[rows[ok]] = span["kind"].to_numpy()[at][ok]
+    codes.name[rows[ok]] = span["name"].to_numpy()[at][ok]
 
 
 def _gpu_ops_with_steps(trace: Trace, k: pd.DataFrame, windows: StepWindows) -> pd.DataFrame:
@@ -698,13 +738,16 @@ def _gpu_ops_with_steps(trace: Trace, k: pd.DataFrame, windows: StepWindows) -> 
             m = trace.launches_of(kind)
             key = "pid" if windows.source == "nvtx" else "device_id"
             parts.append((kind, m, assign_windows(m[key].to_numpy(), m["api_start_ns"].to_numpy(), m["has_launch"].to_numpy(), windows.frame, key)))
-    start = np.concatenate([f["start_ns"].to_numpy() for _, f, _ in parts])
-    order = np.lexsort((np.concatenate([f["end_ns"].to_numpy() for _, f, _ in parts]), start))
+    sizes = [len(f) for _, f, _ in parts]
+    place = _merged_positions([f["start_ns"].to_numpy() for _, f, _ in parts], [f["end_ns"].to_numpy() for _, f, _ in parts])
 
     def column(arrays: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(arrays)[order]
+        """The parts' values at their merged positions, written straight into the new column."""
+        out = np.empty(sum(sizes), dtype=np.result_type(*arrays))
+        for at, values in zip(place, arrays):
+            out[at] = values
+        return out
 
-    sizes = [len(f) for _, f, _ in parts]
     out: dict[str, object] = {
         "kind": pd.Categorical.from_codes(column([np.full(n, i, dtype=np.int8) for i, n in enumerate(sizes)]), categories=[p[0] for p in parts])
     }
@@ -713,14 +756,29 @@ def _gpu_ops_with_steps(trace: Trace, k: pd.DataFrame, windows: StepWindows) -> 
     out["graph"] = column([f["graph_node_id"].to_numpy() > 0 for _, f, _ in parts])
     for c, labels in (("op", [p[0] for p in parts[1:]]), ("layer_kind", [""] * (len(parts) - 1)), ("kernel_class", [p[0] for p in parts[1:]])):
         cats = list(k[c].cat.categories)
-        codes = [k[c].cat.codes.to_numpy().astype(np.int32)]
-        for label, n in zip(labels, sizes[1:]):
+        for label in labels:
             if label not in cats:
                 cats.append(label)
-            codes.append(np.full(n, cats.index(label), dtype=np.int32))
-        out[c] = pd.Categorical.from_codes(column(codes), categories=cats)
+        dtype = code_dtype(len(cats))  # the codes are built in the type pandas keeps them in
+        codes = [k[c].cat.codes.to_numpy().astype(dtype, copy=False), *(np.full(n, cats.index(label), dtype=dtype) for label, n in zip(labels, sizes[1:]))]
+        out[c] = pd.Categorical.from_codes(column(codes), dtype=pd.CategoricalDtype(cats), validate=False)
     cols = ["kind", "start_ns", "end_ns", "device_id", "stream_id", "pid", "step", "graph", "op", "layer_kind", "kernel_class", *launch_cols]
     return pd.DataFrame({c: out[c] for c in cols}, copy=False)
+
+
+def _merged_positions(starts: list[np.ndarray], ends: list[np.ndarray]) -> list[np.ndarray]:
+    """Where each row of each part goes when the parts are concatenated and put in (start, end) order (ties: in
+    concatenation order), as np.lexsort((end, start)) orders them. The parts come sorted by start (kernels, then
+    the few copies): a stable sort of the starts merges them, and a lexsort remains only for ties of start whose
+    ends are out of order."""
+    start, end = np.concatenate(starts), np.concatenate(ends)
+    order = np.argsort(start, kind="stable")
+    s, e = start[order], end[order]
+    if bool(((s[1:] == s[:-1]) & (e[1:] < e[:-1])).any()):
+        order = np.lexsort((end, start))
+    place = np.empty(len(order), dtype=np.int64)
+    place[order] = np.arange(len(order))
+    return np.split(place, np.cumsum([len(x) for x in starts])[:-1])
 
 
 def _step_table(k: pd.DataFrame, ops: pd.DataFrame, windows: StepWindows) -> pd.DataFrame:
@@ -730,26 +788,26 @@ def _step_table(k: pd.DataFrame, ops: pd.DataFrame, windows: StepWindows) -> pd.
     sel = step >= 0
     if len(w) == 0 or not sel.any():
         return pd.DataFrame(columns=cols)
-    # step numbers are small dense integers: they index the per-step arrays directly
-    step, start, end = step[sel], ops["start_ns"].to_numpy()[sel], ops["end_ns"].to_numpy()[sel]
-    n = int(step.max()) + 1
-    uniq = np.flatnonzero(np.bincount(step, minlength=n))
-    lo, hi = np.full(n, np.iinfo(np.int64).max), np.full(n, np.iinfo(np.int64).min)
-    np.minimum.at(lo, step, start)
-    np.maximum.at(hi, step, end)
-    agg = pd.DataFrame({"start_ns": lo[uniq], "end_ns": hi[uniq]}, index=pd.Index(uniq, name="step"))
-    agg["busy_ns"] = intervals.union_by_group(step, start, end, n)[uniq]
+    # step numbers are small dense integers, in time order: grouping by them is (at most) one stable sort
+    every = bool(sel.all())  # every op in a step: no row selection
+
+    def in_steps(values: np.ndarray) -> np.ndarray:
+        return values if every else values[sel]
+
+    g = SortedGroups(in_steps(step))
+    start, end = in_steps(ops["start_ns"].to_numpy()), in_steps(ops["end_ns"].to_numpy())
+    uniq = g.keys
+    agg = pd.DataFrame({"start_ns": g.reduce(np.minimum, start), "end_ns": g.reduce(np.maximum, end)}, index=pd.Index(uniq, name="step"))
+    agg["busy_ns"] = g.union(start, end)
     ks = k["step"].to_numpy()
-    kin = np.flatnonzero(ks >= 0)
-    kernels = np.bincount(ks[kin], minlength=n)
-    kernel_ns = np.zeros(n, dtype=np.int64)
-    np.add.at(kernel_ns, ks[kin], k["end_ns"].to_numpy()[kin] - k["start_ns"].to_numpy()[kin])
-    first = np.full(n, len(k))
-    np.minimum.at(first, ks[kin], kin)
-    has = np.flatnonzero(kernels)
-    agg["kernel_ns"] = pd.Series(kernel_ns[has], index=has)
-    agg["kernels"] = pd.Series(kernels[has], index=has)
-    dev = pd.Series(k["device_id"].to_numpy()[first[has]], index=has)  # a step's kernels run on the device of its launching process
+    kin = None if int(ks.min()) >= 0 else np.flatnonzero(ks >= 0)
+    kg = SortedGroups(ks if kin is None else ks[kin])
+    has = kg.keys
+    dur = k["dur_ns"].to_numpy()
+    agg["kernel_ns"] = pd.Series(kg.reduce(np.add, dur if kin is None else dur[kin]), index=has)
+    agg["kernels"] = pd.Series(kg.size(), index=has)
+    first = kg.first() if kin is None else kin[kg.first()]  # each step's first kernel
+    dev = pd.Series(k["device_id"].to_numpy()[first], index=has)  # a step's kernels run on the device of its launching process
     out = w.set_index("step").join(agg, how="inner")
     out["device_id"] = dev.reindex(out.index).fillna(-1).astype(np.int64)
     out["wall_ns"] = out["end_ns"] - out["start_ns"]
@@ -770,9 +828,8 @@ def _layer_table(k: pd.DataFrame, source: str) -> pd.DataFrame:
     has = np.flatnonzero(lid >= 0)
     if len(has) == 0:
         return pd.DataFrame(columns=cols)
-    g = intervals.Groups(lid[has])
-    by_id = np.argsort(lid[has][g.first], kind="stable")  # layers in id order
-    first = has[g.first][by_id]  # a layer lies inside one step: its first kernel's step, name and kind are the layer's
+    g = SortedGroups(lid[has])  # layers in id order (ids are numbered in time order: usually no sort at all)
+    first = has[g.first()]  # a layer lies inside one step: its first kernel's step, name and kind are the layer's
 
     def per_layer(column: str) -> np.ndarray:
         return k[column].to_numpy()[has]
@@ -783,10 +840,10 @@ def _layer_table(k: pd.DataFrame, source: str) -> pd.DataFrame:
             "step": k["step"].to_numpy()[first],
             "layer_name": k["layer_name"].array.take(first),
             "layer_kind": k["layer_kind"].array.take(first).astype(str),
-            "start_ns": g.min(per_layer("start_ns"))[by_id],
-            "end_ns": g.max(per_layer("end_ns"))[by_id],
-            "kernel_ns": g.sum(per_layer("dur_ns"))[by_id],
-            "kernels": g.size()[by_id],
+            "start_ns": g.reduce(np.minimum, per_layer("start_ns")),
+            "end_ns": g.reduce(np.maximum, per_layer("end_ns")),
+            "kernel_ns": g.reduce(np.add, per_layer("dur_ns")),
+            "kernels": g.size(),
         }
     )
     out = out.sort_values(["step", "start_ns"]).reset_index(drop=True)

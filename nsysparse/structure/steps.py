@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from nsysparse import intervals
 from nsysparse.distinct import map_distinct
 from nsysparse.structure.classes import EMBED_CLASSES, MATMUL_CLASSES, TRAIN_CLASSES
 from nsysparse.structure.loops import find_loop_steps
+from nsysparse.structure.runs import searchsorted_right
 
 # A step-like word (forward, step, decode, ...) in a range that is not a framework op annotation:
 # names with "::" (aten::, flash_attn::_flash_attn_forward, FSDP::pre_forward, autograd::engine::...)
@@ -115,22 +115,27 @@ def _nvtx_phase(names: np.ndarray, container: np.ndarray, first_in_container: np
     return phase
 
 
-def nvtx_step_windows(nvtx: pd.DataFrame, pattern: str, ignore_domains: tuple[str, ...] = ()) -> pd.DataFrame:
+def nvtx_step_windows(nvtx: pd.DataFrame, pattern: str, ignore_domains: tuple[str, ...] = (), keep: np.ndarray | None = None) -> pd.DataFrame:
     """Step ranges per process: step, pid, name, cpu_start_ns, cpu_end_ns, phase, container.
 
-    Candidates are ranges matching `pattern` outside library domains. The outermost are steps, unless they hold
-    repeated candidates (a `generate` call holding its `forward`s): then those inner ranges are the steps."""
+    Candidates are ranges matching `pattern` outside library domains (and where `keep` holds, when given). The
+    outermost are steps, unless they hold repeated candidates (a `generate` call holding its `forward`s): then
+    those inner ranges are the steps. The row filters are per distinct kind, domain and text (masks over the
+    frame); only the candidates are copied."""
     cols = ["step", "pid", "name", "cpu_start_ns", "cpu_end_ns", "phase", "container"]
     if nvtx is None or len(nvtx) == 0:
         return pd.DataFrame(columns=cols)
     rx = re.compile(pattern)
-    ok = (nvtx["kind"] != "mark") & (nvtx["end_ns"] >= nvtx["start_ns"])
+    ok = ~map_distinct(nvtx["kind"], lambda kind: kind == "mark", bool, False) & (nvtx["end_ns"].to_numpy() >= nvtx["start_ns"].to_numpy())
+    if keep is not None:
+        ok &= keep
     if ignore_domains and "domain" in nvtx:
-        ok &= ~nvtx["domain"].astype(str).isin(ignore_domains)
-    rng = nvtx[ok]
-    texts = rng["text"].astype(object).fillna("").astype(str)
-    hit = texts.map(lambda s: bool(rx.search(s))) if len(texts) < 50 else _match_by_category(rng["text"], rx)
-    cand = rng[hit.to_numpy()]
+        ok &= ~map_distinct(nvtx["domain"], lambda d: d in ignore_domains, bool, False)
+    if int(ok.sum()) < 50:
+        rng = nvtx[ok]
+        cand = rng[rng["text"].astype(object).fillna("").astype(str).map(lambda s: bool(rx.search(s))).to_numpy()]
+    else:
+        cand = nvtx[ok & map_distinct(nvtx["text"], lambda t: bool(rx.search(t)), bool, False)]
     if len(cand) == 0:
         return pd.DataFrame(columns=cols)
     cand = cand.sort_values(["pid", "start_ns", "end_ns"], ascending=[True, True, False]).reset_index(drop=True)
@@ -180,10 +185,6 @@ def nvtx_step_windows(nvtx: pd.DataFrame, pattern: str, ignore_domains: tuple[st
     return out[cols]
 
 
-def _match_by_category(text: pd.Series, rx: re.Pattern[str]) -> pd.Series:
-    return pd.Series(map_distinct(text, lambda t: bool(rx.search(t)), bool, False), index=text.index)
-
-
 def assign_windows(keys: np.ndarray, ts: np.ndarray, valid: np.ndarray, windows: pd.DataFrame, key_col: str = "pid") -> np.ndarray:
     """Step index of each launch (key, ts), or -1. Windows sharing a key must not overlap."""
     out = np.full(len(ts), -1, dtype=np.int64)
@@ -191,11 +192,20 @@ def assign_windows(keys: np.ndarray, ts: np.ndarray, valid: np.ndarray, windows:
         return out
     for key, w in windows.groupby(key_col):  # one pass per process/device
         m = (keys == key) & valid
-        if not m.any():
+        rows = None if m.all() else np.flatnonzero(m)  # usually one process launches everything
+        if rows is not None and len(rows) == 0:
             continue
         w = w.sort_values("cpu_start_ns")
-        idx = intervals.assign_to_windows(ts[m], w["cpu_start_ns"].to_numpy(), w["cpu_end_ns"].to_numpy() + 1)
-        out[m] = np.where(idx >= 0, w["step"].to_numpy()[np.clip(idx, 0, None)], -1)
+        t = ts.astype(np.int64, copy=False) if rows is None else ts[rows].astype(np.int64, copy=False)
+        # as intervals.assign_to_windows: the last window starting at or before each launch, if it ends after it
+        idx = searchsorted_right(w["cpu_start_ns"].to_numpy(np.int64), t)
+        idx -= 1  # -1 (before every window) picks the sentinels appended below
+        step = np.append(w["step"].to_numpy(np.int64), -1)[idx]
+        step[t >= np.append(w["cpu_end_ns"].to_numpy(np.int64) + 1, np.iinfo(np.int64).min)[idx]] = -1
+        if rows is None:
+            out = step
+        else:
+            out[rows] = step
     return out
 
 
@@ -310,12 +320,15 @@ _BACKWARD = re.compile(r"(?i)backward|_bwd|bwd_|grad")
 
 def _loop_flags(grp: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per kernel: matrix multiply, CUDA-graph node, embedding lookup, training kernel (classes from the rules)."""
-    cls = grp["kernel_class"].astype(str).to_numpy() if "kernel_class" in grp else np.full(len(grp), "", dtype=object)
-    gemm = np.isin(cls, MATMUL_CLASSES)
+
+    def of_class(classes: tuple[str, ...]) -> np.ndarray:  # per distinct class, not per kernel
+        if "kernel_class" not in grp:
+            return np.zeros(len(grp), dtype=bool)
+        return map_distinct(grp["kernel_class"], lambda c: c in classes, bool, False)
+
     graph = grp["graph_node_id"].to_numpy() > 0 if "graph_node_id" in grp else np.zeros(len(grp), dtype=bool)
-    embed = np.isin(cls, EMBED_CLASSES)
-    train = np.isin(cls, TRAIN_CLASSES) | map_distinct(grp["name"], lambda t: bool(_BACKWARD.search(t)), bool, False)
-    return gemm, graph, embed, train
+    train = of_class(TRAIN_CLASSES) | map_distinct(grp["name"], lambda t: bool(_BACKWARD.search(t)), bool, False)
+    return of_class(MATMUL_CLASSES), graph, of_class(EMBED_CLASSES), train
 
 
 def _device_steps(grp: pd.DataFrame, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str, float, str]:
@@ -346,9 +359,13 @@ def infer_step_windows(k: pd.DataFrame, codes: np.ndarray) -> StepWindows:
     big = np.iinfo(np.int64).max
     kernel_seg = np.full(len(k), -1, dtype=np.int64)
     seg_base = 0
-    for dev, grp in k.groupby("device_id", sort=True):  # one pass per device
-        idx = grp.index.to_numpy()
-        first, last, phase, warm, method, conf, why = _device_steps(grp, codes[idx])
+    devices = k["device_id"].to_numpy()
+    one = _constant(devices)  # one device: its kernels are the frame itself (no copy)
+    used = [c for c in ("start_ns", "end_ns", "kernel_class", "graph_node_id", "name", "has_launch", "api_start_ns", "pid") if c in k]
+    for dev in np.unique(devices).tolist():  # one pass per device, in device order
+        idx = np.arange(len(k)) if one else np.flatnonzero(devices == dev)
+        grp = k if one else k[used].take(idx)
+        first, last, phase, warm, method, conf, why = _device_steps(grp, codes if one else codes[idx])
         notes.append(f"device {dev}: {why}")
         if len(first) == 0:
             continue
@@ -388,7 +405,7 @@ def infer_step_windows(k: pd.DataFrame, codes: np.ndarray) -> StepWindows:
         pos = np.arange(len(grp))
         local = np.searchsorted(first, pos, side="right") - 1
         local = np.where((local >= 0) & (pos <= last[np.clip(local, 0, None)]), local, -1)
-        kernel_seg[k.index.get_indexer(idx)] = np.where(local >= 0, seg_base + local, -1)
+        kernel_seg[idx] = np.where(local >= 0, seg_base + local, -1)
         seg_base += len(first)
     if not parts:
         return StepWindows(pd.DataFrame(columns=cols), "none", 0.0, notes)
@@ -399,6 +416,10 @@ def infer_step_windows(k: pd.DataFrame, codes: np.ndarray) -> StepWindows:
     kernel_step = np.where(kernel_seg >= 0, step_of_seg[np.clip(kernel_seg, 0, None)] if seg_base else -1, -1)
     method = methods[0][0] if len({m for m, _ in methods}) == 1 else "inferred-mixed"
     return StepWindows(frame[cols], method, min(c for _, c in methods), notes, kernel_step)
+
+
+def _constant(values: np.ndarray) -> bool:
+    return len(values) == 0 or int(values.min()) == int(values.max())
 
 
 def _max_in(values: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
