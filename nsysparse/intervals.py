@@ -194,98 +194,129 @@ def assign_to_windows(times: np.ndarray, win_starts: np.ndarray, win_ends: np.nd
 
 
 class Coverage:
-    """Union of intervals per group (thread, device), answering "how much of [a, b] is covered" and
-    "how many intervals start in (a, b]" for many windows at once. Groups share one axis (group code ×
-    span + time); each query is two binary searches. `nested` builds coverages of several subsets of the
-    same intervals on one axis, so that one `query` serves them all."""
+    """Union of intervals per group (thread, device), answering "how much of [a, b] is covered" and "how many
+    intervals start in (a, b]" for many windows at once. Groups share one axis (group code × span + time).
 
-    def __init__(self, groups: np.ndarray, starts: np.ndarray, ends: np.ndarray, count_starts: bool = True) -> None:
+    Per interval, in start order on that axis, two prefix values make both answers one binary search per
+    time: the number of starts at or before a time k is the insertion point i of k, and the time covered
+    up to k is min(k + lead[i], top[i]), where lead = (covered up to that start) − start and top = covered
+    up to the end of the reach so far (the union is contiguous from a start to the reach). Sentinels at
+    i = 0 give 0. `nested` builds coverages of several subsets of the same intervals on one axis, so that
+    one `keys` serves them all."""
+
+    def __init__(self, groups: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
         g = np.asarray(groups, dtype=I64)
         s = np.asarray(starts, dtype=I64)
         e = np.asarray(ends, dtype=I64)
-        self.groups = np.unique(g)
+        self._axis(g, s, e)
+        ks, ke, _ = self._sorted_keys(g, s, e)
+        self._build(ks, ke)
+
+    def _axis(self, g: np.ndarray, s: np.ndarray, e: np.ndarray) -> None:
+        single = len(g) > 0 and int(g.min()) == int(g.max())
+        self.groups = g[:1].copy() if single else np.unique(g)
         self.lo = int(min(s.min(), e.min())) - 1 if len(s) else 0
         self.span = (int(max(s.max(), e.max())) - self.lo + 2) if len(s) else 1
-        ks, ke, _ = self._sorted_keys(g, s, e)
-        self._build(ks, ke, count_starts)
 
-    def _sorted_keys(self, g: np.ndarray, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Interval keys on the shared axis, sorted by start key, and the order that sorts them. Rows sorted by
-        start (as the loaders give them) need only a stable sort by group code, a radix sort when the codes fit
-        16 bits."""
-        gc = np.searchsorted(self.groups, g)
-        code = gc.astype(np.int16) if len(self.groups) < 2**15 else gc
-        order = np.argsort(code, kind="stable")
-        ks = gc.astype(I64)[order] * self.span + (s[order] - self.lo)
-        ke = gc.astype(I64)[order] * self.span + (e[order] - self.lo)
+    def _sorted_keys(self, g: np.ndarray, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Interval keys on the shared axis, sorted by start key, and the order that sorts them (None: the
+        input order). Rows sorted by start (as the loaders give them) need only a stable sort by group code,
+        a radix sort when the codes fit 16 bits, and one group none."""
+        order: np.ndarray | None = None
+        if len(self.groups) <= 1:
+            ks, ke = s - self.lo, e - self.lo
+        else:
+            gc = np.searchsorted(self.groups, g)
+            code = gc.astype(np.int16) if len(self.groups) < 2**15 else gc
+            order = np.argsort(code, kind="stable")
+            base = gc[order] * self.span - self.lo
+            ks = s[order] + base
+            ke = e[order] + base
         if len(ks) > 1 and not bool(np.all(ks[1:] >= ks[:-1])):
             o = np.argsort(ks, kind="stable")
-            ks, ke, order = ks[o], ke[o], order[o]
+            ks, ke = ks[o], ke[o]
+            order = o if order is None else order[o]
         return ks, ke, order
 
-    def _build(self, ks: np.ndarray, ke: np.ndarray, count_starts: bool) -> None:
-        self.ms, self.me = merge(ks, ke)
-        self.prefix = np.concatenate(([0], np.cumsum(self.me - self.ms)))
-        # sorted interval starts, for count_starts; left out (saving memory) when not asked for
-        self.starts = ks if count_starts else None
+    def _build(self, ks: np.ndarray, ke: np.ndarray) -> None:
+        n = len(ks)
+        self.starts = ks
+        reach = np.maximum.accumulate(ke) if n else ke
+        # covered up to each start: the sum of the covered parts of (start_{j-1}, start_j], i.e. up to the reach
+        self.lead = np.zeros(n + 1, dtype=I64)
+        if n > 1:
+            part = self.lead[2:]
+            np.minimum(ks[1:], reach[:-1], out=part)
+            part -= ks[:-1]
+            np.maximum(part, 0, out=part)
+            np.cumsum(part, out=part)
+        self.top = np.zeros(n + 1, dtype=I64)
+        if n:
+            top = self.top[1:]
+            np.subtract(reach, ks, out=top)
+            np.maximum(top, 0, out=top)
+            top += self.lead[1:]
+            self.lead[1:] -= ks
 
     @classmethod
     def nested(cls, groups: np.ndarray, starts: np.ndarray, ends: np.ndarray, subsets: dict[str, np.ndarray]) -> tuple[Coverage, dict[str, Coverage]]:
-        """The coverage of all the intervals (with count_starts) and of each boolean subset (without), on one axis."""
+        """The coverage of all the intervals and of each boolean subset, on one axis."""
         g = np.asarray(groups, dtype=I64)
         s = np.asarray(starts, dtype=I64)
         e = np.asarray(ends, dtype=I64)
         full = cls.__new__(cls)
-        full.groups = np.unique(g)
-        full.lo = int(min(s.min(), e.min())) - 1 if len(s) else 0
-        full.span = (int(max(s.max(), e.max())) - full.lo + 2) if len(s) else 1
+        full._axis(g, s, e)
         ks, ke, order = full._sorted_keys(g, s, e)
         parts = {}
         for name, mask in subsets.items():
             part = cls.__new__(cls)
             part.groups, part.lo, part.span = full.groups, full.lo, full.span
-            m = np.asarray(mask, dtype=bool)[order]
-            part._build(ks[m], ke[m], False)
+            m = np.asarray(mask, dtype=bool)
+            rows = np.flatnonzero(m if order is None else m[order])
+            part._build(ks[rows], ke[rows])
             parts[name] = part
-        full._build(ks, ke, True)
+        full._build(ks, ke)
         return full, parts
 
-    def _keys(self, groups: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def keys(self, groups: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whether each group has intervals here, and the key of each time on the shared axis (times outside
+        the axis clipped to its ends, where nothing changes)."""
         g = np.asarray(groups, dtype=I64)
-        pos = np.searchsorted(self.groups, g)
-        known = (pos < len(self.groups)) & (self.groups[np.clip(pos, 0, max(len(self.groups) - 1, 0))] == g) if len(self.groups) else np.zeros(len(g), bool)
-        code = np.where(known, pos, -1).astype(I64)
         off = np.clip(np.asarray(t, dtype=I64) - self.lo, 0, self.span - 1)
-        return code, code * self.span + off
+        if len(self.groups) == 1:
+            return g == self.groups[0], off
+        if len(self.groups) == 0:
+            return np.zeros(len(g), dtype=bool), off
+        pos = np.searchsorted(self.groups, g)
+        pos = np.minimum(pos, len(self.groups) - 1)
+        known = self.groups[pos] == g
+        return known, pos * self.span + off
 
-    def _upto(self, k: np.ndarray) -> np.ndarray:
-        j = np.searchsorted(self.ms, k, side="right") - 1
-        jj = np.clip(j, 0, None)
-        part = np.where(j >= 0, np.minimum(k, self.me[jj] if len(self.me) else 0) - (self.ms[jj] if len(self.ms) else 0), 0)
-        return np.where(j >= 0, self.prefix[jj] + np.maximum(part, 0), 0)
+    def at(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For keys `k`: the time covered up to each, and the number of intervals starting at or before it."""
+        i = np.searchsorted(self.starts, k, side="right")
+        up = self.lead[i]
+        up += k
+        np.minimum(up, self.top[i], out=up)
+        return up, i
 
-    def query(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The keys of windows [a, b] on `groups`, for `covered_at` / `count_starts_at` of this coverage and of
-        the coverages `nested` built with it."""
-        code, ka = self._keys(groups, a)
-        _, kb = self._keys(groups, b)
-        return code, ka, kb
-
-    def covered_at(self, q: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-        code, ka, kb = q
-        if len(self.ms) == 0:
-            return np.zeros(len(ka), dtype=I64)
-        return np.where(code >= 0, np.maximum(self._upto(kb) - self._upto(ka), 0), 0)
-
-    def count_starts_at(self, q: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-        if self.starts is None:
-            raise ValueError("this Coverage was built with count_starts=False")
-        code, ka, kb = q
-        n = np.searchsorted(self.starts, kb, side="right") - np.searchsorted(self.starts, ka, side="right")
-        return np.where(code >= 0, n, 0)
+    def covered_between(self, known: np.ndarray, ka: np.ndarray, kb: np.ndarray) -> np.ndarray:
+        """Covered time of the windows [ka, kb] of `keys` (0 for unknown groups and empty windows)."""
+        ua, _ = self.at(ka)
+        ub, _ = self.at(kb)
+        ub -= ua
+        np.maximum(ub, 0, out=ub)
+        ub[~known] = 0
+        return ub
 
     def covered(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self.covered_at(self.query(groups, a, b))
+        known, ka = self.keys(groups, a)
+        _, kb = self.keys(groups, b)
+        return self.covered_between(known, ka, kb)
 
     def count_starts(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self.count_starts_at(self.query(groups, a, b))
+        """Intervals (any length) starting in (a, b]."""
+        known, ka = self.keys(groups, a)
+        _, kb = self.keys(groups, b)
+        n = np.searchsorted(self.starts, kb, side="right") - np.searchsorted(self.starts, ka, side="right")
+        return np.where(known, n, 0)
