@@ -181,6 +181,49 @@ def _combined(keys: tuple[np.ndarray, ...]) -> np.ndarray:
     return out
 
 
+def before_queries_in_blocks(groups: np.ndarray, starts: np.ndarray, ends: np.ndarray, q_groups: np.ndarray, q_times: np.ndarray) -> np.ndarray:
+    """Which closed intervals [start, max(end, start)] lie in a block of their group's union (intervals that
+    overlap or touch joined) holding query times of that group, and start no later than the last of them.
+    Blocks are separated by uncovered time: how intervals nest in one block never depends on another's."""
+    g = np.asarray(groups, dtype=I64)
+    s = np.asarray(starts, dtype=I64)
+    e = np.maximum(np.asarray(ends, dtype=I64), s)
+    qg = np.asarray(q_groups, dtype=I64)
+    qt = np.asarray(q_times, dtype=I64)
+    out = np.zeros(len(s), dtype=bool)
+    if len(s) == 0 or len(qt) == 0:
+        return out
+    ids = np.unique(g)
+    lo = int(min(s.min(), qt.min())) - 1
+    span = int(max(e.max(), qt.max())) - lo + 2
+    if span * (len(ids) + 1) >= 2**62:  # pragma: no cover - absurd time spans: keep every interval
+        out[:] = True
+        return out
+    gc = np.searchsorted(ids, g)
+    ks, ke = gc * span + (s - lo), gc * span + (e - lo)
+    order: np.ndarray | None = None
+    if len(ks) > 1 and not bool(np.all(ks[1:] >= ks[:-1])):
+        order = np.argsort(ks, kind="stable")
+        ks, ke = ks[order], ke[order]
+    reach = np.maximum.accumulate(ke)
+    new = np.empty(len(ks), dtype=bool)
+    new[0] = True
+    new[1:] = ks[1:] > reach[:-1]
+    first = np.flatnonzero(new)
+    block_end = reach[np.r_[first[1:] - 1, len(ks) - 1]]
+    qpos = np.minimum(np.searchsorted(ids, qg), len(ids) - 1)
+    qk = qpos * span + (qt - lo)
+    j = np.searchsorted(ks[first], qk, side="right") - 1
+    held = (ids[qpos] == qg) & (j >= 0) & (qk <= block_end[np.maximum(j, 0)])
+    last_query = np.full(len(first), -1, dtype=I64)  # keys are positive: -1 keeps nothing
+    np.maximum.at(last_query, j[held], qk[held])
+    keep = ks <= last_query[np.cumsum(new) - 1]
+    if order is None:
+        return keep
+    out[order] = keep
+    return out
+
+
 def assign_to_windows(times: np.ndarray, win_starts: np.ndarray, win_ends: np.ndarray) -> np.ndarray:
     """Index of the window [start, end) holding each time, or -1. Windows must be sorted and disjoint."""
     t = np.asarray(times, dtype=I64)
@@ -302,12 +345,41 @@ class Coverage:
 
     def covered_between(self, known: np.ndarray, ka: np.ndarray, kb: np.ndarray) -> np.ndarray:
         """Covered time of the windows [ka, kb] of `keys` (0 for unknown groups and empty windows)."""
+        out = np.zeros(len(ka), dtype=I64)
+        rows = self._touching(ka, kb)
+        if rows is not None:  # few intervals, sorted windows: only the windows they touch
+            known = known[rows]
+            ka, kb = ka[rows], kb[rows]
         ua, _ = self.at(ka)
         ub, _ = self.at(kb)
         ub -= ua
         np.maximum(ub, 0, out=ub)
         ub[~known] = 0
-        return ub
+        if rows is None:
+            return ub
+        out[rows] = ub
+        return out
+
+    def _touching(self, ka: np.ndarray, kb: np.ndarray) -> np.ndarray | None:
+        """When the windows' starts and ends are each sorted and far fewer intervals than windows lie in their
+        span: the windows that meet the union, found from the intervals' side (each meets a run of windows);
+        else None. On the axis the union is that of [start_j, reach_j), reach_j = top_j − lead_j."""
+        m = len(ka)
+        if m < 64 or not (bool(np.all(ka[1:] >= ka[:-1])) and bool(np.all(kb[1:] >= kb[:-1]))):
+            return None
+        reach = self.__dict__.get("_reach")
+        if reach is None:
+            reach = self._reach = self.top[1:] - self.lead[1:]  # non-decreasing
+        lo, hi = int(np.searchsorted(reach, ka[0], side="right")), int(np.searchsorted(self.starts, kb[-1], side="left"))
+        if (hi - lo) * 4 > m:
+            return None
+        if hi <= lo:
+            return np.zeros(0, dtype=I64)
+        first = np.searchsorted(kb, self.starts[lo:hi], side="right")  # windows ending after the interval starts
+        last = np.searchsorted(ka, reach[lo:hi], side="left")  # ... and starting before it ends
+        ok = last > first
+        edges = np.bincount(first[ok], minlength=m + 1) - np.bincount(last[ok], minlength=m + 1)
+        return np.flatnonzero(np.cumsum(edges[:m]) > 0)
 
     def covered(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         known, ka = self.keys(groups, a)

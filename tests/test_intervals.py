@@ -139,3 +139,28 @@ def test_nested_coverages_share_the_axis(tagged, wins, picks):
     for i in range(len(wins)):
         want, _ = _coverage_reference([t for t, m in zip(tagged, mask) if m], int(wg[i]), int(wa[i]), int(wb[i]))
         assert parts["part"].covered_between(known, ka, kb)[i] == want
+
+
+@settings(max_examples=100)
+@given(
+    st.lists(st.tuples(st.sampled_from([3, 7]), st.tuples(st.integers(-1_000, 1_000), st.integers(0, 200))), max_size=6),
+    st.lists(st.integers(-1_200, 1_200), min_size=140, max_size=200),
+    st.sampled_from([3, 7, 5]),
+)
+def test_coverage_of_many_sorted_windows(tagged, points, group):
+    """Many sorted windows and few intervals: the windows are found from the intervals' side (the same answers)."""
+    g = np.array([t[0] for t in tagged], dtype=np.int64)
+    s = np.array([t[1][0] for t in tagged], dtype=np.int64)
+    e = s + np.array([t[1][1] for t in tagged], dtype=np.int64)
+    cov = iv.Coverage(g, s, e)
+    p = np.sort(np.array(points, dtype=np.int64))
+    wa, wb = p[0::2][: len(p) // 2], p[1::2][: len(p) // 2]  # sorted starts, sorted ends
+    wg = np.full(len(wa), group, dtype=np.int64)
+    assert len(tagged) * 8 <= len(wa)
+    got = cov.covered(wg, wa, wb)
+    assert got.tolist() == [_coverage_reference(tagged, group, int(x), int(y))[0] for x, y in zip(wa, wb)]
+    shuffled = cov.covered(wg[::-1], wa[::-1], wb[::-1])  # unsorted: every window searched
+    assert shuffled.tolist() == got[::-1].tolist()
+    wb2 = np.sort(wa + (p[: len(wa)] % 97) - 20)  # overlapping (and some reversed) windows, ends sorted
+    got2 = cov.covered(wg, wa, wb2)
+    assert got2.tolist() == [_coverage_reference(tagged, group, int(x), int(y))[0] for x, y in zip(wa, wb2)]

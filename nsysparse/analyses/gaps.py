@@ -29,7 +29,7 @@ import pandas as pd
 from nsysparse.analyses.context import AnalysisContext
 from nsysparse.columns import Column, empty_frame
 from nsysparse.distinct import map_distinct
-from nsysparse.intervals import Coverage
+from nsysparse.intervals import Coverage, before_queries_in_blocks
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.period import step_period_ns
 from nsysparse.trace import NO_TIME, Trace
@@ -223,17 +223,23 @@ def classify_windows(win: pd.DataFrame, cov: dict[str, Coverage], comm: Coverage
 
 
 def _host_nvtx(trace: Trace, tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """Innermost NVTX push/pop range (text) on each thread at each time, '' when none."""
+    """Innermost NVTX push/pop range (text) on each thread at each time, '' when none. The tree is built of the
+    ranges that can bear on the answers, which are then those of the tree of all ranges: a range's depth and
+    parent depend only on ranges before it, a query only on the ranges starting at or before it, and a climb
+    that leaves its block (ranges joined where they overlap or touch) ends with none; so the blocks holding
+    no query, and the ranges of a block after its last query, are left out."""
     out = np.full(len(ts), "", dtype=object)
     if not trace.has("nvtx") or len(ts) == 0:
         return out
     n = trace.nvtx()
-    pp = n[(n["kind"] == "push_pop") & (n["end_ns"] > n["start_ns"])]
-    tree = build_tree(pp[["start_ns", "end_ns", "global_tid", "text"]])
+    start, end, gtid = n["start_ns"].to_numpy(), n["end_ns"].to_numpy(), n["global_tid"].to_numpy()
+    rows = np.flatnonzero((n["kind"] == "push_pop").to_numpy() & (end > start))
+    rows = rows[before_queries_in_blocks(gtid[rows], start[rows], end[rows], tid, ts)]
+    tree = build_tree(pd.DataFrame({"start_ns": start[rows], "end_ns": end[rows], "global_tid": gtid[rows], "row": rows}))
     pos = tree.innermost(tid, ts)
-    texts = tree.frame["text"].astype(object).fillna("").astype(str).to_numpy()
     ok = pos >= 0
-    out[ok] = texts[pos[ok]]
+    picked = tree.frame["row"].to_numpy()[pos[ok]]
+    out[ok] = n["text"].iloc[picked].astype(object).fillna("").astype(str).to_numpy()
     return out
 
 
