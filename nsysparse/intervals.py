@@ -236,6 +236,10 @@ def assign_to_windows(times: np.ndarray, win_starts: np.ndarray, win_ends: np.nd
     return np.where(ok, idx, -1)
 
 
+RANK_PIECE = 8192
+"""Sorted keys searched at a time by `Coverage.rank`."""
+
+
 class Coverage:
     """Union of intervals per group (thread, device), answering "how much of [a, b] is covered" and "how many
     intervals start in (a, b]" for many windows at once. Groups share one axis (group code × span + time).
@@ -251,34 +255,45 @@ class Coverage:
         g = np.asarray(groups, dtype=I64)
         s = np.asarray(starts, dtype=I64)
         e = np.asarray(ends, dtype=I64)
-        self._axis(g, s, e)
-        ks, ke, _ = self._sorted_keys(g, s, e)
+        rising = self._axis(g, s, e)
+        ks, ke, _ = self._sorted_keys(g, s, e, rising)
         self._build(ks, ke)
 
-    def _axis(self, g: np.ndarray, s: np.ndarray, e: np.ndarray) -> None:
-        single = len(g) > 0 and int(g.min()) == int(g.max())
+    def _axis(self, g: np.ndarray, s: np.ndarray, e: np.ndarray) -> bool:
+        """The groups and the axis: group code × span + time − base (base 0 for one group: its keys are its
+        times, no copy of them needed). Returns whether the starts are sorted."""
+        n = len(s)
+        if n == 0:
+            self.groups, self.lo, self.span, self.base = g[:0].copy(), 0, 1, 0
+            return True
+        rising = n < 2 or bool(np.all(s[1:] >= s[:-1]))
+        smin, smax = (int(s[0]), int(s[-1])) if rising else (int(s.min()), int(s.max()))
+        self.lo = min(smin, int(e.min())) - 1
+        self.span = max(smax, int(e.max())) - self.lo + 2
+        single = int(g.min()) == int(g.max())
         self.groups = g[:1].copy() if single else np.unique(g)
-        self.lo = int(min(s.min(), e.min())) - 1 if len(s) else 0
-        self.span = (int(max(s.max(), e.max())) - self.lo + 2) if len(s) else 1
+        self.base = 0 if single else self.lo
+        return rising
 
-    def _sorted_keys(self, g: np.ndarray, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def _sorted_keys(self, g: np.ndarray, s: np.ndarray, e: np.ndarray, rising: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Interval keys on the shared axis, sorted by start key, and the order that sorts them (None: the
         input order). Rows sorted by start (as the loaders give them) need only a stable sort by group code,
         a radix sort when the codes fit 16 bits, and one group none."""
         order: np.ndarray | None = None
         if len(self.groups) <= 1:
-            ks, ke = s - self.lo, e - self.lo
-        else:
-            gc = np.searchsorted(self.groups, g)
-            code = gc.astype(np.int16) if len(self.groups) < 2**15 else gc
-            order = np.argsort(code, kind="stable")
-            base = gc[order] * self.span - self.lo
-            ks = s[order] + base
-            ke = e[order] + base
-        if len(ks) > 1 and not bool(np.all(ks[1:] >= ks[:-1])):
+            if rising:
+                return s, e, None
+            order = np.argsort(s, kind="stable")
+            return s[order], e[order], order
+        gc = np.searchsorted(self.groups, g)
+        code = gc.astype(np.int16) if len(self.groups) < 2**15 else gc
+        order = np.argsort(code, kind="stable")
+        base = gc[order] * self.span - self.base
+        ks = s[order] + base
+        ke = e[order] + base
+        if not rising and not bool(np.all(ks[1:] >= ks[:-1])):
             o = np.argsort(ks, kind="stable")
-            ks, ke = ks[o], ke[o]
-            order = o if order is None else order[o]
+            ks, ke, order = ks[o], ke[o], order[o]
         return ks, ke, order
 
     def _build(self, ks: np.ndarray, ke: np.ndarray) -> None:
@@ -287,6 +302,7 @@ class Coverage:
         reach = np.maximum.accumulate(ke) if n else ke
         # covered up to each start: the sum of the covered parts of (start_{j-1}, start_j], i.e. up to the reach
         self.lead = np.zeros(n + 1, dtype=I64)
+        self.lead[0] = self.base - self.lo  # keys are at least lo − base: the sentinel's min(k + lead, top) is 0
         if n > 1:
             part = self.lead[2:]
             np.minimum(ks[1:], reach[:-1], out=part)
@@ -308,12 +324,12 @@ class Coverage:
         s = np.asarray(starts, dtype=I64)
         e = np.asarray(ends, dtype=I64)
         full = cls.__new__(cls)
-        full._axis(g, s, e)
-        ks, ke, order = full._sorted_keys(g, s, e)
+        rising = full._axis(g, s, e)
+        ks, ke, order = full._sorted_keys(g, s, e, rising)
         parts = {}
         for name, mask in subsets.items():
             part = cls.__new__(cls)
-            part.groups, part.lo, part.span = full.groups, full.lo, full.span
+            part.groups, part.lo, part.span, part.base = full.groups, full.lo, full.span, full.base
             m = np.asarray(mask, dtype=bool)
             rows = np.flatnonzero(m if order is None else m[order])
             part._build(ks[rows], ke[rows])
@@ -321,27 +337,46 @@ class Coverage:
         full._build(ks, ke)
         return full, parts
 
-    def keys(self, groups: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Whether each group has intervals here, and the key of each time on the shared axis (times outside
-        the axis clipped to its ends, where nothing changes)."""
+    def keys(self, groups: np.ndarray, *times: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Whether each group has intervals here, and the keys of each array of times on the shared axis (times
+        outside the axis clipped to its ends, where nothing changes)."""
         g = np.asarray(groups, dtype=I64)
-        off = np.clip(np.asarray(t, dtype=I64) - self.lo, 0, self.span - 1)
+        ts = [np.asarray(t, dtype=I64) for t in times]
         if len(self.groups) == 1:
-            return g == self.groups[0], off
+            return (g == self.groups[0], *(np.clip(t, self.lo, self.lo + self.span - 1) for t in ts))
+        offs = [np.clip(t - self.lo, 0, self.span - 1) for t in ts]
         if len(self.groups) == 0:
-            return np.zeros(len(g), dtype=bool), off
-        pos = np.searchsorted(self.groups, g)
-        pos = np.minimum(pos, len(self.groups) - 1)
+            return (np.zeros(len(g), dtype=bool), *offs)
+        pos = np.minimum(np.searchsorted(self.groups, g), len(self.groups) - 1)
         known = self.groups[pos] == g
-        return known, pos * self.span + off
+        base = pos * self.span
+        for off in offs:
+            off += base
+        return (known, *offs)
 
     def at(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For keys `k`: the time covered up to each, and the number of intervals starting at or before it."""
-        i = np.searchsorted(self.starts, k, side="right")
+        i = self.rank(k)
         up = self.lead[i]
         up += k
         np.minimum(up, self.top[i], out=up)
         return up, i
+
+    def rank(self, k: np.ndarray) -> np.ndarray:
+        """The number of interval starts at or before each key. Many sorted keys are searched piece by piece, each
+        piece only among the starts between its first key and the next piece's (a short search in memory that
+        is already cached, instead of one over every start)."""
+        starts = self.starts
+        m = len(k)
+        if m < 4 * RANK_PIECE or len(starts) < 4 * RANK_PIECE or not bool(np.all(k[1:] >= k[:-1])):
+            return np.searchsorted(starts, k, side="right")
+        out = np.empty(m, dtype=I64)
+        bounds = np.searchsorted(starts, k[np.r_[np.arange(0, m, RANK_PIECE), m - 1]], side="right")
+        for p, lo in enumerate(range(0, m, RANK_PIECE)):  # a few hundred pieces, each vectorised
+            piece = k[lo : lo + RANK_PIECE]
+            a, b = int(bounds[p]), int(bounds[p + 1])
+            out[lo : lo + len(piece)] = np.searchsorted(starts[a:b], piece, side="right") + a
+        return out
 
     def covered_between(self, known: np.ndarray, ka: np.ndarray, kb: np.ndarray) -> np.ndarray:
         """Covered time of the windows [ka, kb] of `keys` (0 for unknown groups and empty windows)."""
@@ -362,8 +397,9 @@ class Coverage:
 
     def _touching(self, ka: np.ndarray, kb: np.ndarray) -> np.ndarray | None:
         """When the windows' starts and ends are each sorted and far fewer intervals than windows lie in their
-        span: the windows that meet the union, found from the intervals' side (each meets a run of windows);
-        else None. On the axis the union is that of [start_j, reach_j), reach_j = top_j − lead_j."""
+        span: the windows that meet the union, found from the intervals' side (each meets a run of windows, and
+        the runs' ends rise with the intervals), else None. On the axis the union is that of [start_j, reach_j),
+        reach_j = top_j − lead_j."""
         m = len(ka)
         if m < 64 or not (bool(np.all(ka[1:] >= ka[:-1])) and bool(np.all(kb[1:] >= kb[:-1]))):
             return None
@@ -373,22 +409,20 @@ class Coverage:
         lo, hi = int(np.searchsorted(reach, ka[0], side="right")), int(np.searchsorted(self.starts, kb[-1], side="left"))
         if (hi - lo) * 4 > m:
             return None
-        if hi <= lo:
-            return np.zeros(0, dtype=I64)
         first = np.searchsorted(kb, self.starts[lo:hi], side="right")  # windows ending after the interval starts
         last = np.searchsorted(ka, reach[lo:hi], side="left")  # ... and starting before it ends
-        ok = last > first
-        edges = np.bincount(first[ok], minlength=m + 1) - np.bincount(last[ok], minlength=m + 1)
-        return np.flatnonzero(np.cumsum(edges[:m]) > 0)
+        if len(first) > 1:  # the runs made disjoint: each starts where the ones before it ended at the latest
+            np.maximum(first[1:], last[:-1], out=first[1:])
+        size = np.maximum(last - first, 0)
+        total = int(size.sum())
+        return np.arange(total, dtype=I64) + np.repeat(first - (np.cumsum(size) - size), size)
 
     def covered(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        known, ka = self.keys(groups, a)
-        _, kb = self.keys(groups, b)
+        known, ka, kb = self.keys(groups, a, b)
         return self.covered_between(known, ka, kb)
 
     def count_starts(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Intervals (any length) starting in (a, b]."""
-        known, ka = self.keys(groups, a)
-        _, kb = self.keys(groups, b)
+        known, ka, kb = self.keys(groups, a, b)
         n = np.searchsorted(self.starts, kb, side="right") - np.searchsorted(self.starts, ka, side="right")
         return np.where(known, n, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -164,3 +165,14 @@ def test_coverage_of_many_sorted_windows(tagged, points, group):
     wb2 = np.sort(wa + (p[: len(wa)] % 97) - 20)  # overlapping (and some reversed) windows, ends sorted
     got2 = cov.covered(wg, wa, wb2)
     assert got2.tolist() == [_coverage_reference(tagged, group, int(x), int(y))[0] for x, y in zip(wa, wb2)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rank_of_many_sorted_keys_piece_by_piece(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(4 * iv.RANK_PIECE, 6 * iv.RANK_PIECE))
+    s = np.sort(rng.integers(0, 10**6, n)) // (1 + seed)  # repeated starts on some seeds
+    cov = iv.Coverage(np.zeros(n, dtype=np.int64), s, s + rng.integers(0, 50, n))
+    k = np.sort(rng.integers(-10, 10**6 + 10, int(rng.integers(4 * iv.RANK_PIECE, 9 * iv.RANK_PIECE))))
+    _, keys = cov.keys(np.zeros(len(k), dtype=np.int64), k)
+    assert cov.rank(keys).tolist() == np.searchsorted(cov.starts, keys, side="right").tolist()

@@ -210,7 +210,7 @@ def test_bubble_tables_match_a_frame_of_bubbles(seed: int) -> None:
     pd.testing.assert_frame_equal(bub.per_step, pd.concat(want, ignore_index=True), check_exact=True)
     # causes: counts and time per cause, overall and per device, as group-bys of the frame give them
     codes = np.random.default_rng(seed).integers(0, len(G.CAUSE_NAMES), len(bub)).astype(np.int8)
-    causes = G._BubbleCauses(bub, codes, w.device, True)
+    causes = G._BubbleCauses(bub, codes, w, True)
     frame = ref.assign(cause=pd.Categorical.from_codes(codes, categories=G.CAUSE_NAMES))
     if len(frame):
         g = frame.groupby("cause", observed=True)["bubble_us"].agg(["size", "sum"])

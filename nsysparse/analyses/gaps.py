@@ -19,6 +19,7 @@ operation) did before launching it, i.e. during [a, min(b, launch)]:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,13 +127,24 @@ def _api_coverage(api: pd.DataFrame) -> dict[str, Coverage]:
     thread's time, so overlapping calls (a runtime call and the driver call inside it) count once.
     The three share one thread axis, so a window's keys are computed once for all of them; without graph
     launches "sync+graph" is the "sync" coverage itself."""
-    # classify each distinct API name once (0 api, 1 sync, 2 graph), then broadcast through the codes
-    cats = map_distinct(api["name"], lambda n: 1 if SYNC_API.match(n) else (2 if GRAPH_API.match(n) else 0), np.int8, 0)
+    sync, graph = _api_classes(api["name"])
     gtid, start, end = api["global_tid"].to_numpy(), api["start_ns"].to_numpy(), api["end_ns"].to_numpy()
-    graph = bool((cats == 2).any())
-    subsets = {"sync": cats == 1, **({"sync+graph": cats >= 1} if graph else {})}
+    any_graph = bool(graph.any())
+    subsets = {"sync": sync, **({"sync+graph": sync | graph} if any_graph else {})}
     full, parts = Coverage.nested(gtid, start, end, subsets)
-    return {"all": full, "sync": parts["sync"], "sync+graph": parts["sync+graph"] if graph else parts["sync"]}
+    return {"all": full, "sync": parts["sync"], "sync+graph": parts["sync+graph"] if any_graph else parts["sync"]}
+
+
+def _api_classes(names: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Which calls are sync calls and which graph launches, matched once per distinct name."""
+    if not isinstance(names.dtype, pd.CategoricalDtype):
+        cats = map_distinct(names, lambda n: 1 if SYNC_API.match(n) else (2 if GRAPH_API.match(n) else 0), np.int8, 0)
+        return cats == 1, cats == 2
+    codes = names.cat.codes.to_numpy()
+    categories = [str(c) for c in names.cat.categories]
+    sync = [i for i, n in enumerate(categories) if SYNC_API.match(n)]
+    graph = [i for i, n in enumerate(categories) if not SYNC_API.match(n) and GRAPH_API.match(n)]
+    return np.isin(codes, sync), np.isin(codes, graph)
 
 
 CAUSES = (
@@ -166,8 +178,7 @@ def _classify(
     end = np.where(known, np.clip(launch, a, b), b)  # the thread's time that counts: until it launched
     call_end = np.where(known & (launch_end != NO_TIME), np.clip(launch_end, end, b), end)
     full = cov["all"]
-    on, ka = full.keys(tid, a)  # keys shared by the three nested coverages
-    _, ke = full.keys(tid, end)
+    on, ka, ke = full.keys(tid, a, end)  # keys shared by the three nested coverages
     up_a, n_a = full.at(ka)
     up_e, n_e = full.at(ke)
     s_all = np.where(on, np.maximum(up_e - up_a, 0), 0)
@@ -303,7 +314,7 @@ def gap_report(ctx: AnalysisContext, min_bubble_us: float = DEFAULT_MIN_BUBBLE_U
         )
         gaps["host_nvtx"] = _host_nvtx(trace, gaps["next_tid"].to_numpy(), mid)
     # bubbles (up to one per operation) are never a frame: the cause of each as a code, then what is reported of them
-    causes_of = _BubbleCauses(bub, _bubble_causes(w, bub, cov, comm, overhead), w.device, cov is not None)
+    causes_of = _BubbleCauses(bub, _bubble_causes(w, bub, cov, comm, overhead), w, cov is not None)
     causes = _cause_table(gaps, causes_of)
     devices = _device_table(steps, gaps, causes_of.main_cause(), bub.per_step)
     worst = int(devices.sort_values("gap_median_us", ascending=False)["device_id"].iloc[0]) if len(devices) and devices["gap_median_us"].notna().any() else None
@@ -492,7 +503,9 @@ def _bubbles(w: _InStep, min_bubble_us: float) -> _Bubbles:
     same = step[1:] == step[:-1]
     if new_dev is not None:
         same &= ~new_dev[1:]
-    same &= idle >= min_bubble_us * 1e3
+    threshold = min_bubble_us * 1e3
+    # idle times are integers: compared with the threshold rounded up, the same (and no float copy of them)
+    same &= idle >= (math.ceil(threshold) if math.isfinite(threshold) and abs(threshold) < 2**53 else threshold)
     at = np.flatnonzero(same)
     hit = at + 1
     us = idle[at] / 1e3
@@ -509,20 +522,18 @@ def _per_step(w: _InStep, hit: np.ndarray, us: np.ndarray, new_dev: np.ndarray |
     rising = step[1:] >= step[:-1]
     if new_dev is not None:
         rising |= new_dev[1:]
-    if bool(rising.all()):
-        first = np.flatnonzero(change)  # each (device, step) is one run of `w`
-        group = np.searchsorted(first, hit, side="right") - 1
+    if bool(rising.all()):  # each (device, step) is one run of `w`, and the bubbles of a run are consecutive
+        first = np.flatnonzero(change)
+        counts = np.diff(np.r_[np.searchsorted(hit, first, side="left"), len(hit)])
+        group = np.repeat(np.arange(len(first)), counts)
     else:  # steps interleaved in time: number the (device, step) pairs
         _, dcode = np.unique(dev, return_inverse=True)
         lo, span = int(step.min()), int(step.max()) - int(step.min()) + 1
         key = dcode.astype(np.int64) * span + (step - lo)
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
         group = inv.ravel()[hit]
-    counts = np.bincount(group, minlength=len(first))
-    sums = np.zeros(len(first))
-    if len(hit):
-        g = pd.Series(us, copy=False).groupby(group).sum()
-        sums[g.index.to_numpy()] = g.to_numpy()
+        counts = np.bincount(group, minlength=len(first))
+    sums = _group_sums(us, group, len(first)) if len(hit) else np.zeros(len(first))
     return pd.DataFrame({"device_id": dev[first].astype(np.int64), "step": step[first], "bubbles": counts.astype(np.int64), "bubble_us": sums})
 
 
@@ -550,39 +561,46 @@ def _bubble_causes(w: _InStep, bub: _Bubbles, cov: dict[str, Coverage] | None, c
     return codes
 
 
+def _group_sums(values: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
+    """pandas' group sums of `values` per code 0..n-1 (compensated, in row order: what a group-by of a frame of
+    them gives), 0.0 for codes without rows. The codes go in as a categorical: no factorisation of the rows."""
+    cats = pd.Categorical.from_codes(codes, categories=pd.RangeIndex(n))
+    return pd.Series(values, copy=False).groupby(cats, observed=False).sum().to_numpy(np.float64)
+
+
 class _BubbleCauses:
     """The bubbles' causes (codes into `names`) and their counts and time per cause, over all devices and per
     device: pandas' group sums in the bubbles' order, as the group-bys of a frame of them would give."""
 
-    def __init__(self, bub: _Bubbles, codes: np.ndarray, device: np.ndarray, known: bool) -> None:
+    def __init__(self, bub: _Bubbles, codes: np.ndarray, w: _InStep, known: bool) -> None:
         self.codes = codes
         self.names = list(CAUSE_NAMES) if known else ["unknown (no API table)"]
         self.known = known
-        self.table = self._sums(bub.us, codes)
-        dev = device[bub.hit]
-        self.devices = np.unique(dev) if len(dev) and bool((dev != dev[0]).any()) else dev[:1]
-        self.per_device = {int(d): self.table for d in self.devices}
-        if len(self.devices) > 1:  # the sums of each device's own bubbles, in their order
-            k = len(self.names)
-            both = self._sums(bub.us, np.searchsorted(self.devices, dev) * k + codes)
-            key = both.index.to_numpy()
-            for i, d in enumerate(self.devices.tolist()):
-                mine = key // k == i
-                self.per_device[int(d)] = both[mine].set_axis(key[mine] % k)
-
-    @staticmethod
-    def _sums(us: np.ndarray, key: np.ndarray) -> pd.DataFrame:
-        """size and sum per key (sorted), keys that occur only."""
-        g = pd.Series(us, copy=False).groupby(key)
-        return pd.DataFrame({"size": g.size(), "sum": g.sum()})
+        k = len(self.names)
+        self.size = np.bincount(codes, minlength=k)
+        self.sum = _group_sums(bub.us, codes, k)
+        dev = w.device[bub.hit[:1]] if w.time_order is None else w.device[bub.hit]  # one device: no gather
+        devices = np.unique(dev)
+        self.per_device = {int(d): (self.size, self.sum) for d in devices}
+        if len(devices) > 1:  # the sums of each device's own bubbles, in their order
+            key = np.searchsorted(devices, dev) * k + codes
+            size = np.bincount(key, minlength=k * len(devices)).reshape(-1, k)
+            total = _group_sums(bub.us, key, k * len(devices)).reshape(-1, k)
+            self.per_device = {int(d): (size[i], total[i]) for i, d in enumerate(devices.tolist())}
 
     def cause_groups(self) -> pd.DataFrame:
-        """size and sum per cause name, in name order."""
-        return self.table.set_axis([self.names[int(c)] for c in self.table.index])
+        """size and sum per cause name that occurs, in name order."""
+        seen = np.flatnonzero(self.size)
+        return pd.DataFrame({"size": self.size[seen], "sum": self.sum[seen]}, index=[self.names[int(c)] for c in seen])
 
     def main_cause(self) -> dict[int, str]:
         """Per device, the cause covering most bubble time (the first in name order on ties)."""
-        return {d: self.names[int(t.index[int(np.argmax(t["sum"].to_numpy()))])] for d, t in self.per_device.items() if len(t)}
+        out = {}
+        for d, (size, total) in self.per_device.items():
+            seen = np.flatnonzero(size)
+            if len(seen):
+                out[d] = self.names[int(seen[int(np.argmax(total[seen]))])]
+        return out
 
 
 def _largest_bubbles(bub: _Bubbles, causes: _BubbleCauses, w: _InStep, t0: int, top: int) -> pd.DataFrame:
