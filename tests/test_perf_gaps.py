@@ -221,13 +221,24 @@ def test_bubble_tables_match_a_frame_of_bubbles(seed: int) -> None:
     # the largest bubbles, with the operations around them
     top = G._largest_bubbles(bub, causes, w, t0, 5) if len(bub) else None
     if top is not None:
-        order = pd.DataFrame({"bubble_us": frame["bubble_us"].to_numpy()}).sort_values("bubble_us", ascending=False).head(5).index.to_numpy()
+        order = pd.DataFrame({"bubble_us": frame["bubble_us"].to_numpy()}).sort_values("bubble_us", ascending=False, kind="stable").head(5).index.to_numpy()
         picked = frame.iloc[order]
         assert top["bubble_us"].tolist() == picked["bubble_us"].tolist()
         assert top["start_ms"].tolist() == picked["start_ms"].tolist()
         assert top["step"].tolist() == picked["step"].tolist()
         assert top["cause"].tolist() == [str(c) for c in picked["cause"]]
         assert top["before"].tolist() == w.labels(bub.hit[order]).tolist()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_largest_is_a_stable_sort_of_all(seed: int) -> None:
+    """Largest first, equal ones in their order: a stable descending sort of every value, then its head."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 1 + seed * 3, int(rng.integers(0, 300))) / 4  # many ties
+    want = pd.DataFrame({"v": values}).sort_values("v", ascending=False, kind="stable").index.to_numpy()
+    for top in (0, 1, 5, 20, len(values), len(values) + 3, -2):
+        head = want[:top] if top >= 0 else want[: max(len(values) + top, 0)]  # as DataFrame.head
+        assert G._largest(values, top).tolist() == head.tolist()
 
 
 def test_bubble_causes_in_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:

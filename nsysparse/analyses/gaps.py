@@ -605,8 +605,7 @@ class _BubbleCauses:
 
 def _largest_bubbles(bub: _Bubbles, causes: _BubbleCauses, w: _InStep, t0: int, top: int) -> pd.DataFrame:
     """The `top` largest bubbles with the ops around them (labels built for those rows only)."""
-    # the same sort as of a frame of all bubbles (the same order among equal sizes), of its one sorted column
-    rows = pd.DataFrame({"bubble_us": bub.us}, copy=False).sort_values("bubble_us", ascending=False).head(top).index.to_numpy()
+    rows = _largest(bub.us, top)
     h = bub.hit[rows]
     picked = pd.DataFrame({"device_id": w.device[h], "step": w.step[h], "start_ms": (bub.reach[h - 1] - t0) / 1e6, "bubble_us": bub.us[rows]}, index=rows)
     if causes.known:
@@ -616,6 +615,18 @@ def _largest_bubbles(bub: _Bubbles, causes: _BubbleCauses, w: _InStep, t0: int, 
     out = picked.assign(after=w.labels(bub.after(w, rows)), before=w.labels(h), cause=picked["cause"].astype(object).astype(str))
     out["device_id"] = out["device_id"].astype(np.int64)
     return out[[c.name for c in BUBBLE_COLUMNS]].reset_index(drop=True)
+
+
+def _largest(values: np.ndarray, top: int) -> np.ndarray:
+    """Positions of the `top` largest values, largest first and equal ones in their order (the earliest first):
+    a selection, then a sort of those at least as large as the top-th only. (A sort of all of them listed
+    equal bubbles in an order that depended on the CPU's SIMD sort.)"""
+    n = len(values)
+    k = min(top, n) if top >= 0 else max(n + top, 0)  # as DataFrame.head(top)
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    rows = np.flatnonzero(values >= np.partition(values, n - k)[n - k]) if k < n else np.arange(n)
+    return rows[np.lexsort((rows, -values[rows]))][:k]
 
 
 def _cause_table(gaps: pd.DataFrame, bubbles: _BubbleCauses) -> pd.DataFrame:
