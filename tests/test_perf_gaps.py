@@ -187,6 +187,11 @@ def test_bubble_tables_match_a_frame_of_bubbles(seed: int) -> None:
     assert (bub.us == ref["bubble_us"].to_numpy(float)).all()
     assert (w.rows(bub.hit) == ref["next"].to_numpy(int)).all()
     assert (w.rows(bub.after(w, np.arange(len(bub)))) == ref["prev"].to_numpy(int)).all()
+    G.AFTER_NEAR, near = 1, G.AFTER_NEAR  # the search for those further back
+    try:
+        assert (w.rows(bub.after(w, np.arange(len(bub)))) == ref["prev"].to_numpy(int)).all()
+    finally:
+        G.AFTER_NEAR = near
     # per step, its first operation (by start, then end) and its last (the latest end; on ties the last)
     ids, first, last = G._first_last(w)
     inside = ops[ops["step"] >= 0]

@@ -140,11 +140,10 @@ def _api_classes(names: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(names.dtype, pd.CategoricalDtype):
         cats = map_distinct(names, lambda n: 1 if SYNC_API.match(n) else (2 if GRAPH_API.match(n) else 0), np.int8, 0)
         return cats == 1, cats == 2
-    codes = names.cat.codes.to_numpy()
-    categories = [str(c) for c in names.cat.categories]
-    sync = [i for i, n in enumerate(categories) if SYNC_API.match(n)]
-    graph = [i for i, n in enumerate(categories) if not SYNC_API.match(n) and GRAPH_API.match(n)]
-    return np.isin(codes, sync), np.isin(codes, graph)
+    # a class per category and one for missing names (code -1, the table's last entry): 0 api, 1 sync, 2 graph
+    table = np.array([1 if SYNC_API.match(n) else (2 if GRAPH_API.match(n) else 0) for n in map(str, names.cat.categories)] + [0], dtype=np.int8)
+    cls = table[names.cat.codes.to_numpy()]
+    return cls == 1, cls == 2
 
 
 CAUSES = (
@@ -168,56 +167,84 @@ def _classify(
     win: dict[str, np.ndarray], cov: dict[str, Coverage], comm: Coverage | None, overhead: Coverage | None, codes_only: bool = False
 ) -> dict[str, np.ndarray]:
     """The arrays of `classify_windows`, with `cause` as an index into CAUSE_NAMES (int8); only `cause`
-    with `codes_only`."""
+    with `codes_only`. Terms that are zero for every window (no graph launches, no collectives) are skipped."""
     a = np.asarray(win["a"], dtype=np.int64)
     b = np.asarray(win["b"], dtype=np.int64)
+    m = len(a)
     tid = np.asarray(win["next_tid"], dtype=np.int64)
     launch = np.asarray(win["next_launch_ns"], dtype=np.int64)
-    launch_end = np.asarray(win["next_launch_end_ns"], dtype=np.int64) if "next_launch_end_ns" in win else np.full(len(a), NO_TIME, dtype=np.int64)
+    launch_end = np.asarray(win["next_launch_end_ns"], dtype=np.int64) if "next_launch_end_ns" in win else np.full(m, NO_TIME, dtype=np.int64)
     known = launch != NO_TIME
-    end = np.where(known, np.clip(launch, a, b), b)  # the thread's time that counts: until it launched
-    call_end = np.where(known & (launch_end != NO_TIME), np.clip(launch_end, end, b), end)
+    every = bool(known.all())
+    end = np.clip(launch, a, b) if every else np.where(known, np.clip(launch, a, b), b)  # the thread's time that counts: until it launched
     full = cov["all"]
     on, ka, ke = full.keys(tid, a, end)  # keys shared by the three nested coverages
     up_a, n_a = full.at(ka)
     up_e, n_e = full.at(ke)
-    s_all = np.where(on, np.maximum(up_e - up_a, 0), 0)
-    calls = np.where(on, n_e - n_a, 0)
+    up_e -= up_a
+    s_all = np.where(on, np.maximum(up_e, 0), 0)
+    n_e -= n_a
+    calls = np.where(on, n_e, 0)
     s_sync = cov["sync"].covered_between(on, ka, ke)
-    s_graph = (cov["sync+graph"].covered_between(on, ka, ke) - s_sync) if cov["sync+graph"] is not cov["sync"] else np.zeros(len(a), dtype=np.int64)
-    s_api = s_all - s_sync - s_graph
-    host = (end - a) - s_sync - s_graph - s_api
+    s_graph = (cov["sync+graph"].covered_between(on, ka, ke) - s_sync) if cov["sync+graph"] is not cov["sync"] else None
+    s_api = s_all - s_sync if s_graph is None else s_all - s_sync - s_graph
+    span = end - a
+    host = span - s_all  # = span - sync - graph - api
     graph_node = np.asarray(win["next_graph"], dtype=bool)
-    s_launch = call_end - end
-    launch_graph = np.where(graph_node, s_launch, 0)  # the cudaGraphLaunch that replays the next work
-    trickle = (calls >= 1) & (host / (calls + 1) < TRICKLE_FREE_NS)
-    prof = overhead.covered(tid, a, b) if overhead is not None else np.zeros(len(a), dtype=np.int64)
+    any_node = bool(graph_node.any())
+    call_end = s_launch = launch_graph = None
+    if any_node or not codes_only:
+        call_end = np.where(known & (launch_end != NO_TIME), np.clip(launch_end, end, b), end)
+        s_launch = call_end - end
+        if any_node:
+            launch_graph = np.where(graph_node, s_launch, 0)  # the cudaGraphLaunch that replays the next work
+    if len(full.starts) < 2**36 and (m == 0 or (int(span.max()) < 2**51 and int(span.min()) > -(2**51))):
+        # calls + 1 > 1 and |host| < 2**52: the float test host / (calls + 1) < TRICKLE_FREE_NS in integers, exactly
+        trickle = (calls >= 1) & (host < TRICKLE_FREE_NS * (calls + 1))
+    else:  # pragma: no cover - windows of months or 10^11 calls
+        trickle = (calls >= 1) & (host / (calls + 1) < TRICKLE_FREE_NS)
+    # profiler overhead covering half the window: where none covers it, that holds only for empty windows
+    window = b - a
+    profiled = window <= 0
+    if overhead is not None:
+        prof = overhead.covered(tid, a, b)
+        hit = np.flatnonzero(prof)
+        profiled[hit] = prof[hit] >= PROFILER_SHARE * window[hit]
     dep = known & (launch < a)
-    g_all = s_graph + launch_graph
+    terms = [t for t in (s_graph, launch_graph) if t is not None]
+    g_all = (terms[0] + terms[1] if len(terms) == 2 else terms[0]) if terms else None
     # a collective that starts at the end of the window also counts: it waited for its peers
-    coll = comm.covered(np.asarray(win["device_id"], dtype=np.int64), a, b + COLLECTIVE_SLACK_NS) > 0 if comm is not None else np.zeros(len(a), dtype=bool)
-    # The precedence, written once: the first rule that holds names the cause (CAUSES lists them in this order).
+    coll = comm.covered(np.asarray(win["device_id"], dtype=np.int64), a, b + COLLECTIVE_SLACK_NS) > 0 if comm is not None else None
+    busy = np.maximum(host, s_api)
+    # The precedence, written once: the first rule that holds names the cause (CAUSES lists them in this order);
+    # None: holds for no window.
     rules = (
-        ~known,
-        dep & graph_node,  # idle between nodes of a graph already launched: graph scheduling, not the host
-        dep & coll,
+        None if every else ~known,
+        dep & graph_node if any_node else None,  # idle between nodes of a graph already launched: graph scheduling, not the host
+        dep & coll if coll is not None else None,
         dep,
-        prof >= PROFILER_SHARE * (b - a),
-        known & (end - a < LAUNCH_LATENCY_NS),
-        (g_all >= np.maximum(host, s_api)) & (g_all > 0),  # the thread was in cudaGraphLaunch (the next work's included)
-        (s_sync >= np.maximum(host, s_api)) & (s_sync > 0),
+        profiled,
+        (span < LAUNCH_LATENCY_NS) & known,
+        (g_all >= busy) & (g_all > 0) if g_all is not None else None,  # the thread was in cudaGraphLaunch (the next work's included)
+        (s_sync >= busy) & (s_sync > 0),
         (s_api >= host) | trickle,
     )
-    which = np.select(list(rules), [np.int8(i) for i in range(len(rules))], default=np.int8(len(rules))).astype(np.int8)
+    cause = np.full(m, _CAUSE_INDEX[len(rules)], dtype=np.int8)
+    for k in range(len(rules) - 1, -1, -1):  # the last rule first: an earlier one that holds overwrites it
+        rule = rules[k]
+        if rule is not None:
+            cause[rule] = _CAUSE_INDEX[k]
     if codes_only:
-        return {"cause": _CAUSE_INDEX[which]}
+        return {"cause": cause}
+    assert s_launch is not None and call_end is not None
+    own_launch = s_launch if launch_graph is None else s_launch - launch_graph
     return {
-        "cause": _CAUSE_INDEX[which],
+        "cause": cause,
         "sync_us": s_sync / 1e3,
         "api_us": s_api / 1e3,
-        "graph_us": g_all / 1e3,
+        "graph_us": (g_all if g_all is not None else np.zeros(m, dtype=np.int64)) / 1e3,
         "host_us": host / 1e3,
-        "launch_us": (s_launch - launch_graph) / 1e3,
+        "launch_us": own_launch / 1e3,
         "queue_us": (b - call_end) / 1e3,
     }
 
@@ -340,7 +367,7 @@ class _InStep:
             return values if keep is None else values[keep]
 
         start, end = col("start_ns"), col("end_ns")
-        if len(start) > 1 and not bool(np.all((start[1:] > start[:-1]) | ((start[1:] == start[:-1]) & (end[1:] >= end[:-1])))):
+        if not _by_start_end(start, end):
             o = np.lexsort((end, start))  # gpu_ops is sorted: this only runs for a frame that is not
             keep = o if keep is None else keep[o]
             start, end = start[o], end[o]
@@ -386,6 +413,16 @@ class _InStep:
             o = "" if o is None or o != o else str(o)
             out.append(f"{k}/{o}" if k else o)
         return np.asarray(out, dtype=object)
+
+
+def _by_start_end(start: np.ndarray, end: np.ndarray) -> bool:
+    """Whether the rows are in (start, end) order (equal starts, which are few, checked on their ends alone)."""
+    if len(start) < 2:
+        return True
+    if not bool(np.all(start[1:] >= start[:-1])):
+        return False
+    tie = np.flatnonzero(start[1:] == start[:-1])
+    return bool(np.all(end[tie + 1] >= end[tie]))
 
 
 def _in_step(ops: pd.DataFrame) -> _InStep:
@@ -455,6 +492,10 @@ def _inter_step_gaps(w: _InStep, steps: pd.DataFrame, t0: int) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
+AFTER_NEAR = 64
+"""Operations before a reported bubble looked at directly for the one that ended the reach (else a search)."""
+
+
 @dataclass
 class _Bubbles:
     """Idle windows inside steps (same device, same step) of at least min_bubble_us, in (device, start) order:
@@ -473,8 +514,14 @@ class _Bubbles:
         """Position in `w` of the operation that ends the reach before bubbles `rows` (the last one that
         reached it): the last operation before the bubble whose end is the reach there."""
         p = self.hit[rows] - 1
-        reached = np.flatnonzero(w.end == self.reach)  # a device's first operation always is one
-        return reached[np.searchsorted(reached, p, side="right") - 1]
+        near = p[:, None] - np.arange(AFTER_NEAR)  # most often one of the few operations just before the bubble
+        ok = (near >= 0) & (w.end[np.maximum(near, 0)] == self.reach[np.maximum(near, 0)])
+        found = ok.any(axis=1)
+        out = np.where(found, near[np.arange(len(p)), np.argmax(ok, axis=1)], -1)
+        if not bool(found.all()):
+            reached = np.flatnonzero(w.end == self.reach)  # a device's first operation always is one
+            out[~found] = reached[np.searchsorted(reached, p[~found], side="right") - 1]
+        return out
 
 
 def _bubbles(w: _InStep, min_bubble_us: float) -> _Bubbles:
