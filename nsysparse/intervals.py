@@ -193,14 +193,18 @@ def before_queries_in_blocks(groups: np.ndarray, starts: np.ndarray, ends: np.nd
     out = np.zeros(len(s), dtype=bool)
     if len(s) == 0 or len(qt) == 0:
         return out
-    ids = np.unique(g)
+    single = int(g.min()) == int(g.max())
+    ids = g[:1] if single else np.unique(g)
     lo = int(min(s.min(), qt.min())) - 1
     span = int(max(e.max(), qt.max())) - lo + 2
     if span * (len(ids) + 1) >= 2**62:  # pragma: no cover - absurd time spans: keep every interval
         out[:] = True
         return out
-    gc = np.searchsorted(ids, g)
-    ks, ke = gc * span + (s - lo), gc * span + (e - lo)
+    if single:  # one group: its times are the keys (the queries' too, as group 0 with lo subtracted below)
+        ks, ke = s - lo, e - lo
+    else:
+        gc = np.searchsorted(ids, g)
+        ks, ke = gc * span + (s - lo), gc * span + (e - lo)
     order: np.ndarray | None = None
     if len(ks) > 1 and not bool(np.all(ks[1:] >= ks[:-1])):
         order = np.argsort(ks, kind="stable")

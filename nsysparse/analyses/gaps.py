@@ -140,10 +140,21 @@ def _api_classes(names: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(names.dtype, pd.CategoricalDtype):
         cats = map_distinct(names, lambda n: 1 if SYNC_API.match(n) else (2 if GRAPH_API.match(n) else 0), np.int8, 0)
         return cats == 1, cats == 2
-    # a class per category and one for missing names (code -1, the table's last entry): 0 api, 1 sync, 2 graph
-    table = np.array([1 if SYNC_API.match(n) else (2 if GRAPH_API.match(n) else 0) for n in map(str, names.cat.categories)] + [0], dtype=np.int8)
-    cls = table[names.cat.codes.to_numpy()]
-    return cls == 1, cls == 2
+    codes = names.cat.codes.to_numpy()
+    categories = [str(c) for c in names.cat.categories]
+    sync = [i for i, n in enumerate(categories) if SYNC_API.match(n)]
+    graph = [i for i, n in enumerate(categories) if not SYNC_API.match(n) and GRAPH_API.match(n)]
+    return _is_any(codes, sync), _is_any(codes, graph)
+
+
+def _is_any(codes: np.ndarray, among: list[int]) -> np.ndarray:
+    """codes ∈ among: a comparison per value when they are a few (of the small codes, no index array built)."""
+    if len(among) > 8:
+        return np.isin(codes, among)
+    out = np.zeros(len(codes), dtype=bool)
+    for c in among:
+        out |= codes == c
+    return out
 
 
 CAUSES = (
@@ -271,8 +282,12 @@ def _host_nvtx(trace: Trace, tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
         return out
     n = trace.nvtx()
     start, end, gtid = n["start_ns"].to_numpy(), n["end_ns"].to_numpy(), n["global_tid"].to_numpy()
-    rows = np.flatnonzero((n["kind"] == "push_pop").to_numpy() & (end > start))
-    rows = rows[before_queries_in_blocks(gtid[rows], start[rows], end[rows], tid, ts)]
+    closed = (n["kind"] == "push_pop").to_numpy() & (end > start)
+    if bool(closed.all()):  # every range: no copies to select them
+        rows = np.flatnonzero(before_queries_in_blocks(gtid, start, end, tid, ts))
+    else:
+        rows = np.flatnonzero(closed)
+        rows = rows[before_queries_in_blocks(gtid[rows], start[rows], end[rows], tid, ts)]
     tree = build_tree(pd.DataFrame({"start_ns": start[rows], "end_ns": end[rows], "global_tid": gtid[rows], "row": rows}))
     pos = tree.innermost(tid, ts)
     ok = pos >= 0
