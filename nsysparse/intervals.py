@@ -351,6 +351,11 @@ class Coverage:
         offs = [np.clip(t - self.lo, 0, self.span - 1) for t in ts]
         if len(self.groups) == 0:
             return (np.zeros(len(g), dtype=bool), *offs)
+        if len(g) and bool(np.all(g == g[0])):  # one group asked for (one launching thread): one lookup
+            p0 = min(int(np.searchsorted(self.groups, g[0])), len(self.groups) - 1)
+            for off in offs:
+                off += p0 * self.span
+            return (np.full(len(g), bool(self.groups[p0] == g[0])), *offs)
         pos = np.minimum(np.searchsorted(self.groups, g), len(self.groups) - 1)
         known = self.groups[pos] == g
         base = pos * self.span

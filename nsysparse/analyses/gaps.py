@@ -190,11 +190,14 @@ def _classify(
     end = np.clip(launch, a, b) if every else np.where(known, np.clip(launch, a, b), b)  # the thread's time that counts: until it launched
     full = cov["all"]
     on, ka, ke = full.keys(tid, a, end)  # keys shared by the three nested coverages
-    up_a, n_a = full.at(ka)
-    up_e, n_e = full.at(ke)
-    up_e -= up_a
+    # both ends in one lookup: interleaved, the keys of consecutive windows are in order (one pass over the starts)
+    ends = np.empty(2 * m, dtype=np.int64)
+    ends[0::2], ends[1::2] = ka, ke
+    up, n = full.at(ends)
+    up_e, n_e = up[1::2], n[1::2]
+    up_e -= up[0::2]
+    n_e -= n[0::2]
     s_all = np.where(on, np.maximum(up_e, 0), 0)
-    n_e -= n_a
     calls = np.where(on, n_e, 0)
     s_sync = cov["sync"].covered_between(on, ka, ke)
     s_graph = (cov["sync+graph"].covered_between(on, ka, ke) - s_sync) if cov["sync+graph"] is not cov["sync"] else None
