@@ -181,6 +181,53 @@ def _combined(keys: tuple[np.ndarray, ...]) -> np.ndarray:
     return out
 
 
+def before_queries_in_blocks(groups: np.ndarray, starts: np.ndarray, ends: np.ndarray, q_groups: np.ndarray, q_times: np.ndarray) -> np.ndarray:
+    """Which closed intervals [start, max(end, start)] lie in a block of their group's union (intervals that
+    overlap or touch joined) holding query times of that group, and start no later than the last of them.
+    Blocks are separated by uncovered time: how intervals nest in one block never depends on another's."""
+    g = np.asarray(groups, dtype=I64)
+    s = np.asarray(starts, dtype=I64)
+    e = np.maximum(np.asarray(ends, dtype=I64), s)
+    qg = np.asarray(q_groups, dtype=I64)
+    qt = np.asarray(q_times, dtype=I64)
+    out = np.zeros(len(s), dtype=bool)
+    if len(s) == 0 or len(qt) == 0:
+        return out
+    single = int(g.min()) == int(g.max())
+    ids = g[:1] if single else np.unique(g)
+    lo = int(min(s.min(), qt.min())) - 1
+    span = int(max(e.max(), qt.max())) - lo + 2
+    if span * (len(ids) + 1) >= 2**62:  # pragma: no cover - absurd time spans: keep every interval
+        out[:] = True
+        return out
+    if single:  # one group: its times are the keys (the queries' too, as group 0 with lo subtracted below)
+        ks, ke = s - lo, e - lo
+    else:
+        gc = np.searchsorted(ids, g)
+        ks, ke = gc * span + (s - lo), gc * span + (e - lo)
+    order: np.ndarray | None = None
+    if len(ks) > 1 and not bool(np.all(ks[1:] >= ks[:-1])):
+        order = np.argsort(ks, kind="stable")
+        ks, ke = ks[order], ke[order]
+    reach = np.maximum.accumulate(ke)
+    new = np.empty(len(ks), dtype=bool)
+    new[0] = True
+    new[1:] = ks[1:] > reach[:-1]
+    first = np.flatnonzero(new)
+    block_end = reach[np.r_[first[1:] - 1, len(ks) - 1]]
+    qpos = np.minimum(np.searchsorted(ids, qg), len(ids) - 1)
+    qk = qpos * span + (qt - lo)
+    j = np.searchsorted(ks[first], qk, side="right") - 1
+    held = (ids[qpos] == qg) & (j >= 0) & (qk <= block_end[np.maximum(j, 0)])
+    last_query = np.full(len(first), -1, dtype=I64)  # keys are positive: -1 keeps nothing
+    np.maximum.at(last_query, j[held], qk[held])
+    keep = ks <= last_query[np.cumsum(new) - 1]
+    if order is None:
+        return keep
+    out[order] = keep
+    return out
+
+
 def assign_to_windows(times: np.ndarray, win_starts: np.ndarray, win_ends: np.ndarray) -> np.ndarray:
     """Index of the window [start, end) holding each time, or -1. Windows must be sorted and disjoint."""
     t = np.asarray(times, dtype=I64)
@@ -193,99 +240,198 @@ def assign_to_windows(times: np.ndarray, win_starts: np.ndarray, win_ends: np.nd
     return np.where(ok, idx, -1)
 
 
-class Coverage:
-    """Union of intervals per group (thread, device), answering "how much of [a, b] is covered" and
-    "how many intervals start in (a, b]" for many windows at once. Groups share one axis (group code ×
-    span + time); each query is two binary searches. `nested` builds coverages of several subsets of the
-    same intervals on one axis, so that one `query` serves them all."""
+RANK_PIECE = 8192
+"""Sorted keys searched at a time by `Coverage.rank`."""
 
-    def __init__(self, groups: np.ndarray, starts: np.ndarray, ends: np.ndarray, count_starts: bool = True) -> None:
+
+class Coverage:
+    """Union of intervals per group (thread, device), answering "how much of [a, b] is covered" and "how many
+    intervals start in (a, b]" for many windows at once. Groups share one axis (group code × span + time).
+
+    Per interval, in start order on that axis, two prefix values make both answers one binary search per
+    time: the number of starts at or before a time k is the insertion point i of k, and the time covered
+    up to k is min(k + lead[i], top[i]), where lead = (covered up to that start) − start and top = covered
+    up to the end of the reach so far (the union is contiguous from a start to the reach). Sentinels at
+    i = 0 give 0. `nested` builds coverages of several subsets of the same intervals on one axis, so that
+    one `keys` serves them all."""
+
+    def __init__(self, groups: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
         g = np.asarray(groups, dtype=I64)
         s = np.asarray(starts, dtype=I64)
         e = np.asarray(ends, dtype=I64)
-        self.groups = np.unique(g)
-        self.lo = int(min(s.min(), e.min())) - 1 if len(s) else 0
-        self.span = (int(max(s.max(), e.max())) - self.lo + 2) if len(s) else 1
-        ks, ke, _ = self._sorted_keys(g, s, e)
-        self._build(ks, ke, count_starts)
+        rising = self._axis(g, s, e)
+        ks, ke, _ = self._sorted_keys(g, s, e, rising)
+        self._build(ks, ke)
 
-    def _sorted_keys(self, g: np.ndarray, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Interval keys on the shared axis, sorted by start key, and the order that sorts them. Rows sorted by
-        start (as the loaders give them) need only a stable sort by group code, a radix sort when the codes fit
-        16 bits."""
+    def _axis(self, g: np.ndarray, s: np.ndarray, e: np.ndarray) -> bool:
+        """The groups and the axis: group code × span + time − base (base 0 for one group: its keys are its
+        times, no copy of them needed). Returns whether the starts are sorted."""
+        n = len(s)
+        if n == 0:
+            self.groups, self.lo, self.span, self.base = g[:0].copy(), 0, 1, 0
+            return True
+        rising = n < 2 or bool(np.all(s[1:] >= s[:-1]))
+        smin, smax = (int(s[0]), int(s[-1])) if rising else (int(s.min()), int(s.max()))
+        self.lo = min(smin, int(e.min())) - 1
+        self.span = max(smax, int(e.max())) - self.lo + 2
+        single = int(g.min()) == int(g.max())
+        self.groups = g[:1].copy() if single else np.unique(g)
+        self.base = 0 if single else self.lo
+        return rising
+
+    def _sorted_keys(self, g: np.ndarray, s: np.ndarray, e: np.ndarray, rising: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Interval keys on the shared axis, sorted by start key, and the order that sorts them (None: the
+        input order). Rows sorted by start (as the loaders give them) need only a stable sort by group code,
+        a radix sort when the codes fit 16 bits, and one group none."""
+        order: np.ndarray | None = None
+        if len(self.groups) <= 1:
+            if rising:
+                return s, e, None
+            order = np.argsort(s, kind="stable")
+            return s[order], e[order], order
         gc = np.searchsorted(self.groups, g)
         code = gc.astype(np.int16) if len(self.groups) < 2**15 else gc
         order = np.argsort(code, kind="stable")
-        ks = gc.astype(I64)[order] * self.span + (s[order] - self.lo)
-        ke = gc.astype(I64)[order] * self.span + (e[order] - self.lo)
-        if len(ks) > 1 and not bool(np.all(ks[1:] >= ks[:-1])):
+        base = gc[order] * self.span - self.base
+        ks = s[order] + base
+        ke = e[order] + base
+        if not rising and not bool(np.all(ks[1:] >= ks[:-1])):
             o = np.argsort(ks, kind="stable")
             ks, ke, order = ks[o], ke[o], order[o]
         return ks, ke, order
 
-    def _build(self, ks: np.ndarray, ke: np.ndarray, count_starts: bool) -> None:
-        self.ms, self.me = merge(ks, ke)
-        self.prefix = np.concatenate(([0], np.cumsum(self.me - self.ms)))
-        # sorted interval starts, for count_starts; left out (saving memory) when not asked for
-        self.starts = ks if count_starts else None
+    def _build(self, ks: np.ndarray, ke: np.ndarray) -> None:
+        n = len(ks)
+        self.starts = ks
+        reach = np.maximum.accumulate(ke) if n else ke
+        # covered up to each start: the sum of the covered parts of (start_{j-1}, start_j], i.e. up to the reach
+        self.lead = np.zeros(n + 1, dtype=I64)
+        self.lead[0] = self.base - self.lo  # keys are at least lo − base: the sentinel's min(k + lead, top) is 0
+        if n > 1:
+            part = self.lead[2:]
+            np.minimum(ks[1:], reach[:-1], out=part)
+            part -= ks[:-1]
+            np.maximum(part, 0, out=part)
+            np.cumsum(part, out=part)
+        self.top = np.zeros(n + 1, dtype=I64)
+        if n:
+            top = self.top[1:]
+            np.subtract(reach, ks, out=top)
+            np.maximum(top, 0, out=top)
+            top += self.lead[1:]
+            self.lead[1:] -= ks
 
     @classmethod
     def nested(cls, groups: np.ndarray, starts: np.ndarray, ends: np.ndarray, subsets: dict[str, np.ndarray]) -> tuple[Coverage, dict[str, Coverage]]:
-        """The coverage of all the intervals (with count_starts) and of each boolean subset (without), on one axis."""
+        """The coverage of all the intervals and of each boolean subset, on one axis."""
         g = np.asarray(groups, dtype=I64)
         s = np.asarray(starts, dtype=I64)
         e = np.asarray(ends, dtype=I64)
         full = cls.__new__(cls)
-        full.groups = np.unique(g)
-        full.lo = int(min(s.min(), e.min())) - 1 if len(s) else 0
-        full.span = (int(max(s.max(), e.max())) - full.lo + 2) if len(s) else 1
-        ks, ke, order = full._sorted_keys(g, s, e)
+        rising = full._axis(g, s, e)
+        ks, ke, order = full._sorted_keys(g, s, e, rising)
         parts = {}
         for name, mask in subsets.items():
             part = cls.__new__(cls)
-            part.groups, part.lo, part.span = full.groups, full.lo, full.span
-            m = np.asarray(mask, dtype=bool)[order]
-            part._build(ks[m], ke[m], False)
+            part.groups, part.lo, part.span, part.base = full.groups, full.lo, full.span, full.base
+            m = np.asarray(mask, dtype=bool)
+            rows = np.flatnonzero(m if order is None else m[order])
+            part._build(ks[rows], ke[rows])
             parts[name] = part
-        full._build(ks, ke, True)
+        full._build(ks, ke)
         return full, parts
 
-    def _keys(self, groups: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def keys(self, groups: np.ndarray, *times: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Whether each group has intervals here, and the keys of each array of times on the shared axis (times
+        outside the axis clipped to its ends, where nothing changes)."""
         g = np.asarray(groups, dtype=I64)
-        pos = np.searchsorted(self.groups, g)
-        known = (pos < len(self.groups)) & (self.groups[np.clip(pos, 0, max(len(self.groups) - 1, 0))] == g) if len(self.groups) else np.zeros(len(g), bool)
-        code = np.where(known, pos, -1).astype(I64)
-        off = np.clip(np.asarray(t, dtype=I64) - self.lo, 0, self.span - 1)
-        return code, code * self.span + off
+        ts = [np.asarray(t, dtype=I64) for t in times]
+        if len(self.groups) == 1:
+            return (g == self.groups[0], *(np.clip(t, self.lo, self.lo + self.span - 1) for t in ts))
+        offs = [np.clip(t - self.lo, 0, self.span - 1) for t in ts]
+        if len(self.groups) == 0:
+            return (np.zeros(len(g), dtype=bool), *offs)
+        if len(g) and bool(np.all(g == g[0])):  # one group asked for (one launching thread): one lookup
+            p0 = min(int(np.searchsorted(self.groups, g[0])), len(self.groups) - 1)
+            for off in offs:
+                off += p0 * self.span
+            return (np.full(len(g), bool(self.groups[p0] == g[0])), *offs)
+        pos = np.minimum(np.searchsorted(self.groups, g), len(self.groups) - 1)
+        known = self.groups[pos] == g
+        base = pos * self.span
+        for off in offs:
+            off += base
+        return (known, *offs)
 
-    def _upto(self, k: np.ndarray) -> np.ndarray:
-        j = np.searchsorted(self.ms, k, side="right") - 1
-        jj = np.clip(j, 0, None)
-        part = np.where(j >= 0, np.minimum(k, self.me[jj] if len(self.me) else 0) - (self.ms[jj] if len(self.ms) else 0), 0)
-        return np.where(j >= 0, self.prefix[jj] + np.maximum(part, 0), 0)
+    def at(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For keys `k`: the time covered up to each, and the number of intervals starting at or before it."""
+        i = self.rank(k)
+        up = self.lead[i]
+        up += k
+        np.minimum(up, self.top[i], out=up)
+        return up, i
 
-    def query(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The keys of windows [a, b] on `groups`, for `covered_at` / `count_starts_at` of this coverage and of
-        the coverages `nested` built with it."""
-        code, ka = self._keys(groups, a)
-        _, kb = self._keys(groups, b)
-        return code, ka, kb
+    def rank(self, k: np.ndarray) -> np.ndarray:
+        """The number of interval starts at or before each key. Many sorted keys are searched piece by piece, each
+        piece only among the starts between its first key and the next piece's (a short search in memory that
+        is already cached, instead of one over every start)."""
+        starts = self.starts
+        m = len(k)
+        if m < 4 * RANK_PIECE or len(starts) < 4 * RANK_PIECE or not bool(np.all(k[1:] >= k[:-1])):
+            return np.searchsorted(starts, k, side="right")
+        out = np.empty(m, dtype=I64)
+        bounds = np.searchsorted(starts, k[np.r_[np.arange(0, m, RANK_PIECE), m - 1]], side="right")
+        for p, lo in enumerate(range(0, m, RANK_PIECE)):  # a few hundred pieces, each vectorised
+            piece = k[lo : lo + RANK_PIECE]
+            a, b = int(bounds[p]), int(bounds[p + 1])
+            out[lo : lo + len(piece)] = np.searchsorted(starts[a:b], piece, side="right") + a
+        return out
 
-    def covered_at(self, q: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-        code, ka, kb = q
-        if len(self.ms) == 0:
-            return np.zeros(len(ka), dtype=I64)
-        return np.where(code >= 0, np.maximum(self._upto(kb) - self._upto(ka), 0), 0)
+    def covered_between(self, known: np.ndarray, ka: np.ndarray, kb: np.ndarray) -> np.ndarray:
+        """Covered time of the windows [ka, kb] of `keys` (0 for unknown groups and empty windows)."""
+        out = np.zeros(len(ka), dtype=I64)
+        rows = self._touching(ka, kb)
+        if rows is not None:  # few intervals, sorted windows: only the windows they touch
+            known = known[rows]
+            ka, kb = ka[rows], kb[rows]
+        ua, _ = self.at(ka)
+        ub, _ = self.at(kb)
+        ub -= ua
+        np.maximum(ub, 0, out=ub)
+        ub[~known] = 0
+        if rows is None:
+            return ub
+        out[rows] = ub
+        return out
 
-    def count_starts_at(self, q: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-        if self.starts is None:
-            raise ValueError("this Coverage was built with count_starts=False")
-        code, ka, kb = q
-        n = np.searchsorted(self.starts, kb, side="right") - np.searchsorted(self.starts, ka, side="right")
-        return np.where(code >= 0, n, 0)
+    def _touching(self, ka: np.ndarray, kb: np.ndarray) -> np.ndarray | None:
+        """When the windows' starts and ends are each sorted and far fewer intervals than windows lie in their
+        span: the windows that meet the union, found from the intervals' side (each meets a run of windows, and
+        the runs' ends rise with the intervals), else None. On the axis the union is that of [start_j, reach_j),
+        reach_j = top_j − lead_j."""
+        m = len(ka)
+        if m < 64 or not (bool(np.all(ka[1:] >= ka[:-1])) and bool(np.all(kb[1:] >= kb[:-1]))):
+            return None
+        reach = self.__dict__.get("_reach")
+        if reach is None:
+            reach = self._reach = self.top[1:] - self.lead[1:]  # non-decreasing
+        lo, hi = int(np.searchsorted(reach, ka[0], side="right")), int(np.searchsorted(self.starts, kb[-1], side="left"))
+        if (hi - lo) * 4 > m:
+            return None
+        first = np.searchsorted(kb, self.starts[lo:hi], side="right")  # windows ending after the interval starts
+        last = np.searchsorted(ka, reach[lo:hi], side="left")  # ... and starting before it ends
+        if len(first) > 1:  # the runs made disjoint: each starts where the ones before it ended at the latest
+            np.maximum(first[1:], last[:-1], out=first[1:])
+        size = np.maximum(last - first, 0)
+        total = int(size.sum())
+        return np.arange(total, dtype=I64) + np.repeat(first - (np.cumsum(size) - size), size)
 
     def covered(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self.covered_at(self.query(groups, a, b))
+        known, ka, kb = self.keys(groups, a, b)
+        return self.covered_between(known, ka, kb)
 
     def count_starts(self, groups: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self.count_starts_at(self.query(groups, a, b))
+        """Intervals (any length) starting in (a, b]."""
+        known, ka, kb = self.keys(groups, a, b)
+        n = np.searchsorted(self.starts, kb, side="right") - np.searchsorted(self.starts, ka, side="right")
+        return np.where(known, n, 0)

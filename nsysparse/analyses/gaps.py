@@ -19,6 +19,7 @@ operation) did before launching it, i.e. during [a, min(b, launch)]:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ import pandas as pd
 from nsysparse.analyses.context import AnalysisContext
 from nsysparse.columns import Column, empty_frame
 from nsysparse.distinct import map_distinct
-from nsysparse.intervals import Coverage
+from nsysparse.intervals import Coverage, before_queries_in_blocks
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.period import step_period_ns
 from nsysparse.trace import NO_TIME, Trace
@@ -124,12 +125,36 @@ class GapReport:
 def _api_coverage(api: pd.DataFrame) -> dict[str, Coverage]:
     """Coverages of nested classes (sync ⊂ sync+graph ⊂ all): differences of their unions partition a
     thread's time, so overlapping calls (a runtime call and the driver call inside it) count once.
-    The three share one thread axis, so a window's keys are computed once for all of them."""
-    # classify each distinct API name once (0 api, 1 sync, 2 graph), then broadcast through the codes
-    cats = map_distinct(api["name"], lambda n: 1 if SYNC_API.match(n) else (2 if GRAPH_API.match(n) else 0), np.int8, 0)
+    The three share one thread axis, so a window's keys are computed once for all of them; without graph
+    launches "sync+graph" is the "sync" coverage itself."""
+    sync, graph = _api_classes(api["name"])
     gtid, start, end = api["global_tid"].to_numpy(), api["start_ns"].to_numpy(), api["end_ns"].to_numpy()
-    full, parts = Coverage.nested(gtid, start, end, {"sync": cats == 1, "sync+graph": cats >= 1})
-    return {"all": full, **parts}
+    any_graph = bool(graph.any())
+    subsets = {"sync": sync, **({"sync+graph": sync | graph} if any_graph else {})}
+    full, parts = Coverage.nested(gtid, start, end, subsets)
+    return {"all": full, "sync": parts["sync"], "sync+graph": parts["sync+graph"] if any_graph else parts["sync"]}
+
+
+def _api_classes(names: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Which calls are sync calls and which graph launches, matched once per distinct name."""
+    if not isinstance(names.dtype, pd.CategoricalDtype):
+        cats = map_distinct(names, lambda n: 1 if SYNC_API.match(n) else (2 if GRAPH_API.match(n) else 0), np.int8, 0)
+        return cats == 1, cats == 2
+    codes = names.cat.codes.to_numpy()
+    categories = [str(c) for c in names.cat.categories]
+    sync = [i for i, n in enumerate(categories) if SYNC_API.match(n)]
+    graph = [i for i, n in enumerate(categories) if not SYNC_API.match(n) and GRAPH_API.match(n)]
+    return _is_any(codes, sync), _is_any(codes, graph)
+
+
+def _is_any(codes: np.ndarray, among: list[int]) -> np.ndarray:
+    """codes ∈ among: a comparison per value when they are a few (of the small codes, no index array built)."""
+    if len(among) > 8:
+        return np.isin(codes, among)
+    out = np.zeros(len(codes), dtype=bool)
+    for c in among:
+        out |= codes == c
+    return out
 
 
 CAUSES = (
@@ -149,54 +174,92 @@ CAUSE_NAMES = sorted(set(CAUSES))
 _CAUSE_INDEX = np.array([CAUSE_NAMES.index(c) for c in CAUSES], dtype=np.int8)
 
 
-def _classify(win: dict[str, np.ndarray], cov: dict[str, Coverage], comm: Coverage | None, overhead: Coverage | None) -> dict[str, np.ndarray]:
-    """The arrays of `classify_windows`, with `cause` as an index into CAUSE_NAMES (int8)."""
+def _classify(
+    win: dict[str, np.ndarray], cov: dict[str, Coverage], comm: Coverage | None, overhead: Coverage | None, codes_only: bool = False
+) -> dict[str, np.ndarray]:
+    """The arrays of `classify_windows`, with `cause` as an index into CAUSE_NAMES (int8); only `cause`
+    with `codes_only`. Terms that are zero for every window (no graph launches, no collectives) are skipped."""
     a = np.asarray(win["a"], dtype=np.int64)
     b = np.asarray(win["b"], dtype=np.int64)
+    m = len(a)
     tid = np.asarray(win["next_tid"], dtype=np.int64)
     launch = np.asarray(win["next_launch_ns"], dtype=np.int64)
-    launch_end = np.asarray(win["next_launch_end_ns"], dtype=np.int64) if "next_launch_end_ns" in win else np.full(len(a), NO_TIME, dtype=np.int64)
+    launch_end = np.asarray(win["next_launch_end_ns"], dtype=np.int64) if "next_launch_end_ns" in win else np.full(m, NO_TIME, dtype=np.int64)
     known = launch != NO_TIME
-    end = np.where(known, np.clip(launch, a, b), b)  # the thread's time that counts: until it launched
-    call_end = np.where(known & (launch_end != NO_TIME), np.clip(launch_end, end, b), end)
-    q = cov["all"].query(tid, a, end)  # keys shared by the three nested coverages
-    s_sync = cov["sync"].covered_at(q)
-    s_graph = cov["sync+graph"].covered_at(q) - s_sync
-    s_api = cov["all"].covered_at(q) - s_sync - s_graph
-    host = (end - a) - s_sync - s_graph - s_api
+    every = bool(known.all())
+    end = np.clip(launch, a, b) if every else np.where(known, np.clip(launch, a, b), b)  # the thread's time that counts: until it launched
+    full = cov["all"]
+    on, ka, ke = full.keys(tid, a, end)  # keys shared by the three nested coverages
+    # both ends in one lookup: interleaved, the keys of consecutive windows are in order (one pass over the starts)
+    ends = np.empty(2 * m, dtype=np.int64)
+    ends[0::2], ends[1::2] = ka, ke
+    up, n = full.at(ends)
+    up_e, n_e = up[1::2], n[1::2]
+    up_e -= up[0::2]
+    n_e -= n[0::2]
+    s_all = np.where(on, np.maximum(up_e, 0), 0)
+    calls = np.where(on, n_e, 0)
+    s_sync = cov["sync"].covered_between(on, ka, ke)
+    s_graph = (cov["sync+graph"].covered_between(on, ka, ke) - s_sync) if cov["sync+graph"] is not cov["sync"] else None
+    s_api = s_all - s_sync if s_graph is None else s_all - s_sync - s_graph
+    span = end - a
+    host = span - s_all  # = span - sync - graph - api
     graph_node = np.asarray(win["next_graph"], dtype=bool)
-    s_launch = call_end - end
-    s_queue = b - call_end
-    launch_graph = np.where(graph_node, s_launch, 0)  # the cudaGraphLaunch that replays the next work
-    calls = cov["all"].count_starts_at(q)
-    trickle = (calls >= 1) & (host / (calls + 1) < TRICKLE_FREE_NS)
-    prof = overhead.covered(tid, a, b) if overhead is not None else np.zeros(len(a), dtype=np.int64)
+    any_node = bool(graph_node.any())
+    call_end = s_launch = launch_graph = None
+    if any_node or not codes_only:
+        call_end = np.where(known & (launch_end != NO_TIME), np.clip(launch_end, end, b), end)
+        s_launch = call_end - end
+        if any_node:
+            launch_graph = np.where(graph_node, s_launch, 0)  # the cudaGraphLaunch that replays the next work
+    if len(full.starts) < 2**36 and (m == 0 or (int(span.max()) < 2**51 and int(span.min()) > -(2**51))):
+        # calls + 1 > 1 and |host| < 2**52: the float test host / (calls + 1) < TRICKLE_FREE_NS in integers, exactly
+        trickle = (calls >= 1) & (host < TRICKLE_FREE_NS * (calls + 1))
+    else:  # pragma: no cover - windows of months or 10^11 calls
+        trickle = (calls >= 1) & (host / (calls + 1) < TRICKLE_FREE_NS)
+    # profiler overhead covering half the window: where none covers it, that holds only for empty windows
+    window = b - a
+    profiled = window <= 0
+    if overhead is not None:
+        prof = overhead.covered(tid, a, b)
+        hit = np.flatnonzero(prof)
+        profiled[hit] = prof[hit] >= PROFILER_SHARE * window[hit]
     dep = known & (launch < a)
-    g_all = s_graph + launch_graph
+    terms = [t for t in (s_graph, launch_graph) if t is not None]
+    g_all = (terms[0] + terms[1] if len(terms) == 2 else terms[0]) if terms else None
     # a collective that starts at the end of the window also counts: it waited for its peers
-    dev = np.asarray(win["device_id"], dtype=np.int64)
-    coll = comm.covered(dev, a, b + COLLECTIVE_SLACK_NS) > 0 if comm is not None else np.zeros(len(a), dtype=bool)
-    # The precedence, written once: the first rule that holds names the cause (CAUSES lists them in this order).
+    coll = comm.covered(np.asarray(win["device_id"], dtype=np.int64), a, b + COLLECTIVE_SLACK_NS) > 0 if comm is not None else None
+    busy = np.maximum(host, s_api)
+    # The precedence, written once: the first rule that holds names the cause (CAUSES lists them in this order);
+    # None: holds for no window.
     rules = (
-        ~known,
-        dep & graph_node,  # idle between nodes of a graph already launched: graph scheduling, not the host
-        dep & coll,
+        None if every else ~known,
+        dep & graph_node if any_node else None,  # idle between nodes of a graph already launched: graph scheduling, not the host
+        dep & coll if coll is not None else None,
         dep,
-        prof >= PROFILER_SHARE * (b - a),
-        known & (end - a < LAUNCH_LATENCY_NS),
-        (g_all >= np.maximum(host, s_api)) & (g_all > 0),  # the thread was in cudaGraphLaunch (the next work's included)
-        (s_sync >= np.maximum(host, s_api)) & (s_sync > 0),
+        profiled,
+        (span < LAUNCH_LATENCY_NS) & known,
+        (g_all >= busy) & (g_all > 0) if g_all is not None else None,  # the thread was in cudaGraphLaunch (the next work's included)
+        (s_sync >= busy) & (s_sync > 0),
         (s_api >= host) | trickle,
     )
-    which = np.select(list(rules), [np.int8(i) for i in range(len(rules))], default=np.int8(len(rules))).astype(np.int8)
+    cause = np.full(m, _CAUSE_INDEX[len(rules)], dtype=np.int8)
+    for k in range(len(rules) - 1, -1, -1):  # the last rule first: an earlier one that holds overwrites it
+        rule = rules[k]
+        if rule is not None:
+            cause[rule] = _CAUSE_INDEX[k]
+    if codes_only:
+        return {"cause": cause}
+    assert s_launch is not None and call_end is not None
+    own_launch = s_launch if launch_graph is None else s_launch - launch_graph
     return {
-        "cause": _CAUSE_INDEX[which],
+        "cause": cause,
         "sync_us": s_sync / 1e3,
         "api_us": s_api / 1e3,
-        "graph_us": g_all / 1e3,
+        "graph_us": (g_all if g_all is not None else np.zeros(m, dtype=np.int64)) / 1e3,
         "host_us": host / 1e3,
-        "launch_us": (s_launch - launch_graph) / 1e3,
-        "queue_us": s_queue / 1e3,
+        "launch_us": own_launch / 1e3,
+        "queue_us": (b - call_end) / 1e3,
     }
 
 
@@ -212,17 +275,27 @@ def classify_windows(win: pd.DataFrame, cov: dict[str, Coverage], comm: Coverage
 
 
 def _host_nvtx(trace: Trace, tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """Innermost NVTX push/pop range (text) on each thread at each time, '' when none."""
+    """Innermost NVTX push/pop range (text) on each thread at each time, '' when none. The tree is built of the
+    ranges that can bear on the answers, which are then those of the tree of all ranges: a range's depth and
+    parent depend only on ranges before it, a query only on the ranges starting at or before it, and a climb
+    that leaves its block (ranges joined where they overlap or touch) ends with none; so the blocks holding
+    no query, and the ranges of a block after its last query, are left out."""
     out = np.full(len(ts), "", dtype=object)
     if not trace.has("nvtx") or len(ts) == 0:
         return out
     n = trace.nvtx()
-    pp = n[(n["kind"] == "push_pop") & (n["end_ns"] > n["start_ns"])]
-    tree = build_tree(pp[["start_ns", "end_ns", "global_tid", "text"]])
+    start, end, gtid = n["start_ns"].to_numpy(), n["end_ns"].to_numpy(), n["global_tid"].to_numpy()
+    closed = (n["kind"] == "push_pop").to_numpy() & (end > start)
+    if bool(closed.all()):  # every range: no copies to select them
+        rows = np.flatnonzero(before_queries_in_blocks(gtid, start, end, tid, ts))
+    else:
+        rows = np.flatnonzero(closed)
+        rows = rows[before_queries_in_blocks(gtid[rows], start[rows], end[rows], tid, ts)]
+    tree = build_tree(pd.DataFrame({"start_ns": start[rows], "end_ns": end[rows], "global_tid": gtid[rows], "row": rows}))
     pos = tree.innermost(tid, ts)
-    texts = tree.frame["text"].astype(object).fillna("").astype(str).to_numpy()
     ok = pos >= 0
-    out[ok] = texts[pos[ok]]
+    picked = tree.frame["row"].to_numpy()[pos[ok]]
+    out[ok] = n["text"].iloc[picked].astype(object).fillna("").astype(str).to_numpy()
     return out
 
 
@@ -263,20 +336,17 @@ def gap_report(ctx: AnalysisContext, min_bubble_us: float = DEFAULT_MIN_BUBBLE_U
 
     w = _in_step(ops)
     gaps = _inter_step_gaps(w, steps, t0)
-    bubbles, per_step, windows, ends = _bubbles(w, t0, min_bubble_us)
+    bub = _bubbles(w, min_bubble_us)
     names = np.array(CAUSE_NAMES, dtype=object)
-    for frame, arrays in ((gaps, None), (bubbles, windows)):
-        if len(frame) and cov is not None:
-            cols = arrays if arrays is not None else {c: frame[c].to_numpy() for c in frame.columns}
-            cls = _classify(cols, cov, comm, overhead)
-            # gaps (one per step) carry the cause as text; bubbles (up to one per kernel) as a categorical
-            frame["cause"] = names[cls["cause"]] if frame is gaps else pd.Categorical.from_codes(cls["cause"], categories=CAUSE_NAMES)
-            for c in ("sync_us", "api_us", "graph_us", "host_us", "launch_us", "queue_us"):
-                frame[c] = cls[c]
-        elif len(frame):
-            frame["cause"] = "unknown (no API table)"
-            for c in ("sync_us", "api_us", "graph_us", "host_us", "launch_us", "queue_us"):
-                frame[c] = np.nan
+    if len(gaps) and cov is not None:
+        cls = _classify({c: gaps[c].to_numpy() for c in gaps.columns}, cov, comm, overhead)
+        gaps["cause"] = names[cls["cause"]]  # gaps (one per step) carry the cause as text
+        for c in ("sync_us", "api_us", "graph_us", "host_us", "launch_us", "queue_us"):
+            gaps[c] = cls[c]
+    elif len(gaps):
+        gaps["cause"] = "unknown (no API table)"
+        for c in ("sync_us", "api_us", "graph_us", "host_us", "launch_us", "queue_us"):
+            gaps[c] = np.nan
     if len(gaps):
         mid = (
             gaps["a"].to_numpy()
@@ -288,46 +358,61 @@ def gap_report(ctx: AnalysisContext, min_bubble_us: float = DEFAULT_MIN_BUBBLE_U
             // 2
         )
         gaps["host_nvtx"] = _host_nvtx(trace, gaps["next_tid"].to_numpy(), mid)
-    causes = _cause_table(gaps, bubbles)
-    devices = _device_table(steps, gaps, bubbles, per_step)
+    # bubbles (up to one per operation) are never a frame: the cause of each as a code, then what is reported of them
+    causes_of = _BubbleCauses(bub, _bubble_causes(w, bub, cov, comm, overhead), w, cov is not None)
+    causes = _cause_table(gaps, causes_of)
+    devices = _device_table(steps, gaps, causes_of.main_cause(), bub.per_step)
     worst = int(devices.sort_values("gap_median_us", ascending=False)["device_id"].iloc[0]) if len(devices) and devices["gap_median_us"].notna().any() else None
     gap_out = gaps[[c.name for c in GAP_COLUMNS]] if len(gaps) else empty_frame(GAP_COLUMNS)
-    bub_out = _largest_bubbles(bubbles, ends, w, top) if len(bubbles) else empty_frame(BUBBLE_COLUMNS)
+    bub_out = _largest_bubbles(bub, causes_of, w, t0, top) if len(bub) else empty_frame(BUBBLE_COLUMNS)
     if not len(gaps):
         notes.append("only one step per device: no inter-step gap")
-    return GapReport(devices, gap_out.reset_index(drop=True), bub_out, causes, per_step, worst, min_bubble_us, notes)
+    return GapReport(devices, gap_out.reset_index(drop=True), bub_out, causes, bub.per_step, worst, min_bubble_us, notes)
 
 
 class _InStep:
     """The GPU operations inside steps as plain arrays, ordered by (device, start, end): only the columns the
-    gap analysis reads, so no frame of millions of rows is filtered, grouped or copied."""
+    gap analysis reads, so no frame of millions of rows is filtered, grouped or copied (when every operation
+    is inside a step and the frame is in that order, the arrays are the frame's own)."""
 
     def __init__(self, ops: pd.DataFrame) -> None:
         step = ops["step"].to_numpy()
-        keep = np.nonzero(step >= 0)[0]
-        start, end = ops["start_ns"].to_numpy()[keep], ops["end_ns"].to_numpy()[keep]
-        if len(keep) > 1 and not bool(np.all((start[1:] > start[:-1]) | ((start[1:] == start[:-1]) & (end[1:] >= end[:-1])))):
+        inside = step >= 0
+        keep: np.ndarray | None = None if bool(inside.all()) else np.flatnonzero(inside)
+
+        def col(name: str, dtype: Any = None) -> np.ndarray:
+            values = ops[name].to_numpy(dtype)
+            return values if keep is None else values[keep]
+
+        start, end = col("start_ns"), col("end_ns")
+        if not _by_start_end(start, end):
             o = np.lexsort((end, start))  # gpu_ops is sorted: this only runs for a frame that is not
-            keep, start, end = keep[o], start[o], end[o]
-        dev = ops["device_id"].to_numpy()[keep]
+            keep = o if keep is None else keep[o]
+            start, end = start[o], end[o]
+        dev = col("device_id")
         self.time_order: np.ndarray | None = None  # positions in (start, end) order, when the device sort moved them
         if len(dev) and bool((dev != dev[0]).any()):
             o = np.argsort(dev, kind="stable")  # by device, keeping the (start, end) order inside each
-            keep, start, end, dev = keep[o], start[o], end[o], dev[o]
+            keep = o if keep is None else keep[o]
+            start, end, dev = start[o], end[o], dev[o]
             self.time_order = np.empty(len(o), dtype=np.int64)
             self.time_order[o] = np.arange(len(o))
-        self.rows = keep  # positions in `ops`
+        self.keep = keep  # positions in `ops` (None: the same positions)
         self.ops = ops
         self.start, self.end, self.device = start, end, dev
-        self.step = step[keep]
-        self.has_launch = ops["has_launch"].to_numpy()[keep]
-        self.api_start = ops["api_start_ns"].to_numpy()[keep]
-        self.api_end = ops["api_end_ns"].to_numpy()[keep]
-        self.global_tid = ops["global_tid"].to_numpy()[keep]
-        self.graph = ops["graph"].to_numpy(bool)[keep]
+        self.step = col("step")
+        self.has_launch = col("has_launch")
+        self.api_start = col("api_start_ns")
+        self.api_end = col("api_end_ns")
+        self.global_tid = col("global_tid")
+        self.graph = col("graph", bool)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.start)
+
+    def rows(self, ix: np.ndarray) -> np.ndarray:
+        """Positions in `ops` of the operations at `ix`."""
+        return ix if self.keep is None else self.keep[ix]
 
     def launch_ns(self, ix: np.ndarray) -> np.ndarray:
         return np.where(self.has_launch[ix], self.api_start[ix], NO_TIME)
@@ -337,7 +422,7 @@ class _InStep:
 
     def labels(self, ix: np.ndarray) -> np.ndarray:
         """ "kind/op" (or the op alone outside layers) of the operations at `ix`."""
-        rows = self.rows[ix]
+        rows = self.rows(ix)
         kinds = self.ops["layer_kind"].iloc[rows]
         opnames = self.ops["op"].iloc[rows]
         out = []
@@ -348,6 +433,16 @@ class _InStep:
         return np.asarray(out, dtype=object)
 
 
+def _by_start_end(start: np.ndarray, end: np.ndarray) -> bool:
+    """Whether the rows are in (start, end) order (equal starts, which are few, checked on their ends alone)."""
+    if len(start) < 2:
+        return True
+    if not bool(np.all(start[1:] >= start[:-1])):
+        return False
+    tie = np.flatnonzero(start[1:] == start[:-1])
+    return bool(np.all(end[tie + 1] >= end[tie]))
+
+
 def _in_step(ops: pd.DataFrame) -> _InStep:
     return _InStep(ops)
 
@@ -355,17 +450,23 @@ def _in_step(ops: pd.DataFrame) -> _InStep:
 def _first_last(w: _InStep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The steps (sorted), and per step the position in `w` of its first operation (by start, then end) and
     of its last (the latest end; on ties the last in that order)."""
-    by_time = w.time_order if w.time_order is not None else np.arange(len(w))
-    order = by_time[np.argsort(w.step[by_time], kind="stable")]  # by step, in (start, end) order inside each
-    st = w.step[order]
-    bounds = np.r_[0, np.nonzero(np.diff(st))[0] + 1]
+    by_time = w.time_order
+    st = w.step if by_time is None else w.step[by_time]
+    if len(st) > 1 and not bool(np.all(st[1:] >= st[:-1])):
+        o = np.argsort(st, kind="stable")  # by step, in (start, end) order inside each
+        by_time = o if by_time is None else by_time[o]
+        st = st[o]
+    order = by_time  # positions in `w` by step, then (start, end); None: w's own order
+    bounds = np.r_[0, np.flatnonzero(st[1:] != st[:-1]) + 1]
     ids = st[bounds]
-    first = order[bounds]
-    e = w.end[order]
+    e = w.end if order is None else w.end[order]
     emax = np.maximum.reduceat(e, bounds)
-    grp = np.repeat(np.arange(len(bounds)), np.diff(np.r_[bounds, len(st)]))
-    last = order[np.maximum.reduceat(np.where(e == emax[grp], np.arange(len(st)), -1), bounds)]
-    return ids, first, last
+    # the last position of each step's run holding its latest end
+    at_max = np.flatnonzero(e == np.repeat(emax, np.diff(np.r_[bounds, len(st)])))
+    last = at_max[np.searchsorted(at_max, np.r_[bounds[1:], len(st)]) - 1]
+    if order is None:
+        return ids, bounds, last
+    return ids, order[bounds], order[last]
 
 
 def _inter_step_gaps(w: _InStep, steps: pd.DataFrame, t0: int) -> pd.DataFrame:
@@ -402,84 +503,206 @@ def _inter_step_gaps(w: _InStep, steps: pd.DataFrame, t0: int) -> pd.DataFrame:
                     "next_launch_ns": w.launch_ns(fp),
                     "next_launch_end_ns": w.launch_end_ns(fp),
                     "next_graph": w.graph[fp],
-                    "next_op": w.ops["op"].iloc[w.rows[fp]].astype(str).to_numpy(),
+                    "next_op": w.ops["op"].iloc[w.rows(fp)].astype(str).to_numpy(),
                 }
             )
         )
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
-def _bubbles(w: _InStep, t0: int, min_bubble_us: float) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Idle windows inside steps (same device, same step) of at least min_bubble_us: a frame of device_id,
-    step, start_ms, bubble_us, one row per window in (device, start) order; the bubbles per step; the
-    windows' arrays for their classification; the positions in `w` of the operations before and after each. All devices in one sweep: the reach (latest end so far) restarts
-    at each device, by laying the devices end to end on one axis."""
+AFTER_NEAR = 64
+"""Operations before a reported bubble looked at directly for the one that ended the reach (else a search)."""
+
+
+@dataclass
+class _Bubbles:
+    """Idle windows inside steps (same device, same step) of at least min_bubble_us, in (device, start) order:
+    the position in `w` of the operation after each (`hit`), the reach of `w` (a window starts at the reach
+    before its operation: reach[hit - 1]), the windows' lengths in µs, and the table of bubbles per step."""
+
+    hit: np.ndarray
+    reach: np.ndarray
+    us: np.ndarray
+    per_step: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.hit)
+
+    def after(self, w: _InStep, rows: np.ndarray) -> np.ndarray:
+        """Position in `w` of the operation that ends the reach before bubbles `rows` (the last one that
+        reached it): the last operation before the bubble whose end is the reach there."""
+        p = self.hit[rows] - 1
+        near = p[:, None] - np.arange(AFTER_NEAR)  # most often one of the few operations just before the bubble
+        ok = (near >= 0) & (w.end[np.maximum(near, 0)] == self.reach[np.maximum(near, 0)])
+        found = ok.any(axis=1)
+        out = np.where(found, near[np.arange(len(p)), np.argmax(ok, axis=1)], -1)
+        if not bool(found.all()):
+            reached = np.flatnonzero(w.end == self.reach)  # a device's first operation always is one
+            out[~found] = reached[np.searchsorted(reached, p[~found], side="right") - 1]
+        return out
+
+
+def _bubbles(w: _InStep, min_bubble_us: float) -> _Bubbles:
+    """The bubbles of all devices in one sweep: the reach (latest end so far) restarts at each device, by
+    laying the devices end to end on one axis."""
     n = len(w)
     if n == 0:
         e = np.zeros(0, dtype=np.int64)
-        return pd.DataFrame(), pd.DataFrame(columns=["device_id", "step", "bubbles", "bubble_us"]), {}, (e, e)
+        return _Bubbles(e, e, np.zeros(0), pd.DataFrame(columns=["device_id", "step", "bubbles", "bubble_us"]))
     start, end, step, dev = w.start, w.end, w.step, w.device
-    new_dev = np.r_[True, dev[1:] != dev[:-1]]
-    # the reach of each device's operations: a running maximum that restarts at each device's first operation
-    lo = int(min(start.min(), end.min()))
-    span = int(max(start.max(), end.max())) - lo + 1
-    dcode = np.cumsum(new_dev) - 1
-    if span * (int(dcode[-1]) + 2) < 2**62:
-        reach = np.maximum.accumulate(dcode * span + (end - lo)) - dcode * span + lo
-    else:  # pragma: no cover - absurd time spans: one pass per device
-        reach = np.empty(n, dtype=np.int64)
-        for a_, b_ in zip(np.nonzero(new_dev)[0], np.r_[np.nonzero(new_dev)[0][1:], n]):
-            reach[a_:b_] = np.maximum.accumulate(end[a_:b_])
-    idx = np.arange(n)
-    # the operation that ends the reach (the last one that reached it), restarting per device
-    holder = np.maximum.accumulate(np.where(end == reach, idx, np.where(new_dev, idx, 0)))
-    idle = np.zeros(n, dtype=np.int64)
-    idle[1:] = start[1:] - reach[:-1]
-    same = np.zeros(n, dtype=bool)
-    same[1:] = (step[1:] == step[:-1]) & ~new_dev[1:]
-    hit = np.nonzero(same & (idle >= min_bubble_us * 1e3))[0]
-    prev = holder[hit - 1]
-    a = reach[hit - 1]
-    b = start[hit]
-    bubbles = pd.DataFrame({"device_id": dev[hit], "step": step[hit], "start_ms": (a - t0) / 1e6, "bubble_us": idle[hit] / 1e3})
-    windows = {
-        "a": a,
-        "b": b,
-        "device_id": dev[hit],
-        "next_tid": w.global_tid[hit],
-        "next_launch_ns": w.launch_ns(hit),
-        "next_launch_end_ns": w.launch_end_ns(hit),
-        "next_graph": w.graph[hit],
-    }
-    per_step = []
-    for d in np.unique(dev).tolist():  # one pass per device, for the table of bubbles per step
-        mine = dev[hit] == d
-        bs = pd.DataFrame({"step": step[hit][mine], "us": idle[hit][mine] / 1e3}).groupby("step")["us"].agg(["size", "sum"])
-        allsteps = pd.Index(np.unique(step[dev == d]), name="step")
-        bs = bs.reindex(allsteps, fill_value=0)
-        per_step.append(
-            pd.DataFrame({"device_id": int(d), "step": bs.index.to_numpy(), "bubbles": bs["size"].to_numpy(np.int64), "bubble_us": bs["sum"].to_numpy(float)})
-        )
-    return bubbles, pd.concat(per_step, ignore_index=True), windows, (prev, hit)
+    multi = w.time_order is not None  # more than one device
+    new_dev = np.r_[True, dev[1:] != dev[:-1]] if multi else None
+    if new_dev is None:
+        reach = np.maximum.accumulate(end)
+    else:  # the reach of each device's operations: a running maximum that restarts at each device's first operation
+        lo = int(min(start.min(), end.min()))
+        span = int(max(start.max(), end.max())) - lo + 1
+        dcode = np.cumsum(new_dev) - 1
+        if span * (int(dcode[-1]) + 2) < 2**62:
+            reach = np.maximum.accumulate(dcode * span + (end - lo)) - dcode * span + lo
+        else:  # pragma: no cover - absurd time spans: one pass per device
+            reach = np.empty(n, dtype=np.int64)
+            for a_, b_ in zip(np.nonzero(new_dev)[0], np.r_[np.nonzero(new_dev)[0][1:], n]):
+                reach[a_:b_] = np.maximum.accumulate(end[a_:b_])
+    idle = start[1:] - reach[:-1]  # before the operation at 1..n-1
+    same = step[1:] == step[:-1]
+    if new_dev is not None:
+        same &= ~new_dev[1:]
+    threshold = min_bubble_us * 1e3
+    # idle times are integers: compared with the threshold rounded up, the same (and no float copy of them)
+    same &= idle >= (math.ceil(threshold) if math.isfinite(threshold) and abs(threshold) < 2**53 else threshold)
+    at = np.flatnonzero(same)
+    hit = at + 1
+    us = idle[at] / 1e3
+    return _Bubbles(hit, reach, us, _per_step(w, hit, us, new_dev))
 
 
-def _largest_bubbles(bubbles: pd.DataFrame, ends: tuple[np.ndarray, np.ndarray], w: _InStep, top: int) -> pd.DataFrame:
+def _per_step(w: _InStep, hit: np.ndarray, us: np.ndarray, new_dev: np.ndarray | None) -> pd.DataFrame:
+    """Per device and step (every step with operations, sorted): the bubbles and their time. The sums are
+    pandas' group sums, in the bubbles' order."""
+    step, dev = w.step, w.device
+    change = np.r_[True, step[1:] != step[:-1]]
+    if new_dev is not None:
+        change |= new_dev
+    rising = step[1:] >= step[:-1]
+    if new_dev is not None:
+        rising |= new_dev[1:]
+    if bool(rising.all()):  # each (device, step) is one run of `w`, and the bubbles of a run are consecutive
+        first = np.flatnonzero(change)
+        counts = np.diff(np.r_[np.searchsorted(hit, first, side="left"), len(hit)])
+        group = np.repeat(np.arange(len(first)), counts)
+    else:  # steps interleaved in time: number the (device, step) pairs
+        _, dcode = np.unique(dev, return_inverse=True)
+        lo, span = int(step.min()), int(step.max()) - int(step.min()) + 1
+        key = dcode.astype(np.int64) * span + (step - lo)
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        group = inv.ravel()[hit]
+        counts = np.bincount(group, minlength=len(first))
+    sums = _group_sums(us, group, len(first)) if len(hit) else np.zeros(len(first))
+    return pd.DataFrame({"device_id": dev[first].astype(np.int64), "step": step[first], "bubbles": counts.astype(np.int64), "bubble_us": sums})
+
+
+BUBBLE_CHUNK = 1 << 18
+"""Bubbles classified at a time: the arrays of one chunk stay small (and in cache) however many there are."""
+
+
+def _bubble_causes(w: _InStep, bub: _Bubbles, cov: dict[str, Coverage] | None, comm: Coverage | None, overhead: Coverage | None) -> np.ndarray:
+    """The cause of each bubble, as an index into CAUSE_NAMES (zeros without an API table)."""
+    codes = np.zeros(len(bub), dtype=np.int8)
+    if cov is None:
+        return codes
+    for lo in range(0, len(bub), BUBBLE_CHUNK):  # a few chunks, each vectorised
+        h = bub.hit[lo : lo + BUBBLE_CHUNK]
+        win = {
+            "a": bub.reach[h - 1],
+            "b": w.start[h],
+            "device_id": w.device[h],
+            "next_tid": w.global_tid[h],
+            "next_launch_ns": w.launch_ns(h),
+            "next_launch_end_ns": w.launch_end_ns(h),
+            "next_graph": w.graph[h],
+        }
+        codes[lo : lo + len(h)] = _classify(win, cov, comm, overhead, codes_only=True)["cause"]
+    return codes
+
+
+def _group_sums(values: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
+    """pandas' group sums of `values` per code 0..n-1 (compensated, in row order: what a group-by of a frame of
+    them gives), 0.0 for codes without rows. The codes go in as a categorical: no factorisation of the rows."""
+    cats = pd.Categorical.from_codes(codes, categories=pd.RangeIndex(n))
+    return pd.Series(values, copy=False).groupby(cats, observed=False).sum().to_numpy(np.float64)
+
+
+class _BubbleCauses:
+    """The bubbles' causes (codes into `names`) and their counts and time per cause, over all devices and per
+    device: pandas' group sums in the bubbles' order, as the group-bys of a frame of them would give."""
+
+    def __init__(self, bub: _Bubbles, codes: np.ndarray, w: _InStep, known: bool) -> None:
+        self.codes = codes
+        self.names = list(CAUSE_NAMES) if known else ["unknown (no API table)"]
+        self.known = known
+        k = len(self.names)
+        self.size = np.bincount(codes, minlength=k)
+        self.sum = _group_sums(bub.us, codes, k)
+        dev = w.device[bub.hit[:1]] if w.time_order is None else w.device[bub.hit]  # one device: no gather
+        devices = np.unique(dev)
+        self.per_device = {int(d): (self.size, self.sum) for d in devices}
+        if len(devices) > 1:  # the sums of each device's own bubbles, in their order
+            key = np.searchsorted(devices, dev) * k + codes
+            size = np.bincount(key, minlength=k * len(devices)).reshape(-1, k)
+            total = _group_sums(bub.us, key, k * len(devices)).reshape(-1, k)
+            self.per_device = {int(d): (size[i], total[i]) for i, d in enumerate(devices.tolist())}
+
+    def cause_groups(self) -> pd.DataFrame:
+        """size and sum per cause name that occurs, in name order."""
+        seen = np.flatnonzero(self.size)
+        return pd.DataFrame({"size": self.size[seen], "sum": self.sum[seen]}, index=[self.names[int(c)] for c in seen])
+
+    def main_cause(self) -> dict[int, str]:
+        """Per device, the cause covering most bubble time (the first in name order on ties)."""
+        out = {}
+        for d, (size, total) in self.per_device.items():
+            seen = np.flatnonzero(size)
+            if len(seen):
+                out[d] = self.names[int(seen[int(np.argmax(total[seen]))])]
+        return out
+
+
+def _largest_bubbles(bub: _Bubbles, causes: _BubbleCauses, w: _InStep, t0: int, top: int) -> pd.DataFrame:
     """The `top` largest bubbles with the ops around them (labels built for those rows only)."""
-    # the same sort as of the whole frame (the same order among equal sizes), of its one sorted column
-    rows = pd.DataFrame({"bubble_us": bubbles["bubble_us"].to_numpy()}).sort_values("bubble_us", ascending=False).head(top).index.to_numpy()
-    picked = bubbles.iloc[rows]
-    prev, hit = ends
-    out = picked.assign(after=w.labels(prev[rows]), before=w.labels(hit[rows]), cause=picked["cause"].astype(object).astype(str))
+    rows = _largest(bub.us, top)
+    h = bub.hit[rows]
+    picked = pd.DataFrame({"device_id": w.device[h], "step": w.step[h], "start_ms": (bub.reach[h - 1] - t0) / 1e6, "bubble_us": bub.us[rows]}, index=rows)
+    if causes.known:
+        picked["cause"] = pd.Categorical.from_codes(causes.codes[rows], categories=CAUSE_NAMES)
+    else:
+        picked["cause"] = causes.names[0]
+    out = picked.assign(after=w.labels(bub.after(w, rows)), before=w.labels(h), cause=picked["cause"].astype(object).astype(str))
     out["device_id"] = out["device_id"].astype(np.int64)
     return out[[c.name for c in BUBBLE_COLUMNS]].reset_index(drop=True)
 
 
-def _cause_table(gaps: pd.DataFrame, bubbles: pd.DataFrame) -> pd.DataFrame:
+def _largest(values: np.ndarray, top: int) -> np.ndarray:
+    """Positions of the `top` largest values, largest first and equal ones in their order (the earliest first):
+    a selection, then a sort of those at least as large as the top-th only. (A sort of all of them listed
+    equal bubbles in an order that depended on the CPU's SIMD sort.)"""
+    n = len(values)
+    k = min(top, n) if top >= 0 else max(n + top, 0)  # as DataFrame.head(top)
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    rows = np.flatnonzero(values >= np.partition(values, n - k)[n - k]) if k < n else np.arange(n)
+    return rows[np.lexsort((rows, -values[rows]))][:k]
+
+
+def _cause_table(gaps: pd.DataFrame, bubbles: _BubbleCauses) -> pd.DataFrame:
     rows = []
-    for kind, df, col in (("gap", gaps, "gap_us"), ("bubble", bubbles, "bubble_us")):
-        if len(df) == 0:
-            continue
-        g = df.groupby("cause", observed=True)[col].agg(["size", "sum"]).sort_values("sum", ascending=False)
+    parts = []
+    if len(gaps):
+        parts.append(("gap", gaps.groupby("cause", observed=True)["gap_us"].agg(["size", "sum"])))
+    if len(bubbles.codes):
+        parts.append(("bubble", bubbles.cause_groups()))
+    for kind, by_cause in parts:
+        g = by_cause.sort_values("sum", ascending=False)
         total = float(g["sum"].sum()) or 1.0
         for cause, r in g.iterrows():
             rows.append((kind, str(cause), int(r["size"]), float(r["sum"]), float(r["sum"]) / total * 100))
@@ -492,11 +715,10 @@ def _main_cause(df: pd.DataFrame, col: str) -> str:
     return str(df.groupby("cause", observed=True)[col].sum().idxmax())
 
 
-def _device_table(steps: pd.DataFrame, gaps: pd.DataFrame, bubbles: pd.DataFrame, per_step: pd.DataFrame) -> pd.DataFrame:
+def _device_table(steps: pd.DataFrame, gaps: pd.DataFrame, bubble_cause: dict[int, str], per_step: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for dev, s in steps.groupby("device_id"):
         g = gaps[gaps["device_id"] == dev] if len(gaps) else gaps
-        bub = bubbles[bubbles["device_id"] == dev] if len(bubbles) else bubbles
         ps = per_step[per_step["device_id"] == dev] if len(per_step) else per_step
         gu = g["gap_us"] if len(g) else pd.Series(dtype=float)
         rows.append(
@@ -509,7 +731,7 @@ def _device_table(steps: pd.DataFrame, gaps: pd.DataFrame, bubbles: pd.DataFrame
                 "gap_cause": _main_cause(g, "gap_us") if len(g) else "",
                 "bubbles_per_step": float(ps["bubbles"].mean()) if len(ps) else 0.0,
                 "bubble_us_per_step": float(ps["bubble_us"].median()) if len(ps) else 0.0,
-                "bubble_cause": _main_cause(bub, "bubble_us") if len(bub) else "",
+                "bubble_cause": bubble_cause.get(int(dev), ""),
                 "step_wall_us": float(s["wall_ns"].median() / 1e3),
                 "step_period_us": step_period_ns(s) / 1e3,
             }
