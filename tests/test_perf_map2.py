@@ -17,6 +17,7 @@ from nsysparse.structure.loops import _nanmedian_columns, _runs
 from nsysparse.structure.mapping import Vocab, _by_precedence, _in_steps, _merged_positions
 from nsysparse.structure.nvtx import build_tree
 from nsysparse.structure.slices import Slices
+from nsysparse.structure.steps import assign_windows
 
 
 def _runs_of(rng: np.random.Generator, n: int, distinct: int, mean_run: int) -> np.ndarray:
@@ -44,9 +45,10 @@ def test_run_primitives_match_numpy_and_pandas(n: int, distinct: int, mean_run: 
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 200), st.integers(-20, 60)), max_size=60))
-def test_grouped_union_matches_union_by_group(rows: list[tuple[int, int, int]]) -> None:
-    df = pd.DataFrame(rows, columns=["g", "s", "d"], dtype=np.int64).sort_values("s", kind="stable")
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 200), st.integers(-20, 60)), max_size=60), st.booleans())
+def test_grouped_union_matches_union_by_group(rows: list[tuple[int, int, int]], in_time: bool) -> None:
+    df = pd.DataFrame(rows, columns=["g", "s", "d"], dtype=np.int64)
+    df = df.sort_values("s", kind="stable") if in_time else df  # out of time order: the general union
     g, s, e = df["g"].to_numpy(), df["s"].to_numpy(), (df["s"] + df["d"]).to_numpy()
     groups = runs.SortedGroups(g)
     want = intervals.union_by_group(g, s, e, int(g.max()) + 1 if len(g) else 0)[groups.keys]
@@ -202,3 +204,29 @@ def test_step_membership_is_isin(steps: list[int]) -> None:
     want = np.isin(step, np.array(steps, dtype=np.int64))
     assert _in_steps(step, np.array(steps, dtype=np.int64)).tolist() == want.tolist()
     assert _in_steps(step[:0], np.array(steps, dtype=np.int64)).tolist() == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 8), st.integers(0, 6)), max_size=12),
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 120), st.booleans()), max_size=300),
+)
+def test_assign_windows_matches_the_per_window_search(wins: list[tuple[int, int, int]], launches: list[tuple[int, int, bool]]) -> None:
+    rows, t = [], {}
+    for pid, gap, length in wins:  # disjoint windows per process
+        a = t.get(pid, 0) + gap
+        rows.append((pid, a, a + length))
+        t[pid] = a + length + 1
+    w = pd.DataFrame(rows, columns=["pid", "cpu_start_ns", "cpu_end_ns"], dtype=np.int64)
+    w.insert(0, "step", np.arange(len(w)) * 2 + 1)
+    launches = sorted(launches, key=lambda r: r[1])  # launches in time order (the fast path), pids interleaved
+    keys = np.array([r[0] for r in launches], dtype=np.int64)
+    ts = np.array([r[1] for r in launches], dtype=np.int64)
+    valid = np.array([r[2] for r in launches], dtype=bool)
+    want = np.full(len(ts), -1, dtype=np.int64)
+    for i, (key, x, ok) in enumerate(launches):
+        hit = w[(w["pid"] == key) & (w["cpu_start_ns"] <= x) & (x <= w["cpu_end_ns"])]
+        if ok and len(hit):
+            want[i] = hit["step"].iloc[0]
+    got = assign_windows(keys, ts, valid, w, "pid")
+    assert got.dtype == np.int64 and got.tolist() == want.tolist()

@@ -192,8 +192,8 @@ class _NvtxAttribution:
         # ranges that contain layers (model_forward, decoder) are containers, not ops
         container = tree.with_flagged_below(is_layer)
         is_op = ~is_step & ~is_layer & ~container
-        graph = (k["graph_node_id"].to_numpy() > 0) & (capture.ns != NO_TIME) if capture is not None else None
-        if graph is not None and capture is not None and graph.any():
+        graph = (k["graph_node_id"].to_numpy() > 0) & (capture.ns != NO_TIME) if capture is not None else np.zeros(0, dtype=bool)
+        if capture is not None and graph.any():
             gtid = np.where(graph, capture.global_tid, k["global_tid"].to_numpy())
             ts = np.where(graph, capture.ns, k["api_start_ns"].to_numpy())
             valid = graph | k["has_launch"].to_numpy()
