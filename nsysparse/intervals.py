@@ -303,7 +303,10 @@ class Coverage:
     def _build(self, ks: np.ndarray, ke: np.ndarray) -> None:
         n = len(ks)
         self.starts = ks
-        reach = np.maximum.accumulate(ke) if n else ke
+        self.top = np.zeros(n + 1, dtype=I64)
+        reach = self.top[1:]  # the running latest end, computed where `top` will be (no third array)
+        if n:
+            np.maximum.accumulate(ke, out=reach)
         # covered up to each start: the sum of the covered parts of (start_{j-1}, start_j], i.e. up to the reach
         self.lead = np.zeros(n + 1, dtype=I64)
         self.lead[0] = self.base - self.lo  # keys are at least lo − base: the sentinel's min(k + lead, top) is 0
@@ -313,10 +316,9 @@ class Coverage:
             part -= ks[:-1]
             np.maximum(part, 0, out=part)
             np.cumsum(part, out=part)
-        self.top = np.zeros(n + 1, dtype=I64)
         if n:
-            top = self.top[1:]
-            np.subtract(reach, ks, out=top)
+            top = reach
+            top -= ks
             np.maximum(top, 0, out=top)
             top += self.lead[1:]
             self.lead[1:] -= ks

@@ -328,7 +328,6 @@ def gap_report(ctx: AnalysisContext, min_bubble_us: float = DEFAULT_MIN_BUBBLE_U
     api = trace.api(("start_ns", "end_ns", "global_tid", "correlation_id", "name")) if trace.has("api") else None
     if api is None:
         notes.append("no CUDA API table: causes cannot be determined")
-    cov = _api_coverage(api) if api is not None else None
     comm = _comm_coverage(m.kernels)
     po = trace.profiler_overhead()
     overhead = Coverage(po["global_tid"].to_numpy(), po["start_ns"].to_numpy(), po["end_ns"].to_numpy()) if len(po) else None
@@ -336,7 +335,10 @@ def gap_report(ctx: AnalysisContext, min_bubble_us: float = DEFAULT_MIN_BUBBLE_U
 
     w = _in_step(ops)
     gaps = _inter_step_gaps(w, steps, t0)
+    host_nvtx = _host_nvtx(trace, gaps["next_tid"].to_numpy(), _mid_gap(gaps)) if len(gaps) else None
+    # the transient peaks one after the other: the NVTX tree, the bubbles, the API coverage, the chunks of windows
     bub = _bubbles(w, min_bubble_us)
+    cov = _api_coverage(api) if api is not None else None
     names = np.array(CAUSE_NAMES, dtype=object)
     if len(gaps) and cov is not None:
         cls = _classify({c: gaps[c].to_numpy() for c in gaps.columns}, cov, comm, overhead)
@@ -347,17 +349,8 @@ def gap_report(ctx: AnalysisContext, min_bubble_us: float = DEFAULT_MIN_BUBBLE_U
         gaps["cause"] = "unknown (no API table)"
         for c in ("sync_us", "api_us", "graph_us", "host_us", "launch_us", "queue_us"):
             gaps[c] = np.nan
-    if len(gaps):
-        mid = (
-            gaps["a"].to_numpy()
-            + np.where(
-                gaps["next_launch_ns"].to_numpy() != NO_TIME,
-                np.clip(gaps["next_launch_ns"].to_numpy(), gaps["a"].to_numpy(), gaps["b"].to_numpy()) - gaps["a"].to_numpy(),
-                gaps["b"].to_numpy() - gaps["a"].to_numpy(),
-            )
-            // 2
-        )
-        gaps["host_nvtx"] = _host_nvtx(trace, gaps["next_tid"].to_numpy(), mid)
+    if host_nvtx is not None:
+        gaps["host_nvtx"] = host_nvtx
     # bubbles (up to one per operation) are never a frame: the cause of each as a code, then what is reported of them
     causes_of = _BubbleCauses(bub, _bubble_causes(w, bub, cov, comm, overhead), w, cov is not None)
     causes = _cause_table(gaps, causes_of)
@@ -368,6 +361,12 @@ def gap_report(ctx: AnalysisContext, min_bubble_us: float = DEFAULT_MIN_BUBBLE_U
     if not len(gaps):
         notes.append("only one step per device: no inter-step gap")
     return GapReport(devices, gap_out.reset_index(drop=True), bub_out, causes, bub.per_step, worst, min_bubble_us, notes)
+
+
+def _mid_gap(gaps: pd.DataFrame) -> np.ndarray:
+    """The middle of the launching thread's part of each gap (until it launched the next work)."""
+    a, b, launch = gaps["a"].to_numpy(), gaps["b"].to_numpy(), gaps["next_launch_ns"].to_numpy()
+    return a + np.where(launch != NO_TIME, np.clip(launch, a, b) - a, b - a) // 2
 
 
 class _InStep:
@@ -571,9 +570,11 @@ def _bubbles(w: _InStep, min_bubble_us: float) -> _Bubbles:
     threshold = min_bubble_us * 1e3
     # idle times are integers: compared with the threshold rounded up, the same (and no float copy of them)
     same &= idle >= (math.ceil(threshold) if math.isfinite(threshold) and abs(threshold) < 2**53 else threshold)
-    at = np.flatnonzero(same)
-    hit = at + 1
-    us = idle[at] / 1e3
+    hit = np.flatnonzero(same)
+    del same
+    us = idle[hit] / 1e3
+    del idle
+    hit += 1
     return _Bubbles(hit, reach, us, _per_step(w, hit, us, new_dev))
 
 
@@ -590,7 +591,7 @@ def _per_step(w: _InStep, hit: np.ndarray, us: np.ndarray, new_dev: np.ndarray |
     if bool(rising.all()):  # each (device, step) is one run of `w`, and the bubbles of a run are consecutive
         first = np.flatnonzero(change)
         counts = np.diff(np.r_[np.searchsorted(hit, first, side="left"), len(hit)])
-        group = np.repeat(np.arange(len(first)), counts)
+        group = np.repeat(np.arange(len(first), dtype=np.int32 if len(first) < 2**31 else np.int64), counts)
     else:  # steps interleaved in time: number the (device, step) pairs
         _, dcode = np.unique(dev, return_inverse=True)
         lo, span = int(step.min()), int(step.max()) - int(step.min()) + 1
@@ -602,7 +603,7 @@ def _per_step(w: _InStep, hit: np.ndarray, us: np.ndarray, new_dev: np.ndarray |
     return pd.DataFrame({"device_id": dev[first].astype(np.int64), "step": step[first], "bubbles": counts.astype(np.int64), "bubble_us": sums})
 
 
-BUBBLE_CHUNK = 1 << 18
+BUBBLE_CHUNK = 1 << 17
 """Bubbles classified at a time: the arrays of one chunk stay small (and in cache) however many there are."""
 
 
