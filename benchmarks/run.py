@@ -76,7 +76,8 @@ def nsys_report() -> tuple[str, str] | None:
 
 
 def cases(trace: Path, out: Path, nsys: tuple[str, str] | None, with_proj: bool) -> list[tuple[str, list[str]]]:
-    """(name, command); a name ending in "(cached)" runs with the frame cache on, after "(writes cache)" filled it."""
+    """(name, command); a name ending in "(cached)" runs with the frame cache on, after "(writes cache)" filled it
+    (the frames and the kept mapping); "(cached frames, mapped again)" with the kept mapping removed first."""
     t = str(trace)
     nsp = [PY, "-m", "nsysparse", "-q"]
     c = [
@@ -92,6 +93,7 @@ def cases(trace: Path, out: Path, nsys: tuple[str, str] | None, with_proj: bool)
         ("report", [*nsp, "report", t, "-o", str(out / "report.html")]),
         ("full analysis (writes cache)", [PY, str(HERE / "full_analysis.py"), t]),
         ("full analysis (cached)", [PY, str(HERE / "full_analysis.py"), t]),
+        ("full analysis (cached frames, mapped again)", [PY, str(HERE / "full_analysis.py"), t]),
         ("report (cached)", [*nsp, "report", t, "-o", str(out / "report.html")]),
         ("info (cached)", [*nsp, "info", t, "-f", "json", "-o", str(out / "info.json")]),
     ]
@@ -145,6 +147,12 @@ def main() -> int:
                     runs = []
                     for _ in range(a.repeat):
                         shutil.rmtree(CACHE_HOME, ignore_errors=True)
+                        runs.append(measure(cmd, a.timeout, cached=True))
+                elif name.endswith("mapped again)"):  # the frames from the cache, the kept mapping removed first
+                    runs = []
+                    for _ in range(a.repeat):
+                        for kept in CACHE_HOME.glob("nsysparse/frames/*/mapping-*"):
+                            kept.unlink()
                         runs.append(measure(cmd, a.timeout, cached=True))
                 else:
                     runs = [measure(cmd, a.timeout, cached=cached) for _ in range(a.repeat)]
