@@ -77,7 +77,7 @@ def nsys_report() -> tuple[str, str] | None:
 
 def cases(trace: Path, out: Path, nsys: tuple[str, str] | None, with_proj: bool) -> list[tuple[str, list[str]]]:
     """(name, command); a name ending in "(cached)" runs with the frame cache on, after "(writes cache)" filled it
-    (the frames and the kept mapping); "(cached frames, mapped again)" with the kept mapping removed first."""
+    (the frames and the kept mapping); "(cached frames; mapped again)" with the kept mapping removed first."""
     t = str(trace)
     nsp = [PY, "-m", "nsysparse", "-q"]
     c = [
@@ -93,7 +93,7 @@ def cases(trace: Path, out: Path, nsys: tuple[str, str] | None, with_proj: bool)
         ("report", [*nsp, "report", t, "-o", str(out / "report.html")]),
         ("full analysis (writes cache)", [PY, str(HERE / "full_analysis.py"), t]),
         ("full analysis (cached)", [PY, str(HERE / "full_analysis.py"), t]),
-        ("full analysis (cached frames, mapped again)", [PY, str(HERE / "full_analysis.py"), t]),
+        ("full analysis (cached frames; mapped again)", [PY, str(HERE / "full_analysis.py"), t]),
         ("report (cached)", [*nsp, "report", t, "-o", str(out / "report.html")]),
         ("info (cached)", [*nsp, "info", t, "-f", "json", "-o", str(out / "info.json")]),
     ]
