@@ -34,9 +34,11 @@ LAUNCH_DOC = (
 )
 
 
-def kernel_summary(ctx: AnalysisContext, name: str = "demangled", by_launch_config: bool = False) -> pd.DataFrame:
-    """One row per kernel name (and grid/block when `by_launch_config`) on the selected device(s). Columns: see COLUMNS."""
-    in_memory = ctx.trace.is_loaded("kernels") and name in ("demangled", "short") and not by_launch_config
+def kernel_summary(ctx: AnalysisContext, name: str = "demangled", by_launch_config: bool = False, from_frame: bool = False) -> pd.DataFrame:
+    """One row per kernel name (and grid/block when `by_launch_config`) on the selected device(s). Columns: see COLUMNS.
+    `from_frame`: from the kernel frame even when it is not loaded yet (the report: its numbers then do not depend
+    on whether the mapping came from the cache)."""
+    in_memory = (from_frame or ctx.trace.is_loaded("kernels")) and name in ("demangled", "short") and not by_launch_config
     stats = (
         _frame_stats(ctx, NAME_COLUMNS[name]) if in_memory else ctx.trace.kernel_stats(name=name, by_launch_config=by_launch_config, device_id=ctx.device_id)
     )

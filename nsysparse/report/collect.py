@@ -64,7 +64,7 @@ def collect(ctx: AnalysisContext, x: ReportInputs, title: str | None = None) -> 
     lr = layer_report(ctx)
     gr = gap_report(ctx)
     ops = op_summary(ctx, by_kind=True)
-    kern = kernel_summary(ctx, name="short").head(x.top_kernels)
+    kern = kernel_summary(ctx, name="short", from_frame=True).head(x.top_kernels)
     tl = step_timeline(m)
     notes = list(dict.fromkeys([*ctx.notes, *gr.notes]))
     steps = m.steps
