@@ -242,6 +242,14 @@ def assign_to_windows(times: np.ndarray, win_starts: np.ndarray, win_ends: np.nd
 
 RANK_PIECE = 8192
 """Sorted keys searched at a time by `Coverage.rank`."""
+LOCAL_MIN = 1 << 20
+"""A coverage of more intervals builds its prefix arrays per lookup, for the run of intervals the keys span."""
+BLOCK = 4096
+"""Intervals per block of the maxima that give the latest end before a run."""
+PIECE = 1 << 20
+"""Intervals per piece of the pass that answers few keys far apart in a large coverage."""
+RUN_SLACK = 1 << 16
+"""A lookup's run of intervals is short when it is at most 4 per key and this many more."""
 
 
 class Coverage:
@@ -252,8 +260,10 @@ class Coverage:
     time: the number of starts at or before a time k is the insertion point i of k, and the time covered
     up to k is min(k + lead[i], top[i]), where lead = (covered up to that start) − start and top = covered
     up to the end of the reach so far (the union is contiguous from a start to the reach). Sentinels at
-    i = 0 give 0. `nested` builds coverages of several subsets of the same intervals on one axis, so that
-    one `keys` serves them all."""
+    i = 0 give 0. A large coverage builds these arrays per lookup, for the run of intervals its keys span
+    (counted from the run's first start, the latest end before it carried in): a chunk of windows in time
+    order needs memory for its own run only. `nested` builds coverages of several subsets of the same
+    intervals on one axis, so that one `keys` serves them all."""
 
     def __init__(self, groups: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
         g = np.asarray(groups, dtype=I64)
@@ -301,27 +311,101 @@ class Coverage:
         return ks, ke, order
 
     def _build(self, ks: np.ndarray, ke: np.ndarray) -> None:
+        self.starts, self.ends = ks, ke
+        self.lead: np.ndarray | None = None
+        self.top: np.ndarray | None = None
+        self._local_work = 0
+        self._block_max: np.ndarray | None = None
+        if len(ks) <= LOCAL_MIN:
+            self._whole()
+
+    def _whole(self) -> tuple[np.ndarray, np.ndarray]:
+        """`lead` and `top` of every interval (built on first use for a large coverage)."""
+        if self.lead is None or self.top is None:
+            self.lead, self.top = self._prefix(self.starts, self.ends, None)
+        return self.lead, self.top
+
+    def _prefix(self, ks: np.ndarray, ke: np.ndarray, carry: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """`lead` and `top` of a run of the sorted intervals, counted from its first start; `carry`: the latest
+        end of the intervals before the run (None: there are none)."""
         n = len(ks)
-        self.starts = ks
-        self.top = np.zeros(n + 1, dtype=I64)
-        reach = self.top[1:]  # the running latest end, computed where `top` will be (no third array)
+        top = np.zeros(n + 1, dtype=I64)
+        reach = top[1:]  # the running latest end, computed where `top` will be (no third array)
         if n:
             np.maximum.accumulate(ke, out=reach)
-        # covered up to each start: the sum of the covered parts of (start_{j-1}, start_j], i.e. up to the reach
-        self.lead = np.zeros(n + 1, dtype=I64)
-        self.lead[0] = self.base - self.lo  # keys are at least lo − base: the sentinel's min(k + lead, top) is 0
+            if carry is not None:
+                np.maximum(reach, carry, out=reach)
+        # covered from the first start up to each start: the sum of the covered parts of (start_{j-1}, start_j]
+        lead = np.zeros(n + 1, dtype=I64)
+        lead[0] = self.base - self.lo  # keys are at least lo − base: the sentinel's min(k + lead, top) is 0
         if n > 1:
-            part = self.lead[2:]
+            part = lead[2:]
             np.minimum(ks[1:], reach[:-1], out=part)
             part -= ks[:-1]
             np.maximum(part, 0, out=part)
             np.cumsum(part, out=part)
         if n:
-            top = reach
-            top -= ks
-            np.maximum(top, 0, out=top)
-            top += self.lead[1:]
-            self.lead[1:] -= ks
+            reach -= ks
+            np.maximum(reach, 0, out=reach)
+            reach += lead[1:]
+            lead[1:] -= ks
+        return lead, top
+
+    def _for_ranks(self, i: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """`lead`, `top` and the first interval they start at, for keys of ranks `i`: of every interval when they
+        are built; else of the run of intervals the keys span when that is short (a chunk of windows in time
+        order: memory for that run only, in cache); else None (few keys far apart: a pass over the intervals)."""
+        if self.lead is not None and self.top is not None:
+            return self.lead, self.top, 0
+        n = len(self.starts)
+        first = max(int(i.min()) - 1, 0) if len(i) else 0  # the last start at or before the smallest key
+        last = int(i.max()) if len(i) else 0
+        if last - first > 4 * len(i) + RUN_SLACK:
+            if self._local_work <= 2 * n:
+                return None
+            lead, top = self._whole()  # the keys of many lookups span the intervals again and again
+            return lead, top, 0
+        self._local_work += last - first
+        lead, top = self._prefix(self.starts[first:last], self.ends[first:last], self._reach_before(first))
+        return lead, top, first
+
+    def _up_in_pieces(self, k: np.ndarray, i: np.ndarray) -> np.ndarray:
+        """Time covered up to each key (from the first start), in one pass over the intervals in pieces of PIECE:
+        each piece's arrays counted from its first start, offset by the time covered before it."""
+        order = None if len(i) < 2 or bool(np.all(i[1:] >= i[:-1])) else np.argsort(i, kind="stable")
+        ks, ri = (k, i) if order is None else (k[order], i[order])
+        up = np.zeros(len(ks), dtype=I64)  # rank 0: nothing starts before the key
+        before, carry = 0, None  # time covered before the piece's first start; the latest end before it
+        n = len(self.starts)
+        for p0 in range(0, n, PIECE):  # a few pieces, each vectorised
+            p1 = min(p0 + PIECE, n)
+            a, b = np.searchsorted(ri, [p0, p1], side="right")  # keys whose last start at or before them is in the piece
+            s, e = self.starts[p0:p1], self.ends[p0:p1]
+            lead, top = self._prefix(s, e, carry)
+            if b > a:
+                j = ri[a:b] - p0
+                up[a:b] = np.minimum(ks[a:b] + lead[j], top[j]) + before
+            if p1 < n:
+                nxt = int(self.starts[p1])
+                before += int(min(nxt + lead[p1 - p0], top[p1 - p0]))  # covered from the piece's first start to the next's
+                carry = int(e.max()) if carry is None else max(carry, int(e.max()))
+        if order is None:
+            return up
+        out = np.empty_like(up)
+        out[order] = up
+        return out
+
+    def _reach_before(self, j: int) -> int | None:
+        """The latest end of intervals 0..j-1 (None when j = 0), from maxima of blocks of BLOCK ends."""
+        if j == 0:
+            return None
+        if self._block_max is None:
+            self._block_max = np.maximum.accumulate(np.maximum.reduceat(self.ends, np.arange(0, len(self.ends), BLOCK)))
+        full_blocks = j // BLOCK
+        parts = [int(self._block_max[full_blocks - 1])] if full_blocks else []
+        if j % BLOCK:
+            parts.append(int(self.ends[full_blocks * BLOCK : j].max()))
+        return max(parts)
 
     @classmethod
     def nested(cls, groups: np.ndarray, starts: np.ndarray, ends: np.ndarray, subsets: dict[str, np.ndarray]) -> tuple[Coverage, dict[str, Coverage]]:
@@ -366,11 +450,17 @@ class Coverage:
         return (known, *offs)
 
     def at(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For keys `k`: the time covered up to each, and the number of intervals starting at or before it."""
+        """For keys `k`: the time covered up to each (counted from a start at or before the smallest key: only
+        differences of keys of one call mean something), and the number of intervals starting at or before it."""
         i = self.rank(k)
-        up = self.lead[i]
+        arrays = self._for_ranks(i)
+        if arrays is None:
+            return self._up_in_pieces(k, i), i
+        lead, top, first = arrays
+        j = i - first if first else i
+        up = lead[j]
         up += k
-        np.minimum(up, self.top[i], out=up)
+        np.minimum(up, top[j], out=up)
         return up, i
 
     def rank(self, k: np.ndarray) -> np.ndarray:
@@ -396,9 +486,10 @@ class Coverage:
         if rows is not None:  # few intervals, sorted windows: only the windows they touch
             known = known[rows]
             ka, kb = ka[rows], kb[rows]
-        ua, _ = self.at(ka)
-        ub, _ = self.at(kb)
-        ub -= ua
+        ends = np.empty(2 * len(ka), dtype=I64)  # one lookup: interleaved, consecutive windows' keys are in order
+        ends[0::2], ends[1::2] = ka, kb
+        up, _ = self.at(ends)
+        ub = up[1::2] - up[0::2]
         np.maximum(ub, 0, out=ub)
         ub[~known] = 0
         if rows is None:
@@ -416,7 +507,8 @@ class Coverage:
             return None
         reach = self.__dict__.get("_reach")
         if reach is None:
-            reach = self._reach = self.top[1:] - self.lead[1:]  # non-decreasing
+            lead, top = self._whole()
+            reach = self._reach = top[1:] - lead[1:]  # non-decreasing
         lo, hi = int(np.searchsorted(reach, ka[0], side="right")), int(np.searchsorted(self.starts, kb[-1], side="left"))
         if (hi - lo) * 4 > m:
             return None

@@ -176,3 +176,45 @@ def test_rank_of_many_sorted_keys_piece_by_piece(seed):
     k = np.sort(rng.integers(-10, 10**6 + 10, int(rng.integers(4 * iv.RANK_PIECE, 9 * iv.RANK_PIECE))))
     _, keys = cov.keys(np.zeros(len(k), dtype=np.int64), k)
     assert cov.rank(keys).tolist() == np.searchsorted(cov.starts, keys, side="right").tolist()
+
+
+@settings(max_examples=200)
+@given(
+    tagged_intervals,
+    st.lists(st.integers(-1_200, 1_200), min_size=2, max_size=60),
+    st.sampled_from([3, 7]),
+    st.integers(1, 5),
+    st.sampled_from([(1 << 16, 1 << 20), (0, 1), (0, 2), (0, 7)]),
+)
+def test_coverage_built_per_run_of_intervals(tagged, points, group, block, slack_piece):
+    """A large coverage builds its prefix arrays for the run of intervals a lookup's keys span (with the latest
+    end before the run carried in from block maxima), or, for keys far apart (no slack), answers them in one
+    pass over the intervals in pieces: the same answers as arrays of every interval."""
+    g = np.array([t[0] for t in tagged], dtype=np.int64)
+    s = np.array([t[1][0] for t in tagged], dtype=np.int64)
+    e = s + np.array([t[1][1] for t in tagged], dtype=np.int64)
+    p = np.sort(np.array(points, dtype=np.int64))
+    wa, wb = p[0::2][: len(p) // 2], p[1::2][: len(p) // 2]
+    wg = np.full(len(wa), group, dtype=np.int64)
+    saved = iv.LOCAL_MIN, iv.BLOCK, iv.RUN_SLACK, iv.PIECE
+    iv.LOCAL_MIN, iv.BLOCK = 0, block
+    iv.RUN_SLACK, iv.PIECE = slack_piece
+    try:
+        cov = iv.Coverage(g, s, e)
+        assert cov.lead is None or not len(tagged)
+        for lo in range(0, len(wa), 3):  # lookups of a few windows at a time: runs of intervals
+            known, ka, kb = cov.keys(wg[lo : lo + 3], wa[lo : lo + 3], wb[lo : lo + 3])
+            both = np.empty(2 * len(ka), dtype=np.int64)
+            both[0::2], both[1::2] = ka, kb
+            up, n = cov.at(both)
+            for i in range(len(ka)):
+                want_cov, want_n = _coverage_reference(tagged, group, int(wa[lo + i]), int(wb[lo + i]))
+                assert (max(up[2 * i + 1] - up[2 * i], 0) if known[i] else 0) == want_cov
+                assert (n[2 * i + 1] - n[2 * i] if known[i] else 0) == want_n
+        assert cov.covered(wg, wa, wb).tolist() == [_coverage_reference(tagged, group, int(x), int(y))[0] for x, y in zip(wa, wb)]
+        known, ka, kb = cov.keys(wg, wa, wb)  # every window at once, ends after starts: keys out of order
+        up, n = cov.at(np.concatenate((ka, kb)))
+        got = np.where(known, np.maximum(up[len(ka) :] - up[: len(ka)], 0), 0)
+        assert got.tolist() == [_coverage_reference(tagged, group, int(x), int(y))[0] for x, y in zip(wa, wb)]
+    finally:
+        iv.LOCAL_MIN, iv.BLOCK, iv.RUN_SLACK, iv.PIECE = saved

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nsysparse import intervals
 from nsysparse.analyses import gaps as G
 from nsysparse.intervals import Coverage
 from nsysparse.structure.nvtx import build_tree
@@ -80,8 +81,27 @@ window = st.tuples(
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(call, min_size=1, max_size=25), st.lists(window, min_size=1, max_size=12), st.lists(call, max_size=3), st.lists(call, max_size=3))
-def test_classify_matches_brute_force(calls, wins, prof, coll):
+@given(
+    st.lists(call, min_size=1, max_size=25),
+    st.lists(window, min_size=1, max_size=12),
+    st.lists(call, max_size=3),
+    st.lists(call, max_size=3),
+    st.sampled_from(["whole", "runs", "pieces"]),
+)
+def test_classify_matches_brute_force(calls, wins, prof, coll, mode):
+    """`mode`: the coverages' prefix arrays of every call, of the run of calls each lookup spans, or a pass in pieces."""
+    saved = intervals.LOCAL_MIN, intervals.BLOCK, intervals.RUN_SLACK, intervals.PIECE
+    if mode != "whole":
+        intervals.LOCAL_MIN, intervals.BLOCK = 0, 2
+    if mode == "pieces":
+        intervals.RUN_SLACK, intervals.PIECE = 0, 3
+    try:
+        _check_classify(calls, wins, prof, coll)
+    finally:
+        intervals.LOCAL_MIN, intervals.BLOCK, intervals.RUN_SLACK, intervals.PIECE = saved
+
+
+def _check_classify(calls, wins, prof, coll):
     api = [(g, s, s + d) for g, s, d, _ in calls]
     sync_rows = [i for i, c in enumerate(calls) if c[3] == "sync"]
     graph_rows = [i for i, c in enumerate(calls) if c[3] == "graph"]
