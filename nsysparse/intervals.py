@@ -140,18 +140,8 @@ class Groups:
         """Quantiles per group as pandas' groupby().quantile computes them (linear interpolation between the
         sorted values; q = 0.5 is the median, halfway between the two middle values): shape (len(qs), n), float64."""
         size = self.size()
-        sv = self._sorted_within(np.asarray(values))
         start = np.concatenate(([0], np.cumsum(size)[:-1])).astype(I64)
-        out = np.empty((len(qs), self.n), dtype=np.float64)
-        for row, q in enumerate(qs):  # a few quantiles, each vectorised over the groups
-            pos = q * (size - 1).astype(np.float64)
-            idx = pos.astype(I64)
-            frac = pos % 1
-            val = sv[start + idx]
-            nxt = sv[start + np.minimum(idx + 1, size - 1)]
-            between = (val + nxt) / 2 if q == 0.5 else val + (nxt - val) * frac  # pandas' median and quantile formulas
-            out[row] = np.where(frac == 0.0, val, between)
-        return out
+        return sorted_quantiles(self._sorted_within(np.asarray(values)), start, size, qs)
 
     def _sorted_within(self, values: np.ndarray) -> np.ndarray:
         """`values` sorted by group id, then by value, as float64: one sort of an integer (group, value) key when the
@@ -529,3 +519,20 @@ class Coverage:
         known, ka, kb = self.keys(groups, a, b)
         n = np.searchsorted(self.starts, kb, side="right") - np.searchsorted(self.starts, ka, side="right")
         return np.where(known, n, 0)
+
+
+def sorted_quantiles(sv: np.ndarray, start: np.ndarray, size: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+    """Quantiles of groups stored as runs of a sorted array (group g: sv[start[g] : start[g] + size[g]], each
+    run sorted, size >= 1), as pandas' groupby().quantile computes them: linear interpolation between the
+    sorted values, and q = 0.5 halfway between the two middle values. Shape (len(qs), len(start)), float64."""
+    size = np.asarray(size).astype(I64, copy=False)
+    out = np.empty((len(qs), len(start)), dtype=np.float64)
+    for row, q in enumerate(qs):  # a few quantiles, each vectorised over the groups
+        pos = q * (size - 1).astype(np.float64)
+        idx = pos.astype(I64)
+        frac = pos % 1
+        val = sv[start + idx]
+        nxt = sv[start + np.minimum(idx + 1, size - 1)]
+        between = (val + nxt) / 2 if q == 0.5 else val + (nxt - val) * frac  # pandas' median and quantile formulas
+        out[row] = np.where(frac == 0.0, val, between)
+    return out

@@ -7,6 +7,7 @@ import weakref
 import numpy as np
 import pandas as pd
 
+from nsysparse.intervals import sorted_quantiles
 from nsysparse.structure.instances import CodedInstances, coded_op_instances
 from nsysparse.structure.mapping import Mapping
 
@@ -68,22 +69,12 @@ class CodeGroups:
 
     def quantiles(self, values: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
         """Quantiles per group as pandas' groupby().quantile computes them (linear interpolation between the sorted
-        values; q = 0.5 is the median, halfway between the two middle values): shape (len(qs), n), float64. The
-        arithmetic is that of intervals.Groups.quantiles, so both give the same floats."""
+        values; q = 0.5 is the median, halfway between the two middle values): shape (len(qs), n), float64 (the
+        arithmetic of intervals.sorted_quantiles, as intervals.Groups.quantiles)."""
         sv = self._sorted_by_code(np.asarray(values))
         size_by_code = self._size
         start_by_code = np.concatenate(([0], np.cumsum(size_by_code)[:-1])).astype(I64)
-        size, start = size_by_code[self.codes].astype(I64), start_by_code[self.codes]
-        out = np.empty((len(qs), self.n), dtype=np.float64)
-        for row, q in enumerate(qs):  # a few quantiles, each vectorised over the groups
-            pos = q * (size - 1).astype(np.float64)
-            idx = pos.astype(I64)
-            frac = pos % 1
-            val = sv[start + idx]
-            nxt = sv[start + np.minimum(idx + 1, size - 1)]
-            between = (val + nxt) / 2 if q == 0.5 else val + (nxt - val) * frac  # pandas' median and quantile formulas
-            out[row] = np.where(frac == 0.0, val, between)
-        return out
+        return sorted_quantiles(sv, start_by_code[self.codes], size_by_code[self.codes].astype(I64), qs)
 
     def _sorted_by_code(self, values: np.ndarray) -> np.ndarray:
         """`values` sorted by code, then by value, as float64: one sort of an int64 (code, value) key when the
