@@ -121,7 +121,9 @@ class Trace:
             if not self.cache.put(f"{name}-{part}", tuple(frame.columns), frame, []):
                 return False
         columns = {part: [str(c) for c in frame.columns] for part, frame in frames.items()}
-        self.cache.put_record(name, {"columns": columns, "data": data}, notes)  # last: the entry is complete
+        # the index last (the frames are still being written in the background: a reader that finds one of
+        # them missing or incomplete gets None, and computes the result again)
+        self.cache.put_record(name, {"columns": columns, "data": data}, notes)
         return True
 
     def kept_result(self, name: str) -> tuple[dict[str, pd.DataFrame], dict[str, Any], list[str]] | None:
