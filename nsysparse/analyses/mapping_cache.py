@@ -1,8 +1,9 @@
 """The mapped trace kept in the frame cache: a later command on the same file, with the same rules and
 structure options, reads the mapping back instead of loading the trace and mapping it again.
 
-The key is the rule set's content digest and the options (step and layer patterns, NVTX mode); the file's
-own identity (path, size, modification time) and nsysparse's version are the frame cache's key already.
+The key is the rule set's content digest, the options (step and layer patterns, NVTX mode) and a digest of
+nsysparse's own source (`code_digest`: an edited checkout maps again); the file's own identity (path, size,
+modification time) is the frame cache's key already.
 Not kept: a mapping made with TorchInductor provenance (a folder whose contents may change), or with a rule
 set built in code (no digest). A mapping is kept only when every frame and field round-trips exactly (the
 frame cache refuses column types it cannot restore); the notes its making raised are kept with it and raised
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import fields
+from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -32,8 +35,20 @@ def mapping_key(rules: RuleSet, options: StructureOptions) -> str | None:
     """The name the mapping is kept under, or None when it is not kept."""
     if not rules.digest or options.inductor_provenance:
         return None
-    text = "\0".join((str(FORMAT), rules.digest, options.step_pattern, options.layer_pattern, options.nvtx))
+    text = "\0".join((str(FORMAT), code_digest(), rules.digest, options.step_pattern, options.layer_pattern, options.nvtx))
     return "mapping-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@cache
+def code_digest() -> str:
+    """A digest of nsysparse's own source files: a mapping made by other code (an edited checkout, another
+    release) is never read back, whatever the version number says. About a megabyte read once per process."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for f in sorted(root.rglob("*.py")):
+        digest.update(str(f.relative_to(root)).encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _plain(value: Any) -> bool:
