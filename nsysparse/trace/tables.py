@@ -236,8 +236,7 @@ def _finish(trace: Trace, cols: dict[str, np.ndarray], kind: str, spec: dict[str
     n = len(cols["start_ns"])
     if n:
         for name in ("start_ns", "end_ns"):  # a NULL time is an invalid row, anything else is named
-            v = cols[name]
-            integer_column(trace, table, spec[name].source, v.data if isinstance(v, np.ma.MaskedArray) else v)
+            integer_column(trace, table, spec[name].source, _unmasked(cols[name]))
         valid = _valid_rows(trace, kind, cols, spec)
         if valid is not None:
             note_invalid_rows(trace, kind, int((~valid).sum()))
