@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from nsysparse.errors import TraceError, redact, reraise_interrupt
-from nsysparse.trace import validate
+from nsysparse.trace import pages, validate
 
 log = logging.getLogger("nsysparse.trace")
 
@@ -48,6 +49,42 @@ def sqlite_scanner_path() -> Path | None:
     return found[-1] if found else None
 
 
+@dataclass(frozen=True)
+class Column:
+    """One output column of a `Select`: a table column, the first non-NULL of several (COALESCE), or a
+    constant (`sources` empty; None is NULL). `text` reads it as text (CAST AS TEXT)."""
+
+    alias: str
+    sources: tuple[str, ...] = ()
+    constant: int | None = None
+    text: bool = False
+
+    def sql(self) -> str:
+        if not self.sources:
+            return f"{'NULL' if self.constant is None else int(self.constant)} AS {self.alias}"
+        expr = f'"{self.sources[0]}"' if len(self.sources) == 1 else f"COALESCE({', '.join(chr(34) + c + chr(34) for c in self.sources)})"
+        return f"{f'CAST({expr} AS TEXT)' if self.text else expr} AS {self.alias}"
+
+
+@dataclass(frozen=True)
+class Select:
+    """A plain SELECT over one table: columns, and optionally only the rows whose `keep[0]` is one of
+    `keep[1]`. What both SQL engines run (`sql`) and what the page reader answers without SQL."""
+
+    table: str
+    columns: tuple[Column, ...]
+    keep: tuple[str, tuple[int, ...]] | None = None
+    nothing: bool = False  # no row at all (the filter's column is missing)
+
+    def sql(self) -> str:
+        sql = f'SELECT {", ".join(c.sql() for c in self.columns)} FROM "{self.table}"'
+        if self.nothing:
+            return sql + " WHERE 0 = 1"
+        if self.keep is not None:
+            sql += f' WHERE "{self.keep[0]}" IN ({", ".join(str(int(v)) for v in self.keep[1])})'
+        return sql
+
+
 class Engine:
     """Owns the connections to one file. Every failure surfaces as TraceError naming the file."""
 
@@ -68,6 +105,9 @@ class Engine:
             raise self._error(err) from None
         self._duck: Any = None
         self._duck_failed = False
+        self._pages: pages.PageFile | None = None
+        self._pages_failed = self._prefer != "auto" or self._wal
+        self._layouts: dict[str, pages.Layout | None] = {}
         self._local = threading.local()
         self._lock = threading.Lock()
 
@@ -175,6 +215,50 @@ class Engine:
             return {n: np.zeros(0, dtype=object) for n in names}
         return {n: _masked_int(_column(c)) if masked else np.asarray(_column(c)) for n, c in zip(names, zip(*data))}
 
+    # -- pages --------------------------------------------------------------------------------------
+    def from_pages(self, sel: Select) -> dict[str, np.ndarray] | None:
+        """`sel` answered from the file's pages without SQL (see `pages`): the columns as `arrays(...,
+        masked=True)` would return them; None when the page reader cannot vouch for the answer (the
+        caller then runs `sel.sql()`, whose result and errors are the reference)."""
+        if self._pages_failed or sel.nothing:
+            return None
+        if self._pages is None:
+            try:
+                self._pages = pages.PageFile(self.path)
+            except (OSError, ValueError) as err:
+                log.debug("page reader unavailable (%s)", err)
+                self._pages_failed = True
+                return None
+        if sel.table not in self._layouts:
+            self._layouts[sel.table] = pages.layout(self.rows, sel.table)
+        table = self._layouts[sel.table]
+        if table is None:
+            return None
+        ints = [c for col in sel.columns if not col.text for c in col.sources]
+        texts = [c for col in sel.columns if col.text for c in col.sources]
+        if sel.keep is not None:
+            ints.append(sel.keep[0])
+        got = self._pages.read(table, list(dict.fromkeys(ints)), texts=list(dict.fromkeys(texts)))
+        if not got:
+            return None
+        n = len(next(iter(got.values())))
+        rows: np.ndarray | None = None
+        if sel.keep is not None:
+            key = got[sel.keep[0]]
+            rows = np.isin(np.asarray(np.ma.getdata(key)), np.asarray(sel.keep[1], dtype=np.int64)) & ~np.ma.getmaskarray(key)
+            n = int(rows.sum())
+        out: dict[str, np.ndarray] = {}
+        for col in sel.columns:
+            if not col.sources:
+                if col.constant is None:
+                    out[col.alias] = np.ma.MaskedArray(np.zeros(n, dtype=np.int64), mask=np.ones(n, dtype=bool))
+                else:
+                    out[col.alias] = np.full(n, int(col.constant), dtype=np.int64)
+                continue
+            value = _coalesce([got[c] for c in col.sources])
+            out[col.alias] = value if rows is None else value[rows]
+        return out
+
     def uses_duckdb(self) -> bool:
         """Whether large queries go to DuckDB (preferred and available)."""
         return self.prefers_duckdb() and self.duckdb() is not None
@@ -193,10 +277,26 @@ class Engine:
         return cur
 
     def close(self) -> None:
+        if self._pages is not None:
+            self._pages.close()
+            self._pages = None
         if self._duck is not None:
             self._duck.close()
             self._duck = None
         self._sqlite.close()
+
+
+def _coalesce(columns: list[np.ndarray]) -> np.ndarray:
+    """The first non-NULL of `columns` per row (masked int64 arrays or plain ones), masked where all are."""
+    value = columns[0]
+    for other in columns[1:]:
+        if not isinstance(value, np.ma.MaskedArray):
+            break
+        mask = np.ma.getmaskarray(value)
+        data = np.where(mask, np.ma.getdata(other), value.data)
+        still = mask & np.ma.getmaskarray(other)
+        value = np.ma.MaskedArray(data, mask=still) if still.any() else data
+    return value
 
 
 def _is_wal(path: Path) -> bool:

@@ -29,6 +29,7 @@ import pandas as pd
 
 from nsysparse.errors import MissingDataError
 from nsysparse.trace import schema as S
+from nsysparse.trace.engine import Column, Select
 from nsysparse.trace.ids import pid_of, tid_of
 from nsysparse.trace.strings import Strings, strip_version_suffix
 from nsysparse.trace.validate import check, check_times, damaged
@@ -152,32 +153,38 @@ def note_invalid_rows(trace: Trace, kind: str, count: int) -> None:
         trace.note(f"{count} {ROW_LABELS[kind]} rows with a missing {what} or end < start were left out")
 
 
-def _select_sql(trace: Trace, kind: str, wanted: tuple[str, ...], where: str = "") -> tuple[str, list[str]]:
+def _select(trace: Trace, kind: str, wanted: tuple[str, ...], keep: tuple[str, tuple[int, ...]] | None = None) -> tuple[Select, list[str]]:
     """The plain SELECT of the `wanted` columns (those the table lacks as their neutral literal) and of the
     columns that make a row valid (`REQUIRED_SOURCES`), as `_req_<column>` where not wanted. No COALESCE
-    and no validity expression: evaluating them in DuckDB cost a third of the read; `_finish` fills NULLs
-    and drops invalid rows on the arrays."""
-    trace.validate(kind)  # the values' types are checked first (sqlite3: one typeof scan)
+    (but syncType's) and no validity expression: evaluating them in DuckDB cost a third of the read;
+    `_finish` fills NULLs and drops invalid rows on the arrays."""
     table = S.TABLES[kind]
     spec = SPECS[kind]
     present = trace.schema.columns[table]
-    parts, missing = [], []
+    columns, missing = [], []
     for name in wanted:
         col = spec[name]
         if col.source in present:
-            expr = f'"{col.source}"'
+            sources: tuple[str, ...] = (col.source,)
             if kind == "sync" and col.source == "syncType" and "deprecatedSyncType" in present:
-                expr = 'COALESCE("syncType", "deprecatedSyncType")'
-            parts.append(f"{expr} AS {name}")
+                sources = ("syncType", "deprecatedSyncType")
+            columns.append(Column(name, sources))
         else:
             missing.append(name)
-            parts.append(f"{-1 if col.kind == 'str_id' else col.default} AS {name}")
+            columns.append(Column(name, constant=-1 if col.kind == "str_id" else int(col.default)))
     selected = {spec[n].source for n in wanted if spec[n].source in present}
-    parts += [f'"{c}" AS _req_{c}' for c in REQUIRED_SOURCES if c in present and c not in selected]
-    sql = f'SELECT {", ".join(parts)} FROM "{table}"'
-    if where:
-        sql += f" WHERE {where}"
-    return sql, missing
+    columns += [Column(f"_req_{c}", (c,)) for c in REQUIRED_SOURCES if c in present and c not in selected]
+    return Select(table, tuple(columns), keep), missing
+
+
+def read(trace: Trace, sel: Select, kind: str) -> dict[str, np.ndarray]:
+    """The columns of `sel`: from the file's pages when the page reader vouches for them, else through
+    SQL, whose integer columns are type-checked first (sqlite3: one typeof scan)."""
+    got = trace.engine.from_pages(sel)
+    if got is not None:
+        return got
+    trace.validate(kind)
+    return trace.engine.arrays(sel.sql(), masked=True)
 
 
 def _valid_rows(trace: Trace, kind: str, cols: dict[str, np.ndarray], spec: dict[str, Col]) -> np.ndarray | None:
@@ -218,17 +225,17 @@ def load(trace: Trace, kind: str, columns: tuple[str, ...] | None = None) -> pd.
     gid = "global_tid" if kind == "api" else "global_pid"
     if gid in spec and gid not in wanted:
         wanted = (*wanted, gid)
-    where = ""
+    keep = None
     table_cols = trace.schema.columns[S.TABLES[kind]]
     if kind == "api" and "eventClass" in table_cols and trace.schema.has(S.CUDA_CALLCHAINS):
         # Only a capture with CUDA backtraces (whose call chains fill CUDA_CALLCHAINS) holds the duplicate
         # class-67 rows; reading eventClass for every call otherwise costs a fifth of the API read.
-        where = f'"eventClass" IN ({S.EVENT_CLASS_RUNTIME}, {S.EVENT_CLASS_DRIVER})'
-    sql, missing = _select_sql(trace, kind, wanted, where)
+        keep = ("eventClass", (S.EVENT_CLASS_RUNTIME, S.EVENT_CLASS_DRIVER))
+    sel, missing = _select(trace, kind, wanted, keep)
     for m in missing:
         if m in ("global_pid", "global_tid", "correlation_id", "device_id", "stream_id", "event_class"):
             trace.note(f"{S.TABLES[kind]} has no {spec[m].source} column (older export): {m} is unknown")
-    return _finish(trace, trace.engine.arrays(sql, masked=True), kind, spec, wanted)
+    return _finish(trace, read(trace, sel, kind), kind, spec, wanted)
 
 
 def _finish(trace: Trace, cols: dict[str, np.ndarray], kind: str, spec: dict[str, Col], wanted: tuple[str, ...]) -> pd.DataFrame:
@@ -293,18 +300,20 @@ def nvtx(trace: Trace) -> pd.DataFrame:
     cols = trace.schema.columns[table]
     if "start" not in cols:
         raise MissingDataError(f"{trace.path}: {table} has no start column", "The file was modified, or is not an nsys export; re-export it")
-    trace.validate("nvtx")
     by_id = "textId" in cols and trace.schema.has(S.STRINGS)
     if by_id:
         trace.validate(S.STRINGS)
     source = {"start_ns": "start", "end_ns": "end", "event_type": "eventType", "global_tid": "globalTid", "end_global_tid": "endGlobalTid"}
     source |= {"domain_id": "domainId", "range_id": "rangeId"}
-    parts = [f'"{src}" AS {name}' if src in cols else f"NULL AS {name}" for name, src in source.items()]
-    parts.append('CAST("text" AS TEXT) AS text' if "text" in cols else "NULL AS text")
-    parts.append('"textId" AS text_id' if by_id else "NULL AS text_id")
-    types = ", ".join(str(t) for t in (*S.NVTX_RANGE_TYPES, S.NVTX_MARK))
-    where = f' WHERE "eventType" IN ({types})' if "eventType" in cols else " WHERE 0 = 1"
-    got = trace.engine.arrays(f'SELECT {", ".join(parts)} FROM "{table}"{where}', masked=True)
+    columns = [Column(name, (src,)) if src in cols else Column(name) for name, src in source.items()]
+    columns.append(Column("text", ("text",), text=True) if "text" in cols else Column("text"))
+    columns.append(Column("text_id", ("textId",)) if by_id else Column("text_id"))
+    wanted_types = ("eventType", (*S.NVTX_RANGE_TYPES, S.NVTX_MARK))
+    sel = Select(table, tuple(columns), wanted_types, nothing="eventType" not in cols)
+    got = trace.engine.from_pages(sel)
+    if got is None:
+        trace.validate("nvtx")
+        got = trace.engine.arrays(sel.sql(), masked=True)
     start = got["start_ns"]
     n = len(start)
     nulls = {k: _null_mask(got[k], n) for k in (*source, "text_id")}
