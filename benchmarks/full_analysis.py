@@ -2,6 +2,7 @@
 
 import sys
 
+from nsysparse import allocator
 from nsysparse.analyses.gaps import gap_report
 from nsysparse.analyses.layers import layer_report
 from nsysparse.analyses.ops import op_summary
@@ -11,6 +12,7 @@ from nsysparse.structure.mapping import DEFAULT_LAYER_PATTERN
 from nsysparse.structure.steps import DEFAULT_STEP_PATTERN
 from nsysparse.trace import open_trace
 
+allocator.tune()  # as the CLI does for its process
 with open_trace(sys.argv[1]) as t:
     ctx = analysis_context(t, (), DEFAULT_STEP_PATTERN, DEFAULT_LAYER_PATTERN, "auto", None)
     ops = op_summary(ctx, by_kind=True)

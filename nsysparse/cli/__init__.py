@@ -3,7 +3,8 @@
 `main` is the entry point. It imports the group itself (each command's module, and with it pandas and
 DuckDB, is imported when that command is looked up: `nsysparse --help` imports none of them), so that a
 Ctrl-C at any moment, start-up included, ends in one line and exit code 130, and it checks that
-standard output could be written (`info T > /dev/full` is one error line and exit code 1).
+standard output could be written (`info T > /dev/full` is one error line and exit code 1). It sets the
+allocator for arrays of millions of rows first (`nsysparse.allocator`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
+from nsysparse import allocator
 from nsysparse.outputs import quiet_stdout
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ def __getattr__(name: str) -> Any:
 
 def main() -> None:
     code: Any = 0
+    allocator.tune()  # this process is ours: keep freed memory for the next array (see `allocator`)
     try:
         group = _commands()
         group(prog_name="nsysparse")

@@ -147,6 +147,15 @@ class FrameCache:
         self._touch()
         return frame, [str(n) for n in info.get("notes", [])]
 
+    def holds(self, kind: str, columns: tuple[str, ...]) -> bool:
+        """Whether an entry of `kind` with at least `columns` is stored (its index read, not its data)."""
+        if self.dir is None or not self.dir.is_dir():
+            return False
+        try:
+            return self._find(kind, columns) is not None
+        except OSError:
+            return False
+
     def _find(self, kind: str, columns: tuple[str, ...]) -> tuple[str, dict[str, Any]] | None:
         assert self.dir is not None
         exact = frame_name(kind, columns)

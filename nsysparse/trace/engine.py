@@ -259,6 +259,11 @@ class Engine:
             out[col.alias] = value if rows is None else value[rows]
         return out
 
+    def reads_pages(self) -> bool:
+        """Whether large tables are read from the file's pages first (see `pages`): not in WAL mode, nor
+        with NSYSPARSE_ENGINE=sqlite|duckdb, nor after the file could not be mapped."""
+        return not self._pages_failed
+
     def uses_duckdb(self) -> bool:
         """Whether large queries go to DuckDB (preferred and available)."""
         return self.prefers_duckdb() and self.duckdb() is not None

@@ -224,6 +224,8 @@ class PageFile:
     def _cells(self, pages: np.ndarray, header: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Absolute offsets of every cell of `pages` (cell pointers start `first` bytes into the page
         header), in page then pointer order, and each page's cell count; None when a pointer leaves its page."""
+        if len(pages) == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         count = self._be16(header + 3)
         total = int(count.sum())
         starts = np.cumsum(count) - count
@@ -273,28 +275,34 @@ class PageFile:
         if leaves is None:
             return None
         _, header = self._page_base(leaves)
-        found = self._cells(leaves, header, 8)
-        if found is None:
-            return None
-        cells, _ = found
-        n = len(cells)
+        count = self._be16(header + 3)
+        bounds = np.concatenate([[0], np.cumsum(count)])
+        n = int(bounds[-1])
         request = Request(table, tuple(dict.fromkeys(wanted)), tuple(dict.fromkeys(t for t in texts if t not in wanted)))
         out = {w: np.empty(n, dtype=np.int64) for w in request.ints}
         nulls = {w: np.zeros(n, dtype=bool) for w in request.ints}
         text_out = {w: np.empty(n, dtype=object) for w in request.texts}
-        spans = list(itertools.pairwise([*range(0, n, CHUNK_CELLS), n]))
+        # steps of whole leaf pages, about CHUNK_CELLS records each (cell offsets are found per step too)
+        cuts = np.unique(np.searchsorted(bounds, np.arange(0, n, CHUNK_CELLS), side="right") - 1)
+        spans = list(itertools.pairwise([*cuts.tolist(), len(leaves)]))
 
         def step(span: tuple[int, int]) -> bool:
-            lo, hi = span
-            got = self._records(cells[lo:hi], request)
+            first_page, end_page = span
+            found = self._cells(leaves[first_page:end_page], header[first_page:end_page], 8)
+            if found is None:
+                return False
+            cells = found[0]
+            got = self._records(cells, request)
             if got is None:
                 return False
+            lo, hi = int(bounds[first_page]), int(bounds[end_page])
             for w, (values, null) in got.ints.items():
                 out[w][lo:hi] = values
                 nulls[w][lo:hi] = null
             for w, strings in got.texts.items():
                 text_out[w][lo:hi] = strings
-            self._release(cells[lo:hi])
+            if len(cells):
+                self._release(cells)
             return True
 
         if workers > 1 and len(spans) > 1:
@@ -329,7 +337,8 @@ class PageFile:
         # ADD COLUMN. Rows whose varints differ in length, or whose column counts differ, have their
         # serial types elsewhere: each run of rows alike is decoded on its own (rowids grow, so their
         # varints lengthen a few times a table).
-        held = block[np.arange(n), types_at - 1].astype(np.int64) - 1
+        uniform = bool((types_at == types_at[0]).all())
+        held = (block[:, int(types_at[0]) - 1] if uniform else block[np.arange(n), types_at - 1]).astype(np.int64) - 1
         key = types_at * 256 + held
         change = np.flatnonzero(key[1:] != key[:-1]) + 1
         if len(change) == 0:
@@ -387,7 +396,9 @@ class PageFile:
             total = size.sum(axis=1, dtype=np.int64)
         else:
             prefix = (size.view(np.uint64) * np.uint64(0x0101010101010101)).view(np.uint8)
-            total = prefix[:, 7::8].sum(axis=1, dtype=np.int64)
+            total = prefix[:, 7].astype(np.int64)
+            for k in range(15, prefix.shape[1], 8):
+                total += prefix[:, k]
         if not (total + (held + 1) == payload).all():
             return None
         body = cells + (first + held)

@@ -43,7 +43,19 @@ class Strings:
         return np.where(self._sorted_ids[pos] == ids, self._sorted_codes[pos], -1)
 
     def categorical(self, ids: np.ndarray) -> pd.Categorical:
-        return compact_categorical(self.codes(ids), self.categories)
+        """A Categorical of the values of `ids` (NaN where unknown) with only the categories used, in
+        `categories` order. The distinct ids are looked up, not every row (a column of millions of ids
+        holds a few hundred distinct ones)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        k = len(self.categories)
+        if k == 0 or len(ids) == 0:
+            return compact_categorical(self.codes(ids), self.categories)
+        inverse, distinct = pd.factorize(ids, sort=False)
+        codes = self.codes(np.asarray(distinct, dtype=np.int64))
+        used = np.zeros(k, dtype=bool)
+        used[codes[codes >= 0]] = True
+        remap = np.where(codes >= 0, (np.cumsum(used) - 1)[np.clip(codes, 0, k - 1)], -1)
+        return pd.Categorical.from_codes(remap[inverse], categories=self.categories[used], validate=False)
 
 
 def compact_categorical(codes: np.ndarray, categories: pd.Index) -> pd.Categorical:

@@ -409,9 +409,9 @@ def _nvtx_text(strings: Strings | None, text_ids: np.ndarray, inline: np.ndarray
 
 def _nvtx_domain_names(trace: Trace, pid: np.ndarray, domain_id: np.ndarray) -> pd.Categorical:
     """Per row: its process's name for its domain (NvtxDomainCreate), else "default" (id 0) or "domain N"."""
-    pids, pid_code = np.unique(pid, return_inverse=True)
-    doms, dom_code = np.unique(domain_id, return_inverse=True)
-    pair, inverse = np.unique(pid_code.reshape(-1) * len(doms) + dom_code.reshape(-1), return_inverse=True)
+    pid_code, pids = pd.factorize(pid, sort=False)  # hashing, not sorting, the rows
+    dom_code, doms = pd.factorize(domain_id, sort=False)
+    inverse, pair = pd.factorize(np.asarray(pid_code, dtype=np.int64) * len(doms) + dom_code, sort=False)
     domains = nvtx_domains(trace)
     named: dict[tuple[int, int], str] = {}
     for p, d, v in zip(domains["pid"], domains["domain_id"], domains["domain"]):

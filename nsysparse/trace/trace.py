@@ -298,25 +298,32 @@ class Trace:
             self._frame_cols[kind] = tuple(c for c in df.columns if c in spec)
 
     def prefetch(self, *kinds: str) -> None:
-        """Load several event tables at once (in threads: DuckDB works outside the GIL), so a full
-        analysis pays for the slowest table rather than the sum. Kinds the trace lacks are skipped.
-        The frames' notes are added in the order of `kinds`, whichever thread finished first."""
+        """Load several event tables at once, so a full analysis pays for the slowest table rather than
+        the sum: in threads where that overlaps (DuckDB scans outside the GIL, cache reads), one after
+        another where the page reader decodes them (it uses both cores already, and its numpy steps
+        between GIL releases do not overlap). Kinds the trace lacks are skipped. The frames' notes are
+        added in the order of `kinds`, whichever finished first."""
         jobs = [k for k in kinds if self.has(k) and k not in self._frames]
-        if len(jobs) < 2 or not (self.engine.prefers_duckdb() or self.cache.active):
-            for k in jobs:
-                self.nvtx() if k == "nvtx" else self._load(k, None)
-            return
-        from concurrent.futures import ThreadPoolExecutor
 
-        def load(kind: str) -> tuple[str, pd.DataFrame, list[str]]:
+        def load(kind: str) -> tuple[pd.DataFrame, list[str]]:
             if kind == "nvtx":
-                return (kind, *self._cached("nvtx", (), lambda: _sorted(tables.nvtx(self)), notes_now=False))
+                return self._cached("nvtx", (), lambda: _sorted(tables.nvtx(self)), notes_now=False)
             cols = tables.default_columns(kind)
-            return (kind, *self._cached(kind, cols, lambda: _sorted(tables.load(self, kind, cols)), notes_now=False))
+            return self._cached(kind, cols, lambda: _sorted(tables.load(self, kind, cols)), notes_now=False)
 
-        with ThreadPoolExecutor(max_workers=min(3, len(jobs))) as ex:
-            done = list(ex.map(load, jobs))
-        for kind, df, notes in done:
+        serial = jobs
+        if self.engine.prefers_duckdb() or self.cache.active:
+            decoded = [k for k in jobs if self.engine.reads_pages() and not self.cache.holds(k, () if k == "nvtx" else tables.default_columns(k))]
+            serial = decoded if len(jobs) - len(decoded) >= 2 else jobs
+        done = {k: load(k) for k in serial}
+        threaded = [k for k in jobs if k not in done]
+        if threaded:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(3, len(threaded))) as ex:
+                done |= dict(zip(threaded, ex.map(load, threaded)))
+        for kind in jobs:
+            df, notes = done[kind]
             for n in notes:
                 self.note(n)
             self._keep(kind, df)
