@@ -259,3 +259,89 @@ def test_loaded_frames_equal_sql_on_real_captures(path, monkeypatch):
             assert frame == via_sql[kind]
         else:
             pd.testing.assert_frame_equal(frame, via_sql[kind], check_exact=True)
+
+
+def _work_rows(work: dict, keys: tuple[str, ...]) -> list[tuple]:
+    """An aggregate's rows, sorted by their keys (SQL's GROUP BY has no order)."""
+    cols = [k for k in work if isinstance(work[k], np.ndarray) and k != "bounds"]
+    rows = sorted(zip(*[work[c].tolist() for c in cols]))
+    return [tuple(cols)] + rows + [tuple((k, work[k]) for k in sorted(work) if not isinstance(work[k], np.ndarray))]
+
+
+def _all_work(path: Path, engine: str, monkeypatch) -> dict[str, object]:
+    from nsysparse.trace import info
+
+    monkeypatch.setenv("NSYSPARSE_ENGINE", engine)
+    monkeypatch.setenv("NSYSPARSE_NO_CACHE", "1")
+    with open_trace(path) as t:
+        out: dict[str, object] = {"gw": _work_rows(info._gpu_work(t), ("kind", "g", "d", "s"))}
+        if t.has("api"):
+            out["aw"] = _work_rows(info._api_work(t), ("g",))
+        if t.has("nvtx"):
+            out["nw"] = _work_rows(info._nvtx_work(t, (10**9, 2 * 10**9)), ("d", "g"))
+            out["nw_all"] = _work_rows(info._nvtx_work(t), ("d", "g"))
+        if t.has("kernels") and t.has("api") and t.schema.has("CUPTI_ACTIVITY_KIND_KERNEL", "correlationId"):
+            out["missing"] = info._missing_launches(t)
+        out["counts"] = {k: t.count(k) for k in KINDS if t.has(k)}
+    return out
+
+
+def _damaged_copy(tmp_path: Path) -> Path:
+    """A fixture with rows of every kind the aggregates treat apart: NULL and inverted times, unknown
+    timestamps, NULL devices, streams, processes, threads, correlation ids, domains, graph nodes."""
+    import shutil
+
+    path = tmp_path / "damaged.sqlite"
+    shutil.copy(FIXTURES / "moe_decode_op" / "trace.sqlite", path)
+    con = sqlite3.connect(path)
+    k, r, n = "CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_RUNTIME", "NVTX_EVENTS"
+    for table in (k, r, n):  # the same columns without NOT NULL (nsys declares some), to damage them
+        con.execute(f"CREATE TABLE loose AS SELECT * FROM {table}")
+        con.execute(f"DROP TABLE {table}")
+        con.execute(f"ALTER TABLE loose RENAME TO {table}")
+    for sql in (
+        f"UPDATE {k} SET end = NULL WHERE rowid % 97 = 1",
+        f"UPDATE {k} SET end = start - 5 WHERE rowid % 89 = 2",
+        f"UPDATE {k} SET start = 0, end = 0 WHERE rowid % 83 = 3",
+        f"UPDATE {k} SET globalPid = NULL WHERE rowid % 79 = 4",
+        f"UPDATE {k} SET correlationId = NULL WHERE rowid % 73 = 5",
+        f"UPDATE {k} SET graphNodeId = rowid WHERE rowid % 7 = 6",
+        f"UPDATE {k} SET correlationId = correlationId + 1000000 WHERE rowid % 61 = 7",
+        f"UPDATE {r} SET end = NULL WHERE rowid % 97 = 1",
+        f"UPDATE {r} SET globalTid = NULL WHERE rowid % 71 = 2",
+        f"UPDATE {r} SET start = 0, end = 0 WHERE rowid % 67 = 3",
+        f"UPDATE {r} SET correlationId = NULL WHERE rowid % 59 = 4",
+        f"UPDATE {n} SET end = NULL WHERE rowid % 13 = 1",
+        f"UPDATE {n} SET domainId = NULL WHERE rowid % 11 = 2",
+        f"UPDATE {n} SET end = start - 1 WHERE rowid % 17 = 3",
+        f"UPDATE {n} SET globalTid = NULL WHERE rowid % 19 = 4",
+    ):
+        con.execute(sql)
+    con.commit()
+    con.close()
+    return path
+
+
+@pytest.mark.parametrize("path", [*_traces(), "damaged"], ids=lambda p: p if isinstance(p, str) else f"{p.parent.name}/{p.name}")
+def test_info_aggregates_from_pages_equal_the_sql_ones(path, monkeypatch, tmp_path):
+    """`info`'s aggregates (GPU work with busy time, API work, NVTX work in and out of a window, the
+    launch check, table counts) from the pages equal the SQL queries', row for row."""
+    from nsysparse.trace import activity
+
+    if path == "damaged":
+        path = _damaged_copy(tmp_path)
+    answered: list[str] = []
+    original = activity._columns
+
+    def counting(trace, kind):
+        got = original(trace, kind)
+        if got is not None:
+            answered.append(kind)
+        return got
+
+    monkeypatch.setattr(activity, "_columns", counting)
+    via_pages = _all_work(path, "auto", monkeypatch)
+    with open_trace(path) as t:
+        has_work = any(t.has(k) for k in ("kernels", "api", "nvtx"))
+    assert answered or not has_work, "the page reader answered no aggregate"
+    assert via_pages == _all_work(path, "sqlite", monkeypatch)

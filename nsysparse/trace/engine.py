@@ -216,29 +216,20 @@ class Engine:
         return {n: _masked_int(_column(c)) if masked else np.asarray(_column(c)) for n, c in zip(names, zip(*data))}
 
     # -- pages --------------------------------------------------------------------------------------
-    def from_pages(self, sel: Select) -> dict[str, np.ndarray] | None:
+    def from_pages(self, sel: Select, present: tuple[str, ...] = ()) -> dict[str, np.ndarray] | None:
         """`sel` answered from the file's pages without SQL (see `pages`): the columns as `arrays(...,
         masked=True)` would return them; None when the page reader cannot vouch for the answer (the
-        caller then runs `sel.sql()`, whose result and errors are the reference)."""
-        if self._pages_failed or sel.nothing:
-            return None
-        if self._pages is None:
-            try:
-                self._pages = pages.PageFile(self.path)
-            except (OSError, ValueError) as err:
-                log.debug("page reader unavailable (%s)", err)
-                self._pages_failed = True
-                return None
-        if sel.table not in self._layouts:
-            self._layouts[sel.table] = pages.layout(self.rows, sel.table)
-        table = self._layouts[sel.table]
-        if table is None:
+        caller then runs `sel.sql()`, whose result and errors are the reference). For each column in
+        `present` (of any type, not in `sel`), whether each row's value is not NULL, under its name."""
+        reader = None if sel.nothing else self._page_file()
+        table = self._layout(sel.table) if reader is not None else None
+        if reader is None or table is None:
             return None
         ints = [c for col in sel.columns if not col.text for c in col.sources]
         texts = [c for col in sel.columns if col.text for c in col.sources]
         if sel.keep is not None:
             ints.append(sel.keep[0])
-        got = self._pages.read(table, list(dict.fromkeys(ints)), texts=list(dict.fromkeys(texts)))
+        got = reader.read(table, list(dict.fromkeys(ints)), texts=list(dict.fromkeys(texts)), present=present)
         if not got:
             return None
         n = len(next(iter(got.values())))
@@ -257,7 +248,35 @@ class Engine:
                 continue
             value = _coalesce([got[c] for c in col.sources])
             out[col.alias] = value if rows is None else value[rows]
+        for c in present:
+            out[c] = got[c] if rows is None else got[c][rows]
         return out
+
+    def count_rows(self, table: str) -> int:
+        """Rows of `table`: its leaf cells counted on the pages (no record decoded), else count(*)."""
+        layout = self._layout(table) if self._page_file() is not None else None
+        if layout is not None and self._pages is not None:
+            n = self._pages.count(layout)
+            if n is not None:
+                return n
+        return int(self.rows(f'SELECT count(*) FROM "{table}"')[0][0])
+
+    def _page_file(self) -> pages.PageFile | None:
+        if self._pages_failed:
+            return None
+        if self._pages is None:
+            try:
+                self._pages = pages.PageFile(self.path)
+            except (OSError, ValueError) as err:
+                log.debug("page reader unavailable (%s)", err)
+                self._pages_failed = True
+                return None
+        return self._pages
+
+    def _layout(self, table: str) -> pages.Layout | None:
+        if table not in self._layouts:
+            self._layouts[table] = pages.layout(self.rows, table)
+        return self._layouts[table]
 
     def reads_pages(self) -> bool:
         """Whether large tables are read from the file's pages first (see `pages`): not in WAL mode, nor

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from nsysparse.trace import activity, tables
 from nsysparse.trace import schema as S
-from nsysparse.trace import tables
 from nsysparse.trace.ids import pid_of, tid_of
 from nsysparse.trace.validate import check_times
 
@@ -358,7 +358,10 @@ def _gpu_work(trace: Trace) -> dict[str, np.ndarray]:
     """Per (kind, globalPid, deviceId, streamId): rows n, valid rows nv, usable rows nu (valid, timestamps
     known), their first start lo and last end hi, busy ns (each usable row's part beyond the running maximum
     of the ends before it on its device, stream and process: summed, the union of the stream's work) and
-    kernels that are graph nodes gn. Keys are the loaders' values for usable rows (globalPid NULL -> 0)."""
+    kernels that are graph nodes gn. Keys are the loaders' values for usable rows (globalPid NULL -> 0).
+    From the file's pages when the page reader can (`activity.gpu_work`), this query otherwise."""
+    if trace.engine.reads_pages() and (fast := activity.gpu_work(trace)) is not None:
+        return fast
     names = ("kind", "g", "d", "s", "n", "nv", "nu", "lo", "hi", "busy", "gn")
     parts = []
     for kind in S.GPU_OP_KINDS:
@@ -398,6 +401,8 @@ def _api_work(trace: Trace) -> dict[str, Any]:
     table = S.TABLES["api"]
     if not trace.has("api"):
         return {**{c: np.zeros(0, np.int64) for c in names}, "has_tid": False}
+    if trace.engine.reads_pages() and (fast := activity.api_work(trace, _graph_launch_ids(trace))) is not None:
+        return fast
     have = trace.schema.columns[table]
     timed = "start" in have and "end" in have
     valid = tables.valid_rows_sql(trace, "api")
@@ -426,6 +431,8 @@ def _nvtx_work(trace: Trace, bounds: tuple[int, int] | None = None) -> dict[str,
     have = trace.schema.columns[table]
     if "start" not in have and "eventType" not in have:
         return empty
+    if trace.engine.reads_pages() and (fast := activity.nvtx_work(trace, bounds)) is not None:
+        return fast
     valid = tables.nvtx_valid_sql(trace)
     end = 'COALESCE("end", "start")' if "end" in have else '"start"'
     usable = f'{valid} AND NOT ("start" = 0 AND {end} = 0)' if "start" in have else "1 = 0"
@@ -485,9 +492,11 @@ def slice_status(trace: Trace, kernels: int | None = None, missing: int | None =
 
 
 def _launch_check_in_sql(trace: Trace) -> bool:
-    """Whether the launch check runs as one DuckDB join (large files) rather than on the launch join."""
+    """Whether the launch check runs as one join over the tables (large files: from the pages, else in
+    DuckDB) rather than on the in-memory launch join."""
     kt = S.TABLES["kernels"]
-    return not trace.is_loaded("launches") and trace.engine.uses_duckdb() and trace.schema.has(kt, "correlationId") and trace.has("api")
+    big = trace.engine.prefers_duckdb() and (trace.engine.reads_pages() or trace.engine.uses_duckdb())  # (pages: no DuckDB needed)
+    return not trace.is_loaded("launches") and big and trace.schema.has(kt, "correlationId") and trace.has("api")
 
 
 def _kernels_without_launch(trace: Trace, total: int | None = None) -> tuple[int, int]:
@@ -502,7 +511,10 @@ def _kernels_without_launch(trace: Trace, total: int | None = None) -> tuple[int
 
 
 def _missing_launches(trace: Trace) -> int:
-    """The DuckDB join of `_kernels_without_launch`: valid kernels without a call of the same process."""
+    """The DuckDB join of `_kernels_without_launch`: valid kernels without a call of the same process
+    (from the file's pages when the page reader can)."""
+    if trace.engine.reads_pages() and (fast := activity.missing_launches(trace)) is not None:
+        return fast
     kt, at = S.TABLES["kernels"], S.TABLES["api"]
     pid_ok = trace.schema.has(kt, "globalPid") and trace.schema.has(at, "globalTid")
     cond = 'r."correlationId" = k."correlationId"' + (' AND ((r."globalTid" >> 24) & 16777215) = ((k."globalPid" >> 24) & 16777215)' if pid_ok else "")
@@ -517,7 +529,7 @@ def _concurrently(trace: Trace, jobs: dict[str, Callable[[Trace], Any]]) -> dict
     """Run the aggregate queries `jobs` at once, on threads (each with its own DuckDB cursor; DuckDB works
     outside the GIL), when DuckDB runs them; one after the other with sqlite3. The notes each raises are
     raised again on the calling thread, so they are the trace's (and its cached summary's) whichever ran it."""
-    if len(jobs) < 2 or not trace.engine.uses_duckdb():
+    if len(jobs) < 2 or not trace.engine.uses_duckdb() or trace.engine.reads_pages():  # (pages: numpy holds the GIL)
         return {k: fn(trace) for k, fn in jobs.items()}
     from concurrent.futures import ThreadPoolExecutor
 
@@ -533,14 +545,15 @@ def _concurrently(trace: Trace, jobs: dict[str, Callable[[Trace], Any]]) -> dict
 def summary(trace: Trace) -> dict[str, Any]:
     """The whole `info` answer as plain data (JSON-ready): one aggregate query per event table."""
     for kind in ("kernels", "api"):
-        if trace.has(kind):
-            trace.validate(kind)  # (on this thread, before the queries run at once)
+        if trace.has(kind) and not trace.engine.reads_pages():
+            trace.validate(kind)  # (on this thread, before the queries run at once; with pages they run in turn)
     jobs: dict[str, Callable[[Trace], Any]] = {"gw": _gpu_work, "aw": _api_work}
     if "DERIVED_WINDOW_NS" not in trace.export_meta and _launch_check_in_sql(trace):
         jobs["missing"] = _missing_launches
-    got = _concurrently(trace, jobs)
-    gw, aw = got["gw"], got["aw"]
-    lo, hi, outliers, n_outliers, nw = _time_span(trace, gw, aw)
+    with activity.reading(trace):
+        got = _concurrently(trace, jobs)
+        gw, aw = got["gw"], got["aw"]
+        lo, hi, outliers, n_outliers, nw = _time_span(trace, gw, aw)
     if n_outliers:
         trace.note(outlier_note(outliers, n_outliers, lo, hi))
     sliced, why = slice_status(trace, int(gw["nv"][gw["kind"] == _OP_CODES["kernels"]].sum()), got.get("missing"))

@@ -24,7 +24,7 @@ import mmap
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class Request:
     table: Layout
     ints: tuple[str, ...]
     texts: tuple[str, ...]
+    present: tuple[str, ...] = ()  # columns of any type of which only "not NULL" is read
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Decoded:
 
     ints: dict[str, tuple[np.ndarray, np.ndarray]]
     texts: dict[str, np.ndarray]
+    present: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _texts(dense: np.ndarray, lo: int, hi: int, width: int, offset: int, nbytes: int) -> np.ndarray:
@@ -264,12 +266,27 @@ class PageFile:
             pages = children
         return None
 
+    def count(self, table: Layout) -> int | None:
+        """The table's rows (its leaf cells), or None (as `leaves`)."""
+        if not self.ok:
+            return None
+        leaves = self.leaves(table.root)
+        if leaves is None:
+            return None
+        _, header = self._page_base(leaves)
+        return int(self._be16(header + 3).sum())
+
     # -- records --------------------------------------------------------------------------------------
-    def read(self, table: Layout, wanted: Sequence[str], texts: Sequence[str] = (), workers: int = 2) -> dict[str, np.ndarray] | None:
+    def read(
+        self, table: Layout, wanted: Sequence[str], texts: Sequence[str] = (), present: Sequence[str] = (), workers: int = 2
+    ) -> dict[str, np.ndarray] | None:
         """The `wanted` integer columns of every row in rowid order, as int64 arrays (a masked array
-        where a column holds NULLs), and the `texts` columns as object arrays (str, None for NULL).
+        where a column holds NULLs), the `texts` columns as object arrays (str, None for NULL), and for
+        the `present` columns (of any type; not also wanted or texts) whether each value is not NULL.
         None when anything is outside what this reader proves it reads right."""
-        if not self.ok or any(w not in table.columns for w in (*wanted, *texts)) or (texts and not self.utf8):
+        if not self.ok or any(w not in table.columns for w in (*wanted, *texts, *present)) or (texts and not self.utf8):
+            return None
+        if set(present) & (set(wanted) | set(texts)):
             return None
         leaves = self.leaves(table.root)
         if leaves is None:
@@ -278,10 +295,11 @@ class PageFile:
         count = self._be16(header + 3)
         bounds = np.concatenate([[0], np.cumsum(count)])
         n = int(bounds[-1])
-        request = Request(table, tuple(dict.fromkeys(wanted)), tuple(dict.fromkeys(t for t in texts if t not in wanted)))
+        request = Request(table, tuple(dict.fromkeys(wanted)), tuple(dict.fromkeys(t for t in texts if t not in wanted)), tuple(dict.fromkeys(present)))
         out = {w: np.empty(n, dtype=np.int64) for w in request.ints}
         nulls = {w: np.zeros(n, dtype=bool) for w in request.ints}
         text_out = {w: np.empty(n, dtype=object) for w in request.texts}
+        present_out = {w: np.empty(n, dtype=bool) for w in request.present}
         # steps of whole leaf pages, about CHUNK_CELLS records each (cell offsets are found per step too)
         cuts = np.unique(np.searchsorted(bounds, np.arange(0, n, CHUNK_CELLS), side="right") - 1)
         spans = list(itertools.pairwise([*cuts.tolist(), len(leaves)]))
@@ -301,6 +319,8 @@ class PageFile:
                 nulls[w][lo:hi] = null
             for w, strings in got.texts.items():
                 text_out[w][lo:hi] = strings
+            for w, flags in got.present.items():
+                present_out[w][lo:hi] = flags
             if len(cells):
                 self._release(cells)
             return True
@@ -313,7 +333,7 @@ class PageFile:
         if not ok:
             return None
         result: dict[str, np.ndarray] = {w: np.ma.MaskedArray(v, mask=nulls[w]) if nulls[w].any() else v for w, v in out.items()}
-        return result | text_out
+        return result | text_out | present_out
 
     def _records(self, cells: np.ndarray, req: Request) -> Decoded | None:
         """Decode the records at `cells` (absolute offsets of leaf cells), or None when one is outside
@@ -325,7 +345,11 @@ class PageFile:
         ncols = len(req.table.columns)
         n = len(cells)
         if n == 0:
-            return Decoded({w: (np.zeros(0, np.int64), np.zeros(0, bool)) for w in req.ints}, {w: np.zeros(0, object) for w in req.texts})
+            return Decoded(
+                {w: (np.zeros(0, np.int64), np.zeros(0, bool)) for w in req.ints},
+                {w: np.zeros(0, object) for w in req.texts},
+                {w: np.zeros(0, bool) for w in req.present},
+            )
         block = self._gather(cells, -(-(_PREAMBLE + 1 + ncols) // 8) * 8)
         got = _preamble(block, rowids=req.table.rowid_alias in req.ints)
         if got is None:
@@ -347,7 +371,11 @@ class PageFile:
             groups: list[slice | np.ndarray] = [slice(lo, hi) for lo, hi in itertools.pairwise([0, *change.tolist(), n])]
         else:
             groups = [np.flatnonzero(key == k) for k in np.unique(key)]
-        result = Decoded({w: (np.empty(n, dtype=np.int64), np.zeros(n, dtype=bool)) for w in req.ints}, {w: np.empty(n, dtype=object) for w in req.texts})
+        result = Decoded(
+            {w: (np.empty(n, dtype=np.int64), np.zeros(n, dtype=bool)) for w in req.ints},
+            {w: np.empty(n, dtype=object) for w in req.texts},
+            {w: np.empty(n, dtype=bool) for w in req.present},
+        )
         for rows in groups:
             at = int(types_at[rows][0])
             part = self._decode(cells[rows], block[rows], payload[rows], None if rowid is None else rowid[rows], at, int(held[rows][0]), req)
@@ -358,6 +386,8 @@ class PageFile:
                 result.ints[w][1][rows] = null
             for w, strings in part.texts.items():
                 result.texts[w][rows] = strings
+            for w, flags in part.present.items():
+                result.present[w][rows] = flags
         return result
 
     def _decode(
@@ -366,7 +396,11 @@ class PageFile:
         """`_records` for cells whose `held` serial types (one byte each) all start `first` bytes in
         (`block`: their first bytes)."""
         table = req.table
-        if held < 1 or held > len(table.columns) or any(table.columns.index(w) >= held for w in (*req.ints, *req.texts) if w != table.rowid_alias):
+        if (
+            held < 1
+            or held > len(table.columns)
+            or any(table.columns.index(w) >= held for w in (*req.ints, *req.texts, *req.present) if w != table.rowid_alias)
+        ):
             return None  # a wanted column missing from the record takes its declared default: SQLite's to say
         n = len(cells)
         types = block[:, first : first + held]
@@ -417,7 +451,7 @@ class PageFile:
         of those bytes per row (in group order) a value is a strided view, not a gather of its own.
         None when there are more than `MAX_LAYOUTS` layouts."""
         n = len(body)
-        columns = {w: req.table.columns.index(w) for w in (*req.ints, *req.texts) if w != req.table.rowid_alias}
+        columns = {w: req.table.columns.index(w) for w in (*req.ints, *req.texts, *req.present) if w != req.table.rowid_alias}
         if not columns:
             return Decoded({}, {})
         last = max(columns.values()) + 1
@@ -438,6 +472,7 @@ class PageFile:
         dense = self._gather(body - 8 if order is None else body[order] - 8, width).reshape(-1)
         ints = {w: (np.empty(n, dtype=np.int64), np.zeros(n, dtype=bool)) for w in req.ints if w in columns}
         texts = {w: np.empty(n, dtype=object) for w in req.texts}
+        present = {w: np.empty(n, dtype=bool) for w in req.present}
         for g in range(count):
             lo, hi = int(starts[g]), int(starts[g + 1])
             row = int(first_rows[g])
@@ -445,6 +480,9 @@ class PageFile:
                 st, nbytes, end = int(types[row, j]), int(size[row, j]), int(ends[g, j]) + 8
                 if w in texts:
                     texts[w][lo:hi] = _texts(dense, lo, hi, width, end - nbytes, nbytes) if st else None
+                    continue
+                if w in present:
+                    present[w][lo:hi] = st != 0
                     continue
                 values, null = ints[w]
                 if nbytes == 0:  # NULL, or the constants 0 and 1
@@ -458,7 +496,7 @@ class PageFile:
                     got >>= 64 - 8 * nbytes  # arithmetic: sign-extends the value's top byte
                 values[lo:hi] = got
         if order is None:
-            return Decoded(ints, texts)
+            return Decoded(ints, texts, present)
         back = Decoded({}, {})
         for w, (values, null) in ints.items():
             v, m = np.empty(n, dtype=np.int64), np.empty(n, dtype=bool)
@@ -468,12 +506,16 @@ class PageFile:
             t = np.empty(n, dtype=object)
             t[order] = strings
             back.texts[w] = t
+        for w, flags in present.items():
+            f = np.empty(n, dtype=bool)
+            f[order] = flags
+            back.present[w] = f
         return back
 
     def _one_by_one(self, body: np.ndarray, types: np.ndarray, size: np.ndarray, req: Request) -> Decoded:
         """Integer values gathered one column at a time from each row's own offsets (many layouts)."""
         ends = np.cumsum(size, axis=1, dtype=np.int64)
-        out = Decoded({}, {})
+        out = Decoded({}, {}, {w: types[:, req.table.columns.index(w)] != 0 for w in req.present})
         for w in req.ints:
             if w == req.table.rowid_alias:
                 continue

@@ -260,7 +260,7 @@ class Trace:
             if hit is not None and isinstance(hit[0], dict):
                 self._counts.update({str(k): int(v) for k, v in hit[0].items()})
         if kind not in self._counts:
-            self._counts[kind] = int(self.engine.rows(f'SELECT count(*) FROM "{S.TABLES[kind]}"')[0][0]) if self.has(kind) else 0
+            self._counts[kind] = self.engine.count_rows(S.TABLES[kind]) if self.has(kind) else 0
             self.cache.put_record("counts", dict(self._counts), [])
         return self._counts[kind]
 
