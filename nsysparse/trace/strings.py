@@ -50,12 +50,19 @@ class Strings:
         k = len(self.categories)
         if k == 0 or len(ids) == 0:
             return compact_categorical(self.codes(ids), self.categories)
-        inverse, distinct = pd.factorize(ids, sort=False)
+        if int(ids.min()) >= 0 and int(ids.max()) < 1 << 22:  # StringIds ids are small: a table, not a hash
+            seen = np.zeros(int(ids.max()) + 1, dtype=bool)
+            seen[ids] = True
+            distinct = np.flatnonzero(seen)
+            inverse = (np.cumsum(seen) - 1).astype(np.int32)[ids]
+        else:
+            inverse, distinct = pd.factorize(ids, sort=False)
         codes = self.codes(np.asarray(distinct, dtype=np.int64))
         used = np.zeros(k, dtype=bool)
         used[codes[codes >= 0]] = True
         remap = np.where(codes >= 0, (np.cumsum(used) - 1)[np.clip(codes, 0, k - 1)], -1)
-        return pd.Categorical.from_codes(remap[inverse], categories=self.categories[used], validate=False)
+        small = np.int8 if used.sum() < 127 else np.int16 if used.sum() < 32767 else np.int32  # the codes' own width
+        return pd.Categorical.from_codes(remap.astype(small)[inverse], categories=self.categories[used], validate=False)
 
 
 def compact_categorical(codes: np.ndarray, categories: pd.Index) -> pd.Categorical:
