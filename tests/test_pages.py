@@ -345,3 +345,19 @@ def test_info_aggregates_from_pages_equal_the_sql_ones(path, monkeypatch, tmp_pa
         has_work = any(t.has(k) for k in ("kernels", "api", "nvtx"))
     assert answered or not has_work, "the page reader answered no aggregate"
     assert via_pages == _all_work(path, "sqlite", monkeypatch)
+
+
+def test_refuses_a_damaged_payload_length(tmp_path):
+    """A cell's payload length overwritten (it now runs past its page, and disagrees with its header): None."""
+    path = tmp_path / "t.sqlite"
+    _build(path, 2, [[i, i] for i in range(50)], page_size=512)
+    con = sqlite3.connect(path)
+    root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 't'").fetchone()[0]
+    con.close()
+    data = bytearray(path.read_bytes())
+    page = (root - 1) * 512
+    first_cell = int.from_bytes(data[page + 8 : page + 10], "big")
+    cell = page + first_cell
+    data[cell] = 0x7F  # payload length 127: beyond the page for a cell near its end
+    path.write_bytes(bytes(data))
+    assert _read(path, "t", ["c0"]) is None

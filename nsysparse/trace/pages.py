@@ -1,19 +1,23 @@
-"""Integer columns of one table read straight from the SQLite file's b-tree pages, vectorised in numpy.
+"""Columns of one table read straight from the SQLite file's b-tree pages, vectorised in numpy.
 
 Why: SQLite decodes a record value by value (about 90 ns a value through DuckDB's scanner on 2 cores),
 which made reading the columns an analysis needs 3.5x DuckDB's own group-by over the kernel table. The
 records nsys writes are small rows of integers; their layout (https://www.sqlite.org/fileformat.html) is
 simple enough to decode for millions of rows at once: walk the table's b-tree level by level from its
-root page, gather every leaf cell's offset, then read each record's header (one serial-type byte per
-column) and the wanted values as big-endian integers with a handful of array operations per column.
+root page, gather every leaf cell's offset, read each record's header (one serial-type byte per column),
+and group the rows by layout (rows whose serial types agree hold each value at the same offset), so that
+a value is a strided view of one gather per row. Integer columns, short texts (UTF-8, up to 57 bytes)
+and "is not NULL" flags are read.
 
 It reads only what it can prove it reads right, and says None otherwise (the caller then asks SQLite,
 whose answer and errors are the reference). Refused: a file that is not a plain SQLite 3 database in
 rollback-journal mode, a WITHOUT ROWID table, any page of an unexpected kind or out of the file, a
-record spilling onto overflow pages, a record whose header does not hold exactly one single-byte serial
-type per declared column, a record whose payload length disagrees with its header, and any wanted value
-that is not an integer or NULL (a text or real value is SQLite's to report as damage). The file is
-mapped read-only and never written; the mapped pages are dropped from the process after each chunk.
+record spilling onto overflow pages or past its page, a record whose header is not one single-byte
+serial type per column (a long text or blob), a record whose payload length disagrees with its header,
+a record lacking a column read (added by ALTER TABLE: its default is SQLite's), and any value of
+another storage class than the one read (a real or text where an integer is read is SQLite's to report
+as damage). The file is mapped read-only and never written; the mapped pages are dropped from the
+process after each chunk.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class Layout:
 
 @dataclass(frozen=True)
 class Request:
-    """What one `read` decodes: integer columns and text columns of a table."""
+    """What one `read` decodes of a table: integer columns, text columns, not-NULL flags."""
 
     table: Layout
     ints: tuple[str, ...]
@@ -62,7 +66,8 @@ class Request:
 
 @dataclass
 class Decoded:
-    """Decoded rows: per integer column its int64 values and NULL mask; per text column its values."""
+    """Decoded rows: per integer column its int64 values and NULL mask; per text column its values; per
+    flagged column whether each value is not NULL."""
 
     ints: dict[str, tuple[np.ndarray, np.ndarray]]
     texts: dict[str, np.ndarray]
@@ -165,7 +170,7 @@ def layout(rows: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]], table: s
 
 
 class PageFile:
-    """One SQLite file mapped read-only; `read` decodes integer columns of a table (or says None)."""
+    """One SQLite file mapped read-only; `read` decodes columns of a table (or says None)."""
 
     def __init__(self, path: Path) -> None:
         with open(path, "rb") as fh:  # the mapping outlives the descriptor
@@ -357,6 +362,8 @@ class PageFile:
         payload, rowid, types_at = got
         if int(payload.max()) > self.usable - 35:  # spills onto overflow pages
             return None
+        if int((cells % self.page_size + (types_at - 1) + payload).max()) > self.usable:
+            return None  # a record running past the end of its page: damage, SQLite's to report
         # The record's column count (its header length less one): fewer than declared after ALTER TABLE
         # ADD COLUMN. Rows whose varints differ in length, or whose column counts differ, have their
         # serial types elsewhere: each run of rows alike is decoded on its own (rowids grow, so their
