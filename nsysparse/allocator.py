@@ -4,8 +4,9 @@ glibc returns freed memory at the top of its heap to the system (trim) and serve
 adaptive size with their own mappings; either way the next array of that size arrives as fresh pages,
 and on the machines measured a fresh page costs a fault of several microseconds (about 300,000 of them
 in a cold full analysis of 2.3 M kernels: a quarter of its time). `tune` keeps freed memory for reuse
-(no trim) and maps only blocks of 32 MiB and more (which numpy backs with huge pages). Peak memory is
-unchanged: what is kept is what was already in use. The CLI calls it for its own process; a library
+(no trim) and maps only blocks of 32 MiB and more (which numpy backs with huge pages). What is kept is
+memory already in use once: the peak of a run is what it was, but freed memory is not given back before
+the process ends (each thread's arena keeps its own). The CLI calls it for its own process; a library
 caller is left alone. No-op where the C library is not glibc.
 """
 
@@ -30,4 +31,6 @@ def tune() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    mapped = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    trimmed = bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    return mapped and trimmed

@@ -23,7 +23,7 @@ from nsysparse.trace.engine import Column, Select
 if TYPE_CHECKING:
     from nsysparse.trace.handle import TraceHandle as Trace
 
-REQUIRED = ("start", "end", "deviceId", "streamId")  # what makes an operation valid (tables.REQUIRED_SOURCES)
+REQUIRED = ("start", "end", "deviceId", "streamId")  # what makes an operation valid (= tables.REQUIRED_SOURCES: tested)
 TIME_LIMIT = 2**62  # beyond: the SQL path, whose range check names the damage
 _BIG = np.iinfo(np.int64).max
 _SMALL = np.iinfo(np.int64).min
@@ -46,6 +46,9 @@ _memo: dict[int, dict[str, dict[str, tuple[np.ndarray, np.ndarray]] | None]] = {
 def reading(trace: Trace) -> Iterator[None]:
     """Within: each table's columns are read once for all aggregates (what `summary` asks); dropped after."""
     key = id(trace.engine)
+    if key in _memo:  # already within (a nested or concurrent summary of the same trace): share it
+        yield
+        return
     _memo[key] = {}
     try:
         yield
@@ -167,7 +170,8 @@ def gpu_work(trace: Trace) -> dict[str, np.ndarray] | None:
     if len(used):
         pid = (col["g"][used] >> 24) & 16777215
         d, s, a, b = col["d"][used], col["s"][used], col["a"][used], col["b"][used]
-        order = np.lexsort((b, a, pid, s, d))
+        op_kind = col["kind"][used]
+        order = np.lexsort((op_kind, b, a, pid, s, d))  # ties of (start, end): kernels, then memcpys, then memsets
         d, s, pid, a, b = d[order], s[order], pid[order], a[order], b[order]
         start = np.ones(len(order), dtype=bool)
         start[1:] = (d[1:] != d[:-1]) | (s[1:] != s[:-1]) | (pid[1:] != pid[:-1])
@@ -199,8 +203,8 @@ def api_work(trace: Trace, graph_launch_ids: list[int]) -> dict[str, Any] | None
     """`info._api_work` from pages: per globalTid rows, valid and usable rows, span, graph launches."""
     table = S.TABLES["api"]
     have = trace.schema.columns[table]
-    if not ("start" in have and "end" in have):
-        return None
+    if not ("start" in have and "end" in have) or any(c in have for c in REQUIRED[2:]):
+        return None  # (a call table with devices or streams: the query's validity covers them, not this)
     got = _columns(trace, "api")
     if got is None or ("nameId" not in got and graph_launch_ids):
         return None

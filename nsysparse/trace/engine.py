@@ -227,6 +227,8 @@ class Engine:
             return None
         ints = [c for col in sel.columns if not col.text for c in col.sources]
         texts = [c for col in sel.columns if col.text for c in col.sources]
+        if any(col.text and len(col.sources) > 1 for col in sel.columns) or set(ints) & set(texts) or set(present) & set(ints + texts):
+            return None  # COALESCE of texts, or a column read both ways: SQL's
         if sel.keep is not None:
             ints.append(sel.keep[0])
         got = reader.read(table, list(dict.fromkeys(ints)), texts=list(dict.fromkeys(texts)), present=present)
@@ -264,24 +266,31 @@ class Engine:
     def _page_file(self) -> pages.PageFile | None:
         if self._pages_failed:
             return None
-        if self._pages is None:
-            try:
-                self._pages = pages.PageFile(self.path)
-            except (OSError, ValueError) as err:
-                log.debug("page reader unavailable (%s)", err)
-                self._pages_failed = True
-                return None
+        with self._lock:  # (loader threads may ask at once)
+            if self._pages is None and not self._pages_failed:
+                try:
+                    reader = pages.PageFile(self.path)
+                except (OSError, ValueError) as err:
+                    log.debug("page reader unavailable (%s)", err)
+                    self._pages_failed = True
+                    return None
+                if not reader.ok:  # not a plain SQLite 3 file in rollback-journal mode
+                    reader.close()
+                    self._pages_failed = True
+                    return None
+                self._pages = reader
         return self._pages
 
     def _layout(self, table: str) -> pages.Layout | None:
-        if table not in self._layouts:
-            self._layouts[table] = pages.layout(self.rows, table)
-        return self._layouts[table]
+        with self._lock:
+            if table not in self._layouts:
+                self._layouts[table] = pages.layout(self.rows, table)
+            return self._layouts[table]
 
     def reads_pages(self) -> bool:
         """Whether large tables are read from the file's pages first (see `pages`): not in WAL mode, nor
-        with NSYSPARSE_ENGINE=sqlite|duckdb, nor after the file could not be mapped."""
-        return not self._pages_failed
+        with NSYSPARSE_ENGINE=sqlite|duckdb, nor when the file cannot be mapped or is not a plain file."""
+        return self._page_file() is not None
 
     def uses_duckdb(self) -> bool:
         """Whether large queries go to DuckDB (preferred and available)."""

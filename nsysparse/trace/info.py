@@ -383,7 +383,8 @@ def _gpu_work(trace: Trace) -> dict[str, np.ndarray]:
     if not parts:
         return {c: np.zeros(0, np.int64) for c in names}
     pid = "((g >> 24) & 16777215)"
-    prev = f"max(b) OVER (PARTITION BY u, d, s, {pid} ORDER BY a, b ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
+    # ties of (start, end) on a stream: kernels first, then memcpys, then memsets (as `activity.gpu_work`)
+    prev = f"max(b) OVER (PARTITION BY u, d, s, {pid} ORDER BY a, b, kind ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
     ops = " UNION ALL ".join(parts)
     inner = f"SELECT kind, g, d, s, a, b, v, u, gn, CASE WHEN u = 1 THEN b - {_max_sql('a', f'COALESCE({prev}, a)')} ELSE 0 END AS add_ns FROM ({ops}) ops"
     sql = (
@@ -493,7 +494,7 @@ def slice_status(trace: Trace, kernels: int | None = None, missing: int | None =
 
 def _launch_check_in_sql(trace: Trace) -> bool:
     """Whether the launch check runs as one join over the tables (large files: from the pages, else in
-    DuckDB) rather than on the in-memory launch join."""
+    DuckDB, or sqlite3 where DuckDB is missing) rather than on the in-memory launch join."""
     kt = S.TABLES["kernels"]
     big = trace.engine.prefers_duckdb() and (trace.engine.reads_pages() or trace.engine.uses_duckdb())  # (pages: no DuckDB needed)
     return not trace.is_loaded("launches") and big and trace.schema.has(kt, "correlationId") and trace.has("api")

@@ -52,6 +52,7 @@ class Layout:
     root: int
     columns: tuple[str, ...]
     rowid_alias: str | None
+    real: frozenset[str] = frozenset()  # columns of REAL affinity (SQLite hands back their integers as reals)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Request:
     table: Layout
     ints: tuple[str, ...]
     texts: tuple[str, ...]
-    present: tuple[str, ...] = ()  # columns of any type of which only "not NULL" is read
+    present: tuple[str, ...] = ()  # columns of any storage class of which only "not NULL" is read
 
 
 @dataclass
@@ -81,7 +82,11 @@ def _texts(dense: np.ndarray, lo: int, hi: int, width: int, offset: int, nbytes:
         return np.full(hi - lo, "", dtype=object)
     raw = np.ndarray(shape=(hi - lo,), dtype=f"V{nbytes}", buffer=dense, offset=lo * width + offset, strides=(width,))
     uniques, inverse = np.unique(raw, return_inverse=True)
-    decoded = np.array([bytes(u).decode("utf-8", "replace") for u in uniques], dtype=object)
+    as_bytes = uniques.view(f"S{nbytes}")
+    if (uniques.view(np.uint8).reshape(-1, nbytes)[:, -1] == 0).any():  # 'S' would drop a trailing NUL byte
+        decoded = np.array([bytes(u).decode("utf-8", "replace") for u in uniques], dtype=object)
+    else:
+        decoded = np.char.decode(as_bytes, "utf-8", "replace").astype(object)
     return decoded[inverse.reshape(-1)]
 
 
@@ -99,8 +104,8 @@ def _content_sizes(m: np.ndarray) -> np.ndarray:
 def _preamble(block: np.ndarray, rowids: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:
     """From each cell's first bytes: its payload length, its rowid (when `rowids`), and the offset of its
     first serial type (after the two varints and the record's header-length byte). None when the
-    payload length takes more than 2 bytes (it then spills to overflow pages anyway) or the rowid more
-    than 6 bytes (a rowid of 2^42 or more)."""
+    payload length takes more than 2 bytes (16 KiB or more) or the rowid more than 6 bytes (a rowid of
+    2^42 or more, or a negative one)."""
     b0 = block[:, 0].astype(np.int64)
     long_payload = b0 >= 0x80
     payload = b0
@@ -165,8 +170,10 @@ def layout(rows: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]], table: s
     info = rows(f'PRAGMA table_info("{table}")', ())
     columns = tuple(str(r[1]) for r in info)
     keys = [r for r in info if r[5]]
+    # (INTEGER PRIMARY KEY DESC is not an alias: its values are stored, which `_decode` checks)
     alias = str(keys[0][1]) if len(keys) == 1 and str(keys[0][2]).upper() == "INTEGER" else None
-    return Layout(int(root), columns, alias)
+    real = frozenset(str(r[1]) for r in info if any(t in str(r[2]).upper() for t in ("REAL", "FLOA", "DOUB")) and "INT" not in str(r[2]).upper())
+    return Layout(int(root), columns, alias, real)
 
 
 class PageFile:
@@ -246,8 +253,12 @@ class PageFile:
     def leaves(self, root: int) -> np.ndarray | None:
         """The table's leaf pages in key (rowid) order; None on a page of another kind or out of the file."""
         pages = np.array([root], dtype=np.int64)
+        visited = 0
         for _ in range(MAX_DEPTH):
-            if int(pages.min()) < 1 or int(pages.max()) > self.pages:
+            visited += len(pages)
+            if int(pages.min()) < 1 or int(pages.max()) > self.pages or visited > self.pages:
+                return None  # out of the file, or a page reached twice (a cycle): damage
+            if len(pages) > 1 and len(np.unique(pages)) < len(pages):
                 return None
             _, header = self._page_base(pages)
             kind = self._u8[header]
@@ -287,11 +298,15 @@ class PageFile:
     ) -> dict[str, np.ndarray] | None:
         """The `wanted` integer columns of every row in rowid order, as int64 arrays (a masked array
         where a column holds NULLs), the `texts` columns as object arrays (str, None for NULL), and for
-        the `present` columns (of any type; not also wanted or texts) whether each value is not NULL.
+        the `present` columns (any storage class; not also wanted or texts) whether each value is not NULL.
+        A text or blob longer than 57 bytes in any column of a row makes the answer None (its serial
+        type takes two header bytes), whether or not that column is read.
         None when anything is outside what this reader proves it reads right."""
         if not self.ok or any(w not in table.columns for w in (*wanted, *texts, *present)) or (texts and not self.utf8):
             return None
-        if set(present) & (set(wanted) | set(texts)):
+        if set(present) & (set(wanted) | set(texts)) or set(texts) & set(wanted) or table.rowid_alias in (*texts, *present):
+            return None
+        if set(wanted) & table.real:  # a real column's integers are reals to SQLite
             return None
         leaves = self.leaves(table.root)
         if leaves is None:
@@ -369,7 +384,10 @@ class PageFile:
         # serial types elsewhere: each run of rows alike is decoded on its own (rowids grow, so their
         # varints lengthen a few times a table).
         uniform = bool((types_at == types_at[0]).all())
-        held = (block[:, int(types_at[0]) - 1] if uniform else block[np.arange(n), types_at - 1]).astype(np.int64) - 1
+        header = block[:, int(types_at[0]) - 1] if uniform else block[np.arange(n), types_at - 1]
+        if (header >= 0x80).any():  # a header longer than 127 bytes (127 columns or more): not read here
+            return None
+        held = header.astype(np.int64) - 1
         key = types_at * 256 + held
         change = np.flatnonzero(key[1:] != key[:-1]) + 1
         if len(change) == 0:
@@ -417,7 +435,10 @@ class PageFile:
             return None
         for w in req.ints:
             st = types[:, table.columns.index(w)]
-            if w != table.rowid_alias and ((st == 7) | (st >= 10)).any():
+            if w == table.rowid_alias:
+                if (st != 0).any():  # an alias of the rowid stores NULL; a stored value means it is none
+                    return None
+            elif ((st == 7) | (st >= 10)).any():
                 return None  # a real, a text or a blob where an integer is read
         for w in req.texts:
             st = types[:, table.columns.index(w)]

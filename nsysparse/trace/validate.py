@@ -6,10 +6,12 @@ nsys uses gets there, and two such values still subtract without overflow) means
 or damaged. Such a file gets one error naming the file, the table, the column and what was found, and
 never reaches an analysis.
 
-How it is checked costs nothing on a clean file read by DuckDB: its sqlite scanner refuses a value that
-does not match the declared column type (`Engine` turns that refusal into `diagnose`), and the loaded
-timestamps are range-checked in numpy. With sqlite3 (small files) every integer column a reader uses is
-checked by one `typeof` scan per table before the first query (`Trace.validate`).
+How it is checked costs nothing on a clean file: the page reader (`pages`) reads a column only when
+every value has the storage class it reads, and otherwise hands the table to SQL; DuckDB's sqlite scanner
+refuses a value that does not match the declared column type (`Engine` turns that refusal into
+`diagnose`); and the loaded timestamps are range-checked in numpy. With sqlite3 (small files) every
+integer column a reader uses is checked by one `typeof` scan per table before its first query
+(`Trace.validate`).
 """
 
 from __future__ import annotations
