@@ -352,15 +352,19 @@ def test_info_aggregates_from_pages_equal_the_sql_ones(path, monkeypatch, tmp_pa
     assert via_pages == _all_work(path, "sqlite", monkeypatch)
 
 
-def test_refuses_a_damaged_payload_length(tmp_path):
-    """A cell's payload length overwritten (it now runs past its page, and disagrees with its header): None."""
-    path = tmp_path / "t.sqlite"
-    _build(path, 2, [[i, i] for i in range(50)], page_size=512)
+def _root_page(path: Path, rows: int) -> tuple[bytearray, int, int]:
+    """A two-column table of `rows` rows in 512-byte pages: the file's bytes, its root page number and offset."""
+    _build(path, 2, [[i, i] for i in range(rows)], page_size=512)
     con = sqlite3.connect(path)
     root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 't'").fetchone()[0]
     con.close()
-    data = bytearray(path.read_bytes())
-    page = (root - 1) * 512
+    return bytearray(path.read_bytes()), root, (root - 1) * 512
+
+
+def test_refuses_a_damaged_payload_length(tmp_path):
+    """A cell's payload length overwritten (it now runs past its page, and disagrees with its header): None."""
+    path = tmp_path / "t.sqlite"
+    data, _, page = _root_page(path, 50)
     first_cell = int.from_bytes(data[page + 8 : page + 10], "big")
     cell = page + first_cell
     data[cell] = 0x7F  # payload length 127: beyond the page for a cell near its end
@@ -383,12 +387,7 @@ def test_a_descending_integer_key_is_not_the_rowid(tmp_path):
 def test_a_cycle_in_the_btree_is_refused(tmp_path):
     """An interior page pointing back at itself: None at once (not a level array doubling without end)."""
     path = tmp_path / "t.sqlite"
-    _build(path, 2, [[i, i] for i in range(5000)], page_size=512)
-    con = sqlite3.connect(path)
-    root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 't'").fetchone()[0]
-    con.close()
-    data = bytearray(path.read_bytes())
-    page = (root - 1) * 512
+    data, root, page = _root_page(path, 5000)
     assert data[page] == 5  # an interior table page
     data[page + 8 : page + 12] = root.to_bytes(4, "big")  # its right-most child: itself
     path.write_bytes(bytes(data))

@@ -126,19 +126,23 @@ def _most(codes: np.ndarray, count: int, values: np.ndarray, use: np.ndarray) ->
     return np.where(got == _SMALL, 0, got)
 
 
+def timed_gpu_kinds(trace: Trace) -> list[tuple[int, str, tuple[str, ...]]]:
+    """(code, kind, the table's columns) of each GPU operation table the trace has with start and end."""
+    out = []
+    for code, kind in enumerate(S.GPU_OP_KINDS):
+        have = trace.schema.columns.get(S.TABLES[kind], ()) if trace.has(kind) else ()
+        if "start" in have and "end" in have:
+            out.append((code, kind, have))
+    return out
+
+
 def gpu_work(trace: Trace) -> dict[str, np.ndarray] | None:
     """`info._gpu_work` from pages: per (kind, globalPid, deviceId, streamId) rows, valid and usable
     rows, span, busy ns (the union of each stream's usable operations: each one's part beyond the
     running maximum of the ends before it, in (start, end) order, on its device, stream and process)
     and graph-node kernels."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("kind", "g", "d", "s", "a", "b", "v", "u", "gn")}
-    for code, kind in enumerate(S.GPU_OP_KINDS):
-        if not trace.has(kind):
-            continue
-        table = S.TABLES[kind]
-        have = trace.schema.columns[table]
-        if not ("start" in have and "end" in have):
-            continue
+    for code, kind, have in timed_gpu_kinds(trace):
         node = kind == "kernels" and "graphNodeId" in have
         got = _columns(trace, kind)
         if got is None:

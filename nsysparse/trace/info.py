@@ -364,13 +364,8 @@ def _gpu_work(trace: Trace) -> dict[str, np.ndarray]:
         return fast
     names = ("kind", "g", "d", "s", "n", "nv", "nu", "lo", "hi", "busy", "gn")
     parts = []
-    for kind in S.GPU_OP_KINDS:
-        if not trace.has(kind):
-            continue
+    for _, kind, have in activity.timed_gpu_kinds(trace):
         table = S.TABLES[kind]
-        have = trace.schema.columns[table]
-        if not ("start" in have and "end" in have):
-            continue
         valid = tables.valid_rows_sql(trace, kind)
         gp = 'COALESCE("globalPid", 0)' if "globalPid" in have else "0"
         dev = 'COALESCE("deviceId", 0)' if "deviceId" in have else "0"
