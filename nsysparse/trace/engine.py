@@ -231,7 +231,12 @@ class Engine:
             return None  # COALESCE of texts, or a column read both ways: SQL's
         if sel.keep is not None:
             ints.append(sel.keep[0])
-        got = reader.read(table, list(dict.fromkeys(ints)), texts=list(dict.fromkeys(texts)), present=present)
+        try:
+            got = reader.read(table, list(dict.fromkeys(ints)), texts=list(dict.fromkeys(texts)), present=present)
+        except Exception as err:  # a damaged file the checks let through: SQL then names the damage
+            reraise_interrupt(err)
+            log.debug("page reader failed on %s (%s); reading through SQL", sel.table, type(err).__name__)
+            return None
         if not got:
             return None
         n = len(next(iter(got.values())))
@@ -258,7 +263,11 @@ class Engine:
         """Rows of `table`: its leaf cells counted on the pages (no record decoded), else count(*)."""
         layout = self._layout(table) if self._page_file() is not None else None
         if layout is not None and self._pages is not None:
-            n = self._pages.count(layout)
+            try:
+                n = self._pages.count(layout)
+            except Exception as err:  # (as in `from_pages`)
+                reraise_interrupt(err)
+                n = None
             if n is not None:
                 return n
         return int(self.rows(f'SELECT count(*) FROM "{table}"')[0][0])
