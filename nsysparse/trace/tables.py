@@ -177,7 +177,7 @@ def _select(trace: Trace, kind: str, wanted: tuple[str, ...], keep: tuple[str, t
     return Select(table, tuple(columns), keep), missing
 
 
-def read(trace: Trace, sel: Select, kind: str) -> dict[str, np.ndarray]:
+def read_columns(trace: Trace, sel: Select, kind: str) -> dict[str, np.ndarray]:
     """The columns of `sel`: from the file's pages when the page reader vouches for them, else through
     SQL, whose integer columns are type-checked first (sqlite3: one typeof scan)."""
     got = trace.engine.from_pages(sel)
@@ -235,7 +235,7 @@ def load(trace: Trace, kind: str, columns: tuple[str, ...] | None = None) -> pd.
     for m in missing:
         if m in ("global_pid", "global_tid", "correlation_id", "device_id", "stream_id", "event_class"):
             trace.note(f"{S.TABLES[kind]} has no {spec[m].source} column (older export): {m} is unknown")
-    return _finish(trace, read(trace, sel, kind), kind, spec, wanted)
+    return _finish(trace, read_columns(trace, sel, kind), kind, spec, wanted)
 
 
 def _finish(trace: Trace, cols: dict[str, np.ndarray], kind: str, spec: dict[str, Col], wanted: tuple[str, ...]) -> pd.DataFrame:
@@ -310,10 +310,7 @@ def nvtx(trace: Trace) -> pd.DataFrame:
     columns.append(Column("text_id", ("textId",)) if by_id else Column("text_id"))
     wanted_types = ("eventType", (*S.NVTX_RANGE_TYPES, S.NVTX_MARK))
     sel = Select(table, tuple(columns), wanted_types, nothing="eventType" not in cols)
-    got = trace.engine.from_pages(sel)
-    if got is None:
-        trace.validate("nvtx")
-        got = trace.engine.arrays(sel.sql(), masked=True)
+    got = read_columns(trace, sel, "nvtx")
     start = got["start_ns"]
     n = len(start)
     nulls = {k: _null_mask(got[k], n) for k in (*source, "text_id")}
