@@ -5,7 +5,8 @@ The same numbers as the SQL aggregates in `info` (`_gpu_work`, `_api_work`, `_nv
 the page reader cannot vouch for a column (or a column it needs is missing), and `info` then runs its
 query. Reading the raw columns from the pages and grouping them in numpy costs a fraction of the SQL
 scans (SQLite decodes every value at about 90 ns). Every row is counted, valid or not, exactly as the
-queries count them; NULL keys count as 0, as the queries' COALESCE does.
+queries count them; NULL keys count as 0, as the queries' COALESCE does. Where the page reader is
+off (WAL, NSYSPARSE_ENGINE, a file it cannot map) every function here answers None.
 """
 
 from __future__ import annotations

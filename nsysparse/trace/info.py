@@ -360,7 +360,7 @@ def _gpu_work(trace: Trace) -> dict[str, np.ndarray]:
     of the ends before it on its device, stream and process: summed, the union of the stream's work) and
     kernels that are graph nodes gn. Keys are the loaders' values for usable rows (globalPid NULL -> 0).
     From the file's pages when the page reader can (`activity.gpu_work`), this query otherwise."""
-    if trace.engine.reads_pages() and (fast := activity.gpu_work(trace)) is not None:
+    if (fast := activity.gpu_work(trace)) is not None:
         return fast
     names = ("kind", "g", "d", "s", "n", "nv", "nu", "lo", "hi", "busy", "gn")
     parts = []
@@ -397,7 +397,7 @@ def _api_work(trace: Trace) -> dict[str, Any]:
     table = S.TABLES["api"]
     if not trace.has("api"):
         return {**{c: np.zeros(0, np.int64) for c in names}, "has_tid": False}
-    if trace.engine.reads_pages() and (fast := activity.api_work(trace, _graph_launch_ids(trace))) is not None:
+    if (fast := activity.api_work(trace, _graph_launch_ids(trace))) is not None:
         return fast
     have = trace.schema.columns[table]
     timed = "start" in have and "end" in have
@@ -427,7 +427,7 @@ def _nvtx_work(trace: Trace, bounds: tuple[int, int] | None = None) -> dict[str,
     have = trace.schema.columns[table]
     if "start" not in have and "eventType" not in have:
         return empty
-    if trace.engine.reads_pages() and (fast := activity.nvtx_work(trace, bounds)) is not None:
+    if (fast := activity.nvtx_work(trace, bounds)) is not None:
         return fast
     valid = tables.nvtx_valid_sql(trace)
     end = 'COALESCE("end", "start")' if "end" in have else '"start"'
@@ -509,7 +509,7 @@ def _kernels_without_launch(trace: Trace, total: int | None = None) -> tuple[int
 def _missing_launches(trace: Trace) -> int:
     """The DuckDB join of `_kernels_without_launch`: valid kernels without a call of the same process
     (from the file's pages when the page reader can)."""
-    if trace.engine.reads_pages() and (fast := activity.missing_launches(trace)) is not None:
+    if (fast := activity.missing_launches(trace)) is not None:
         return fast
     kt, at = S.TABLES["kernels"], S.TABLES["api"]
     pid_ok = trace.schema.has(kt, "globalPid") and trace.schema.has(at, "globalTid")
@@ -539,7 +539,8 @@ def _concurrently(trace: Trace, jobs: dict[str, Callable[[Trace], Any]]) -> dict
 
 
 def summary(trace: Trace) -> dict[str, Any]:
-    """The whole `info` answer as plain data (JSON-ready): one aggregate query per event table."""
+    """The whole `info` answer as plain data (JSON-ready): one aggregate per event table, from the
+    file's pages where the page reader can (each table's columns read once), else one query each."""
     for kind in ("kernels", "api"):
         if trace.has(kind) and not trace.engine.reads_pages():
             trace.validate(kind)  # (on this thread, before the queries run at once; with pages they run in turn)
