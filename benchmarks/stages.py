@@ -81,6 +81,7 @@ def instrument() -> None:
 
 
 def profile(path: str, report: bool) -> list[tuple[str, float, float]]:
+    from nsysparse import allocator
     from nsysparse.analyses.context import AnalysisContext
     from nsysparse.analyses.gaps import gap_report
     from nsysparse.analyses.layers import layer_report
@@ -88,6 +89,7 @@ def profile(path: str, report: bool) -> list[tuple[str, float, float]]:
     from nsysparse.analyses.steps import step_table
     from nsysparse.trace import open_trace
 
+    allocator.tune()  # as the CLI does for its process
     instrument()
     rows = [("start-up", time.perf_counter() - T0, rss_mb())]
     with open_trace(path) as t:
@@ -134,7 +136,13 @@ def main() -> int:
         return 0
     runs: list[list[tuple[str, float, float]]] = []
     for _ in range(repeat):
-        out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env={**os.environ, "_STAGES_CHILD": "1"}, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, *args],
+            capture_output=True,
+            text=True,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"_STAGES_CHILD": "1"},
+            check=True,
+        ).stdout
         rows = []
         for line in out.splitlines():
             name, rest = line[:36].rstrip(), line[36:].split()
