@@ -19,8 +19,9 @@ import pytest
 from conftest import FIXTURES, PUBLIC
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nsysbuilder import gtid
 
-from nsysparse.trace import open_trace, pages
+from nsysparse.trace import open_trace, pages, tables
 from nsysparse.trace import schema as S
 from nsysparse.trace.engine import Column, Engine, Select
 
@@ -89,6 +90,42 @@ def test_integer_tables_read_as_sqlite_reads_them(tmp_path_factory, ncols, nrows
     got = _read(path, "t", wanted)
     assert got is not None
     assert _as_rows(got, wanted) == _sqlite_rows(path, f"SELECT {', '.join(wanted)} FROM t")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    ncols=st.integers(8, 30),
+    nrows=st.integers(1, 300),
+    seed=st.integers(0, 2**32 - 1),
+    data=st.data(),
+)
+def test_far_columns_read_as_sqlite_reads_them(tmp_path_factory, ncols, nrows, seed, data):
+    """Integer columns after more than FAR_GAP unread ones (gathered per row, not by layout), between
+    columns of varying sizes, with flags of other columns: as sqlite3 reads them."""
+    rng = np.random.default_rng(seed)
+    pool = [data.draw(ints) for _ in range(24)]
+    rows = [[pool[k] for k in rng.integers(0, len(pool), ncols)] for _ in range(nrows)]
+    path = tmp_path_factory.mktemp("pages") / "t.sqlite"
+    _build(path, ncols, rows)
+    near = sorted({f"c{int(i)}" for i in rng.integers(0, 2, rng.integers(1, 3))})
+    far = sorted({f"c{int(i)}" for i in rng.integers(pages.FAR_GAP + 2, ncols, rng.integers(1, 3))}, key=lambda c: int(c[1:]))
+    flags = [f"c{int(i)}" for i in range(2, pages.FAR_GAP + 2) if rng.random() < 0.5]
+    wanted = near + far
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    lay = pages.layout(lambda q, a=(): con.execute(q, a).fetchall(), "t")
+    con.close()
+    assert lay is not None
+    req = pages.Request(lay, tuple(wanted), (), tuple(flags))
+    assert set(pages._far_columns({w: lay.columns.index(w) for w in wanted}, req)) == set(far)  # the per-row path is the one taken
+    reader = pages.PageFile(path)
+    try:
+        got = reader.read(lay, wanted, present=flags)
+    finally:
+        reader.close()
+    assert got is not None
+    assert _as_rows(got, wanted) == _sqlite_rows(path, f"SELECT {', '.join(wanted)} FROM t")
+    for f in flags:
+        assert got[f].tolist() == [v is not None for (v,) in _sqlite_rows(path, f"SELECT {f} FROM t")]
 
 
 def test_deep_btree_after_deletes_and_inserts(tmp_path):
@@ -218,6 +255,14 @@ def _traces() -> list[Path]:
 KINDS = ("kernels", "api", "nvtx", "memcpy", "memset", "sync")
 
 
+def _has_nvtx(path: Path) -> bool:
+    con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+    try:
+        return bool(con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'NVTX_EVENTS'").fetchone()[0])
+    finally:
+        con.close()
+
+
 @pytest.mark.parametrize("path", _traces(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_loaded_frames_equal_sql_on_real_captures(path, monkeypatch):
     """Every table the loaders read, from pages and through SQL (sqlite3), gives equal frames on the
@@ -264,6 +309,62 @@ def test_loaded_frames_equal_sql_on_real_captures(path, monkeypatch):
             assert frame == via_sql[kind]
         else:
             pd.testing.assert_frame_equal(frame, via_sql[kind], check_exact=True)
+
+
+def _domain_by_sql(t, frame: pd.DataFrame) -> list[str]:
+    """Each NVTX row's domain name as the SQL join of its (process, domain id) with the NvtxDomainCreate
+    events names it (the first event of a pair wins), else "default" (id 0) or "domain N"."""
+    named: dict[tuple[int, int], str] = {}
+    for p, d, v in zip(*[tables.nvtx_domains(t)[c] for c in ("pid", "domain_id", "domain")]):
+        named.setdefault((int(p), int(d)), str(v))
+    return [named.get((int(p), int(d)), "default" if d == 0 else f"domain {d}") for p, d in zip(frame["pid"], frame["domain_id"])]
+
+
+@pytest.mark.parametrize("path", [p for p in _traces() if _has_nvtx(p)], ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_nvtx_domain_names_equal_the_sql_join(path, monkeypatch):
+    """The loader names domains from the domain-create rows of its own read; SQL joins them apart."""
+    monkeypatch.setenv("NSYSPARSE_NO_CACHE", "1")
+    with open_trace(path) as t:
+        frame = t.nvtx()
+        assert frame["domain"].astype(str).tolist() == _domain_by_sql(t, frame)
+        assert not (frame["event_type"] == S.NVTX_DOMAIN_CREATE).any()
+
+
+def test_nvtx_domain_create_rows_name_and_leave(builder, tmp_path, monkeypatch):
+    """Domain-create events (start set, end NULL; by inline text or by StringIds id; per process; the
+    first of a repeated pair wins) name the ranges and are neither rows nor invalid rows."""
+    monkeypatch.setenv("NSYSPARSE_NO_CACHE", "1")
+    b = builder("2024.5")
+    b.gpu()
+    b.domain(1, "CCCL")
+    b.domain(1, "later name", pid=100)
+    b.domain(1, "other process", pid=200, tid=200)
+    b.add(
+        "NVTX_EVENTS",
+        start=5,
+        end=None,
+        eventType=75,
+        rangeId=0,
+        category=0,
+        color=None,
+        text=None,
+        globalTid=gtid(100, 100),
+        endGlobalTid=None,
+        textId=b.sid("by id"),
+        domainId=2,
+    )
+    b.push(0, 100, "a", domain=1)
+    b.push(10, 90, "b", domain=2)
+    b.push(20, 80, "c", domain=3)
+    b.push(30, 70, "d", domain=0)
+    path = b.write(tmp_path / "d.sqlite")
+    for engine in ("auto", "sqlite"):
+        monkeypatch.setenv("NSYSPARSE_ENGINE", engine)
+        with open_trace(path) as t:
+            frame = t.nvtx()
+            assert t.notes == []
+            assert frame["text"].astype(str).tolist() == ["a", "b", "c", "d"]
+            assert frame["domain"].astype(str).tolist() == ["CCCL", "by id", "domain 3", "default"] == _domain_by_sql(t, frame)
 
 
 def _work_rows(work: dict, keys: tuple[str, ...]) -> list[tuple]:

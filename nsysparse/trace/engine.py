@@ -32,6 +32,9 @@ log = logging.getLogger("nsysparse.trace")
 # Files at least this large are scanned with DuckDB; smaller ones with sqlite3 (DuckDB's start-up
 # costs more than it saves on small files). NSYSPARSE_ENGINE=sqlite|duckdb forces one.
 DUCKDB_MIN_BYTES = 48 * 1024 * 1024
+# A table the caller counted below this many rows is read with sqlite3 even in a large file: starting
+# DuckDB and its scanner (about 0.25 s) costs more than sqlite3 takes for it (6,000 strings: 9 ms).
+SMALL_TABLE_ROWS = 100_000
 
 
 def sqlite_scanner_path() -> Path | None:
@@ -143,7 +146,11 @@ class Engine:
         return pd.DataFrame({n: _column(c) for n, c in zip(names, cols)})
 
     # -- duckdb -------------------------------------------------------------------------------------
-    def prefers_duckdb(self) -> bool:
+    def prefers_duckdb(self, rows: int | None = None) -> bool:
+        """Whether a query goes to DuckDB; `rows`, when the caller knows it, is the size of the table read
+        (below `SMALL_TABLE_ROWS`: sqlite3)."""
+        if rows is not None and rows < SMALL_TABLE_ROWS:
+            return False
         if self._duck_failed or self._prefer == "sqlite" or self._wal:  # DuckDB's scanner would create -wal/-shm files
             return False
         if self._prefer == "duckdb":
@@ -176,10 +183,10 @@ class Engine:
         self._duck = con
         return con
 
-    def frame(self, sql: str) -> pd.DataFrame:
-        """Run a (large) SELECT and return a DataFrame; DuckDB when worthwhile, sqlite3 otherwise.
-        Safe to call from several threads at once (each thread gets its own DuckDB cursor)."""
-        if self.prefers_duckdb():
+    def frame(self, sql: str, rows: int | None = None) -> pd.DataFrame:
+        """Run a (large) SELECT and return a DataFrame; DuckDB when worthwhile (see `prefers_duckdb`),
+        sqlite3 otherwise. Safe to call from several threads at once (each thread gets its own DuckDB cursor)."""
+        if self.prefers_duckdb(rows):
             con = self._thread_cursor()
             if con is not None:
                 try:
@@ -301,9 +308,9 @@ class Engine:
         with NSYSPARSE_ENGINE=sqlite|duckdb, nor when the file cannot be mapped or is not a plain file."""
         return self._page_file() is not None
 
-    def uses_duckdb(self) -> bool:
-        """Whether large queries go to DuckDB (preferred and available)."""
-        return self.prefers_duckdb() and self.duckdb() is not None
+    def uses_duckdb(self, rows: int | None = None) -> bool:
+        """Whether a query (over a table of `rows`, when known) goes to DuckDB: preferred and available."""
+        return self.prefers_duckdb(rows) and self.duckdb() is not None
 
     def _thread_cursor(self) -> Any:
         """The DuckDB connection on the main thread; a cursor of it (same attached file) elsewhere."""

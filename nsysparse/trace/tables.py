@@ -301,16 +301,19 @@ def nvtx(trace: Trace) -> pd.DataFrame:
     if "start" not in cols:
         raise MissingDataError(f"{trace.path}: {table} has no start column", "The file was modified, or is not an nsys export; re-export it")
     by_id = "textId" in cols and trace.schema.has(S.STRINGS)
-    if by_id:
-        trace.validate(S.STRINGS)
     source = {"start_ns": "start", "end_ns": "end", "event_type": "eventType", "global_tid": "globalTid", "end_global_tid": "endGlobalTid"}
     source |= {"domain_id": "domainId", "range_id": "rangeId"}
     columns = [Column(name, (src,)) if src in cols else Column(name) for name, src in source.items()]
     columns.append(Column("text", ("text",), text=True) if "text" in cols else Column("text"))
     columns.append(Column("text_id", ("textId",)) if by_id else Column("text_id"))
-    wanted_types = ("eventType", (*S.NVTX_RANGE_TYPES, S.NVTX_MARK))
+    # the domain-create events come in the same read (their names label the ranges), then leave the rows
+    wanted_types = ("eventType", (*S.NVTX_RANGE_TYPES, S.NVTX_MARK, S.NVTX_DOMAIN_CREATE))
     sel = Select(table, tuple(columns), wanted_types, nothing="eventType" not in cols)
     got = read_columns(trace, sel, "nvtx")
+    created = np.asarray(_unmasked(got["event_type"])) == S.NVTX_DOMAIN_CREATE
+    domains = _created_domains(trace if by_id else None, {k: v[created] for k, v in got.items()})
+    if created.any():
+        got = {k: v[~created] for k, v in got.items()}
     start = got["start_ns"]
     n = len(start)
     nulls = {k: _null_mask(got[k], n) for k in (*source, "text_id")}
@@ -357,8 +360,27 @@ def nvtx(trace: Trace) -> pd.DataFrame:
     out["kind"] = _categorical_of(kind_names, inverse)
     out["pid"] = pid_of(out["global_tid"].to_numpy())
     out["tid"] = tid_of(out["global_tid"].to_numpy())
-    out["domain"] = _nvtx_domain_names(trace, out["pid"].to_numpy(), out["domain_id"].to_numpy())
+    out["domain"] = _nvtx_domain_names(domains, out["pid"].to_numpy(), out["domain_id"].to_numpy())
     return out
+
+
+def _created_domains(trace: Trace | None, got: dict[str, np.ndarray]) -> pd.DataFrame:
+    """pid, domain_id, domain of the NvtxDomainCreate rows in `got` (as `nvtx_domains` reads them: a
+    NULL thread or domain id is 0, a missing name ""; the first row of a (pid, domain) pair wins). With
+    `trace`, the name is the inline text, else the StringIds value of the text id."""
+    n = len(got["start_ns"])
+    if n == 0:
+        return pd.DataFrame({"pid": [], "domain_id": [], "domain": []})
+
+    def ints(name: str, default: int) -> np.ndarray:
+        null = _null_mask(got[name], n)
+        return np.where(null, default, _unmasked(got[name])).astype(np.int64)
+
+    has_id = ~_null_mask(got["text_id"], n) if trace is not None else np.zeros(n, bool)
+    names = _nvtx_text(trace.strings if trace is not None else None, ints("text_id", -1), got["text"], has_id)
+    found = pd.DataFrame({"pid": pid_of(ints("global_tid", 0)), "domain_id": ints("domain_id", 0)})
+    found["domain"] = pd.Series(names).astype(object).fillna("").to_numpy(dtype=object)
+    return found.drop_duplicates(["pid", "domain_id"])
 
 
 def _null_mask(values: np.ndarray, n: int) -> np.ndarray:
@@ -404,12 +426,12 @@ def _nvtx_text(strings: Strings | None, text_ids: np.ndarray, inline: np.ndarray
     return pd.Categorical.from_codes(codes, categories=pd.Index(distinct, dtype="object"))
 
 
-def _nvtx_domain_names(trace: Trace, pid: np.ndarray, domain_id: np.ndarray) -> pd.Categorical:
-    """Per row: its process's name for its domain (NvtxDomainCreate), else "default" (id 0) or "domain N"."""
+def _nvtx_domain_names(domains: pd.DataFrame, pid: np.ndarray, domain_id: np.ndarray) -> pd.Categorical:
+    """Per row: its process's name for its domain (`domains`: the NvtxDomainCreate events), else
+    "default" (id 0) or "domain N"."""
     pid_code, pids = pd.factorize(pid, sort=False)  # hashing, not sorting, the rows
     dom_code, doms = pd.factorize(domain_id, sort=False)
     inverse, pair = pd.factorize(np.asarray(pid_code, dtype=np.int64) * len(doms) + dom_code, sort=False)
-    domains = nvtx_domains(trace)
     named: dict[tuple[int, int], str] = {}
     for p, d, v in zip(domains["pid"], domains["domain_id"], domains["domain"]):
         named.setdefault((int(p), int(d)), str(v))
@@ -497,6 +519,7 @@ def profiler_overhead(trace: Trace) -> pd.DataFrame:
     if not trace.schema.has("PROFILER_OVERHEAD", "globalTid"):
         return pd.DataFrame({k: pd.Series(v, dtype="int64") for k, v in cols.items()})
     df = trace.engine.frame(
-        'SELECT "start" AS start_ns, "end" AS end_ns, COALESCE("globalTid", 0) AS global_tid FROM "PROFILER_OVERHEAD" WHERE "end" IS NOT NULL'
+        'SELECT "start" AS start_ns, "end" AS end_ns, COALESCE("globalTid", 0) AS global_tid FROM "PROFILER_OVERHEAD" WHERE "end" IS NOT NULL',
+        rows=trace.engine.count_rows("PROFILER_OVERHEAD"),
     )
     return df.astype("int64") if len(df) else pd.DataFrame({k: pd.Series(v, dtype="int64") for k, v in cols.items()})

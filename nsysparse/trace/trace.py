@@ -63,7 +63,7 @@ class Trace:
         self._frames: dict[str, pd.DataFrame] = {}
         self._frame_cols: dict[str, tuple[str, ...]] = {}
         self._counts: dict[str, int] = {}
-        self._validated: set[str] = set()
+        self._validated: set[tuple[str, bool]] = set()  # (table, checked by DuckDB at query time)
         self._collect = threading.local()  # notes raised while one frame loads (stored with it in the cache)
         self._strings_lock = threading.Lock()
         self.cache = FrameCache(self.path)
@@ -140,15 +140,17 @@ class Trace:
             frames[part] = got[0]
         return frames, dict(record.get("data", {})), notes
 
-    def validate(self, table: str) -> None:
+    def validate(self, table: str, rows: int | None = None) -> None:
         """Check the integer columns the gateway reads of `table` (a kind or a table name), once: with
         sqlite3 by one typeof scan; with DuckDB its scanner refuses a mistyped value at query time and the
-        engine names it (see `validate`). Raises TraceError naming the file, table and column."""
+        engine names it (see `validate`). `rows`: the table's size, when the caller passes it to the
+        engine too (a small table is read with sqlite3). Raises TraceError naming the file, table and column."""
         table = S.TABLES.get(table, table)
-        if table in self._validated or not self.schema.has(table):
+        duck = self.engine.uses_duckdb(rows)
+        if (table, False) in self._validated or (table, duck) in self._validated or not self.schema.has(table):
             return
-        self._validated.add(table)
-        if self.engine.uses_duckdb():
+        self._validated.add((table, duck))
+        if duck:
             return
         present = self.schema.columns[table]
         validate.check(self.path, self.engine.rows, table, [c for c in tables.INTEGER_SOURCES.get(table, ()) if c in present])
@@ -193,8 +195,9 @@ class Trace:
     def _read_strings(self) -> Strings:
         if self._strings is None:
             if self.schema.has(S.STRINGS, "id") and self.schema.has(S.STRINGS, "value"):
-                self.validate(S.STRINGS)
-                df = self.engine.frame(f'SELECT id, CAST(value AS TEXT) AS value FROM "{S.STRINGS}" WHERE id IS NOT NULL')
+                n = self.engine.count_rows(S.STRINGS)  # (a few thousand, as a rule: then sqlite3 reads them)
+                self.validate(S.STRINGS, rows=n)
+                df = self.engine.frame(f'SELECT id, CAST(value AS TEXT) AS value FROM "{S.STRINGS}" WHERE id IS NOT NULL', rows=n)
                 ids = tables.integer_column(self, S.STRINGS, "id", df["id"]) if len(df) else np.zeros(0, np.int64)
                 self._strings = Strings(ids, df["value"].to_numpy(object))
             else:
