@@ -83,6 +83,8 @@ def strip_version_suffix(names: pd.Categorical) -> pd.Categorical:
     cats = pd.Series(names.categories, dtype="object")
     stripped = cats.str.replace(r"_v\d+$", "", regex=True)
     codes, uniques = pd.factorize(stripped, sort=False)
-    old = names.codes
-    new = np.where(old >= 0, codes[np.clip(old, 0, max(len(codes) - 1, 0))] if len(codes) else -1, -1)
-    return pd.Categorical.from_codes(new, categories=pd.Index(uniques, dtype="object"))
+    if len(uniques) == len(cats):  # no two names merge: the same codes (factorize keeps the order)
+        return pd.Categorical.from_codes(names.codes, categories=pd.Index(uniques, dtype="object"), validate=False)
+    # the row codes through a table of one entry per category (and -1 for NaN, at index -1), in their own width
+    table = np.append(np.asarray(codes), -1).astype(names.codes.dtype)
+    return pd.Categorical.from_codes(table[names.codes], categories=pd.Index(uniques, dtype="object"), validate=False)
