@@ -117,6 +117,31 @@ def test_cached_frames_equal_loaded_frames_and_notes(cache_home: Path, tmp_path:
         assert tr.notes == notes
 
 
+def test_cached_frames_are_private_copies_of_the_entry(cache_home: Path, tmp_path: Path) -> None:
+    """Cached columns are mapped copy-on-write: writing to one changes neither the entry's file nor the
+    next read; integer columns come back in their own dtype."""
+    t = _copy(FIXTURE, tmp_path / "in")
+    with open_trace(t) as tr:
+        expected = tr.kernels().copy(deep=True)
+    files = sorted((cache_home / "nsysparse" / "frames").rglob("*.cols"))
+    before = {f: f.read_bytes() for f in files}
+    with open_trace(t) as tr:
+        got = tr.cache.get("kernels", tuple(expected.columns))
+        assert got is not None
+        frame = got[0]
+        pd.testing.assert_frame_equal(frame, expected)
+        ints = [c for c in frame.columns if frame[c].dtype.kind == "i"]
+        assert ints and all(frame[c].dtype == expected[c].dtype for c in ints)
+        values = frame["start_ns"].to_numpy()
+        values.flags.writeable = True  # (pandas hands out read-only views; the mapping below them is writable)
+        values[:] = -7
+    assert {f: f.read_bytes() for f in files} == before
+    with open_trace(t) as tr:
+        again = tr.cache.get("kernels", tuple(expected.columns))
+        assert again is not None
+        pd.testing.assert_frame_equal(again[0], expected)
+
+
 def test_info_summary_is_kept_and_read_back(cache_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The second `info` reads the record (the aggregate queries do not run again) and says the same, even
     through another spelling of the path; a damaged record is rebuilt."""
