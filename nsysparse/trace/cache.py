@@ -19,7 +19,7 @@ its categories) is deleted and rebuilt. Small JSON records (`*.record.json`: the
 row counts, a kept result's index) sit beside them.
 
 Options: `NSYSPARSE_NO_CACHE=1` (the CLI's `--no-cache`) neither reads nor writes anything;
-`NSYSPARSE_CACHE_MAX_MB` caps the cache's size (default 2048): after each write, the least recently used
+`NSYSPARSE_CACHE_MAX_MB` caps the cache's size (default 4096): after each write, the least recently used
 traces' entries are removed until the cache fits, the current trace's last. Traces smaller than
 `NSYSPARSE_CACHE_MIN_MB` (default 8) are not cached: reading them costs less than a cache would save.
 
@@ -54,7 +54,7 @@ FORMAT = 3
 SUFFIX = ".cols"
 ALIGN = 64
 """Each column starts at a multiple of this many bytes of its file."""
-DEFAULT_MAX_MB = 2048.0
+DEFAULT_MAX_MB = 4096.0  # (an entry takes about twice its trace's size: a 482 MB trace, 1.0 GB)
 DEFAULT_MIN_MB = 8.0
 """Smaller traces are read directly (sqlite3 reads them in well under a second): NSYSPARSE_CACHE_MIN_MB."""
 
@@ -79,7 +79,7 @@ def _megabytes(name: str, default: float) -> int:
 
 
 def max_bytes() -> int:
-    """The cache's size cap in bytes ($NSYSPARSE_CACHE_MAX_MB, 2048 by default)."""
+    """The cache's size cap in bytes ($NSYSPARSE_CACHE_MAX_MB, 4096 by default)."""
     return _megabytes("NSYSPARSE_CACHE_MAX_MB", DEFAULT_MAX_MB)
 
 
