@@ -533,3 +533,26 @@ def test_activity_validity_columns_are_the_loaders():
     from nsysparse.trace import activity, tables
 
     assert activity.REQUIRED == tables.REQUIRED_SOURCES
+
+
+@pytest.mark.parametrize("processes", [(100,), (100, 200), (200,)])
+def test_missing_launches_per_process(builder, tmp_path, monkeypatch, processes):
+    """A kernel's launch is a call of its correlation id in its own process: kernels of processes 100 and
+    200 share ids 1..6, and only process 100 has calls (of ids 1..4)."""
+    from nsysparse.trace import info
+
+    b = builder("2024.5")
+    b.gpu()
+    for pid in (100, 200):
+        b.process(pid, f"p{pid}")
+    for i in range(4):
+        b.api(1_000 * i, 1_000 * i + 10, "cudaLaunchKernel_v7000", pid=100, tid=100)
+    rows = [(pid, corr) for pid in processes for corr in range(1, 7)]
+    for j, (pid, corr) in enumerate(rows):
+        b.kernel(10_000 + 100 * j, 10_050 + 100 * j, "k", pid=pid, corr=corr)
+    path = b.write(tmp_path / "p.sqlite")
+    expected = sum(1 for pid, corr in rows if pid != 100 or corr > 4)
+    for engine in ("auto", "sqlite"):
+        monkeypatch.setenv("NSYSPARSE_ENGINE", engine)
+        with open_trace(path) as t:
+            assert info._missing_launches(t) == expected

@@ -305,8 +305,12 @@ def missing_launches(trace: Trace) -> int | None:
     if (len(kc) and int(kc.min()) < 0) or (len(rc) and int(rc.min()) < 0):
         return None
     if pid_ok:  # the process of each side, numbered
-        procs, number = pd.factorize(np.concatenate([(k["globalPid"][0][known_k] >> 24) & 16777215, (r["globalTid"][0][known_r] >> 24) & 16777215]))
-        kp, rp, width = procs[: len(kc)], procs[len(kc) :], max(len(number), 1)
+        both = np.concatenate([(k["globalPid"][0][known_k] >> 24) & 16777215, (r["globalTid"][0][known_r] >> 24) & 16777215])
+        if len(both) == 0 or int(both.min()) == int(both.max()):  # one process (the usual case): nothing to number
+            kp, rp, width = np.zeros(len(kc), np.int64), np.zeros(len(rc), np.int64), 1
+        else:
+            procs, number = pd.factorize(both)
+            kp, rp, width = procs[: len(kc)], procs[len(kc) :], max(len(number), 1)
     else:
         kp, rp, width = np.zeros(len(kc), np.int64), np.zeros(len(rc), np.int64), 1
     top = max(int(kc.max()) if len(kc) else 0, int(rc.max()) if len(rc) else 0) + 1

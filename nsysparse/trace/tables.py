@@ -463,7 +463,26 @@ def nvtx_domains(trace: Trace) -> pd.DataFrame:
     )
 
 
-def kernel_launches(trace: Trace, kernels: pd.DataFrame, api: pd.DataFrame) -> pd.DataFrame:
+@dataclass(frozen=True)
+class LaunchIndex:
+    """The CUDA API calls' join keys ((process <<) 32 | correlationId), sorted: `order` (None: already in
+    order) and the sorted keys. Built once per trace and shared by the kernel, memcpy and memset joins."""
+
+    order: np.ndarray | None
+    keys: np.ndarray
+    by_pid: bool
+
+
+def launch_index(trace: Trace, api: pd.DataFrame) -> LaunchIndex:
+    use_pid = trace.schema.has(S.TABLES["kernels"], "globalPid")
+    akey = _corr_key(api["correlation_id"].to_numpy(), api["pid"].to_numpy() if use_pid else None)
+    if len(akey) < 2 or bool((akey[1:] >= akey[:-1]).all()):  # calls in correlation order (the usual case): no sort
+        return LaunchIndex(None, akey, use_pid)
+    order = np.argsort(akey, kind="stable")
+    return LaunchIndex(order, akey[order], use_pid)
+
+
+def kernel_launches(trace: Trace, kernels: pd.DataFrame, api: pd.DataFrame, index: LaunchIndex | None = None) -> pd.DataFrame:
     """Join each kernel to its launching API call (same correlationId, same process).
 
     Adds has_launch, api_start_ns, api_end_ns, global_tid, tid, api_name. Where the call is absent (a
@@ -471,30 +490,31 @@ def kernel_launches(trace: Trace, kernels: pd.DataFrame, api: pd.DataFrame) -> p
     NO_TIME and global_tid/tid are -1 (times themselves may be negative, so test has_launch). Graph-node kernels all map to the one
     cudaGraphLaunch that replayed them. O(n log n): sort the API keys once, binary-search the kernels.
     """
+    index = launch_index(trace, api) if index is None else index
     kpid = kernels["pid"].to_numpy() if "pid" in kernels else np.zeros(len(kernels), np.int64)
-    use_pid = trace.schema.has(S.TABLES["kernels"], "globalPid")
-    kkey = _corr_key(kernels["correlation_id"].to_numpy(), kpid if use_pid else None)
-    akey = _corr_key(api["correlation_id"].to_numpy(), api["pid"].to_numpy() if use_pid else None)
-    if len(akey) < 2 or bool((akey[1:] >= akey[:-1]).all()):  # calls in correlation order (the usual case): no sort
-        order, sorted_keys = np.arange(len(akey)), akey
-    else:
-        order = np.argsort(akey, kind="stable")
-        sorted_keys = akey[order]
+    kkey = _corr_key(kernels["correlation_id"].to_numpy(), kpid if index.by_pid else None)
+    sorted_keys = index.keys
     pos = np.searchsorted(sorted_keys, kkey)
     pos_c = np.clip(pos, 0, max(len(sorted_keys) - 1, 0))
     found = (len(sorted_keys) > 0) & (pos < len(sorted_keys))
     if len(sorted_keys):
         found &= sorted_keys[pos_c] == kkey
     found &= kernels["correlation_id"].to_numpy() > 0
-    idx = np.where(found, order[pos_c] if len(order) else 0, -1)
+    take = np.where(found, pos_c if index.order is None else index.order[pos_c], 0) if len(sorted_keys) else np.zeros(len(kkey), np.int64)
     out = kernels.copy(deep=False)  # copy-on-write: the kernel columns are shared, not duplicated
-    take = np.where(found, idx, 0)
+    every = bool(found.all()) and len(api) > 0  # (the usual case: each column is then one gather)
+
+    def joined(values: np.ndarray, absent: int) -> np.ndarray:
+        if every:
+            return values[take]
+        return np.where(found, values[take], absent) if len(api) else np.full(len(found), absent, dtype=np.int64)
+
     out["has_launch"] = found
-    out["api_start_ns"] = np.where(found, api["start_ns"].to_numpy()[take] if len(api) else 0, NO_TIME)
-    out["api_end_ns"] = np.where(found, api["end_ns"].to_numpy()[take] if len(api) else 0, NO_TIME)
-    out["global_tid"] = np.where(found, api["global_tid"].to_numpy()[take] if len(api) else 0, -1)
-    out["tid"] = np.where(found, api["tid"].to_numpy()[take] if len(api) else 0, -1)
-    api_codes = np.where(found, api["name"].cat.codes.to_numpy()[take] if len(api) else -1, -1)
+    out["api_start_ns"] = joined(api["start_ns"].to_numpy(), NO_TIME)
+    out["api_end_ns"] = joined(api["end_ns"].to_numpy(), NO_TIME)
+    out["global_tid"] = joined(api["global_tid"].to_numpy(), -1)
+    out["tid"] = joined(api["tid"].to_numpy(), -1)
+    api_codes = joined(api["name"].cat.codes.to_numpy(), -1)
     out["api_name"] = pd.Categorical.from_codes(api_codes, categories=api["name"].cat.categories) if len(api) else pd.Categorical([None] * len(out))
     return out
 

@@ -63,6 +63,7 @@ class Trace:
         self._frames: dict[str, pd.DataFrame] = {}
         self._frame_cols: dict[str, tuple[str, ...]] = {}
         self._counts: dict[str, int] = {}
+        self._api_index: tuple[pd.DataFrame, tables.LaunchIndex] | None = None
         self._validated: set[tuple[str, bool]] = set()  # (table, checked by DuckDB at query time)
         self._collect = threading.local()  # notes raised while one frame loads (stored with it in the cache)
         self._strings_lock = threading.Lock()
@@ -377,7 +378,7 @@ class Trace:
         added = ("has_launch", "api_start_ns", "api_end_ns", "global_tid", "tid", "api_name")
 
         def build() -> pd.DataFrame:
-            df = tables.kernel_launches(self, k, self.api())
+            df = tables.kernel_launches(self, k, self.api(), self._launch_index())
             missing = int((~df["has_launch"].to_numpy()).sum())
             if missing:
                 self.note(f"{missing} of {len(df)} kernels have no launching API call in the trace (time-sliced export or API tracing off)")
@@ -451,7 +452,14 @@ class Trace:
 
     def launches_of(self, kind: str) -> pd.DataFrame:
         """memcpy or memset rows joined to their launching API call (the columns of `launches()`)."""
-        return tables.kernel_launches(self, self._load(kind, None), self.api())
+        return tables.kernel_launches(self, self._load(kind, None), self.api(), self._launch_index())
+
+    def _launch_index(self) -> tables.LaunchIndex:
+        """The CUDA API calls' sorted join keys, built once for every join (kernels, memcpy, memset)."""
+        api = self.api()
+        if self._api_index is None or self._api_index[0] is not api:  # (positions into that very frame)
+            self._api_index = (api, tables.launch_index(self, api))
+        return self._api_index[1]
 
     def profiler_overhead(self) -> pd.DataFrame:
         """The profiler's own overhead ranges (start_ns, end_ns, global_tid), empty when not recorded."""
