@@ -556,3 +556,67 @@ def test_missing_launches_per_process(builder, tmp_path, monkeypatch, processes)
         monkeypatch.setenv("NSYSPARSE_ENGINE", engine)
         with open_trace(path) as t:
             assert info._missing_launches(t) == expected
+
+
+@pytest.mark.parametrize("path", [*_traces(), "damaged"], ids=lambda p: p if isinstance(p, str) else f"{p.parent.name}/{p.name}")
+def test_summary_after_loading_reads_no_page_again(path, monkeypatch, tmp_path):
+    """Within `sharing_reads` (what `report` does), `summary` after the loaders takes every column from
+    what they read: the same answer and notes as without sharing, and no table's pages read twice."""
+    import json
+
+    if path == "damaged":
+        path = _damaged_copy(tmp_path)
+    monkeypatch.setenv("NSYSPARSE_NO_CACHE", "1")
+    kinds = ("kernels", "api", "memcpy", "memset", "nvtx")
+    with open_trace(path) as t:  # the same steps, each read on its own (the notes come in the same order)
+        for kind in kinds:
+            if t.has(kind):
+                getattr(t, kind)()
+        alone = t.summary()
+    reads: list[tuple[int, tuple[str, ...]]] = []
+    original = pages.PageFile.read
+
+    def counting(self, table, wanted, texts=(), present=(), workers=2):
+        got = original(self, table, wanted, texts=texts, present=present, workers=workers)
+        if got is not None:  # (a refused read, e.g. NVTX with long texts, goes to SQL)
+            reads.append((table.root, tuple(wanted)))
+        return got
+
+    monkeypatch.setattr(pages.PageFile, "read", counting)
+    with open_trace(path) as t:
+        with t.sharing_reads():
+            for kind in kinds:
+                if t.has(kind):
+                    getattr(t, kind)()
+            loaded = len(reads)
+            shared = t.summary()
+        tables_read = [root for root, _ in reads]
+    assert json.dumps(shared, default=str) == json.dumps(alone, default=str)
+    if loaded:  # (the page reader answered the loaders)
+        assert len(set(tables_read)) == len(tables_read), "a table's pages were read twice"
+
+
+def test_shared_reads_answer_flags_and_subsets(tmp_path):
+    """Within `Engine.sharing`, a read of columns already read (or of their not-NULL flags) is answered
+    from them, equal to what the pages give; columns not read yet go to the pages."""
+    path = tmp_path / "t.sqlite"
+    rows = [[i, None if i % 3 == 0 else i * 7, None if i % 5 == 0 else -i] for i in range(2000)]
+    _build(path, 3, rows)
+    fresh = Engine(path)
+    try:
+        direct = fresh.from_pages(Select("t", (Column("c0", ("c0",)),)), present=("c1", "c2"))
+    finally:
+        fresh.close()
+    engine = Engine(path)
+    try:
+        with engine.sharing():
+            first = engine.from_pages(Select("t", (Column("c0", ("c0",)), Column("c1", ("c1",)), Column("c2", ("c2",)))))
+            assert engine._from_shared("t", ["c0"], [], ("c1", "c2")) is not None  # answered from the kept columns
+            again = engine.from_pages(Select("t", (Column("c0", ("c0",)),)), present=("c1", "c2"))
+        assert engine._shared is None
+    finally:
+        engine.close()
+    assert first is not None and direct is not None and again is not None
+    for c in ("c1", "c2"):
+        assert again[c].tolist() == direct[c].tolist() == [v is not None for v in (r[int(c[1])] for r in rows)]
+    assert again["c0"].tolist() == direct["c0"].tolist()

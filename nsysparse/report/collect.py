@@ -59,8 +59,10 @@ class ReportInputs:
 
 def collect(ctx: AnalysisContext, x: ReportInputs, title: str | None = None) -> ReportData:
     """Every table and number of the report, from one analysis context (and the optional extras)."""
-    trace, m = ctx.trace, ctx.mapping
-    info = trace.summary()
+    trace = ctx.trace
+    with trace.sharing_reads():  # the summary's columns are those the loaders read: read once
+        m = ctx.mapping
+        info = trace.summary()
     lr = layer_report(ctx)
     gr = gap_report(ctx)
     ops = op_summary(ctx, by_kind=True)

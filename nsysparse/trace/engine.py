@@ -15,7 +15,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,9 @@ class Engine:
         self._pages: pages.PageFile | None = None
         self._pages_failed = self._prefer != "auto" or self._wal
         self._layouts: dict[str, pages.Layout | None] = {}
+        # within `sharing()`: per table, the columns read from its pages so far, all rows ("int", "text" or
+        # "flag", the reader's array), for later reads of the same columns
+        self._shared: dict[str, dict[str, tuple[str, np.ndarray]]] | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
 
@@ -238,12 +242,17 @@ class Engine:
             return None  # COALESCE of texts, or a column read both ways: SQL's
         if sel.keep is not None:
             ints.append(sel.keep[0])
-        try:
-            got = reader.read(table, list(dict.fromkeys(ints)), texts=list(dict.fromkeys(texts)), present=present)
-        except Exception as err:  # a damaged file the checks let through: SQL then names the damage
-            reraise_interrupt(err)
-            log.debug("page reader failed on %s (%s); reading through SQL", sel.table, type(err).__name__)
-            return None
+        ints, texts = list(dict.fromkeys(ints)), list(dict.fromkeys(texts))
+        got = self._from_shared(sel.table, ints, texts, present)
+        if got is None:
+            try:
+                got = reader.read(table, ints, texts=texts, present=present)
+            except Exception as err:  # a damaged file the checks let through: SQL then names the damage
+                reraise_interrupt(err)
+                log.debug("page reader failed on %s (%s); reading through SQL", sel.table, type(err).__name__)
+                return None
+            if got:
+                self._share(sel.table, got, ints, texts)
         if not got:
             return None
         n = len(next(iter(got.values())))
@@ -264,6 +273,46 @@ class Engine:
             out[col.alias] = value if rows is None else value[rows]
         for c in present:
             out[c] = got[c] if rows is None else got[c][rows]
+        return out
+
+    @contextmanager
+    def sharing(self) -> Iterator[None]:
+        """Within: the columns read from a table's pages are kept, and a later read of columns already
+        read (by another caller: the loaders, then `info`'s aggregates) is answered from them instead
+        of the pages. Dropped on leaving (nested: the outermost leaves)."""
+        if self._shared is not None:
+            yield
+            return
+        self._shared = {}
+        try:
+            yield
+        finally:
+            self._shared = None
+
+    def _share(self, table: str, got: dict[str, np.ndarray], ints: list[str], texts: list[str]) -> None:
+        if self._shared is None:
+            return
+        with self._lock:
+            kept = self._shared.setdefault(table, {})
+            for c, v in got.items():
+                kept[c] = ("int" if c in ints else "text" if c in texts else "flag", v)
+
+    def _from_shared(self, table: str, ints: list[str], texts: list[str], present: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+        """The reader's answer for these columns from what `sharing` kept of `table`, or None."""
+        kept = self._shared.get(table) if self._shared is not None else None
+        if not kept or any(kept.get(c, ("", None))[0] != "int" for c in ints) or any(kept.get(c, ("", None))[0] != "text" for c in texts):
+            return None
+        out = {c: kept[c][1] for c in (*ints, *texts)}
+        for c in present:
+            if c not in kept:
+                return None
+            what, v = kept[c]
+            if what == "flag":
+                out[c] = v
+            elif what == "int":
+                out[c] = ~np.ma.getmaskarray(v)
+            else:  # a text: not NULL where it is not None
+                out[c] = ~np.asarray(pd.isna(v), dtype=bool)
         return out
 
     def count_rows(self, table: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -300,6 +301,11 @@ class Trace:
         if kind != "nvtx":
             spec = tables.SPECS[kind]
             self._frame_cols[kind] = tuple(c for c in df.columns if c in spec)
+
+    def sharing_reads(self) -> contextlib.AbstractContextManager[None]:
+        """Within: what is read of a table's pages is read once for the loaders and `summary` alike (a
+        `report` loads the tables, then summarises them); see `Engine.sharing`."""
+        return self.engine.sharing()
 
     def prefetch(self, *kinds: str) -> None:
         """Load several event tables at once, so a full analysis pays for the slowest table rather than
