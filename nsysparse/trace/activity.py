@@ -157,7 +157,7 @@ def gpu_work(trace: Trace) -> dict[str, np.ndarray] | None:
             if c in got:
                 v &= ~got[c][1]
         zero = np.zeros(n, dtype=np.int64)
-        parts["kind"].append(np.full(n, code, dtype=np.int64))
+        parts["kind"].append(np.full(n, code, dtype=np.int8))
         parts["g"].append(got["globalPid"][0] if "globalPid" in got else zero)
         parts["d"].append(got["deviceId"][0] if "deviceId" in got else zero)
         parts["s"].append(got["streamId"][0] if "streamId" in got else zero)
@@ -173,9 +173,9 @@ def gpu_work(trace: Trace) -> dict[str, np.ndarray] | None:
     add = np.zeros(len(col["a"]), dtype=np.int64)
     used = np.flatnonzero(col["u"])
     if len(used):
-        pid = (col["g"][used] >> 24) & 16777215
-        d, s, a, b = col["d"][used], col["s"][used], col["a"][used], col["b"][used]
-        op_kind = col["kind"][used]
+        every = len(used) == len(add)  # (the usual case: no copy of the columns)
+        d, s, a, b, g, op_kind = (col[c] if every else col[c][used] for c in ("d", "s", "a", "b", "g", "kind"))
+        pid = (g >> 24) & 16777215
         order = np.lexsort((op_kind, b, a, pid, s, d))  # ties of (start, end): kernels, then memcpys, then memsets
         d, s, pid, a, b = d[order], s[order], pid[order], a[order], b[order]
         start = np.ones(len(order), dtype=bool)
@@ -185,12 +185,12 @@ def gpu_work(trace: Trace) -> dict[str, np.ndarray] | None:
         before[1:] = running[:-1]
         before[start] = a[start]  # no operation before: COALESCE(prev, start)
         gained = b - np.maximum(a, before)
-        add[used[order]] = np.where(gained > 0, gained, 0)
+        add[order if every else used[order]] = np.where(gained > 0, gained, 0)
     codes, keys = _groups([col["kind"], col["g"], col["d"], col["s"]])
     count = len(keys[0])
     u = col["u"]
     return {
-        "kind": keys[0],
+        "kind": keys[0].astype(np.int64),
         "g": keys[1],
         "d": keys[2],
         "s": keys[3],

@@ -415,8 +415,12 @@ def _nvtx_text(strings: Strings | None, text_ids: np.ndarray, inline: np.ndarray
         keys[has_id] = strings.codes(text_ids[has_id])
     icodes = np.asarray(icodes, dtype=np.int64)
     keys[own[icodes >= 0]] = len(cats) + icodes[icodes >= 0]
-    used, first = np.unique(keys, return_index=True)
-    first, used = first[used >= 0], used[used >= 0]
+    # each key's first row (a table over the key space, not a sort of the rows)
+    width = len(cats) + len(iuniques)
+    first_at = np.full(width + 1, n, dtype=np.int64)  # the last entry takes the rows without a key (-1)
+    first_at[keys[::-1]] = np.arange(n - 1, -1, -1, dtype=np.int64)
+    used = np.flatnonzero(first_at[:width] < n)
+    first = first_at[used]
     values = np.concatenate([np.asarray(cats, dtype=object), np.asarray(iuniques, dtype=object)])[used]
     order = np.argsort(first, kind="stable")  # categories in order of first appearance
     canon, distinct = pd.factorize(pd.Series(values[order], dtype="object"), sort=False)
