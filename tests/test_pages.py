@@ -620,3 +620,18 @@ def test_shared_reads_answer_flags_and_subsets(tmp_path):
     for c in ("c1", "c2"):
         assert again[c].tolist() == direct[c].tolist() == [v is not None for v in (r[int(c[1])] for r in rows)]
     assert again["c0"].tolist() == direct["c0"].tolist()
+
+
+@given(st.lists(st.tuples(st.sampled_from([0, 3]), st.integers(0, 2), st.sampled_from([7, 7, 9]), st.just(5)), max_size=50))
+def test_groups_number_rows_as_a_sorted_group_by(rows):
+    """`activity._groups`: each row's group number in ascending key order and the groups' keys, as pandas'
+    sorted group-by gives them (constant keys, one varying key and several)."""
+    from nsysparse.trace import activity
+
+    keys = [np.array([r[i] for r in rows], dtype=np.int64) for i in range(4)]
+    codes, values = activity._groups(keys)
+    frame = pd.DataFrame({f"k{i}": k for i, k in enumerate(keys)})
+    expected = frame.groupby(list(frame.columns), sort=True).ngroup().to_numpy() if len(rows) else np.zeros(0, np.int64)
+    assert codes.tolist() == expected.tolist()
+    groups = frame.drop_duplicates().sort_values(list(frame.columns))
+    assert [v.tolist() for v in values] == [groups[f"k{i}"].tolist() for i in range(4)]

@@ -91,17 +91,25 @@ def _groups(keys: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
     is numbered by hashing (a handful of distinct devices, streams, processes), then the combinations."""
     n = len(keys[0])
     combined = np.zeros(n, dtype=np.int64)
-    span = 1
+    span, numbered = 1, 0
     for k in keys:
+        if n and int(k.min()) == int(k.max()):  # one value (one process, one GPU, ...): nothing to number
+            continue
         codes, distinct = pd.factorize(k, sort=False)
         span *= max(len(distinct), 1)
+        numbered += 1
         if span >= 1 << 62:  # too many combinations to number exactly: let pandas group them
             frame = pd.DataFrame({f"k{i}": key for i, key in enumerate(keys)})
             combined = frame.groupby(list(frame.columns), sort=False).ngroup().to_numpy()
+            numbered = 2
             break
         combined = combined * max(len(distinct), 1) + codes
-    codes, distinct = pd.factorize(combined, sort=False)
-    first = np.zeros(len(distinct), dtype=np.int64)
+    if numbered > 1:
+        codes, distinct = pd.factorize(combined, sort=False)
+        count = len(distinct)
+    else:  # the codes of the one varying key (or none): already numbered 0.. in order of appearance
+        codes, count = combined, (span if n else 0)
+    first = np.zeros(count, dtype=np.int64)
     first[codes[::-1]] = np.arange(n)[::-1]  # a row of each group (any: they share the key)
     values = [k[first] for k in keys]
     order = np.lexsort(values[::-1])
