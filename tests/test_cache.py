@@ -352,3 +352,58 @@ def test_column_types_round_trip_exactly_or_are_refused(cache_home: Path, tmp_pa
         pd.testing.assert_frame_equal(hit[0], kept, check_exact=True)
         assert hit[1] == ["a note"]
         assert hit[0]["obj_none"].iloc[1] is None and isinstance(hit[0]["obj_nan"].iloc[1], float)
+
+
+def test_results_are_kept_per_selection_and_arguments(cache_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`gaps`, `layers` and `ops` results are kept: a second command with the same selection and arguments
+    reads them back (the analysis does not run) and answers as without the cache; another argument,
+    window or device computes again."""
+    from nsysparse.analyses import gaps, layers, ops
+
+    t = _copy(FIXTURE, tmp_path / "in")
+    variants = [
+        ("gaps", "-f", "json"),
+        ("gaps", "-f", "json", "--min-bubble-us", "50"),
+        ("gaps", "-f", "json", "--top", "3"),
+        ("gaps", "-f", "json", "--window", "steps=1:2"),
+        ("layers", "-f", "csv"),
+        ("layers", "-f", "csv", "--device", "0"),
+        ("ops", "-f", "csv"),
+        ("ops", "-f", "csv", "--include-warmup"),
+    ]
+    monkeypatch.setenv("NSYSPARSE_NO_CACHE", "1")
+    expected = {v: _run(v[0], str(t), *v[1:]) for v in variants}
+    assert len({expected[v] for v in variants[:4]}) == 4  # the arguments change the answer
+    monkeypatch.setenv("NSYSPARSE_NO_CACHE", "0")
+    calls: list[str] = []
+    for module, name in ((gaps, "_gap_report"), (layers, "_layer_report"), (ops, "_op_summary")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    for v in variants:
+        assert _run(v[0], str(t), *v[1:]) == expected[v]
+    computed = list(calls)
+    assert computed.count("_gap_report") == 4 and computed.count("_layer_report") == 2 and computed.count("_op_summary") == 2
+    for v in variants:
+        assert _run(v[0], str(t), *v[1:]) == expected[v]
+    assert calls == computed  # every second command read its result back
+
+
+def test_kept_results_raise_their_notes_again(cache_home: Path, tmp_path: Path, builder) -> None:
+    """The notes an analysis raised (on the context: no steps found) come back with its kept result."""
+    from nsysparse.analyses.context import AnalysisContext
+    from nsysparse.analyses.ops import op_summary
+
+    b = builder("2024.5")
+    b.gpu()
+    for i in range(3):
+        b.kernel(1_000_000 * i, 1_000_000 * i + 500, "void gemm_kernel<float>()", short="gemm_kernel")
+    path = b.write(tmp_path / "few.sqlite")
+    with AnalysisContext.open(path) as ctx:
+        first = op_summary(ctx)
+        notes = ctx.notes
+    assert any("no steps were found" in n for n in notes)
+    assert any(p.name.startswith("result-") for p in (cache_home / "nsysparse" / "frames").rglob("*.record.json"))
+    with AnalysisContext.open(path) as ctx:
+        again = op_summary(ctx)
+        assert ctx.notes == notes
+    pd.testing.assert_frame_equal(again, first)

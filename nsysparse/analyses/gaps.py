@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from nsysparse.analyses.context import AnalysisContext
+from nsysparse.analyses.kept import kept_or_computed
 from nsysparse.columns import Column, empty_frame
 from nsysparse.distinct import map_distinct
 from nsysparse.intervals import Coverage, before_queries_in_blocks
@@ -308,7 +309,12 @@ def _comm_coverage(kernels: pd.DataFrame) -> Coverage | None:
 
 
 def gap_report(ctx: AnalysisContext, min_bubble_us: float = DEFAULT_MIN_BUBBLE_US, top: int = 20) -> GapReport:
-    """Inter-step gaps and bubbles inside steps of the selected device(s), each with a cause."""
+    """Inter-step gaps and bubbles inside steps of the selected device(s), each with a cause (kept in
+    the frame cache: see `kept`)."""
+    return kept_or_computed(ctx, "gaps", (min_bubble_us, top), GapReport, lambda: _gap_report(ctx, min_bubble_us, top))
+
+
+def _gap_report(ctx: AnalysisContext, min_bubble_us: float, top: int) -> GapReport:
     trace, m = ctx.trace, ctx.mapping
     ops = m.gpu_ops
     steps = m.steps

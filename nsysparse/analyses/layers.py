@@ -21,6 +21,7 @@ import pandas as pd
 from nsysparse import intervals
 from nsysparse.analyses.context import AnalysisContext
 from nsysparse.analyses.instances import CodeGroups, coded_instances, int_sums
+from nsysparse.analyses.kept import kept_or_computed
 from nsysparse.columns import Column, empty_frame
 from nsysparse.distinct import map_distinct
 from nsysparse.structure.instances import CodedInstances, Segments
@@ -93,7 +94,11 @@ class LayerReport:
 
 
 def layer_report(ctx: AnalysisContext, top_unmapped: int = 10) -> LayerReport:
-    """The per-layer cost table of the selected device(s)."""
+    """The per-layer cost table of the selected device(s) (kept in the frame cache: see `kept`)."""
+    return kept_or_computed(ctx, "layers", (top_unmapped,), LayerReport, lambda: _layer_report(ctx, top_unmapped))
+
+
+def _layer_report(ctx: AnalysisContext, top_unmapped: int) -> LayerReport:
     m = ctx.mapping
     inst = coded_instances(m)
     steps = m.steps

@@ -7,6 +7,7 @@ import pandas as pd
 
 from nsysparse.analyses.context import AnalysisContext
 from nsysparse.analyses.instances import CodeGroups, coded_instances
+from nsysparse.analyses.kept import kept_or_computed
 from nsysparse.columns import Column, empty_frame
 from nsysparse.structure.instances import coded_op_instances
 
@@ -24,7 +25,12 @@ COLUMNS = (
 
 
 def op_summary(ctx: AnalysisContext, by_kind: bool = False) -> pd.DataFrame:
-    """Columns: COLUMNS (layer_kind is empty unless `by_kind`). Sorted by total time per step."""
+    """Columns: COLUMNS (layer_kind is empty unless `by_kind`). Sorted by total time per step. Kept in
+    the frame cache (see `kept`)."""
+    return kept_or_computed(ctx, "ops", (by_kind,), None, lambda: _op_summary(ctx, by_kind))
+
+
+def _op_summary(ctx: AnalysisContext, by_kind: bool) -> pd.DataFrame:
     m = ctx.mapping
     nsteps = len(m.steps)
     if nsteps == 0 and len(m.kernels):

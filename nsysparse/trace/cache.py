@@ -6,7 +6,7 @@ and modification time (`source.cache_key`) and the cache format: another file, o
 another key, and an entry nobody uses any more is evicted by the size cap.
 
 What: one file per frame (kernels with a given column set, CUDA API calls, NVTX, memcpy, memset, the
-kernels' launch columns, and the frames of results kept by `Trace.keep_result`, such as the mapping)
+kernels' launch columns, and the frames of results kept by `Trace.keep_result`, such as the mapping and the `ops`, `layers` and `gaps` results)
 holding its columns' raw arrays one after the other (each 64-byte aligned; numbers in their own dtype,
 categorical and text columns as codes in the smallest type that holds them), and one JSON file beside it naming its columns,
 their dtypes and offsets, the row count, the categories of its categorical and text columns, a CRC-32 of
