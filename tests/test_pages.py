@@ -635,3 +635,16 @@ def test_groups_number_rows_as_a_sorted_group_by(rows):
     assert codes.tolist() == expected.tolist()
     groups = frame.drop_duplicates().sort_values(list(frame.columns))
     assert [v.tolist() for v in values] == [groups[f"k{i}"].tolist() for i in range(4)]
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.one_of(st.integers(-50, 50), st.integers(-(2**62), 2**62))), max_size=60))
+def test_running_max_is_the_group_cummax(rows):
+    """`activity._running_max` over rows sorted by group, small and overflowing value spans: as pandas'
+    groupby().cummax()."""
+    from nsysparse.trace import activity
+
+    rows = sorted(rows, key=lambda r: r[0])
+    group = np.unique(np.array([r[0] for r in rows], dtype=np.int64), return_inverse=True)[1].reshape(-1) if rows else np.zeros(0, np.int64)
+    values = np.array([r[1] for r in rows], dtype=np.int64)
+    expected = pd.Series(values).groupby(group).cummax().to_numpy(np.int64) if rows else values
+    assert activity._running_max(values, group).tolist() == expected.tolist()

@@ -118,6 +118,25 @@ def _groups(keys: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
     return rank[codes], [v[order] for v in values]
 
 
+def _running_max(values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Per row the largest of `values` so far within its group (rows sorted by `group`, numbered from
+    0): one running maximum over the values lifted by group * span, each group above the ones before
+    (groupby().cummax() where that could overflow)."""
+    if len(values) == 0:
+        return values.astype(np.int64)
+    lo, hi, groups = int(values.min()), int(values.max()), int(group[-1]) + 1
+    span = hi - lo + 1
+    if span * groups >= 1 << 62:
+        return pd.Series(values).groupby(group).cummax().to_numpy(np.int64)
+    lift = group.astype(np.int64) * span
+    lifted = values - lo
+    lifted += lift
+    np.maximum.accumulate(lifted, out=lifted)
+    lifted -= lift
+    lifted += lo
+    return lifted
+
+
 def _sum(codes: np.ndarray, count: int, values: np.ndarray) -> np.ndarray:
     if values.dtype == bool:  # a count of rows: no sum at all
         return np.bincount(codes[values], minlength=count).astype(np.int64)
@@ -183,12 +202,12 @@ def gpu_work(trace: Trace) -> dict[str, np.ndarray] | None:
     if len(used):
         every = len(used) == len(add)  # (the usual case: no copy of the columns)
         d, s, a, b, g, op_kind = (col[c] if every else col[c][used] for c in ("d", "s", "a", "b", "g", "kind"))
-        pid = (g >> 24) & 16777215
-        order = np.lexsort((op_kind, b, a, pid, s, d))  # ties of (start, end): kernels, then memcpys, then memsets
-        d, s, pid, a, b = d[order], s[order], pid[order], a[order], b[order]
+        stream, _ = _groups([d, s, (g >> 24) & 16777215])  # numbered in (device, stream, process) order
+        order = np.lexsort((op_kind, b, a, stream))  # ties of (start, end): kernels, then memcpys, then memsets
+        stream, a, b = stream[order], a[order], b[order]
         start = np.ones(len(order), dtype=bool)
-        start[1:] = (d[1:] != d[:-1]) | (s[1:] != s[:-1]) | (pid[1:] != pid[:-1])
-        running = pd.Series(b).groupby(np.cumsum(start)).cummax().to_numpy(np.int64)
+        start[1:] = stream[1:] != stream[:-1]
+        running = _running_max(b, stream)
         before = np.empty_like(running)
         before[1:] = running[:-1]
         before[start] = a[start]  # no operation before: COALESCE(prev, start)
