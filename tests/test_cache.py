@@ -407,3 +407,44 @@ def test_kept_results_raise_their_notes_again(cache_home: Path, tmp_path: Path, 
         again = op_summary(ctx)
         assert ctx.notes == notes
     pd.testing.assert_frame_equal(again, first)
+
+
+def test_kept_results_keep_the_notes_of_what_they_loaded(cache_home: Path, tmp_path: Path) -> None:
+    """A note raised while an analysis loads a table (NVTX rows ending before they start, loaded by `gaps`
+    when the mapping does not read NVTX) comes back with the kept result, as without the cache."""
+    import sqlite3
+
+    from nsysparse.analyses.context import AnalysisContext, StructureOptions
+    from nsysparse.analyses.gaps import gap_report
+
+    t = _copy(FIXTURE, tmp_path / "in")
+    con = sqlite3.connect(t)
+    con.execute('UPDATE NVTX_EVENTS SET "end" = "start" - 1 WHERE rowid IN (SELECT rowid FROM NVTX_EVENTS WHERE "end" IS NOT NULL LIMIT 2)')
+    con.commit()
+    con.close()
+    runs = []
+    for _ in range(2):
+        with AnalysisContext.open(t, options=StructureOptions(nvtx="off")) as ctx:
+            gap_report(ctx)
+            runs.append(ctx.notes)
+    assert any("NVTX rows with a missing start or end < start were left out" in n for n in runs[0])
+    assert runs[1] == runs[0]
+
+
+def test_kept_results_keep_notes_raised_before_by_another_call(cache_home: Path, tmp_path: Path, builder) -> None:
+    """A context note an analysis raises again (shown once, by an earlier call in the same process) is kept
+    with its result all the same: a later process asking only for that result shows it."""
+    from nsysparse.analyses.context import AnalysisContext
+    from nsysparse.analyses.ops import op_summary
+
+    b = builder("2024.5")
+    b.gpu()
+    for i in range(3):
+        b.kernel(1_000_000 * i, 1_000_000 * i + 500, "void gemm_kernel<float>()", short="gemm_kernel")
+    path = b.write(tmp_path / "few.sqlite")
+    with AnalysisContext.open(path) as ctx:
+        op_summary(ctx)
+        op_summary(ctx, by_kind=True)  # raises the "no steps" note again
+    with AnalysisContext.open(path) as ctx:
+        op_summary(ctx, by_kind=True)  # read back
+        assert any("no steps were found" in n for n in ctx.notes)

@@ -648,3 +648,26 @@ def test_running_max_is_the_group_cummax(rows):
     values = np.array([r[1] for r in rows], dtype=np.int64)
     expected = pd.Series(values).groupby(group).cummax().to_numpy(np.int64) if rows else values
     assert activity._running_max(values, group).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("engine", ["auto", "sqlite", "duckdb"])
+def test_damaged_profiler_overhead_is_named(tmp_path, monkeypatch, engine):
+    """A text in PROFILER_OVERHEAD's start (a small table, read with sqlite3 unless DuckDB is forced): one
+    line naming the file and the table, exit code 1, no traceback."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from nsysparse.cli import cli
+
+    path = tmp_path / "t.sqlite"
+    shutil.copy(FIXTURES / "moe_decode_op" / "trace.sqlite", path)
+    con = sqlite3.connect(path)
+    con.execute("UPDATE PROFILER_OVERHEAD SET start = '12x' WHERE rowid = (SELECT min(rowid) FROM PROFILER_OVERHEAD)")
+    con.commit()
+    con.close()
+    monkeypatch.setenv("NSYSPARSE_ENGINE", engine)
+    monkeypatch.setenv("NSYSPARSE_NO_CACHE", "1")
+    res = CliRunner().invoke(cli, ["-q", "gaps", str(path)])
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output and str(path) in res.output and "PROFILER_OVERHEAD" in res.output

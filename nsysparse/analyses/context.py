@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,8 @@ from nsysparse.structure.inductor import inductor_names, provenance_notes
 from nsysparse.structure.mapping import DEFAULT_LAYER_PATTERN, Mapping, check_options, map_trace
 from nsysparse.structure.steps import DEFAULT_STEP_PATTERN
 from nsysparse.trace import Trace, open_trace
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class AnalysisContext:
         self._rule_paths = rule_paths
         self._on_map = on_map
         self._notes: list[str] = []
+        self._sink: list[str] | None = None  # within `collecting`: the notes raised, repeats included
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], rules: RuleSet | None = None, **kw: object) -> AnalysisContext:
@@ -139,8 +143,24 @@ class AnalysisContext:
 
     def note(self, message: str) -> None:
         """Add a note for the user (shown once, whatever else repeats it)."""
+        if self._sink is not None and message not in self._sink:
+            self._sink.append(message)
         if message not in self._notes:
             self._notes.append(message)
+
+    def collecting(self, build: Callable[[], T]) -> tuple[T, list[str], list[str]]:
+        """Run `build`: what it returns, the trace's notes and the context's notes it raised (each
+        raised again counts, whether or not it was shown before; nested builds' notes included)."""
+        outer = self._sink
+        inner: list[str] = []
+        self._sink = inner
+        try:
+            value, said = self.trace.collecting(build)
+            return value, said, list(inner)
+        finally:
+            self._sink = outer
+            if outer is not None:
+                outer.extend(n for n in inner if n not in outer)
 
     @property
     def notes(self) -> list[str]:

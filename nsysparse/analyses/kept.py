@@ -93,12 +93,11 @@ def kept_or_computed(ctx: AnalysisContext, name: str, args: tuple[Any, ...], cls
                 for n in said:
                     ctx.note(str(n))
                 return back
-    before = set(ctx._notes)
-    value, notes = trace.collecting(compute)
+    value, notes, said = ctx.collecting(compute)
     if key is not None:
         parts = _parts(value)
         if parts is not None:
             frames, data = parts
-            data["_context_notes"] = [n for n in ctx._notes if n not in before]
+            data["_context_notes"] = said
             trace.keep_result(key, frames, data, notes)
     return value

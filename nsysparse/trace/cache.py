@@ -247,7 +247,9 @@ class FrameCache:
     # -- writing ------------------------------------------------------------------------------------
     def put(self, kind: str, columns: tuple[str, ...], frame: pd.DataFrame, notes: list[str]) -> bool:
         """Store `frame` (its columns are `columns`, in order) on a background thread. False (nothing stored)
-        when a column is of a type the cache does not keep exactly (see `_encode`)."""
+        when a column is of a type the cache does not keep exactly (see `_encode`). Numeric columns are
+        written from the frame's own arrays, without a copy: frames handed here (the loaded tables, kept
+        results) are never changed in place, as everywhere in nsysparse (new columns, new frames)."""
         if self.dir is None:
             return False
         arrays: dict[str, np.ndarray] = {}

@@ -152,8 +152,8 @@ class Engine:
     # -- duckdb -------------------------------------------------------------------------------------
     def prefers_duckdb(self, rows: int | None = None) -> bool:
         """Whether a query goes to DuckDB; `rows`, when the caller knows it, is the size of the table read
-        (below `SMALL_TABLE_ROWS`: sqlite3)."""
-        if rows is not None and rows < SMALL_TABLE_ROWS:
+        (below `SMALL_TABLE_ROWS`: sqlite3, unless NSYSPARSE_ENGINE=duckdb)."""
+        if rows is not None and rows < SMALL_TABLE_ROWS and self._prefer != "duckdb":
             return False
         if self._duck_failed or self._prefer == "sqlite" or self._wal:  # DuckDB's scanner would create -wal/-shm files
             return False

@@ -415,12 +415,8 @@ def _nvtx_text(strings: Strings | None, text_ids: np.ndarray, inline: np.ndarray
         keys[has_id] = strings.codes(text_ids[has_id])
     icodes = np.asarray(icodes, dtype=np.int64)
     keys[own[icodes >= 0]] = len(cats) + icodes[icodes >= 0]
-    # each key's first row (a table over the key space, not a sort of the rows)
-    width = len(cats) + len(iuniques)
-    first_at = np.full(width + 1, n, dtype=np.int64)  # the last entry takes the rows without a key (-1)
-    first_at[keys[::-1]] = np.arange(n - 1, -1, -1, dtype=np.int64)
-    used = np.flatnonzero(first_at[:width] < n)
-    first = first_at[used]
+    used, first = np.unique(keys, return_index=True)
+    first, used = first[used >= 0], used[used >= 0]
     values = np.concatenate([np.asarray(cats, dtype=object), np.asarray(iuniques, dtype=object)])[used]
     order = np.argsort(first, kind="stable")  # categories in order of first appearance
     canon, distinct = pd.factorize(pd.Series(values[order], dtype="object"), sort=False)
@@ -542,8 +538,12 @@ def profiler_overhead(trace: Trace) -> pd.DataFrame:
     cols: dict[str, list[int]] = {"start_ns": [], "end_ns": [], "global_tid": []}
     if not trace.schema.has("PROFILER_OVERHEAD", "globalTid"):
         return pd.DataFrame({k: pd.Series(v, dtype="int64") for k, v in cols.items()})
+    table = "PROFILER_OVERHEAD"
     df = trace.engine.frame(
-        'SELECT "start" AS start_ns, "end" AS end_ns, COALESCE("globalTid", 0) AS global_tid FROM "PROFILER_OVERHEAD" WHERE "end" IS NOT NULL',
-        rows=trace.engine.count_rows("PROFILER_OVERHEAD"),
+        f'SELECT "start" AS start_ns, "end" AS end_ns, COALESCE("globalTid", 0) AS global_tid FROM "{table}" WHERE "end" IS NOT NULL',
+        rows=trace.engine.count_rows(table),
     )
-    return df.astype("int64") if len(df) else pd.DataFrame({k: pd.Series(v, dtype="int64") for k, v in cols.items()})
+    if not len(df):
+        return pd.DataFrame({k: pd.Series(v, dtype="int64") for k, v in cols.items()})
+    # (sqlite3 hands back what the file holds: anything but integers is named)
+    return pd.DataFrame({c: integer_column(trace, table, src, df[c]) for c, src in (("start_ns", "start"), ("end_ns", "end"), ("global_tid", "globalTid"))})

@@ -91,14 +91,18 @@ class Trace:
             self.notes.append(message)
 
     def collecting(self, build: Callable[[], T]) -> tuple[T, list[str]]:
-        """Run `build` and return what it returns with the notes it raised (on this thread)."""
+        """Run `build` and return what it returns with the notes it raised (on this thread), those of
+        builds nested in it included (they are the outer build's notes too)."""
         outer = getattr(self._collect, "notes", None)
-        self._collect.notes = []
+        inner: list[str] = []
+        self._collect.notes = inner
         try:
             frame = build()
-            return frame, list(self._collect.notes)
+            return frame, list(inner)
         finally:
             self._collect.notes = outer
+            if outer is not None:
+                outer.extend(n for n in inner if n not in outer)
 
     def _cached(self, kind: str, columns: tuple[str, ...], build: Callable[[], pd.DataFrame], notes_now: bool = True) -> tuple[pd.DataFrame, list[str]]:
         """The frame of `kind` with at least `columns`: from the frame cache when it holds one, else built
@@ -304,7 +308,10 @@ class Trace:
 
     def sharing_reads(self) -> contextlib.AbstractContextManager[None]:
         """Within: what is read of a table's pages is read once for the loaders and `summary` alike (a
-        `report` loads the tables, then summarises them); see `Engine.sharing`."""
+        `report` loads the tables, then summarises them); see `Engine.sharing`. Nothing is kept when the
+        summary is in the frame cache already (it then reads nothing)."""
+        if self.cache.active and self.cache.get_record("info") is not None:
+            return contextlib.nullcontext()
         return self.engine.sharing()
 
     def prefetch(self, *kinds: str) -> None:
