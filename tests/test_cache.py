@@ -388,16 +388,21 @@ def test_results_are_kept_per_selection_and_arguments(cache_home: Path, tmp_path
     assert calls == computed  # every second command read its result back
 
 
+def _no_steps_trace(builder, tmp_path: Path) -> Path:
+    """Three kernels and nothing else: no steps are found (`ops` then notes it)."""
+    b = builder("2024.5")
+    b.gpu()
+    for i in range(3):
+        b.kernel(1_000_000 * i, 1_000_000 * i + 500, "void gemm_kernel<float>()", short="gemm_kernel")
+    return b.write(tmp_path / "few.sqlite")
+
+
 def test_kept_results_raise_their_notes_again(cache_home: Path, tmp_path: Path, builder) -> None:
     """The notes an analysis raised (on the context: no steps found) come back with its kept result."""
     from nsysparse.analyses.context import AnalysisContext
     from nsysparse.analyses.ops import op_summary
 
-    b = builder("2024.5")
-    b.gpu()
-    for i in range(3):
-        b.kernel(1_000_000 * i, 1_000_000 * i + 500, "void gemm_kernel<float>()", short="gemm_kernel")
-    path = b.write(tmp_path / "few.sqlite")
+    path = _no_steps_trace(builder, tmp_path)
     with AnalysisContext.open(path) as ctx:
         first = op_summary(ctx)
         notes = ctx.notes
@@ -437,11 +442,7 @@ def test_kept_results_keep_notes_raised_before_by_another_call(cache_home: Path,
     from nsysparse.analyses.context import AnalysisContext
     from nsysparse.analyses.ops import op_summary
 
-    b = builder("2024.5")
-    b.gpu()
-    for i in range(3):
-        b.kernel(1_000_000 * i, 1_000_000 * i + 500, "void gemm_kernel<float>()", short="gemm_kernel")
-    path = b.write(tmp_path / "few.sqlite")
+    path = _no_steps_trace(builder, tmp_path)
     with AnalysisContext.open(path) as ctx:
         op_summary(ctx)
         op_summary(ctx, by_kind=True)  # raises the "no steps" note again

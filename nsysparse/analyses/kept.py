@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
-from nsysparse.analyses.mapping_cache import mapping_key
+from nsysparse.analyses.mapping_cache import mapping_key, split_fields
 
 if TYPE_CHECKING:
     from nsysparse.analyses.context import AnalysisContext
@@ -53,17 +53,7 @@ def _parts(value: Any) -> tuple[dict[str, pd.DataFrame], dict[str, Any]] | None:
         return {"frame": value}, {}
     if not is_dataclass(value) or isinstance(value, type):
         return None
-    frames: dict[str, pd.DataFrame] = {}
-    data: dict[str, Any] = {}
-    for f in fields(value):
-        v = getattr(value, f.name)
-        if isinstance(v, pd.DataFrame):
-            frames[f.name] = v
-        elif _plain(v):
-            data[f.name] = v
-        else:
-            return None
-    return frames, data
+    return split_fields(value, _plain)
 
 
 def _rebuilt(cls: type[T] | None, frames: dict[str, pd.DataFrame], data: dict[str, Any]) -> T | None:

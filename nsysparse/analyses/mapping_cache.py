@@ -13,6 +13,7 @@ again when it is read back.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import fields
 from functools import cache
 from pathlib import Path
@@ -57,20 +58,31 @@ def _plain(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float | bool)
 
 
-def keep_mapping(trace: Trace, key: str, mapping: Mapping, notes: list[str]) -> bool:
-    """Keep `mapping` (of the whole trace) and the notes its making raised."""
+def split_fields(value: Any, plain: Callable[[Any], bool], skip: tuple[str, ...] = ()) -> tuple[dict[str, pd.DataFrame], dict[str, Any]] | None:
+    """A dataclass's fields (but `skip`) as its frames and its plain values (those `plain` accepts), or
+    None when a field is neither."""
     frames: dict[str, pd.DataFrame] = {}
     data: dict[str, Any] = {}
-    for f in fields(mapping):
-        value = getattr(mapping, f.name)
-        if isinstance(value, pd.DataFrame):
-            frames[f.name] = value
-        elif f.name == "rules":
+    for f in fields(value):
+        if f.name in skip:
             continue
-        elif _plain(value):
-            data[f.name] = {"tuple": list(value)} if isinstance(value, tuple) else value
+        v = getattr(value, f.name)
+        if isinstance(v, pd.DataFrame):
+            frames[f.name] = v
+        elif plain(v):
+            data[f.name] = v
         else:
-            return False
+            return None
+    return frames, data
+
+
+def keep_mapping(trace: Trace, key: str, mapping: Mapping, notes: list[str]) -> bool:
+    """Keep `mapping` (of the whole trace) and the notes its making raised."""
+    parts = split_fields(mapping, _plain, skip=("rules",))
+    if parts is None:
+        return False
+    frames, data = parts
+    data = {k: {"tuple": list(v)} if isinstance(v, tuple) else v for k, v in data.items()}
     return trace.keep_result(key, frames, data, notes)
 
 
