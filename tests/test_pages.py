@@ -314,9 +314,20 @@ def test_loaded_frames_equal_sql_on_real_captures(path, monkeypatch):
 def _domain_by_sql(t, frame: pd.DataFrame) -> list[str]:
     """Each NVTX row's domain name as the SQL join of its (process, domain id) with the NvtxDomainCreate
     events names it (the first event of a pair wins), else "default" (id 0) or "domain N"."""
+    cols = t.schema.columns["NVTX_EVENTS"]
     named: dict[tuple[int, int], str] = {}
-    for p, d, v in zip(*[tables.nvtx_domains(t)[c] for c in ("pid", "domain_id", "domain")]):
-        named.setdefault((int(p), int(d)), str(v))
+    if "domainId" in cols:
+        text = "COALESCE(CAST(n.text AS TEXT), CAST(s.value AS TEXT))" if "textId" in cols else "CAST(n.text AS TEXT)"
+        join = "LEFT JOIN StringIds s ON s.id = n.textId" if "textId" in cols else ""
+        con = sqlite3.connect(f"file:{t.path}?mode=ro&immutable=1", uri=True)
+        try:
+            rows = con.execute(
+                f"SELECT COALESCE(n.globalTid, 0), COALESCE(n.domainId, 0), {text} FROM NVTX_EVENTS n {join} WHERE n.eventType = 75 ORDER BY n.rowid"
+            ).fetchall()
+        finally:
+            con.close()
+        for g, d, v in rows:
+            named.setdefault(((int(g) >> 24) & 0xFFFFFF, int(d)), v or "")
     return [named.get((int(p), int(d)), "default" if d == 0 else f"domain {d}") for p, d in zip(frame["pid"], frame["domain_id"])]
 
 
@@ -530,7 +541,7 @@ def test_text_coalesce_and_mixed_requests_go_to_sql(tmp_path):
 
 
 def test_activity_validity_columns_are_the_loaders():
-    from nsysparse.trace import activity, tables
+    from nsysparse.trace import activity
 
     assert activity.REQUIRED == tables.REQUIRED_SOURCES
 

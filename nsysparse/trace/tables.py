@@ -289,6 +289,18 @@ def integer_column(trace: Trace, table: str, source: str, series: pd.Series | np
     raise damaged(trace.path, table, source, "values that are not integers")
 
 
+NVTX_SOURCES = {
+    "start_ns": "start",
+    "end_ns": "end",
+    "event_type": "eventType",
+    "global_tid": "globalTid",
+    "end_global_tid": "endGlobalTid",
+    "domain_id": "domainId",
+    "range_id": "rangeId",
+}
+"""The NVTX loader's integer columns and their sources."""
+
+
 def nvtx(trace: Trace) -> pd.DataFrame:
     """NVTX ranges and marks with resolved text and domain names (see module docstring). Rows without a
     start, or ending before they start, are left out with a note.
@@ -301,17 +313,13 @@ def nvtx(trace: Trace) -> pd.DataFrame:
     if "start" not in cols:
         raise MissingDataError(f"{trace.path}: {table} has no start column", "The file was modified, or is not an nsys export; re-export it")
     by_id = "textId" in cols and trace.schema.has(S.STRINGS)
-    source = {"start_ns": "start", "end_ns": "end", "event_type": "eventType", "global_tid": "globalTid", "end_global_tid": "endGlobalTid"}
-    source |= {"domain_id": "domainId", "range_id": "rangeId"}
-    columns = [Column(name, (src,)) if src in cols else Column(name) for name, src in source.items()]
-    columns.append(Column("text", ("text",), text=True) if "text" in cols else Column("text"))
-    columns.append(Column("text_id", ("textId",)) if by_id else Column("text_id"))
+    source = NVTX_SOURCES
     # the domain-create events come in the same read (their names label the ranges), then leave the rows
     wanted_types = ("eventType", (*S.NVTX_RANGE_TYPES, S.NVTX_MARK, S.NVTX_DOMAIN_CREATE))
-    sel = Select(table, tuple(columns), wanted_types, nothing="eventType" not in cols)
+    sel = Select(table, _nvtx_columns(cols, by_id), wanted_types, nothing="eventType" not in cols)
     got = read_columns(trace, sel, "nvtx")
     created = np.asarray(_unmasked(got["event_type"])) == S.NVTX_DOMAIN_CREATE
-    domains = _created_domains(trace if by_id else None, {k: v[created] for k, v in got.items()})
+    domains = _created_domains(trace if by_id else None, {k: v[created] for k, v in got.items()}) if "domainId" in cols else _no_domains()
     if created.any():
         got = {k: v[~created] for k, v in got.items()}
     start = got["start_ns"]
@@ -370,7 +378,7 @@ def _created_domains(trace: Trace | None, got: dict[str, np.ndarray]) -> pd.Data
     `trace`, the name is the inline text, else the StringIds value of the text id."""
     n = len(got["start_ns"])
     if n == 0:
-        return pd.DataFrame({"pid": [], "domain_id": [], "domain": []})
+        return _no_domains()
 
     def ints(name: str, default: int) -> np.ndarray:
         null = _null_mask(got[name], n)
@@ -441,26 +449,27 @@ def _nvtx_domain_names(domains: pd.DataFrame, pid: np.ndarray, domain_id: np.nda
 
 
 def nvtx_domains(trace: Trace) -> pd.DataFrame:
-    """Domain names from NvtxDomainCreate rows: pid, domain_id, domain."""
+    """Domain names from NvtxDomainCreate rows: pid, domain_id, domain (read as the NVTX loader reads
+    them, from pages where it can, else through SQL; none without a domainId column)."""
     table = S.TABLES["nvtx"]
     cols = trace.schema.columns.get(table, ())
     if "domainId" not in cols or "eventType" not in cols:
-        return pd.DataFrame({"pid": [], "domain_id": [], "domain": []})
-    trace.validate("nvtx")
-    text = 'CAST(n."text" AS TEXT)' if "text" in cols else "NULL"
-    join = ""
-    if "textId" in cols and trace.schema.has(S.STRINGS):
-        trace.validate(S.STRINGS)
-        text = f"COALESCE({text}, CAST(s.value AS TEXT))"
-        join = f'LEFT JOIN "{S.STRINGS}" s ON s.id = n."textId"'
-    gt = 'n."globalTid"' if "globalTid" in cols else "0"
-    rows = trace.engine.rows(f'SELECT {gt}, n."domainId", {text} FROM "{table}" n {join} WHERE n."eventType" = {S.NVTX_DOMAIN_CREATE}')
-    if not rows:
-        return pd.DataFrame({"pid": [], "domain_id": [], "domain": []})
-    g = np.array([r[0] or 0 for r in rows], dtype=np.int64)
-    return pd.DataFrame({"pid": pid_of(g), "domain_id": [int(r[1] or 0) for r in rows], "domain": [r[2] or "" for r in rows]}).drop_duplicates(
-        ["pid", "domain_id"]
-    )
+        return _no_domains()
+    by_id = "textId" in cols and trace.schema.has(S.STRINGS)
+    sel = Select(table, _nvtx_columns(cols, by_id), ("eventType", (S.NVTX_DOMAIN_CREATE,)))
+    return _created_domains(trace if by_id else None, read_columns(trace, sel, "nvtx"))
+
+
+def _no_domains() -> pd.DataFrame:
+    return pd.DataFrame({"pid": [], "domain_id": [], "domain": []})
+
+
+def _nvtx_columns(cols: tuple[str, ...] | list[str], by_id: bool) -> tuple[Column, ...]:
+    """The NVTX columns the loader reads (a missing one as NULL)."""
+    columns = [Column(name, (src,)) if src in cols else Column(name) for name, src in NVTX_SOURCES.items()]
+    columns.append(Column("text", ("text",), text=True) if "text" in cols else Column("text"))
+    columns.append(Column("text_id", ("textId",)) if by_id else Column("text_id"))
+    return tuple(columns)
 
 
 @dataclass(frozen=True)
@@ -536,9 +545,9 @@ def require_columns(trace: Trace, kind: str, *columns: str) -> None:
 def profiler_overhead(trace: Trace) -> pd.DataFrame:
     """Intervals where the profiler itself worked (CUPTI buffer flushes and the like): start_ns, end_ns, global_tid."""
     cols: dict[str, list[int]] = {"start_ns": [], "end_ns": [], "global_tid": []}
-    if not trace.schema.has("PROFILER_OVERHEAD", "globalTid"):
+    table = S.TABLES["profiler_overhead"]
+    if not trace.schema.has(table, "globalTid"):
         return pd.DataFrame({k: pd.Series(v, dtype="int64") for k, v in cols.items()})
-    table = "PROFILER_OVERHEAD"
     df = trace.engine.frame(
         f'SELECT "start" AS start_ns, "end" AS end_ns, COALESCE("globalTid", 0) AS global_tid FROM "{table}" WHERE "end" IS NOT NULL',
         rows=trace.engine.count_rows(table),
