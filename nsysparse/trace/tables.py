@@ -263,20 +263,23 @@ def _finish(trace: Trace, cols: dict[str, np.ndarray], kind: str, spec: dict[str
             out[name] = cat
         else:
             out[name] = values.astype(np.int64, copy=False)
-    frame = pd.DataFrame(out, copy=False)  # one block per column: no consolidating copy of millions of rows
-    check_times(trace.path, table, {"start": frame["start_ns"].to_numpy(), "end": frame["end_ns"].to_numpy()})
+    start, end = out["start_ns"], out["end_ns"]
+    assert isinstance(start, np.ndarray) and isinstance(end, np.ndarray)
+    check_times(trace.path, table, {"start": start, "end": end})
     # CUPTI's "timestamp unknown" rows (start = end = 0) carry no interval: drop them.
-    bad = (frame["start_ns"].to_numpy() == 0) & (frame["end_ns"].to_numpy() == 0)
+    bad = (start == 0) & (end == 0)
     if bad.any():
         trace.note(f"{int(bad.sum())} {kind} rows with unknown timestamps (start = end = 0) were ignored")
-        frame = frame.loc[~bad].reset_index(drop=True)
-    if "global_pid" in frame:
-        frame["pid"] = pid_of(frame["global_pid"].to_numpy())
-    if "global_tid" in frame:
-        g = frame["global_tid"].to_numpy()
-        frame["pid"] = pid_of(g)
-        frame["tid"] = tid_of(g)
-    return frame
+        out = {k: v[~bad] for k, v in out.items()}  # type: ignore[index]
+    for gid in ("global_pid", "global_tid"):
+        if gid in out:
+            g = out[gid]
+            assert isinstance(g, np.ndarray)
+            out["pid"] = pid_of(g)
+            if gid == "global_tid":
+                out["tid"] = tid_of(g)
+    # built once, one block per column: assigning a column to a frame copies it (pandas' copy-on-write)
+    return pd.DataFrame(out, copy=False)
 
 
 def integer_column(trace: Trace, table: str, source: str, series: pd.Series | np.ndarray) -> np.ndarray:
@@ -510,7 +513,6 @@ def kernel_launches(trace: Trace, kernels: pd.DataFrame, api: pd.DataFrame, inde
         found &= sorted_keys[pos_c] == kkey
     found &= kernels["correlation_id"].to_numpy() > 0
     take = np.where(found, pos_c if index.order is None else index.order[pos_c], 0) if len(sorted_keys) else np.zeros(len(kkey), np.int64)
-    out = kernels.copy(deep=False)  # copy-on-write: the kernel columns are shared, not duplicated
     every = bool(found.all()) and len(api) > 0  # (the usual case: each column is then one gather)
 
     def joined(values: np.ndarray, absent: int) -> np.ndarray:
@@ -518,14 +520,18 @@ def kernel_launches(trace: Trace, kernels: pd.DataFrame, api: pd.DataFrame, inde
             return values[take]
         return np.where(found, values[take], absent) if len(api) else np.full(len(found), absent, dtype=np.int64)
 
-    out["has_launch"] = found
-    out["api_start_ns"] = joined(api["start_ns"].to_numpy(), NO_TIME)
-    out["api_end_ns"] = joined(api["end_ns"].to_numpy(), NO_TIME)
-    out["global_tid"] = joined(api["global_tid"].to_numpy(), -1)
-    out["tid"] = joined(api["tid"].to_numpy(), -1)
     api_codes = joined(api["name"].cat.codes.to_numpy(), -1)
-    out["api_name"] = pd.Categorical.from_codes(api_codes, categories=api["name"].cat.categories) if len(api) else pd.Categorical([None] * len(out))
-    return out
+    added = {
+        "has_launch": found,
+        "api_start_ns": joined(api["start_ns"].to_numpy(), NO_TIME),
+        "api_end_ns": joined(api["end_ns"].to_numpy(), NO_TIME),
+        "global_tid": joined(api["global_tid"].to_numpy(), -1),
+        "tid": joined(api["tid"].to_numpy(), -1),
+        "api_name": pd.Categorical.from_codes(api_codes, categories=api["name"].cat.categories) if len(api) else pd.Categorical([None] * len(kernels)),
+    }
+    # one new frame: the kernel columns shared (copy-on-write), the joined ones not copied again on assignment
+    columns = {c: added.pop(c, kernels[c]) for c in kernels.columns} | added  # (a column joined again keeps its place)
+    return pd.DataFrame(columns, index=kernels.index, copy=False)
 
 
 def _corr_key(corr: np.ndarray, pid: np.ndarray | None) -> np.ndarray:
