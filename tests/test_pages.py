@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import FIXTURES, PUBLIC
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from nsysbuilder import gtid
 
@@ -682,3 +682,49 @@ def test_damaged_profiler_overhead_is_named(tmp_path, monkeypatch, engine):
     res = CliRunner().invoke(cli, ["-q", "gaps", str(path)])
     assert res.exit_code == 1, res.output
     assert "Traceback" not in res.output and str(path) in res.output and "PROFILER_OVERHEAD" in res.output
+
+
+_OP = st.tuples(
+    st.sampled_from(["kernel", "memcpy", "memset"]),
+    st.integers(0, 3).map(lambda k: 10_000 + 1_000 * k),  # few starts: ties of start (and of end) across kinds
+    st.integers(0, 2).map(lambda k: 1_000 * k),  # durations, zero included
+    st.sampled_from([(0, 7, 100), (0, 13, 100), (1, 7, 100), (0, 7, 200)]),  # (device, stream, process)
+    st.booleans(),  # a graph node
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(ops=st.lists(_OP, min_size=1, max_size=14), unknown=st.booleans())
+@example(ops=[("memcpy", 10_000, 1_000, (0, 7, 100), False), ("kernel", 10_000, 1_000, (0, 7, 100), False)], unknown=False)
+@example(
+    ops=[("memset", 10_000, 2_000, (0, 7, 100), False), ("memcpy", 10_000, 2_000, (0, 13, 100), False), ("kernel", 11_000, 0, (0, 13, 100), True)], unknown=True
+)
+def test_gpu_work_from_pages_equals_the_sql_query(builder, tmp_path_factory, monkeypatch, ops, unknown):
+    """`activity.gpu_work` (per kind and stream: rows, span, busy time, graph nodes) and the launch check
+    from pages equal the SQL queries on operations of three kinds on several devices, streams and processes
+    whose starts and ends tie (the busy time then goes to the kernel, then the memcpy, then the memset),
+    with an unknown-timestamp row and a kernel without its launching call."""
+    from nsysparse.trace import info
+
+    b = builder("2024.5")
+    b.gpu(0)
+    b.gpu(1)
+    for kind, start, length, (device, stream, pid), node in ops:
+        if kind == "kernel":
+            b.kernel(start, start + length, "k", device=device, stream=stream, pid=pid, **({"graph_node": 5} if node else {}))
+        elif kind == "memcpy":
+            b.memcpy(start, start + length, device=device, stream=stream, pid=pid)
+        else:
+            b.memset(start, start + length, device=device, stream=stream, pid=pid)
+    if unknown:
+        b.kernel(0, 0, "unknown_ts", stream=13)
+        b.kernel(20_000, 21_000, "orphan", with_api=False, pid=200)
+    path = b.write(tmp_path_factory.mktemp("gw") / "t.sqlite")
+    got = {}
+    for engine in ("auto", "sqlite"):
+        monkeypatch.setenv("NSYSPARSE_ENGINE", engine)
+        with open_trace(path) as t:
+            missing = info._missing_launches(t) if t.has("kernels") else None
+            got[engine] = (_work_rows(info._gpu_work(t), ("kind", "g", "d", "s")), missing, t.engine.reads_pages())
+    assert got["auto"][2] and not got["sqlite"][2], "the page reader and SQL were not both used"
+    assert got["auto"][:2] == got["sqlite"][:2]

@@ -104,11 +104,13 @@ def _groups(keys: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
             numbered = 2
             break
         combined = combined * max(len(distinct), 1) + codes
+    if numbered == 0:  # every key of one value (or no rows): one group
+        return combined, [k[:1] for k in keys]
     if numbered > 1:
         codes, distinct = pd.factorize(combined, sort=False)
         count = len(distinct)
-    else:  # the codes of the one varying key (or none): already numbered 0.. in order of appearance
-        codes, count = combined, (span if n else 0)
+    else:  # the codes of the one varying key: already numbered 0.. in order of appearance
+        codes, count = combined, span
     first = np.zeros(count, dtype=np.int64)
     first[codes[::-1]] = np.arange(n)[::-1]  # a row of each group (any: they share the key)
     values = [k[first] for k in keys]
@@ -138,6 +140,8 @@ def _running_max(values: np.ndarray, group: np.ndarray) -> np.ndarray:
 
 
 def _sum(codes: np.ndarray, count: int, values: np.ndarray) -> np.ndarray:
+    if count == 1:  # one group (one process, GPU, stream): no grouping
+        return np.array([int(values.sum(dtype=np.int64))], dtype=np.int64)
     if values.dtype == bool:  # a count of rows: no sum at all
         return np.bincount(codes[values], minlength=count).astype(np.int64)
     return pd.Series(values.astype(np.int64)).groupby(codes).sum().reindex(range(count), fill_value=0).to_numpy(np.int64)
@@ -145,11 +149,17 @@ def _sum(codes: np.ndarray, count: int, values: np.ndarray) -> np.ndarray:
 
 def _least(codes: np.ndarray, count: int, values: np.ndarray, use: np.ndarray) -> np.ndarray:
     """Per group the smallest of `values` where `use`, else 0 (COALESCE(min(CASE WHEN use ...)), 0))."""
+    if count == 1:
+        got = np.array([np.min(values, where=use, initial=_BIG)], dtype=np.int64)
+        return np.where(got == _BIG, 0, got)
     got = pd.Series(np.where(use, values, _BIG)).groupby(codes).min().reindex(range(count), fill_value=_BIG).to_numpy(np.int64)
     return np.where(got == _BIG, 0, got)
 
 
 def _most(codes: np.ndarray, count: int, values: np.ndarray, use: np.ndarray) -> np.ndarray:
+    if count == 1:
+        got = np.array([np.max(values, where=use, initial=_SMALL)], dtype=np.int64)
+        return np.where(got == _SMALL, 0, got)
     got = pd.Series(np.where(use, values, _SMALL)).groupby(codes).max().reindex(range(count), fill_value=_SMALL).to_numpy(np.int64)
     return np.where(got == _SMALL, 0, got)
 
@@ -168,8 +178,14 @@ def gpu_work(trace: Trace) -> dict[str, np.ndarray] | None:
     """`info._gpu_work` from pages: per (kind, globalPid, deviceId, streamId) rows, valid and usable
     rows, span, busy ns (the union of each stream's usable operations: each one's part beyond the
     running maximum of the ends before it, in (start, end) order, on its device, stream and process)
-    and graph-node kernels."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("kind", "g", "d", "s", "a", "b", "v", "u", "gn")}
+    and graph-node kernels.
+
+    Each kind's groups are counted on its own columns (no concatenated copy of them); only the usable
+    rows' stream, times, kind and group are put together, for the busy time."""
+    names = ("kind", "g", "d", "s", "n", "nv", "nu", "lo", "hi", "busy", "gn")
+    stats: list[dict[str, np.ndarray]] = []
+    busy: dict[str, list[np.ndarray]] = {k: [] for k in ("a", "b", "group")}
+    groups = 0
     for code, kind, have in timed_gpu_kinds(trace):
         node = kind == "kernels" and "graphNodeId" in have
         got = _columns(trace, kind)
@@ -183,52 +199,69 @@ def gpu_work(trace: Trace) -> dict[str, np.ndarray] | None:
         for c in REQUIRED[2:]:
             if c in got:
                 v &= ~got[c][1]
+        u = v & ~((a == 0) & (b == 0))
         zero = np.zeros(n, dtype=np.int64)
-        parts["kind"].append(np.full(n, code, dtype=np.int8))
-        parts["g"].append(got["globalPid"][0] if "globalPid" in got else zero)
-        parts["d"].append(got["deviceId"][0] if "deviceId" in got else zero)
-        parts["s"].append(got["streamId"][0] if "streamId" in got else zero)
-        parts["a"].append(a)
-        parts["b"].append(b)
-        parts["v"].append(v)
-        parts["u"].append(v & ~((a == 0) & (b == 0)))
-        parts["gn"].append((got["graphNodeId"][0] > 0) & ~got["graphNodeId"][1] if node else np.zeros(n, dtype=bool))
-    names = ("kind", "g", "d", "s", "n", "nv", "nu", "lo", "hi", "busy", "gn")
-    if not parts["kind"]:
+        g, d, s = (got[c][0] if c in got else zero for c in ("globalPid", "deviceId", "streamId"))
+        codes, keys = _groups([g, d, s])  # in ascending (g, d, s) order: after the kinds before, in order
+        count = len(keys[0])
+        stats.append(
+            {
+                "kind": np.full(count, code, dtype=np.int64),
+                "g": keys[0],
+                "d": keys[1],
+                "s": keys[2],
+                "n": np.bincount(codes, minlength=count).astype(np.int64),
+                "nv": _sum(codes, count, v),
+                "nu": _sum(codes, count, u),
+                "lo": _least(codes, count, a, u),
+                "hi": _most(codes, count, b, u),
+                "gn": _sum(codes, count, (got["graphNodeId"][0] > 0) & ~got["graphNodeId"][1]) if node else np.zeros(count, np.int64),
+            }
+        )
+        used = slice(None) if bool(u.all()) else np.flatnonzero(u)
+        busy["a"].append(a[used])
+        busy["b"].append(b[used])
+        busy["group"].append(codes[used] + groups if groups else codes[used])
+        groups += count
+    if not stats:
         return {c: np.zeros(0, np.int64) for c in names}
-    col = {k: np.concatenate(v) for k, v in parts.items()}
-    add = np.zeros(len(col["a"]), dtype=np.int64)
-    used = np.flatnonzero(col["u"])
-    if len(used):
-        every = len(used) == len(add)  # (the usual case: no copy of the columns)
-        d, s, a, b, g, op_kind = (col[c] if every else col[c][used] for c in ("d", "s", "a", "b", "g", "kind"))
-        stream, _ = _groups([d, s, (g >> 24) & 16777215])  # numbered in (device, stream, process) order
-        order = np.lexsort((op_kind, b, a, stream))  # ties of (start, end): kernels, then memcpys, then memsets
-        stream, a, b = stream[order], a[order], b[order]
-        start = np.ones(len(order), dtype=bool)
-        start[1:] = stream[1:] != stream[:-1]
-        running = _running_max(b, stream)
-        before = np.empty_like(running)
-        before[1:] = running[:-1]
-        before[start] = a[start]  # no operation before: COALESCE(prev, start)
-        gained = b - np.maximum(a, before)
-        add[order if every else used[order]] = np.where(gained > 0, gained, 0)
-    codes, keys = _groups([col["kind"], col["g"], col["d"], col["s"]])
-    count = len(keys[0])
-    u = col["u"]
-    return {
-        "kind": keys[0].astype(np.int64),
-        "g": keys[1],
-        "d": keys[2],
-        "s": keys[3],
-        "n": np.bincount(codes, minlength=count).astype(np.int64),
-        "nv": _sum(codes, count, col["v"]),
-        "nu": _sum(codes, count, u),
-        "lo": _least(codes, count, col["a"], u),
-        "hi": _most(codes, count, col["b"], u),
-        "busy": _sum(codes, count, add),
-        "gn": _sum(codes, count, col["gn"]),
-    }
+    out = {c: np.concatenate([part[c] for part in stats]) for c in stats[0]}
+    a, b, group = (np.concatenate(busy[c]) if len(busy[c]) > 1 else busy[c][0] for c in ("a", "b", "group"))
+    out["busy"] = _busy(out, a, b, group)
+    return {c: out[c] for c in names}
+
+
+def _busy(groups: dict[str, np.ndarray], a: np.ndarray, b: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Per group of `groups` (kind, g, d, s), the busy ns of its usable operations (`a`, `b` and their
+    `group`): in (stream, start, end, kind) order, a stream being a (device, stream, process), each
+    operation's part beyond the running maximum of the ends before it on its stream (ties of (start,
+    end): kernels, then memcpys, then memsets). Kind and stream are the group's: looked up, not stored."""
+    count = len(groups["kind"])
+    if len(a) == 0:
+        return np.zeros(count, dtype=np.int64)
+    stream_of, _ = _groups([groups["d"], groups["s"], (groups["g"] >> 24) & 16777215])
+    one_stream = bool((stream_of == stream_of[0]).all())
+    kind = groups["kind"].astype(np.int8)[group]
+    order = np.lexsort((kind, b, a) if one_stream else (kind, b, a, stream_of[group]))
+    a, b, group = a[order], b[order], group[order]
+    before = np.empty_like(a)
+    before[0] = a[0]  # no operation before: COALESCE(prev, start)
+    if one_stream:
+        np.maximum.accumulate(b[:-1], out=before[1:])
+    else:
+        stream = stream_of[group]
+        before[1:] = _running_max(b, stream)[:-1]
+        first = np.flatnonzero(stream[1:] != stream[:-1]) + 1
+        before[first] = a[first]
+    np.maximum(a, before, out=before)
+    gained = np.subtract(b, before, out=before)
+    np.maximum(gained, 0, out=gained)
+    # a group's busy time is at most its stream's span: float sums are exact below 2**53 ns (104 days)
+    if count == 1:
+        return np.array([int(gained.sum())], dtype=np.int64)
+    if int(b.max()) - int(a.min()) < 1 << 53:
+        return np.rint(np.bincount(group, weights=gained, minlength=count)).astype(np.int64)
+    return pd.Series(gained).groupby(group).sum().reindex(range(count), fill_value=0).to_numpy(np.int64)
 
 
 def api_work(trace: Trace, graph_launch_ids: list[int]) -> dict[str, Any] | None:
@@ -328,27 +361,35 @@ def missing_launches(trace: Trace) -> int | None:
     if pid_ok:
         known_k &= ~k["globalPid"][1]
         known_r &= ~r["globalTid"][1]
-    kc, rc = kc[known_k], rc[known_r]
+    every_k, every_r = bool(known_k.all()), bool(known_r.all())
+    kc, rc = (kc if every_k else kc[known_k]), (rc if every_r else rc[known_r])
     if (len(kc) and int(kc.min()) < 0) or (len(rc) and int(rc.min()) < 0):
         return None
-    if pid_ok:  # the process of each side, numbered
-        both = np.concatenate([(k["globalPid"][0][known_k] >> 24) & 16777215, (r["globalTid"][0][known_r] >> 24) & 16777215])
-        if len(both) == 0 or int(both.min()) == int(both.max()):  # one process (the usual case): nothing to number
-            kp, rp, width = np.zeros(len(kc), np.int64), np.zeros(len(rc), np.int64), 1
-        else:
-            procs, number = pd.factorize(both)
+    width = 1
+    if pid_ok:  # the process of each side, numbered (none when there is one: the usual case)
+        kg, rg = k["globalPid"][0], r["globalTid"][0]
+        lo = min(int(np.min(kg, where=known_k, initial=_BIG)), int(np.min(rg, where=known_r, initial=_BIG)))
+        hi = max(int(np.max(kg, where=known_k, initial=_SMALL)), int(np.max(rg, where=known_r, initial=_SMALL)))
+        if len(kc) + len(rc) and lo >> 24 != hi >> 24:  # (the bits above the thread's: one value, one process)
+            kp = (kg if every_k else kg[known_k]) >> 24 & 16777215
+            rp = (rg if every_r else rg[known_r]) >> 24 & 16777215
+            procs, number = pd.factorize(np.concatenate([kp, rp]))
             kp, rp, width = procs[: len(kc)], procs[len(kc) :], max(len(number), 1)
-    else:
-        kp, rp, width = np.zeros(len(kc), np.int64), np.zeros(len(rc), np.int64), 1
     top = max(int(kc.max()) if len(kc) else 0, int(rc.max()) if len(rc) else 0) + 1
-    if top * width <= 1 << 28:  # correlation ids are dense: one flag per (id, process), no hashing of millions
+    if width == 1 and top <= 1 << 28:  # correlation ids are dense: one flag per id, no hashing of millions
+        called = np.zeros(top, dtype=bool)
+        called[rc] = True
+        found = called[kc]
+    elif top * width <= 1 << 28:  # ... one per (id, process)
         called = np.zeros(top * width, dtype=bool)
         called[rc * width + rp] = True
         found = called[kc * width + kp]
     elif top < 1 << 38:
-        found = np.isin(kc * width + kp, rc * width + rp, kind="sort")
+        found = np.isin(kc * width + kp, rc * width + rp, kind="sort") if width > 1 else np.isin(kc, rc, kind="sort")
     else:
         return None
+    if every_k:
+        return int((valid & ~found).sum())
     missing = np.ones(len(valid), dtype=bool)
     missing[np.flatnonzero(known_k)[found]] = False
     return int((valid & missing).sum())
