@@ -40,6 +40,7 @@ MAX_DEPTH = 32  # a b-tree of 4 KiB pages this deep would hold more rows than an
 # Records decoded per step: temporaries of a few hundred KiB, which the allocator reuses (larger ones
 # come as fresh pages each time, and their page faults cost more than the decoding).
 CHUNK_CELLS = 1 << 15
+HEADER_PAGES = 4096  # page headers read per step of a walk over a table's pages (see `_headers`)
 MAX_LAYOUTS = 256  # distinct record layouts in a chunk decoded by group (more: each value gathered)
 # An integer column read after this many unread columns is gathered on its own from each row's offset:
 # the layouts of the columns in between (a kernel's grid, block and memory sizes before its graphNodeId)
@@ -293,7 +294,7 @@ class PageFile:
             if len(pages) > 1 and len(np.unique(pages)) < len(pages):
                 return None
             _, header = self._page_base(pages)
-            kind = self._u8[header]
+            kind = self._headers(header, 1)
             if (kind == LEAF_TABLE).all():
                 return pages
             if not (kind == INTERIOR_TABLE).all():
@@ -322,7 +323,18 @@ class PageFile:
         if leaves is None:
             return None
         _, header = self._page_base(leaves)
-        return int(self._be16(header + 3).sum())
+        return int(self._headers(header + 3, 2).sum())
+
+    def _headers(self, at: np.ndarray, width: int) -> np.ndarray:
+        """The 1-byte (page kind) or 2-byte big-endian (cell count) field at `at` of each page header, read
+        some thousand pages at a time, whose mapped pages are then dropped from the process: a walk over a
+        table's pages does not hold the table in memory."""
+        out = np.empty(len(at), dtype=np.int64)
+        for lo in range(0, len(at), HEADER_PAGES):
+            part = at[lo : lo + HEADER_PAGES]
+            out[lo : lo + len(part)] = self._u8[part] if width == 1 else self._be16(part)
+            self._release(part)
+        return out
 
     # -- records --------------------------------------------------------------------------------------
     def read(
@@ -344,7 +356,7 @@ class PageFile:
         if leaves is None:
             return None
         _, header = self._page_base(leaves)
-        count = self._be16(header + 3)
+        count = self._headers(header + 3, 2)
         bounds = np.concatenate([[0], np.cumsum(count)])
         n = int(bounds[-1])
         request = Request(table, tuple(dict.fromkeys(wanted)), tuple(dict.fromkeys(t for t in texts if t not in wanted)), tuple(dict.fromkeys(present)))
