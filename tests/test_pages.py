@@ -728,3 +728,28 @@ def test_gpu_work_from_pages_equals_the_sql_query(builder, tmp_path_factory, mon
             got[engine] = (_work_rows(info._gpu_work(t), ("kind", "g", "d", "s")), missing, t.engine.reads_pages())
     assert got["auto"][2] and not got["sqlite"][2], "the page reader and SQL were not both used"
     assert got["auto"][:2] == got["sqlite"][:2]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    prefix=st.text("ab", min_size=0, max_size=12),
+    tails=st.lists(st.text("ab\x00é", min_size=1, max_size=3), min_size=1, max_size=40),
+)
+def test_texts_of_one_length_told_apart_by_every_byte(tmp_path_factory, prefix, tails):
+    """Texts of equal length that share their first 8 (or 16) bytes and differ after them, or only in a
+    trailing NUL, each come back as themselves (the reader tells texts apart by 8-byte words)."""
+    path = tmp_path_factory.mktemp("texts") / "t.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE t (c0 INTEGER, label TEXT)")
+    width = max(len((prefix + t).encode()) for t in tails)
+    labels = [(prefix + t).encode().ljust(width, b"\x00").decode("utf-8", "replace") for t in tails]  # one byte length
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(i, labels[i % len(labels)]) for i in range(200)])
+    con.commit()
+    con.close()
+    got = _read(path, "t", ["c0"], texts=["label"])
+    assert got is not None
+    con = sqlite3.connect(path)
+    con.text_factory = lambda b: b.decode("utf-8", "replace")
+    want = [r[0] for r in con.execute("SELECT label FROM t")]
+    con.close()
+    assert list(got["label"]) == want
