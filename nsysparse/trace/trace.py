@@ -402,39 +402,12 @@ class Trace:
             cols, notes = hit
             for n in notes:
                 self.note(n)
-            out = k.copy(deep=False)
-            for c in added:
-                out[c] = cols[c].to_numpy() if c != "api_name" else cols[c].array
-            return out
+            joined = {c: cols[c].to_numpy() if c != "api_name" else cols[c].array for c in added}
+            # one new frame (assigning columns one by one would copy each: pandas' copy-on-write)
+            return pd.DataFrame({c: joined.pop(c, k[c]) for c in k.columns} | joined, index=k.index, copy=False)
         df, notes = self.collecting(build)
         self.cache.put("launches", added, df, notes)
         return df
-
-    def gpu_ops(self, narrow: bool = False) -> pd.DataFrame:
-        """Kernels, memcpys and memsets as one frame: kind, start_ns, end_ns, device_id, stream_id, pid.
-        `narrow` loads only those columns when nothing is cached yet (no kernel names)."""
-        if "gpu_ops" not in self._frames:
-            parts = []
-            for kind in S.GPU_OP_KINDS:
-                if not self.has(kind):
-                    continue
-                if kind == "kernels":
-                    df = (
-                        self.kernels()
-                        if (not narrow or "kernels" in self._frames)
-                        else _sorted(tables.load(self, "kernels", ("start_ns", "end_ns", "device_id", "stream_id", "global_pid")))
-                    )
-                else:
-                    df = self._load(kind, None)
-                part = df[["start_ns", "end_ns", "device_id", "stream_id", "pid"]].copy()
-                part["kind"] = kind
-                parts.append(part)
-            if not parts:
-                self.require("kernels")
-            ops = pd.concat(parts, ignore_index=True)
-            ops["kind"] = ops["kind"].astype("category")
-            self._frames["gpu_ops"] = _sorted(ops)
-        return self._frames["gpu_ops"]
 
     # -- summaries and joins (the readers behind the door) -----------------------------------------
     def summary(self) -> dict[str, Any]:
