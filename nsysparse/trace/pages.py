@@ -40,7 +40,6 @@ MAX_DEPTH = 32  # a b-tree of 4 KiB pages this deep would hold more rows than an
 # Records decoded per step: temporaries of a few hundred KiB, which the allocator reuses (larger ones
 # come as fresh pages each time, and their page faults cost more than the decoding).
 CHUNK_CELLS = 1 << 15
-HEADER_PAGES = 4096  # page headers read per step of a walk over a table's pages (see `_headers`)
 MAX_LAYOUTS = 256  # distinct record layouts in a chunk decoded by group (more: each value gathered)
 # An integer column read after this many unread columns is gathered on its own from each row's offset:
 # the layouts of the columns in between (a kernel's grid, block and memory sizes before its graphNodeId)
@@ -239,6 +238,7 @@ class PageFile:
         self._u8 = np.frombuffer(self._mm, dtype=np.uint8)
         # every byte offset seen as the start of a `width`-byte element (views: nothing is copied)
         self._blocks: dict[int, np.ndarray] = {}
+        self._rows: dict[int, int] = {}  # rows of each table (by root page) counted so far
 
     def close(self) -> None:
         self._u8 = np.zeros(0, dtype=np.uint8)
@@ -306,7 +306,7 @@ class PageFile:
             if len(pages) > 1 and len(np.unique(pages)) < len(pages):
                 return None
             _, header = self._page_base(pages)
-            kind = self._headers(header, 1)
+            kind = self._u8[header]
             if (kind == LEAF_TABLE).all():
                 return pages
             if not (kind == INTERIOR_TABLE).all():
@@ -328,25 +328,21 @@ class PageFile:
         return None
 
     def count(self, table: Layout) -> int | None:
-        """The table's rows (its leaf cells), or None (as `leaves`)."""
+        """The table's rows (its leaf cells), or None (as `leaves`). Known without a walk once `read` has
+        read the table; otherwise the walk's pages (every leaf page's header) leave the process after it."""
         if not self.ok:
             return None
+        if table.root in self._rows:
+            return self._rows[table.root]
         leaves = self.leaves(table.root)
         if leaves is None:
             return None
         _, header = self._page_base(leaves)
-        return int(self._headers(header + 3, 2).sum())
-
-    def _headers(self, at: np.ndarray, width: int) -> np.ndarray:
-        """The 1-byte (page kind) or 2-byte big-endian (cell count) field at `at` of each page header, read
-        some thousand pages at a time, whose mapped pages are then dropped from the process: a walk over a
-        table's pages does not hold the table in memory."""
-        out = np.empty(len(at), dtype=np.int64)
-        for lo in range(0, len(at), HEADER_PAGES):
-            part = at[lo : lo + HEADER_PAGES]
-            out[lo : lo + len(part)] = self._u8[part] if width == 1 else self._be16(part)
-            self._release(part)
-        return out
+        count = int(self._be16(header + 3).sum())
+        if len(header):
+            self._release(header)
+        self._rows[table.root] = count
+        return count
 
     # -- records --------------------------------------------------------------------------------------
     def read(
@@ -368,9 +364,9 @@ class PageFile:
         if leaves is None:
             return None
         _, header = self._page_base(leaves)
-        count = self._headers(header + 3, 2)
+        count = self._be16(header + 3)
         bounds = np.concatenate([[0], np.cumsum(count)])
-        n = int(bounds[-1])
+        n = self._rows[table.root] = int(bounds[-1])
         request = Request(table, tuple(dict.fromkeys(wanted)), tuple(dict.fromkeys(t for t in texts if t not in wanted)), tuple(dict.fromkeys(present)))
         out = {w: np.empty(n, dtype=np.int64) for w in request.ints}
         nulls = {w: np.zeros(n, dtype=bool) for w in request.ints}
