@@ -37,9 +37,10 @@ READ = {
     "memcpy": ("start", "end", "globalPid", "deviceId", "streamId"),
     "memset": ("start", "end", "globalPid", "deviceId", "streamId"),
     "api": ("start", "end", "globalTid", "nameId", "correlationId"),
-    "nvtx": ("start", "end", "eventType", "domainId", "globalTid"),
+    # (with the columns the domain names come from: `info` then reads them from the same decode)
+    "nvtx": ("start", "end", "eventType", "domainId", "globalTid", "endGlobalTid", "rangeId", "textId"),
 }
-PRESENT = {"nvtx": ("text",)}
+TEXTS = {"nvtx": ("text",)}  # read as texts; the aggregates use only whether each is not NULL
 _memo: dict[int, dict[str, dict[str, tuple[np.ndarray, np.ndarray]] | None]] = {}
 
 
@@ -59,22 +60,23 @@ def reading(trace: Trace) -> Iterator[None]:
 
 def _columns(trace: Trace, kind: str) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     """The `READ` columns of `kind` the table has, as (values with NULL as 0, NULL mask), and the
-    `PRESENT` ones as (not-NULL flags, no mask); None when the page reader cannot answer."""
+    `TEXTS` ones as (not-NULL flags, no mask); None when the page reader cannot answer."""
     memo = _memo.get(id(trace.engine))
     if memo is not None and kind in memo:
         return memo[kind]
     table = S.TABLES[kind]
     have = trace.schema.columns[table]
-    sel = Select(table, tuple(Column(c, (c,)) for c in READ[kind] if c in have))
-    got = trace.engine.from_pages(sel, present=tuple(c for c in PRESENT.get(kind, ()) if c in have))
+    texts = tuple(Column(c, (c,), text=True) for c in TEXTS.get(kind, ()) if c in have)
+    sel = Select(table, tuple(Column(c, (c,)) for c in READ[kind] if c in have) + texts)
+    got = trace.engine.from_pages(sel)
     out: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     if got is not None:
         out = {}
         for c, v in got.items():
             if isinstance(v, np.ma.MaskedArray):
                 out[c] = (np.asarray(v.filled(0), dtype=np.int64), np.ma.getmaskarray(v))
-            elif v.dtype == bool:
-                out[c] = (v, np.zeros(len(v), dtype=bool))
+            elif v.dtype == object:  # a text: whether it is not NULL
+                out[c] = (np.not_equal(v, None), np.zeros(len(v), dtype=bool))
             else:
                 out[c] = (np.asarray(v, dtype=np.int64), np.zeros(len(v), dtype=bool))
     if memo is not None:

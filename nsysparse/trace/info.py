@@ -547,41 +547,42 @@ def summary(trace: Trace) -> dict[str, Any]:
     jobs: dict[str, Callable[[Trace], Any]] = {"gw": _gpu_work, "aw": _api_work}
     if "DERIVED_WINDOW_NS" not in trace.export_meta and _launch_check_in_sql(trace):
         jobs["missing"] = _missing_launches
-    with activity.reading(trace):
+    # each table's columns read once for every aggregate, and for the NVTX domain names (`nvtx_domains`)
+    with activity.reading(trace), trace.engine.sharing():
         got = _concurrently(trace, jobs)
         gw, aw = got["gw"], got["aw"]
         lo, hi, outliers, n_outliers, nw = _time_span(trace, gw, aw)
-    if n_outliers:
-        trace.note(outlier_note(outliers, n_outliers, lo, hi))
-    sliced, why = slice_status(trace, int(gw["nv"][gw["kind"] == _OP_CODES["kernels"]].sum()), got.get("missing"))
-    nvtx_text = "none"
-    if trace.has("nvtx"):
-        inline, total = int(nw["ti"].sum()), int(nw["tt"].sum())
-        nvtx_text = "text" if inline == total and total else ("textId" if inline == 0 and total else "mixed text/textId")
-    return {
-        "file": str(trace.source_path),
-        "sqlite_file": str(trace.path),
-        "size_bytes": trace.path.stat().st_size,
-        "nsys_version": trace.version.product,
-        "export_schema_version": trace.version.schema,
-        "version_source": trace.version.source,
-        "era": trace.version.era,
-        "cuda_graph_trace_mode": trace.capture_mode(),
-        "cuda_graph_launches": int(aw["gl"].sum()),
-        "capture_event_types": trace.capture_meta.get("CAPTURE_EVENT_TYPE", []),
-        "time_slice": sliced,
-        "time_slice_reason": why,
-        "start_ns": lo,
-        "end_ns": hi,
-        "duration_ms": (hi - lo) / 1e6 if lo is not None and hi is not None else None,
-        "nvtx_outliers": n_outliers,
-        "nvtx_outliers_first": outliers,
-        "nvtx_strings": nvtx_text,
-        "tables": {k: trace.count(k) for k in COUNTED_KINDS if trace.has(k)},
-        "missing_tables": [k for k in ("kernels", "api", "nvtx", "memcpy", "memset", "sync") if not trace.has(k)],
-        "gpus": gpus(trace, gw).to_dict("records"),
-        "processes": processes(trace, (gw, aw, nw)).to_dict("records"),
-        "streams": streams(trace, gw).to_dict("records"),
-        "nvtx_domains": nvtx_domains(trace, nw).to_dict("records"),
-        "notes": list(trace.notes),
-    }
+        if n_outliers:
+            trace.note(outlier_note(outliers, n_outliers, lo, hi))
+        sliced, why = slice_status(trace, int(gw["nv"][gw["kind"] == _OP_CODES["kernels"]].sum()), got.get("missing"))
+        nvtx_text = "none"
+        if trace.has("nvtx"):
+            inline, total = int(nw["ti"].sum()), int(nw["tt"].sum())
+            nvtx_text = "text" if inline == total and total else ("textId" if inline == 0 and total else "mixed text/textId")
+        return {
+            "file": str(trace.source_path),
+            "sqlite_file": str(trace.path),
+            "size_bytes": trace.path.stat().st_size,
+            "nsys_version": trace.version.product,
+            "export_schema_version": trace.version.schema,
+            "version_source": trace.version.source,
+            "era": trace.version.era,
+            "cuda_graph_trace_mode": trace.capture_mode(),
+            "cuda_graph_launches": int(aw["gl"].sum()),
+            "capture_event_types": trace.capture_meta.get("CAPTURE_EVENT_TYPE", []),
+            "time_slice": sliced,
+            "time_slice_reason": why,
+            "start_ns": lo,
+            "end_ns": hi,
+            "duration_ms": (hi - lo) / 1e6 if lo is not None and hi is not None else None,
+            "nvtx_outliers": n_outliers,
+            "nvtx_outliers_first": outliers,
+            "nvtx_strings": nvtx_text,
+            "tables": {k: trace.count(k) for k in COUNTED_KINDS if trace.has(k)},
+            "missing_tables": [k for k in ("kernels", "api", "nvtx", "memcpy", "memset", "sync") if not trace.has(k)],
+            "gpus": gpus(trace, gw).to_dict("records"),
+            "processes": processes(trace, (gw, aw, nw)).to_dict("records"),
+            "streams": streams(trace, gw).to_dict("records"),
+            "nvtx_domains": nvtx_domains(trace, nw).to_dict("records"),
+            "notes": list(trace.notes),
+        }
