@@ -76,7 +76,7 @@ def _columns(trace: Trace, kind: str) -> dict[str, tuple[np.ndarray, np.ndarray]
             if isinstance(v, np.ma.MaskedArray):
                 out[c] = (np.asarray(v.filled(0), dtype=np.int64), np.ma.getmaskarray(v))
             elif v.dtype == object:  # a text: whether it is not NULL
-                out[c] = (np.not_equal(v, None), np.zeros(len(v), dtype=bool))
+                out[c] = (np.asarray(pd.notna(v), dtype=bool), np.zeros(len(v), dtype=bool))
             else:
                 out[c] = (np.asarray(v, dtype=np.int64), np.zeros(len(v), dtype=bool))
     if memo is not None:
