@@ -183,7 +183,7 @@ def gpu_work(trace: Trace) -> dict[str, np.ndarray] | None:
     and graph-node kernels.
 
     Each kind's groups are counted on its own columns (no concatenated copy of them); only the usable
-    rows' stream, times, kind and group are put together, for the busy time."""
+    rows' times and group are put together, for the busy time (a group's kind and stream are looked up)."""
     names = ("kind", "g", "d", "s", "n", "nv", "nu", "lo", "hi", "busy", "gn")
     stats: list[dict[str, np.ndarray]] = []
     busy: dict[str, list[np.ndarray]] = {k: [] for k in ("a", "b", "group")}
