@@ -240,3 +240,18 @@ def test_nvtx_text_and_domain_match_sql(builder, tmp_path, monkeypatch, engine):
     cats = list(loaded["text"].cat.categories)
     assert cats == list(dict.fromkeys(x for x in loaded["text"] if not pd.isna(x)))
     assert set(cats) == {x for _, x, _ in rows if x is not None}
+
+
+def test_with_columns_keeps_places_and_shares_memory():
+    """`tables.with_columns`: a column of the same name keeps its place, new ones come last, and neither the
+    added arrays nor the frame's own columns are copied (assigning columns one by one would copy each)."""
+    from nsysparse.trace import tables
+
+    a, b = np.arange(5, dtype=np.int64), np.arange(5, 10, dtype=np.int64)
+    frame = pd.DataFrame({"a": a, "b": b}, copy=False)
+    new_b, c = np.full(5, 7, dtype=np.int64), np.ones(5, dtype=bool)
+    out = tables.with_columns(frame, {"c": c, "b": new_b})
+    assert list(out.columns) == ["a", "b", "c"]
+    assert out["b"].tolist() == [7] * 5 and frame["b"].tolist() == list(range(5, 10))
+    assert np.shares_memory(out["b"].to_numpy(), new_b) and np.shares_memory(out["c"].to_numpy(), c)
+    assert np.shares_memory(out["a"].to_numpy(), frame["a"].to_numpy())

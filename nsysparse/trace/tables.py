@@ -529,9 +529,16 @@ def kernel_launches(trace: Trace, kernels: pd.DataFrame, api: pd.DataFrame, inde
         "tid": joined(api["tid"].to_numpy(), -1),
         "api_name": pd.Categorical.from_codes(api_codes, categories=api["name"].cat.categories) if len(api) else pd.Categorical([None] * len(kernels)),
     }
-    # one new frame: the kernel columns shared (copy-on-write), the joined ones not copied again on assignment
-    columns = {c: added.pop(c, kernels[c]) for c in kernels.columns} | added  # (a column joined again keeps its place)
-    return pd.DataFrame(columns, index=kernels.index, copy=False)
+    return with_columns(kernels, added)
+
+
+def with_columns(frame: pd.DataFrame, added: dict[str, object]) -> pd.DataFrame:
+    """`frame` with the columns of `added` (one of the same name keeps its place, the others come last), as
+    one new frame: its own columns shared (copy-on-write), the added ones not copied, as assigning each
+    to the frame would copy it."""
+    rest = dict(added)
+    columns = {c: rest.pop(c, frame[c]) for c in frame.columns} | rest
+    return pd.DataFrame(columns, index=frame.index, copy=False)
 
 
 def _corr_key(corr: np.ndarray, pid: np.ndarray | None) -> np.ndarray:

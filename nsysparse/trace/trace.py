@@ -402,9 +402,7 @@ class Trace:
             cols, notes = hit
             for n in notes:
                 self.note(n)
-            joined = {c: cols[c].to_numpy() if c != "api_name" else cols[c].array for c in added}
-            # one new frame (assigning columns one by one would copy each: pandas' copy-on-write)
-            return pd.DataFrame({c: joined.pop(c, k[c]) for c in k.columns} | joined, index=k.index, copy=False)
+            return tables.with_columns(k, {c: cols[c].to_numpy() if c != "api_name" else cols[c].array for c in added})
         df, notes = self.collecting(build)
         self.cache.put("launches", added, df, notes)
         return df
