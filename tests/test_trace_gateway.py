@@ -187,6 +187,8 @@ def test_global_ids_decode():
     g = np.array([gtid(1230493, 1230493), gtid(7, 42)], dtype=np.int64)
     assert pid_of(g).tolist() == [1230493, 7]
     assert tid_of(g).tolist() == [1230493, 42]
+    assert int(pid_of(g[0])) == int(pid_of(np.int64(g[0]))) == 1230493  # a scalar too
+    assert pid_of(g) is not g and g.tolist() == [gtid(1230493, 1230493), gtid(7, 42)]  # the ids are left as they were
 
 
 def test_info_summary_of_streams_and_processes(builder, tmp_path):

@@ -106,13 +106,13 @@ def _groups(keys: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
             numbered = 2
             break
         combined = combined * max(len(distinct), 1) + codes
-    if numbered == 0:  # every key of one value (or no rows): one group
-        return combined, [k[:1] for k in keys]
+    if numbered == 0:  # every key of one value: one group (copies: not views holding the whole columns)
+        return combined, [k[:1].copy() for k in keys]
     if numbered > 1:
         codes, distinct = pd.factorize(combined, sort=False)
         count = len(distinct)
-    else:  # the codes of the one varying key: already numbered 0.. in order of appearance
-        codes, count = combined, span
+    else:  # the codes of the one varying key (or of none: no rows), already numbered 0.. in order of appearance
+        codes, count = combined, (span if n else 0)
     first = np.zeros(count, dtype=np.int64)
     first[codes[::-1]] = np.arange(n)[::-1]  # a row of each group (any: they share the key)
     values = [k[first] for k in keys]

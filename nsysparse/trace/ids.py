@@ -10,6 +10,8 @@ ID_MASK = 0xFFFFFF
 
 def pid_of(global_id: np.ndarray) -> np.ndarray:
     g = np.asarray(global_id).astype(np.int64, copy=False)
+    if g.ndim == 0:
+        return (g >> PID_SHIFT) & ID_MASK
     out = np.right_shift(g, PID_SHIFT)
     return np.bitwise_and(out, ID_MASK, out=out)  # (in place: one new array, not two)
 
