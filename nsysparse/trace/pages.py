@@ -480,8 +480,11 @@ class PageFile:
         ):
             return None  # a wanted column missing from the record takes its declared default: SQLite's to say
         n = len(cells)
-        types = block[:, first : first + held]
-        if (types >= 0x80).any():  # a serial type of two or more bytes: a text or blob longer than 57 bytes
+        # the serial types, contiguous and padded with zeros (NULL: no content) to whole 8-byte words
+        compact = np.zeros((n, -(-held // 8) * 8), dtype=np.uint8)
+        compact[:, :held] = block[:, first : first + held]
+        types = compact[:, :held]
+        if (compact >= 0x80).any():  # a serial type of two or more bytes: a text or blob longer than 57 bytes
             return None
         if (types >= 10).any() and ((types == 10) | (types == 11)).any():  # reserved serial types
             return None
@@ -496,16 +499,13 @@ class PageFile:
             st = types[:, table.columns.index(w)]
             if ((st != 0) & ((st < 13) | (st % 2 == 0))).any():
                 return None  # an integer, a real or a blob where a text is read (CAST AS TEXT: SQLite's)
-        # Content sizes over the whole (contiguous) block, zero outside the serial types; then the
-        # payload must be exactly the header and the contents (within one word of 8 sizes, each < 32,
-        # multiplying by 0x0101...01 leaves in byte k the sum of bytes 0..k).
-        size = _content_sizes(block)
-        region = np.zeros(block.shape[1], dtype=np.uint8)
-        region[first : first + held] = 1
-        size *= region
+        # Content sizes of the serial types (zero in the padding); then the payload must be exactly the
+        # header and the contents (within one word of 8 sizes, each < 32, multiplying by 0x0101...01
+        # leaves in byte k the sum of bytes 0..k).
+        size = _content_sizes(compact)
         text = types >= 12
         if text.any():  # blob and text: (N - 12) / 2 bytes
-            np.copyto(size[:, first : first + held], (types - 12) >> 1, where=text)
+            np.copyto(size[:, :held], (types - 12) >> 1, where=text)
         if int(size.max()) >= 32:
             total = size.sum(axis=1, dtype=np.int64)
         else:
@@ -516,11 +516,11 @@ class PageFile:
         if not (total + (held + 1) == payload).all():
             return None
         body = cells + (first + held)
-        decoded = self._by_layout(body, types, size[:, first : first + held], req)
+        decoded = self._by_layout(body, types, size[:, :held], req)
         if decoded is None:
             if req.texts:
                 return None
-            decoded = self._one_by_one(body, types, size[:, first : first + held], req)
+            decoded = self._one_by_one(body, types, size[:, :held], req)
         if rowid is not None and table.rowid_alias in req.ints:
             decoded.ints[table.rowid_alias] = (rowid, np.zeros(n, dtype=bool))
         return decoded
