@@ -556,39 +556,30 @@ class PageFile:
         # 8 bytes before the body: every integer is read as the 8 bytes ending where it ends
         width = -(-(int(ends[:, -1].max()) + 8) // 8) * 8
         dense = self._gather(body - 8 if order is None else body[order] - 8, width).reshape(-1)
+        # each group's values go straight to their rows (in row order: no reordering after)
         grouped = {w: (np.empty(n, dtype=np.int64), np.zeros(n, dtype=bool)) for w in req.ints if w in columns}
         texts = {w: np.empty(n, dtype=object) for w in req.texts}
         for g in range(count):
             lo, hi = int(starts[g]), int(starts[g + 1])
+            at: slice | np.ndarray = slice(lo, hi) if order is None else order[lo:hi]
             row = int(first_rows[g])
             for w, j in columns.items():
                 st, nbytes, end = int(types[row, j]), int(size[row, j]), int(ends[g, j]) + 8
                 if w in texts:
-                    texts[w][lo:hi] = _texts(dense, lo, hi, width, end - nbytes, nbytes) if st else None
+                    texts[w][at] = _texts(dense, lo, hi, width, end - nbytes, nbytes) if st else None
                     continue
                 values, null = grouped[w]
                 if nbytes == 0:  # NULL, or the constants 0 and 1
-                    values[lo:hi] = 1 if st == 9 else 0
-                    null[lo:hi] = st == 0
+                    values[at] = 1 if st == 9 else 0
+                    null[at] = st == 0
                     continue
                 view = np.ndarray(shape=(hi - lo,), dtype=">i8", buffer=dense, offset=lo * width + end - 8, strides=(width,))
                 got = view.astype(np.int64)
                 if nbytes < 8:
                     got <<= 64 - 8 * nbytes
                     got >>= 64 - 8 * nbytes  # arithmetic: sign-extends the value's top byte
-                values[lo:hi] = got
-        if order is None:
-            return Decoded(ints | grouped, texts, present)
-        for w, (values, null) in grouped.items():
-            v, m = np.empty(n, dtype=np.int64), np.empty(n, dtype=bool)
-            v[order], m[order] = values, null
-            ints[w] = (v, m)
-        back = {}
-        for w, strings in texts.items():
-            t = np.empty(n, dtype=object)
-            t[order] = strings
-            back[w] = t
-        return Decoded(ints, back, present)
+                values[at] = got
+        return Decoded(ints | grouped, texts, present)
 
     def _one_by_one(self, body: np.ndarray, types: np.ndarray, size: np.ndarray, req: Request) -> Decoded:
         """Integer values gathered one column at a time from each row's own offsets (many layouts)."""
