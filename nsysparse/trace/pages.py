@@ -182,21 +182,26 @@ def _preamble(block: np.ndarray, rowids: bool) -> tuple[np.ndarray, np.ndarray |
     return payload, rowid, lp + length + 1
 
 
-def _layout_codes(types: np.ndarray) -> np.ndarray:
-    """Per row, a small integer naming its serial types (rows alike get the same code)."""
+def _layout_codes(padded: np.ndarray, k: int) -> np.ndarray:
+    """Per row, a small integer naming its first `k` serial types (rows alike get the same code; one
+    layout: all 0). `padded`: the serial types, contiguous and zero-padded to whole 8-byte words, each
+    word of 8 types read as one integer (the bytes of types from `k` on masked off)."""
     import pandas as pd
 
-    n, k = types.shape
-    packed = np.zeros((n, -(-k // 8) * 8), dtype=np.uint8)
-    packed[:, :k] = types
-    words = packed.view(np.uint64)
-    if words.shape[1] == 2 and int(types.max()) < 16:  # 16 types of 4 bits: one word
+    n, used = len(padded), -(-k // 8)
+    words = padded.view("<u8")[:, :used]
+    if k % 8:
+        words = words.copy()
+        words[:, -1] &= np.uint64((1 << (8 * (k % 8))) - 1)
+    if used == 2 and not (words & np.uint64(0xF0F0F0F0F0F0F0F0)).any():  # 16 types of 4 bits: one word
         words = (words[:, 0] | (words[:, 1] << np.uint64(4)))[:, None]
+    if n == 0 or bool((words == words[0]).all()):  # one layout (a run of rows alike): nothing to hash
+        return np.zeros(n, dtype=np.int64)
     codes = np.zeros(n, dtype=np.int64)
-    for k in range(words.shape[1]):
-        word_codes, uniques = pd.factorize(words[:, k])
+    for j in range(words.shape[1]):
+        word_codes, uniques = pd.factorize(words[:, j])
         codes = codes * len(uniques) + word_codes
-        if k + 1 < words.shape[1]:
+        if j + 1 < words.shape[1]:
             codes, _ = pd.factorize(codes)
     if words.shape[1] > 1:
         codes, _ = pd.factorize(codes)
@@ -516,7 +521,7 @@ class PageFile:
         if not (total + (held + 1) == payload).all():
             return None
         body = cells + (first + held)
-        decoded = self._by_layout(body, types, size[:, :held], req)
+        decoded = self._by_layout(body, compact, size[:, :held], req)
         if decoded is None:
             if req.texts:
                 return None
@@ -525,13 +530,15 @@ class PageFile:
             decoded.ints[table.rowid_alias] = (rowid, np.zeros(n, dtype=bool))
         return decoded
 
-    def _by_layout(self, body: np.ndarray, types: np.ndarray, size: np.ndarray, req: Request) -> Decoded | None:
+    def _by_layout(self, body: np.ndarray, padded: np.ndarray, size: np.ndarray, req: Request) -> Decoded | None:
         """The values of records grouped by layout: rows whose serial types agree up to the last column
         read hold each value at the same offset (and each text at the same length), so after one gather
         of those bytes per row (in group order) a value is a strided view, not a gather of its own.
         Flags come from the serial types alone; an integer column far after the others (`_far_columns`)
-        is gathered on its own. None when there are more than `MAX_LAYOUTS` layouts."""
+        is gathered on its own. None when there are more than `MAX_LAYOUTS` layouts. `padded`: the
+        serial types, zero-padded to whole words (see `_layout_codes`); `size`: their content sizes."""
         n = len(body)
+        types = padded[:, : size.shape[1]]
         index = req.table.columns.index
         present = {w: types[:, index(w)] != 0 for w in req.present}
         columns = {w: index(w) for w in (*req.ints, *req.texts) if w != req.table.rowid_alias}
@@ -541,7 +548,7 @@ class PageFile:
         if not columns:
             return Decoded(ints, {}, present)
         last = max(columns.values()) + 1
-        codes = _layout_codes(types[:, :last])
+        codes = _layout_codes(padded, last)
         count = int(codes.max()) + 1
         if count > MAX_LAYOUTS:
             return None
