@@ -89,6 +89,28 @@ def test_correlation_join_requires_same_process(builder, tmp_path):
 
 
 @pytest.mark.parametrize("order", ["correlation", "reversed"])
+def test_calls_of_one_process_match_no_kernel_of_another(builder, tmp_path, order):
+    """Every call in one process (its keys are then the bare correlation ids): a kernel of another process
+    with a call's correlationId has no launch, a kernel of the calls' process has its own, and ids past
+    32 bits compare by their low 32 bits, as (pid << 32) | id does."""
+    b = builder("2024.5")
+    b.gpu()
+    corrs = [1, 2, 3] if order == "correlation" else [3, 2, 1]
+    for i, c in enumerate(corrs):
+        b.api(1_000 * (i + 1), 1_000 * (i + 1) + 100, "cudaLaunchKernel_v7000", pid=100, tid=101, corr=c)
+    b.kernel(10_000, 11_000, "own", pid=100, corr=2, with_api=False)
+    b.kernel(12_000, 13_000, "other", pid=200, corr=1, with_api=False)
+    b.kernel(14_000, 15_000, "wide", pid=100, corr=3 + (1 << 32), with_api=False)
+    path = b.write(tmp_path / "t.sqlite")
+    with open_trace(path) as t:
+        la = t.launches()
+        got = {str(n): (bool(h), int(a)) for n, h, a in zip(la["short_name"], la["has_launch"], la["api_start_ns"])}
+    assert got["own"] == (True, 1_000 * (corrs.index(2) + 1))
+    assert got["wide"] == (True, 1_000 * (corrs.index(3) + 1))
+    assert got["other"][0] is False
+
+
+@pytest.mark.parametrize("order", ["correlation", "reversed"])
 def test_launch_join_whatever_the_order_of_calls(builder, tmp_path, order):
     """Calls in correlation order (joined without a sort) or not (sorted first): each kernel gets its own call."""
     b = builder("2024.5")

@@ -478,20 +478,25 @@ def _nvtx_columns(cols: tuple[str, ...] | list[str], by_id: bool) -> tuple[Colum
 @dataclass(frozen=True)
 class LaunchIndex:
     """The CUDA API calls' join keys ((process <<) 32 | correlationId), sorted: `order` (None: already in
-    order) and the sorted keys. Built once per trace and shared by the kernel, memcpy and memset joins."""
+    order) and the sorted keys. Built once per trace and shared by the kernel, memcpy and memset joins.
+    `pid`: the one process of every call, whose keys are then the bare correlation ids (no key arrays
+    built: the usual single-process capture)."""
 
     order: np.ndarray | None
     keys: np.ndarray
     by_pid: bool
+    pid: int | None = None
 
 
 def launch_index(trace: Trace, api: pd.DataFrame) -> LaunchIndex:
     use_pid = trace.schema.has(S.TABLES["kernels"], "globalPid")
-    akey = _corr_key(api["correlation_id"].to_numpy(), api["pid"].to_numpy() if use_pid else None)
+    pids = api["pid"].to_numpy() if use_pid else np.zeros(0, np.int64)
+    one = int(pids[0]) if len(pids) and int(pids.min()) == int(pids.max()) else None
+    akey = _corr_key(api["correlation_id"].to_numpy(), pids if use_pid and one is None else None)
     if len(akey) < 2 or bool((akey[1:] >= akey[:-1]).all()):  # calls in correlation order (the usual case): no sort
-        return LaunchIndex(None, akey, use_pid)
+        return LaunchIndex(None, akey, use_pid, one)
     order = np.argsort(akey, kind="stable")
-    return LaunchIndex(order, akey[order], use_pid)
+    return LaunchIndex(order, akey[order], use_pid, one)
 
 
 def kernel_launches(trace: Trace, kernels: pd.DataFrame, api: pd.DataFrame, index: LaunchIndex | None = None) -> pd.DataFrame:
@@ -504,7 +509,8 @@ def kernel_launches(trace: Trace, kernels: pd.DataFrame, api: pd.DataFrame, inde
     """
     index = launch_index(trace, api) if index is None else index
     kpid = kernels["pid"].to_numpy() if "pid" in kernels else np.zeros(len(kernels), np.int64)
-    kkey = _corr_key(kernels["correlation_id"].to_numpy(), kpid if index.by_pid else None)
+    bare = index.by_pid and index.pid is not None  # the calls' keys are bare ids: kernels of another process match none
+    kkey = _corr_key(kernels["correlation_id"].to_numpy(), kpid if index.by_pid and not bare else None)
     sorted_keys = index.keys
     pos = np.searchsorted(sorted_keys, kkey)
     pos_c = np.clip(pos, 0, max(len(sorted_keys) - 1, 0))
@@ -512,6 +518,8 @@ def kernel_launches(trace: Trace, kernels: pd.DataFrame, api: pd.DataFrame, inde
     if len(sorted_keys):
         found &= sorted_keys[pos_c] == kkey
     found &= kernels["correlation_id"].to_numpy() > 0
+    if bare and len(kpid) and not (int(kpid.min()) == int(kpid.max()) == index.pid):
+        found &= kpid == index.pid
     take = np.where(found, pos_c if index.order is None else index.order[pos_c], 0) if len(sorted_keys) else np.zeros(len(kkey), np.int64)
     every = bool(found.all()) and len(api) > 0  # (the usual case: each column is then one gather)
 
@@ -542,7 +550,12 @@ def with_columns(frame: pd.DataFrame, added: dict[str, object]) -> pd.DataFrame:
 
 
 def _corr_key(corr: np.ndarray, pid: np.ndarray | None) -> np.ndarray:
-    corr = corr.astype(np.int64) & 0xFFFFFFFF
+    """(pid << 32) | (corr & 0xFFFFFFFF); without `pid`, the ids themselves where they are 32-bit already
+    (no copy: the usual case)."""
+    corr = corr.astype(np.int64, copy=False)
+    if pid is None and (len(corr) == 0 or (int(corr.min()) >= 0 and int(corr.max()) <= 0xFFFFFFFF)):
+        return corr
+    corr = corr & 0xFFFFFFFF
     if pid is None:
         return corr
     return (pid.astype(np.int64) << 32) | corr
