@@ -101,7 +101,7 @@ def test_integer_tables_read_as_sqlite_reads_them(tmp_path_factory, ncols, nrows
 )
 def test_far_columns_read_as_sqlite_reads_them(tmp_path_factory, ncols, nrows, seed, data):
     """Integer columns after more than FAR_GAP unread ones (gathered per row, not by layout), between
-    columns of varying sizes, with flags of other columns: as sqlite3 reads them."""
+    columns of varying sizes: as sqlite3 reads them."""
     rng = np.random.default_rng(seed)
     pool = [data.draw(ints) for _ in range(24)]
     rows = [[pool[k] for k in rng.integers(0, len(pool), ncols)] for _ in range(nrows)]
@@ -109,23 +109,20 @@ def test_far_columns_read_as_sqlite_reads_them(tmp_path_factory, ncols, nrows, s
     _build(path, ncols, rows)
     near = sorted({f"c{int(i)}" for i in rng.integers(0, 2, rng.integers(1, 3))})
     far = sorted({f"c{int(i)}" for i in rng.integers(pages.FAR_GAP + 2, ncols, rng.integers(1, 3))}, key=lambda c: int(c[1:]))
-    flags = [f"c{int(i)}" for i in range(2, pages.FAR_GAP + 2) if rng.random() < 0.5]
     wanted = near + far
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     lay = pages.layout(lambda q, a=(): con.execute(q, a).fetchall(), "t")
     con.close()
     assert lay is not None
-    req = pages.Request(lay, tuple(wanted), (), tuple(flags))
+    req = pages.Request(lay, tuple(wanted), ())
     assert set(pages._far_columns({w: lay.columns.index(w) for w in wanted}, req)) == set(far)  # the per-row path is the one taken
     reader = pages.PageFile(path)
     try:
-        got = reader.read(lay, wanted, present=flags)
+        got = reader.read(lay, wanted)
     finally:
         reader.close()
     assert got is not None
     assert _as_rows(got, wanted) == _sqlite_rows(path, f"SELECT {', '.join(wanted)} FROM t")
-    for f in flags:
-        assert got[f].tolist() == [v is not None for (v,) in _sqlite_rows(path, f"SELECT {f} FROM t")]
 
 
 def test_deep_btree_after_deletes_and_inserts(tmp_path):
@@ -599,8 +596,8 @@ def test_summary_after_loading_reads_no_page_again(path, monkeypatch, tmp_path):
     reads: list[tuple[int, tuple[str, ...]]] = []
     original = pages.PageFile.read
 
-    def counting(self, table, wanted, texts=(), present=(), workers=2):
-        got = original(self, table, wanted, texts=texts, present=present, workers=workers)
+    def counting(self, table, wanted, texts=(), workers=2):
+        got = original(self, table, wanted, texts=texts, workers=workers)
         if got is not None:  # (a refused read, e.g. NVTX with long texts, goes to SQL)
             reads.append((table.root, tuple(wanted)))
         return got
@@ -619,30 +616,31 @@ def test_summary_after_loading_reads_no_page_again(path, monkeypatch, tmp_path):
         assert len(set(tables_read)) == len(tables_read), "a table's pages were read twice"
 
 
-def test_shared_reads_answer_flags_and_subsets(tmp_path):
-    """Within `Engine.sharing`, a read of columns already read (or of their not-NULL flags) is answered
-    from them, equal to what the pages give; columns not read yet go to the pages."""
+def test_shared_reads_answer_subsets(tmp_path):
+    """Within `Engine.sharing`, a read of columns already read is answered from them, equal to what the
+    pages give; a read of a column not read yet goes to the pages."""
     path = tmp_path / "t.sqlite"
     rows = [[i, None if i % 3 == 0 else i * 7, None if i % 5 == 0 else -i] for i in range(2000)]
     _build(path, 3, rows)
     fresh = Engine(path)
     try:
-        direct = fresh.from_pages(Select("t", (Column("c0", ("c0",)),)), present=("c1", "c2"))
+        direct = fresh.from_pages(Select("t", (Column("c0", ("c0",)), Column("c2", ("c2",)))))
     finally:
         fresh.close()
     engine = Engine(path)
     try:
         with engine.sharing():
-            first = engine.from_pages(Select("t", (Column("c0", ("c0",)), Column("c1", ("c1",)), Column("c2", ("c2",)))))
-            assert engine._from_shared("t", ["c0"], [], ("c1", "c2")) is not None  # answered from the kept columns
-            again = engine.from_pages(Select("t", (Column("c0", ("c0",)),)), present=("c1", "c2"))
+            first = engine.from_pages(Select("t", (Column("c0", ("c0",)), Column("c2", ("c2",)))))
+            assert engine._from_shared("t", ["c2"], []) is not None  # answered from the kept columns
+            assert engine._from_shared("t", ["c1"], []) is None  # not read yet: the pages'
+            again = engine.from_pages(Select("t", (Column("c2", ("c2",)),)))
+            other = engine.from_pages(Select("t", (Column("c1", ("c1",)),)))
         assert engine._shared is None
     finally:
         engine.close()
-    assert first is not None and direct is not None and again is not None
-    for c in ("c1", "c2"):
-        assert again[c].tolist() == direct[c].tolist() == [v is not None for v in (r[int(c[1])] for r in rows)]
-    assert again["c0"].tolist() == direct["c0"].tolist()
+    assert first is not None and direct is not None and again is not None and other is not None
+    assert again["c2"].tolist() == direct["c2"].tolist() == [r[2] for r in rows]
+    assert other["c1"].tolist() == [r[1] for r in rows]
 
 
 @given(st.lists(st.tuples(st.sampled_from([0, 3]), st.integers(0, 2), st.sampled_from([7, 7, 9]), st.just(5)), max_size=50), st.integers(1, 4))

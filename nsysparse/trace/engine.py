@@ -227,26 +227,25 @@ class Engine:
         return {n: _masked_int(_column(c)) if masked else np.asarray(_column(c)) for n, c in zip(names, zip(*data))}
 
     # -- pages --------------------------------------------------------------------------------------
-    def from_pages(self, sel: Select, present: tuple[str, ...] = ()) -> dict[str, np.ndarray] | None:
+    def from_pages(self, sel: Select) -> dict[str, np.ndarray] | None:
         """`sel` answered from the file's pages without SQL (see `pages`): the columns as `arrays(...,
         masked=True)` would return them; None when the page reader cannot vouch for the answer (the
-        caller then runs `sel.sql()`, whose result and errors are the reference). For each column in
-        `present` (of any type, not in `sel`), whether each row's value is not NULL, under its name."""
+        caller then runs `sel.sql()`, whose result and errors are the reference)."""
         reader = None if sel.nothing else self._page_file()
         table = self._layout(sel.table) if reader is not None else None
         if reader is None or table is None:
             return None
         ints = [c for col in sel.columns if not col.text for c in col.sources]
         texts = [c for col in sel.columns if col.text for c in col.sources]
-        if any(col.text and len(col.sources) > 1 for col in sel.columns) or set(ints) & set(texts) or set(present) & set(ints + texts):
+        if any(col.text and len(col.sources) > 1 for col in sel.columns) or set(ints) & set(texts):
             return None  # COALESCE of texts, or a column read both ways: SQL's
         if sel.keep is not None:
             ints.append(sel.keep[0])
         ints, texts = list(dict.fromkeys(ints)), list(dict.fromkeys(texts))
-        got = self._from_shared(sel.table, ints, texts, present)
+        got = self._from_shared(sel.table, ints, texts)
         if got is None:
             try:
-                got = reader.read(table, ints, texts=texts, present=present)
+                got = reader.read(table, ints, texts=texts)
             except Exception as err:  # a damaged file the checks let through: SQL then names the damage
                 reraise_interrupt(err)
                 log.debug("page reader failed on %s (%s); reading through SQL", sel.table, type(err).__name__)
@@ -271,8 +270,6 @@ class Engine:
                 continue
             value = _coalesce([got[c] for c in col.sources])
             out[col.alias] = value if rows is None else value[rows]
-        for c in present:
-            out[c] = got[c] if rows is None else got[c][rows]
         return out
 
     @contextmanager
@@ -295,25 +292,14 @@ class Engine:
         with self._lock:
             kept = self._shared.setdefault(table, {})
             for c, v in got.items():
-                kept[c] = ("int" if c in ints else "text" if c in texts else "flag", v)
+                kept[c] = ("int" if c in ints else "text", v)
 
-    def _from_shared(self, table: str, ints: list[str], texts: list[str], present: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    def _from_shared(self, table: str, ints: list[str], texts: list[str]) -> dict[str, np.ndarray] | None:
         """The reader's answer for these columns from what `sharing` kept of `table`, or None."""
         kept = self._shared.get(table) if self._shared is not None else None
         if not kept or any(kept.get(c, ("", None))[0] != "int" for c in ints) or any(kept.get(c, ("", None))[0] != "text" for c in texts):
             return None
-        out = {c: kept[c][1] for c in (*ints, *texts)}
-        for c in present:
-            if c not in kept:
-                return None
-            what, v = kept[c]
-            if what == "flag":
-                out[c] = v
-            elif what == "int":
-                out[c] = ~np.ma.getmaskarray(v)
-            else:  # a text: not NULL where it is not None
-                out[c] = ~np.asarray(pd.isna(v), dtype=bool)
-        return out
+        return {c: kept[c][1] for c in (*ints, *texts)}
 
     def count_rows(self, table: str) -> int:
         """Rows of `table`: its leaf cells counted on the pages (no record decoded), else count(*)."""

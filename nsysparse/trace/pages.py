@@ -6,8 +6,8 @@ records nsys writes are small rows of integers; their layout (https://www.sqlite
 simple enough to decode for millions of rows at once: walk the table's b-tree level by level from its
 root page, gather every leaf cell's offset, read each record's header (one serial-type byte per column),
 and group the rows by layout (rows whose serial types agree hold each value at the same offset), so that
-a value is a strided view of one gather per row. Integer columns, short texts (UTF-8, up to 57 bytes)
-and "is not NULL" flags are read.
+a value is a strided view of one gather per row. Integer columns and short texts (UTF-8, up to 57
+bytes) are read.
 
 It reads only what it can prove it reads right, and says None otherwise (the caller then asks SQLite,
 whose answer and errors are the reference). Refused: a file that is not a plain SQLite 3 database in
@@ -28,7 +28,7 @@ import mmap
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,22 +61,19 @@ class Layout:
 
 @dataclass(frozen=True)
 class Request:
-    """What one `read` decodes of a table: integer columns, text columns, not-NULL flags."""
+    """What one `read` decodes of a table: integer columns and text columns."""
 
     table: Layout
     ints: tuple[str, ...]
     texts: tuple[str, ...]
-    present: tuple[str, ...] = ()  # columns of any storage class of which only "not NULL" is read
 
 
 @dataclass
 class Decoded:
-    """Decoded rows: per integer column its int64 values and NULL mask; per text column its values; per
-    flagged column whether each value is not NULL."""
+    """Decoded rows: per integer column its int64 values and NULL mask; per text column its values."""
 
     ints: dict[str, tuple[np.ndarray, np.ndarray]]
     texts: dict[str, np.ndarray]
-    present: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _texts(dense: np.ndarray, lo: int, hi: int, width: int, offset: int, nbytes: int) -> np.ndarray:
@@ -109,7 +106,7 @@ def _texts(dense: np.ndarray, lo: int, hi: int, width: int, offset: int, nbytes:
 def _far_columns(columns: dict[str, int], req: Request) -> dict[str, int]:
     """The integer columns of `columns` (name: position) that come after `FAR_GAP` or more unread
     columns (counting from the last text: texts are read by layout), with their positions."""
-    positions = sorted({j for w, j in columns.items() if w not in req.present})
+    positions = sorted(set(columns.values()))
     texts = [columns[w] for w in req.texts if w in columns]
     cut = None
     for a, b in itertools.pairwise(positions):
@@ -350,18 +347,14 @@ class PageFile:
         return count
 
     # -- records --------------------------------------------------------------------------------------
-    def read(
-        self, table: Layout, wanted: Sequence[str], texts: Sequence[str] = (), present: Sequence[str] = (), workers: int = 2
-    ) -> dict[str, np.ndarray] | None:
+    def read(self, table: Layout, wanted: Sequence[str], texts: Sequence[str] = (), workers: int = 2) -> dict[str, np.ndarray] | None:
         """The `wanted` integer columns of every row in rowid order, as int64 arrays (a masked array
-        where a column holds NULLs), the `texts` columns as object arrays (str, None for NULL), and for
-        the `present` columns (any storage class; not also wanted or texts) whether each value is not NULL.
-        A text or blob longer than 57 bytes in any column of a row makes the answer None (its serial
+        where a column holds NULLs), and the `texts` columns as object arrays (str, None for NULL). A text or blob longer than 57 bytes in any column of a row makes the answer None (its serial
         type takes two header bytes), whether or not that column is read.
         None when anything is outside what this reader proves it reads right."""
-        if not self.ok or any(w not in table.columns for w in (*wanted, *texts, *present)) or (texts and not self.utf8):
+        if not self.ok or any(w not in table.columns for w in (*wanted, *texts)) or (texts and not self.utf8):
             return None
-        if set(present) & (set(wanted) | set(texts)) or set(texts) & set(wanted) or table.rowid_alias in (*texts, *present):
+        if set(texts) & set(wanted) or table.rowid_alias in texts:
             return None
         if set(wanted) & table.real:  # a real column's integers are reals to SQLite
             return None
@@ -372,11 +365,10 @@ class PageFile:
         count = self._be16(header + 3)
         bounds = np.concatenate([[0], np.cumsum(count)])
         n = self._rows[table.root] = int(bounds[-1])
-        request = Request(table, tuple(dict.fromkeys(wanted)), tuple(dict.fromkeys(t for t in texts if t not in wanted)), tuple(dict.fromkeys(present)))
+        request = Request(table, tuple(dict.fromkeys(wanted)), tuple(dict.fromkeys(t for t in texts if t not in wanted)))
         out = {w: np.empty(n, dtype=np.int64) for w in request.ints}
         nulls = {w: np.zeros(n, dtype=bool) for w in request.ints}
         text_out = {w: np.empty(n, dtype=object) for w in request.texts}
-        present_out = {w: np.empty(n, dtype=bool) for w in request.present}
         # steps of whole leaf pages, about CHUNK_CELLS records each (cell offsets are found per step too)
         cuts = np.unique(np.searchsorted(bounds, np.arange(0, n, CHUNK_CELLS), side="right") - 1)
         spans = list(itertools.pairwise([*cuts.tolist(), len(leaves)]))
@@ -396,8 +388,6 @@ class PageFile:
                 nulls[w][lo:hi] = null
             for w, strings in got.texts.items():
                 text_out[w][lo:hi] = strings
-            for w, flags in got.present.items():
-                present_out[w][lo:hi] = flags
             if len(cells):
                 self._release(cells)
             return True
@@ -410,7 +400,7 @@ class PageFile:
         if not ok:
             return None
         result: dict[str, np.ndarray] = {w: np.ma.MaskedArray(v, mask=nulls[w]) if nulls[w].any() else v for w, v in out.items()}
-        return result | text_out | present_out
+        return result | text_out
 
     def _records(self, cells: np.ndarray, req: Request) -> Decoded | None:
         """Decode the records at `cells` (absolute offsets of leaf cells), or None when one is outside
@@ -425,7 +415,6 @@ class PageFile:
             return Decoded(
                 {w: (np.zeros(0, np.int64), np.zeros(0, bool)) for w in req.ints},
                 {w: np.zeros(0, object) for w in req.texts},
-                {w: np.zeros(0, bool) for w in req.present},
             )
         block = self._gather(cells, -(-(_PREAMBLE + 1 + ncols) // 8) * 8)
         got = _preamble(block, rowids=req.table.rowid_alias in req.ints)
@@ -456,7 +445,6 @@ class PageFile:
         result = Decoded(
             {w: (np.empty(n, dtype=np.int64), np.zeros(n, dtype=bool)) for w in req.ints},
             {w: np.empty(n, dtype=object) for w in req.texts},
-            {w: np.empty(n, dtype=bool) for w in req.present},
         )
         for rows in groups:
             at = int(types_at[rows][0])
@@ -468,8 +456,6 @@ class PageFile:
                 result.ints[w][1][rows] = null
             for w, strings in part.texts.items():
                 result.texts[w][rows] = strings
-            for w, flags in part.present.items():
-                result.present[w][rows] = flags
         return result
 
     def _decode(
@@ -478,11 +464,7 @@ class PageFile:
         """`_records` for cells whose `held` serial types (one byte each) all start `first` bytes in
         (`block`: their first bytes)."""
         table = req.table
-        if (
-            held < 1
-            or held > len(table.columns)
-            or any(table.columns.index(w) >= held for w in (*req.ints, *req.texts, *req.present) if w != table.rowid_alias)
-        ):
+        if held < 1 or held > len(table.columns) or any(table.columns.index(w) >= held for w in (*req.ints, *req.texts) if w != table.rowid_alias):
             return None  # a wanted column missing from the record takes its declared default: SQLite's to say
         n = len(cells)
         # the serial types, contiguous and padded with zeros (NULL: no content) to whole 8-byte words
@@ -540,13 +522,12 @@ class PageFile:
         n = len(body)
         types = padded[:, : size.shape[1]]
         index = req.table.columns.index
-        present = {w: types[:, index(w)] != 0 for w in req.present}
         columns = {w: index(w) for w in (*req.ints, *req.texts) if w != req.table.rowid_alias}
         far = _far_columns(columns, req)
         ints = {w: _int_at(self, body, types[:, j], size[:, : j + 1].sum(axis=1, dtype=np.int64), size[:, j]) for w, j in far.items()}
         columns = {w: j for w, j in columns.items() if w not in far}
         if not columns:
-            return Decoded(ints, {}, present)
+            return Decoded(ints, {})
         last = max(columns.values()) + 1
         codes = _layout_codes(padded, last)
         count = int(codes.max()) + 1
@@ -586,12 +567,12 @@ class PageFile:
                     got <<= 64 - 8 * nbytes
                     got >>= 64 - 8 * nbytes  # arithmetic: sign-extends the value's top byte
                 values[at] = got
-        return Decoded(ints | grouped, texts, present)
+        return Decoded(ints | grouped, texts)
 
     def _one_by_one(self, body: np.ndarray, types: np.ndarray, size: np.ndarray, req: Request) -> Decoded:
         """Integer values gathered one column at a time from each row's own offsets (many layouts)."""
         ends = np.cumsum(size, axis=1, dtype=np.int64)
-        out = Decoded({}, {}, {w: types[:, req.table.columns.index(w)] != 0 for w in req.present})
+        out = Decoded({}, {})
         for w in req.ints:
             if w == req.table.rowid_alias:
                 continue
