@@ -112,8 +112,8 @@ class Engine:
         self._pages: pages.PageFile | None = None
         self._pages_failed = self._prefer != "auto" or self._wal
         self._layouts: dict[str, pages.Layout | None] = {}
-        # within `sharing()`: per table, the columns read from its pages so far, all rows ("int", "text" or
-        # "flag", the reader's array), for later reads of the same columns
+        # within `sharing()`: per table, the columns read from its pages so far, all rows ("int" or "text",
+        # the reader's array), for later reads of the same columns
         self._shared: dict[str, dict[str, tuple[str, np.ndarray]]] | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
