@@ -37,8 +37,8 @@ READ = {
     "memcpy": ("start", "end", "globalPid", "deviceId", "streamId"),
     "memset": ("start", "end", "globalPid", "deviceId", "streamId"),
     "api": ("start", "end", "globalTid", "nameId", "correlationId"),
-    # (with the columns the domain names come from: `info` then reads them from the same decode)
-    "nvtx": ("start", "end", "eventType", "domainId", "globalTid", "endGlobalTid", "rangeId", "textId"),
+    # the NVTX loader's columns, which the domain names come from: `info` reads them from the same decode
+    "nvtx": (*S.NVTX_SOURCES.values(), "textId"),
 }
 TEXTS = {"nvtx": ("text",)}  # read as texts; the aggregates use only whether each is not NULL
 _memo: dict[int, dict[str, dict[str, tuple[np.ndarray, np.ndarray]] | None]] = {}

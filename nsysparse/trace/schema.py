@@ -57,6 +57,16 @@ NVTXT_PUSHPOP = 70
 NVTXT_STARTEND = 71
 NVTX_DOMAIN_CREATE = 75
 NVTX_RANGE_TYPES = (NVTX_PUSHPOP, NVTX_STARTEND, NVTXT_PUSHPOP, NVTXT_STARTEND)
+NVTX_SOURCES = {
+    "start_ns": "start",
+    "end_ns": "end",
+    "event_type": "eventType",
+    "global_tid": "globalTid",
+    "end_global_tid": "endGlobalTid",
+    "domain_id": "domainId",
+    "range_id": "rangeId",
+}
+"""The NVTX loader's integer columns and their sources in NVTX_EVENTS (`info`'s aggregates read them too)."""
 NVTX_KIND = {NVTX_MARK: "mark", NVTX_PUSHPOP: "push_pop", NVTX_STARTEND: "start_end", NVTXT_PUSHPOP: "push_pop", NVTXT_STARTEND: "start_end"}
 MEMCPY_KIND = {
     0: "unknown",

@@ -292,18 +292,6 @@ def integer_column(trace: Trace, table: str, source: str, series: pd.Series | np
     raise damaged(trace.path, table, source, "values that are not integers")
 
 
-NVTX_SOURCES = {
-    "start_ns": "start",
-    "end_ns": "end",
-    "event_type": "eventType",
-    "global_tid": "globalTid",
-    "end_global_tid": "endGlobalTid",
-    "domain_id": "domainId",
-    "range_id": "rangeId",
-}
-"""The NVTX loader's integer columns and their sources."""
-
-
 def nvtx(trace: Trace) -> pd.DataFrame:
     """NVTX ranges and marks with resolved text and domain names (see module docstring). Rows without a
     start, or ending before they start, are left out with a note.
@@ -316,7 +304,7 @@ def nvtx(trace: Trace) -> pd.DataFrame:
     if "start" not in cols:
         raise MissingDataError(f"{trace.path}: {table} has no start column", "The file was modified, or is not an nsys export; re-export it")
     by_id = "textId" in cols and trace.schema.has(S.STRINGS)
-    source = NVTX_SOURCES
+    source = S.NVTX_SOURCES
     # the domain-create events come in the same read (their names label the ranges), then leave the rows
     wanted_types = ("eventType", (*S.NVTX_RANGE_TYPES, S.NVTX_MARK, S.NVTX_DOMAIN_CREATE))
     sel = Select(table, _nvtx_columns(cols, by_id), wanted_types, nothing="eventType" not in cols)
@@ -469,7 +457,7 @@ def _no_domains() -> pd.DataFrame:
 
 def _nvtx_columns(cols: tuple[str, ...] | list[str], by_id: bool) -> tuple[Column, ...]:
     """The NVTX columns the loader reads (a missing one as NULL)."""
-    columns = [Column(name, (src,)) if src in cols else Column(name) for name, src in NVTX_SOURCES.items()]
+    columns = [Column(name, (src,)) if src in cols else Column(name) for name, src in S.NVTX_SOURCES.items()]
     columns.append(Column("text", ("text",), text=True) if "text" in cols else Column("text"))
     columns.append(Column("text_id", ("textId",)) if by_id else Column("text_id"))
     return tuple(columns)
@@ -479,8 +467,8 @@ def _nvtx_columns(cols: tuple[str, ...] | list[str], by_id: bool) -> tuple[Colum
 class LaunchIndex:
     """The CUDA API calls' join keys ((process <<) 32 | correlationId), sorted: `order` (None: already in
     order) and the sorted keys. Built once per trace and shared by the kernel, memcpy and memset joins.
-    `pid`: the one process of every call, whose keys are then the bare correlation ids (no key arrays
-    built: the usual single-process capture)."""
+    `pid` (only with `by_pid`): the one process of every call, whose keys are then the bare correlation
+    ids (no key arrays built: the usual single-process capture)."""
 
     order: np.ndarray | None
     keys: np.ndarray
@@ -509,7 +497,7 @@ def kernel_launches(trace: Trace, kernels: pd.DataFrame, api: pd.DataFrame, inde
     """
     index = launch_index(trace, api) if index is None else index
     kpid = kernels["pid"].to_numpy() if "pid" in kernels else np.zeros(len(kernels), np.int64)
-    bare = index.by_pid and index.pid is not None  # the calls' keys are bare ids: kernels of another process match none
+    bare = index.pid is not None  # the calls' keys are bare ids: kernels of another process match none
     kkey = _corr_key(kernels["correlation_id"].to_numpy(), kpid if index.by_pid and not bare else None)
     sorted_keys = index.keys
     pos = np.searchsorted(sorted_keys, kkey)
