@@ -64,6 +64,9 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 def main() -> int:
     cmd, *args = sys.argv[1:]
     if cmd == "save":
+        from nsysparse import allocator
+
+        allocator.tune()  # as the CLI does for its process (its memory readied by the loaders, too)
         with open(args[1], "wb") as fh:
             pickle.dump(frames(args[0]), fh)
         return 0
