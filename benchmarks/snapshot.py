@@ -66,7 +66,7 @@ def main() -> int:
     if cmd == "save":
         from nsysparse import allocator
 
-        allocator.tune()  # as the CLI does for its process (its memory readied by the loaders, too)
+        allocator.tune()  # as the CLI does for its process
         with open(args[1], "wb") as fh:
             pickle.dump(frames(args[0]), fh)
         return 0

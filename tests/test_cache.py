@@ -449,28 +449,3 @@ def test_kept_results_keep_notes_raised_before_by_another_call(cache_home: Path,
     with AnalysisContext.open(path) as ctx:
         op_summary(ctx, by_kind=True)  # read back
         assert any("no steps were found" in n for n in ctx.notes)
-
-
-def test_loading_readies_memory_for_the_rows_it_decodes_only(cache_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`prefetch` asks the allocator for its per-row memory of each table it will decode (row counts from
-    SQL here), and for nothing when every table comes from the cache."""
-    import sqlite3
-
-    from nsysparse import allocator
-    from nsysparse.trace import trace as trace_module
-
-    t = _copy(FIXTURE, tmp_path / "a")
-    con = sqlite3.connect(f"file:{t}?mode=ro", uri=True)
-    tables = {"kernels": "CUPTI_ACTIVITY_KIND_KERNEL", "api": "CUPTI_ACTIVITY_KIND_RUNTIME", "nvtx": "NVTX_EVENTS"}
-    rows = {k: con.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for k, name in tables.items()}
-    con.close()
-    asked: list[int] = []
-    monkeypatch.setattr(allocator, "reserve", lambda nbytes: asked.append(nbytes) or 0)
-    per_row = trace_module.RESERVE_BYTES_PER_ROW
-    with open_trace(t) as tr:
-        tr.prefetch("kernels", "api", "nvtx")
-        tr.prefetch("kernels", "api")  # loaded already: nothing more
-    assert asked == [sum(rows[k] * per_row[k] for k in tables)]
-    with open_trace(t) as tr:  # the frames come from the cache the first open wrote
-        tr.prefetch("kernels", "api", "nvtx")
-    assert len(asked) == 1

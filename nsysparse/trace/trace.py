@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from nsysparse import allocator
 from nsysparse.errors import MissingDataError, TraceError
 from nsysparse.outputs import note_input
 from nsysparse.trace import aggregates, graphs, info, tables, validate
@@ -33,11 +32,6 @@ _WHY_MISSING = {
 
 
 T = TypeVar("T")
-
-# Memory a full analysis comes to per row read, measured as its peak RSS over that of start-up on the 400x tile
-# of the decode fixture (kernels also make the launch join, the mapping and the GPU operations; API calls and
-# NVTX events only their frames and the coverage): what `prefetch` readies before decoding (`allocator.reserve`).
-RESERVE_BYTES_PER_ROW = {"kernels": 240, "memcpy": 240, "memset": 240, "api": 50, "nvtx": 75}
 
 
 class Trace:
@@ -327,9 +321,6 @@ class Trace:
         between GIL releases do not overlap). Kinds the trace lacks are skipped. The frames' notes are
         added in the order of `kinds`, whichever finished first."""
         jobs = [k for k in kinds if self.has(k) and k not in self._frames]
-        read = [k for k in jobs if not self.cache.holds(k, () if k == "nvtx" else tables.default_columns(k))]
-        if read:  # the memory the decoded rows and what is built from them will take, readied at once
-            allocator.reserve(sum(self.count(k) * RESERVE_BYTES_PER_ROW.get(k, 64) for k in read))
 
         def load(kind: str) -> tuple[pd.DataFrame, list[str]]:
             if kind == "nvtx":
@@ -339,7 +330,7 @@ class Trace:
 
         serial = jobs
         if self.engine.prefers_duckdb() or self.cache.active:
-            decoded = [k for k in read if self.engine.reads_pages()]
+            decoded = [k for k in jobs if self.engine.reads_pages() and not self.cache.holds(k, () if k == "nvtx" else tables.default_columns(k))]
             serial = decoded if len(jobs) - len(decoded) >= 2 else jobs
         done = {k: load(k) for k in serial}
         threaded = [k for k in jobs if k not in done]
