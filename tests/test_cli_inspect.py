@@ -86,6 +86,8 @@ def test_export_round_trips(run, builder, tmp_path, what, fmt):
         df = duckdb.sql(f"SELECT * FROM '{out}'").df()
     assert len(df) == {"kernels": 5, "api": 5, "nvtx": 1, "launches": 5}[what]
     assert "start_ns" in df.columns
+    if what in ("api", "nvtx", "launches"):  # the derived ids are exported too (the API frame has them only when asked)
+        assert {"pid", "tid"} <= set(df.columns)
 
 
 def test_export_parquet_needs_output(run, builder, tmp_path):

@@ -279,3 +279,48 @@ def test_with_columns_keeps_places_and_shares_memory():
     assert out["b"].tolist() == [7] * 5 and frame["b"].tolist() == list(range(5, 10))
     assert np.shares_memory(out["b"].to_numpy(), new_b) and np.shares_memory(out["c"].to_numpy(), c)
     assert np.shares_memory(out["a"].to_numpy(), frame["a"].to_numpy())
+
+
+def test_api_frame_derives_pid_and_tid_only_when_asked(builder, tmp_path):
+    """The CUDA API frame leaves out pid and tid unless they are asked for (the analyses derive them from
+    global_tid); asked, they are the global id's fields, as SQL decodes them; the launches still carry tid."""
+    b = builder("2024.5")
+    b.gpu()
+    for i, (pid, tid) in enumerate([(100, 101), (100, 102), (300, 7)]):
+        b.api(1_000 * (i + 1), 1_000 * (i + 1) + 100, "cudaLaunchKernel_v7000", pid=pid, tid=tid, corr=i + 1)
+        b.kernel(10_000 + 1_000 * i, 10_500 + 1_000 * i, f"k{i}", pid=pid, corr=i + 1, with_api=False)
+    path = b.write(tmp_path / "t.sqlite")
+    con = sqlite3.connect(path)
+    want = con.execute('SELECT ("globalTid" >> 24) & 16777215, "globalTid" & 16777215 FROM CUPTI_ACTIVITY_KIND_RUNTIME ORDER BY "start"').fetchall()
+    con.close()
+    with open_trace(path) as t:
+        assert "pid" not in t.api().columns and "tid" not in t.api().columns
+        la = t.launches()
+        assert [int(x) for x in la["tid"]] == [tid for _, tid in want]
+        api = t.api(("start_ns", "global_tid", "pid", "tid"))
+        assert list(zip(api["pid"].astype(int), api["tid"].astype(int))) == want
+        assert t.api(("pid",)) is api  # already loaded: no second read
+
+
+def test_calls_of_one_process_told_from_their_ids_whatever_the_bits_above(builder, tmp_path):
+    """One process whose threads' ids differ above the pid's bits (another VM id) is joined through
+    (pid, correlationId) keys; a kernel of that process gets its own call, one of another process none,
+    and a kernel with no call has tid -1."""
+    b = builder("2024.5")
+    b.gpu()
+    b.api(1_000, 1_100, "cudaLaunchKernel_v7000", pid=100, tid=101, corr=1)
+    b.api(2_000, 2_100, "cudaLaunchKernel_v7000", pid=100, tid=102, corr=2)
+    b.kernel(10_000, 10_500, "own", pid=100, corr=2, with_api=False)
+    b.kernel(11_000, 11_500, "other", pid=200, corr=1, with_api=False)
+    b.kernel(12_000, 12_500, "none", pid=100, corr=9, with_api=False)
+    path = b.write(tmp_path / "t.sqlite")
+    con = sqlite3.connect(path)
+    con.execute('UPDATE CUPTI_ACTIVITY_KIND_RUNTIME SET "globalTid" = "globalTid" + (1 << 49) WHERE "correlationId" = 2')
+    con.commit()
+    con.close()
+    with open_trace(path) as t:
+        la = t.launches()
+        got = {str(n): (bool(h), int(a), int(tid)) for n, h, a, tid in zip(la["short_name"], la["has_launch"], la["api_start_ns"], la["tid"])}
+    assert got["own"] == (True, 2_000, 102)
+    assert got["other"][0] is False and got["other"][2] == -1
+    assert got["none"][0] is False and got["none"][2] == -1

@@ -5,8 +5,9 @@ Canonical columns (all times integer ns on the session clock; negative values ar
 kernels  start_ns, end_ns, device_id, context_id, stream_id, correlation_id, global_pid, pid,
          short_name, name (demangled), mangled_name, grid_x/y/z, block_x/y/z, registers_per_thread,
          static_shared_bytes, dynamic_shared_bytes, graph_node_id, graph_id (0 = not in a graph)
-api      start_ns, end_ns, global_tid, pid, tid, correlation_id, name (version suffix stripped),
-         event_class (0 runtime, 1 driver), return_value
+api      start_ns, end_ns, global_tid, correlation_id, name (version suffix stripped),
+         event_class (0 runtime, 1 driver), return_value; pid, tid when asked for (ON_REQUEST: 88 MB
+         over 5.5 M calls that the analyses do without, deriving them from global_tid where they need them)
 nvtx     start_ns, end_ns (-1 = open/mark), event_type, kind (push_pop|start_end|mark), global_tid,
          end_global_tid, pid, tid, domain_id, domain, range_id, text
 memcpy   start_ns, end_ns, device_id, stream_id, correlation_id, global_pid, pid, bytes, copy_kind
@@ -30,7 +31,7 @@ import pandas as pd
 from nsysparse.errors import MissingDataError
 from nsysparse.trace import schema as S
 from nsysparse.trace.engine import Column, Select
-from nsysparse.trace.ids import pid_of, tid_of
+from nsysparse.trace.ids import ID_MASK, PID_SHIFT, pid_of, tid_of
 from nsysparse.trace.strings import Strings, strip_version_suffix
 from nsysparse.trace.validate import check, check_times, damaged
 
@@ -83,6 +84,8 @@ API_COLS = {
     "return_value": Col("returnValue", "id0"),
 }
 API_DEFAULT = ("start_ns", "end_ns", "global_tid", "correlation_id", "name")
+DERIVED = ("pid", "tid")  # decoded from the global ids by every loader, after the columns read
+ON_REQUEST = {"api": DERIVED}  # derived only when asked for (other tables always carry theirs)
 
 MEMCPY_COLS = {
     "start_ns": Col("start", "int"),
@@ -235,10 +238,13 @@ def load(trace: Trace, kind: str, columns: tuple[str, ...] | None = None) -> pd.
     for m in missing:
         if m in ("global_pid", "global_tid", "correlation_id", "device_id", "stream_id", "event_class"):
             trace.note(f"{S.TABLES[kind]} has no {spec[m].source} column (older export): {m} is unknown")
-    return _finish(trace, read_columns(trace, sel, kind), kind, spec, wanted)
+    derived = tuple(c for c in DERIVED if c not in ON_REQUEST.get(kind, ()) or c in (columns or default_columns(kind)))
+    return _finish(trace, read_columns(trace, sel, kind), kind, spec, wanted, derived)
 
 
-def _finish(trace: Trace, cols: dict[str, np.ndarray], kind: str, spec: dict[str, Col], wanted: tuple[str, ...]) -> pd.DataFrame:
+def _finish(
+    trace: Trace, cols: dict[str, np.ndarray], kind: str, spec: dict[str, Col], wanted: tuple[str, ...], derived: tuple[str, ...] = DERIVED
+) -> pd.DataFrame:
     table = S.TABLES[kind]
     n = len(cols["start_ns"])
     if n:
@@ -275,8 +281,9 @@ def _finish(trace: Trace, cols: dict[str, np.ndarray], kind: str, spec: dict[str
         if gid in out:
             g = out[gid]
             assert isinstance(g, np.ndarray)
-            out["pid"] = pid_of(g)
-            if gid == "global_tid":
+            if "pid" in derived:
+                out["pid"] = pid_of(g)
+            if gid == "global_tid" and "tid" in derived:
                 out["tid"] = tid_of(g)
     # built once, one block per column: assigning a column to a frame copies it (pandas' copy-on-write)
     return pd.DataFrame(out, copy=False)
@@ -478,13 +485,23 @@ class LaunchIndex:
 
 def launch_index(trace: Trace, api: pd.DataFrame) -> LaunchIndex:
     use_pid = trace.schema.has(S.TABLES["kernels"], "globalPid")
-    pids = api["pid"].to_numpy() if use_pid else np.zeros(0, np.int64)
-    one = int(pids[0]) if len(pids) and int(pids.min()) == int(pids.max()) else None
-    akey = _corr_key(api["correlation_id"].to_numpy(), pids if use_pid and one is None else None)
+    gtid = api["global_tid"].to_numpy()
+    one = _one_process(gtid) if use_pid else None
+    pids = pid_of(gtid) if use_pid and one is None else None
+    akey = _corr_key(api["correlation_id"].to_numpy(), pids)
     if len(akey) < 2 or bool((akey[1:] >= akey[:-1]).all()):  # calls in correlation order (the usual case): no sort
         return LaunchIndex(None, akey, use_pid, one)
     order = np.argsort(akey, kind="stable")
     return LaunchIndex(order, akey[order], use_pid, one)
+
+
+def _one_process(global_tid: np.ndarray) -> int | None:
+    """The process of every id in `global_tid`, when it is one, else None; told from the least and the largest
+    id (the ids between them share the bits above the thread's when those two do), with no array built."""
+    if len(global_tid) == 0:
+        return None
+    lo, hi = int(global_tid.min()), int(global_tid.max())
+    return (lo >> PID_SHIFT) & ID_MASK if lo >> PID_SHIFT == hi >> PID_SHIFT else None
 
 
 def kernel_launches(trace: Trace, kernels: pd.DataFrame, api: pd.DataFrame, index: LaunchIndex | None = None) -> pd.DataFrame:
@@ -517,12 +534,16 @@ def kernel_launches(trace: Trace, kernels: pd.DataFrame, api: pd.DataFrame, inde
         return np.where(found, values[take], absent) if len(api) else np.full(len(found), absent, dtype=np.int64)
 
     api_codes = joined(api["name"].cat.codes.to_numpy(), -1)
+    gtid = joined(api["global_tid"].to_numpy(), -1)
+    tid = tid_of(gtid)  # (the calls' own tid, derived here: their frame does without it)
+    if not every:
+        tid[~found] = -1
     added = {
         "has_launch": found,
         "api_start_ns": joined(api["start_ns"].to_numpy(), NO_TIME),
         "api_end_ns": joined(api["end_ns"].to_numpy(), NO_TIME),
-        "global_tid": joined(api["global_tid"].to_numpy(), -1),
-        "tid": joined(api["tid"].to_numpy(), -1),
+        "global_tid": gtid,
+        "tid": tid,
         "api_name": pd.Categorical.from_codes(api_codes, categories=api["name"].cat.categories) if len(api) else pd.Categorical([None] * len(kernels)),
     }
     return with_columns(kernels, added)
