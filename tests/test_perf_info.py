@@ -71,3 +71,26 @@ def test_edge_case_notes_match_between_engines(builder, tmp_path) -> None:
     for needle in ("NVTX event(s) lie far outside", "rows with a missing", "unknown timestamps"):
         assert any(needle in n for n in notes["duckdb"]), needle
         assert any(needle in n for n in notes["sqlite"]), needle
+
+
+def test_info_from_pages_does_not_connect_duckdb(builder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file large enough for DuckDB whose tables the page reader reads: `info` needs no DuckDB connection
+    (importing DuckDB and attaching the file cost about a tenth of a second), and answers as sqlite3 does."""
+    from nsysparse.trace import engine
+
+    b = builder("2024.5")
+    b.gpu(0)
+    b.process(100, "/usr/bin/python3")
+    b.kernel(1_000, 3_000, "a", stream=7)
+    b.kernel(2_000, 4_000, "b", stream=13)
+    b.memcpy(5_000, 7_000, stream=13)
+    b.range(500, 10_000, "forward")  # (no NVTX event outside the activity: listing one is a query)
+    path = b.write(tmp_path / "t.sqlite")
+    want, _ = _summary(path, "sqlite")
+    monkeypatch.setattr(engine, "DUCKDB_MIN_BYTES", 0)  # every file counts as large
+    with open_trace(path) as t:
+        assert t.engine.reads_pages() and t.engine.prefers_duckdb()
+        got = info.summary(t)
+        assert t.engine._duck is None
+    got.pop("notes")
+    assert got == want

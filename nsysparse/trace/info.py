@@ -525,7 +525,8 @@ def _concurrently(trace: Trace, jobs: dict[str, Callable[[Trace], Any]]) -> dict
     """Run the aggregate queries `jobs` at once, on threads (each with its own DuckDB cursor; DuckDB works
     outside the GIL), when DuckDB runs them; one after the other with sqlite3. The notes each raises are
     raised again on the calling thread, so they are the trace's (and its cached summary's) whichever ran it."""
-    if len(jobs) < 2 or not trace.engine.uses_duckdb() or trace.engine.reads_pages():  # (pages: numpy holds the GIL)
+    # (pages: numpy holds the GIL; and asked first, so that DuckDB is not even connected for them)
+    if len(jobs) < 2 or trace.engine.reads_pages() or not trace.engine.uses_duckdb():
         return {k: fn(trace) for k, fn in jobs.items()}
     from concurrent.futures import ThreadPoolExecutor
 
