@@ -35,7 +35,7 @@ def __getattr__(name: str) -> Any:
 
 def main() -> None:
     code: Any = 0
-    allocator.tune()  # this process is ours: keep freed memory for the next array (see `allocator`)
+    allocator.tune()  # this process is ours: one heap, freed memory kept for the next array (see `allocator`)
     try:
         group = _commands()
         group(prog_name="nsysparse")
