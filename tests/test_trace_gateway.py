@@ -300,17 +300,22 @@ def test_api_frame_derives_pid_and_tid_only_when_asked(builder, tmp_path):
         api = t.api(("start_ns", "global_tid", "pid", "tid"))
         assert list(zip(api["pid"].astype(int), api["tid"].astype(int))) == want
         assert t.api(("pid",)) is api  # already loaded: no second read
+        k = t.kernels()
+        assert t.kernels(("pid", "tid")) is k  # other tables: the derived names are no request to read again
 
 
 def test_calls_of_one_process_told_from_their_ids_whatever_the_bits_above(builder, tmp_path):
-    """One process whose threads' ids differ above the pid's bits (another VM id) is joined through
-    (pid, correlationId) keys; a kernel of that process gets its own call, one of another process none,
-    and a kernel with no call has tid -1."""
+    """Thread ids that differ above the pid's bits (another VM id): the least and the largest id are of one
+    process (100) while an id between them is of another (300), so the calls are joined through
+    (pid, correlationId) keys; each kernel gets its own process's call, one of a process without that
+    call none, and a kernel with no call has tid -1."""
     b = builder("2024.5")
     b.gpu()
     b.api(1_000, 1_100, "cudaLaunchKernel_v7000", pid=100, tid=101, corr=1)
     b.api(2_000, 2_100, "cudaLaunchKernel_v7000", pid=100, tid=102, corr=2)
+    b.api(3_000, 3_100, "cudaLaunchKernel_v7000", pid=300, tid=301, corr=3)  # between them: another process
     b.kernel(10_000, 10_500, "own", pid=100, corr=2, with_api=False)
+    b.kernel(13_000, 13_500, "third", pid=300, corr=3, with_api=False)
     b.kernel(11_000, 11_500, "other", pid=200, corr=1, with_api=False)
     b.kernel(12_000, 12_500, "none", pid=100, corr=9, with_api=False)
     path = b.write(tmp_path / "t.sqlite")
@@ -322,5 +327,6 @@ def test_calls_of_one_process_told_from_their_ids_whatever_the_bits_above(builde
         la = t.launches()
         got = {str(n): (bool(h), int(a), int(tid)) for n, h, a, tid in zip(la["short_name"], la["has_launch"], la["api_start_ns"], la["tid"])}
     assert got["own"] == (True, 2_000, 102)
+    assert got["third"] == (True, 3_000, 301)
     assert got["other"][0] is False and got["other"][2] == -1
     assert got["none"][0] is False and got["none"][2] == -1

@@ -38,7 +38,8 @@ HEADER = b"SQLite format 3\x00"
 LEAF_TABLE, INTERIOR_TABLE = 13, 5
 MAX_DEPTH = 32  # a b-tree of 4 KiB pages this deep would hold more rows than any file can
 # Records decoded per step: temporaries of a few hundred KiB, which any allocator reuses (under glibc's
-# defaults larger ones come as fresh pages each time, and their page faults cost more than the decoding).
+# defaults, blocks above its adaptive limit of up to 32 MiB come as fresh pages each time, and their page
+# faults cost more than the decoding).
 CHUNK_CELLS = 1 << 15
 MAX_LAYOUTS = 256  # distinct record layouts in a chunk decoded by group (more: each value gathered)
 # An integer column read after this many unread columns is gathered on its own from each row's offset:

@@ -293,7 +293,7 @@ class Trace:
         spec = tables.SPECS[kind]
         want = tuple(columns) if columns else tables.default_columns(kind)
         have = self._frame_cols.get(kind)
-        if have is not None and all(c in have for c in want if c in spec or c in tables.DERIVED):
+        if have is not None and all(c in have for c in want if c in spec or c in tables.ON_REQUEST.get(kind, ())):
             return self._frames[kind]
         union = tuple(dict.fromkeys((*(have or ()), *want)))
         df, _ = self._cached(kind, union, lambda: _sorted(tables.load(self, kind, union)))
@@ -304,7 +304,7 @@ class Trace:
         self._frames[kind] = df
         if kind != "nvtx":
             spec = tables.SPECS[kind]
-            self._frame_cols[kind] = tuple(c for c in df.columns if c in spec or c in tables.DERIVED)
+            self._frame_cols[kind] = tuple(c for c in df.columns if c in spec or c in tables.ON_REQUEST.get(kind, ()))
 
     def sharing_reads(self) -> contextlib.AbstractContextManager[None]:
         """Within: what is read of a table's pages is read once for the loaders and `summary` alike (a
