@@ -23,7 +23,7 @@ import os
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
-TRIM_THRESHOLD_BYTES = 2**31 - 1  # the largest value glibc takes (an int): never trim in practice
+TRIM_THRESHOLD_BYTES = 2**31 - 1  # the largest value glibc takes (an int): a free top above 2 GiB is still trimmed
 SETTINGS = ((M_MMAP_MAX, 0), (M_ARENA_MAX, 1), (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
 
 
