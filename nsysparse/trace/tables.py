@@ -242,9 +242,7 @@ def load(trace: Trace, kind: str, columns: tuple[str, ...] | None = None) -> pd.
     return _finish(trace, read_columns(trace, sel, kind), kind, spec, wanted, derived)
 
 
-def _finish(
-    trace: Trace, cols: dict[str, np.ndarray], kind: str, spec: dict[str, Col], wanted: tuple[str, ...], derived: tuple[str, ...] = DERIVED
-) -> pd.DataFrame:
+def _finish(trace: Trace, cols: dict[str, np.ndarray], kind: str, spec: dict[str, Col], wanted: tuple[str, ...], derived: tuple[str, ...]) -> pd.DataFrame:
     table = S.TABLES[kind]
     n = len(cols["start_ns"])
     if n:
